@@ -1,0 +1,67 @@
+// poolmap::Broker: hands chunks of work from clients to workers and results back.
+//
+// The broker binds two ROUTER sockets, one for clients and one for workers, and runs a single-threaded
+// event loop over them. It reads only the small header frame of each message; payload frames move
+// from one socket to the other untouched. Workers pull: each announces credit (how many chunks it
+// accepts), and the next chunk goes to the least-recently-served worker that has credit. Clients are
+// served round-robin so that several clients share the workers fairly. The broker remembers which
+// chunk each worker holds: when a worker is lost (silent for heartbeat_interval × heartbeat_liveness,
+// or it says goodbye), its chunks are queued again, up to max_attempts dispatches per chunk.
+//
+// Thread-safety: construct anywhere; run() blocks the thread that calls it and is the only thread
+// touching the sockets; stop() and the endpoint accessors may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "poolmap/context.hpp"
+
+namespace poolmap {
+
+struct BrokerOptions {
+  // Where clients connect. Any ZeroMQ endpoint; "tcp://127.0.0.1:*" picks a free port.
+  // Default: "tcp://*:5555".
+  std::string client_endpoint = "tcp://*:5555";
+  // Where workers connect. Default: "tcp://*:5556".
+  std::string worker_endpoint = "tcp://*:5556";
+  // Send a heartbeat to a peer that has heard nothing from us for this long. Default: 1 s.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // A peer silent for heartbeat_interval × heartbeat_liveness is considered gone. Default: 3.
+  int heartbeat_liveness = 3;
+  // Dispatches per chunk before it fails with ErrorCode::kWorkerLost. Default: 3.
+  int max_attempts = 3;
+  // Largest message accepted on either socket, in bytes. Default: 1 GiB.
+  std::int64_t max_message_bytes = 1LL << 30;
+  // ZMQ_SNDHWM/ZMQ_RCVHWM of both sockets, in messages. Default: 10000.
+  int high_water_mark = 10000;
+};
+
+class Broker {
+ public:
+  // Binds both endpoints. Share `context` with in-process clients that connect over inproc://.
+  // Throws poolmap::Error (kInvalidArgument) when an endpoint cannot be bound.
+  explicit Broker(BrokerOptions options, Context context = Context());
+  ~Broker();
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  // The endpoints actually bound, with wildcards resolved ("tcp://127.0.0.1:41523").
+  const std::string& client_endpoint() const noexcept;
+  const std::string& worker_endpoint() const noexcept;
+
+  // Serves until stop() is called. Call from one thread, once.
+  void run();
+
+  // Makes run() return soon. Thread-safe; not async-signal-safe (call it from a signal-waiting
+  // thread, not from a signal handler).
+  void stop() noexcept;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace poolmap

@@ -1,0 +1,624 @@
+#include "poolmap/broker.hpp"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <deque>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "log.hpp"
+#include "poolmap/error.hpp"
+#include "poolmap/protocol.hpp"
+#include "wire.hpp"
+
+namespace poolmap {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+using proto::Command;
+
+// Most messages read from one socket before the other socket gets its turn.
+constexpr int kReceiveBatch = 256;
+
+std::chrono::milliseconds since(Clock::time_point then, Clock::time_point now) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(now - then);
+}
+}  // namespace
+
+class Broker::Impl {
+ public:
+  Impl(BrokerOptions options, Context context)
+      : options_(std::move(options)),
+        context_(std::move(context)),
+        clients_(context_.impl().zmq, zmq::socket_type::router),
+        workers_(context_.impl().zmq, zmq::socket_type::router),
+        log_(detail::logger("poolmap.broker")) {
+    if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 || options_.max_attempts < 1) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "broker options: heartbeat_interval, heartbeat_liveness and max_attempts must be positive");
+    }
+    const wire::SocketLimits limits{.high_water_mark = options_.high_water_mark,
+                                    .linger = std::chrono::milliseconds(0),
+                                    .max_message_bytes = options_.max_message_bytes};
+    wire::configure(clients_, limits, true);
+    wire::configure(workers_, limits, true);
+    client_endpoint_ = bind(clients_, options_.client_endpoint, "client");
+    worker_endpoint_ = bind(workers_, options_.worker_endpoint, "worker");
+    wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "broker: eventfd failed");
+  }
+
+  ~Impl() {
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+  }
+
+  void run();
+  void stop() noexcept {
+    stop_requested_.store(true);
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof(one));
+  }
+
+  std::string client_endpoint_;
+  std::string worker_endpoint_;
+
+ private:
+  struct WorkerState {
+    std::string identity;
+    std::string host;
+    std::uint32_t pid = 0;
+    std::uint32_t credit = 0;
+    Clock::time_point last_heard;
+    Clock::time_point last_sent;
+    std::unordered_set<std::uint64_t> tickets;  // chunks this worker holds
+    std::uint64_t chunks_done = 0;
+  };
+  struct ClientState {
+    std::string identity;
+    std::string host;
+    std::uint32_t pid = 0;
+    Clock::time_point last_heard;
+    Clock::time_point last_sent;
+    std::deque<std::uint64_t> pending;  // tickets waiting for a worker, oldest first
+    bool in_ring = false;               // listed in ring_
+    std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
+  };
+  struct Chunk {
+    std::string client;
+    proto::Submit header;
+    zmq::message_t payload;   // kept until answered, so the chunk can be dispatched again
+    std::uint32_t attempt = 0;
+    std::string worker;       // identity of the holder; empty while queued
+    std::vector<std::string> lost_causes;
+  };
+
+  static std::string bind(zmq::socket_t& socket, const std::string& endpoint, const char* what) {
+    try {
+      socket.bind(endpoint);
+    } catch (const zmq::error_t& e) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  std::string("broker: cannot bind ") + what + " endpoint '" + endpoint + "': " + e.what());
+    }
+    return socket.get(zmq::sockopt::last_endpoint);
+  }
+
+  void on_client_message(std::vector<zmq::message_t>& frames);
+  void on_worker_message(std::vector<zmq::message_t>& frames);
+  void dispatch();
+  void heartbeat_tick();
+  void announce_workers();
+
+  ClientState& touch_client(const std::string& identity);
+  void drop_client(const std::string& identity, const char* why);
+  void lose_worker(const std::string& identity, const std::string& cause);
+  void finish_chunk(std::uint64_t ticket);
+  void requeue(std::uint64_t ticket, const std::string& cause);
+  void reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status);
+  void send_to_client(ClientState& client, std::vector<zmq::message_t>& frames);
+  bool send_to_worker(WorkerState& worker, std::vector<zmq::message_t>& frames);
+  std::uint32_t worker_count() const { return static_cast<std::uint32_t>(workers_by_id_.size()); }
+  proto::StatusReply status_reply() const;
+
+  BrokerOptions options_;
+  Context context_;
+  zmq::socket_t clients_;
+  zmq::socket_t workers_;
+  std::shared_ptr<spdlog::logger> log_;
+  int wake_fd_ = -1;
+  std::atomic<bool> stop_requested_{false};
+
+  std::unordered_map<std::string, WorkerState> workers_by_id_;
+  std::unordered_map<std::string, ClientState> clients_by_id_;
+  std::unordered_map<std::uint64_t, Chunk> chunks_;  // every chunk not yet answered
+  std::deque<std::string> credit_;                   // one entry per unit of worker credit, LRU first
+  std::deque<std::string> ring_;                     // clients with pending chunks, next to serve first
+  std::uint64_t next_ticket_ = 1;
+
+  std::uint64_t chunks_done_ = 0;
+  std::uint64_t chunks_failed_ = 0;
+  std::uint64_t chunks_redispatched_ = 0;
+  std::uint64_t bad_messages_ = 0;
+};
+
+void Broker::Impl::run() {
+  log_->info("broker serving clients={} workers={} heartbeat={}ms x{}", client_endpoint_, worker_endpoint_,
+             options_.heartbeat_interval.count(), options_.heartbeat_liveness);
+  std::array<zmq::pollitem_t, 3> items{{
+      {clients_.handle(), 0, ZMQ_POLLIN, 0},
+      {workers_.handle(), 0, ZMQ_POLLIN, 0},
+      {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+  }};
+  auto next_tick = Clock::now() + options_.heartbeat_interval;
+  while (!stop_requested_.load()) {
+    const auto wait = std::max(std::chrono::milliseconds(0), since(Clock::now(), next_tick));
+    zmq::poll(items.data(), items.size(), wait);
+    if ((items[2].revents & ZMQ_POLLIN) != 0) {
+      std::uint64_t value = 0;
+      [[maybe_unused]] const auto got = ::read(wake_fd_, &value, sizeof(value));
+      if (stop_requested_.load()) break;
+    }
+    for (int i = 0; i < kReceiveBatch; ++i) {
+      auto frames = wire::receive(workers_);
+      if (!frames) break;
+      on_worker_message(*frames);
+    }
+    for (int i = 0; i < kReceiveBatch; ++i) {
+      auto frames = wire::receive(clients_);
+      if (!frames) break;
+      on_client_message(*frames);
+    }
+    dispatch();
+    if (Clock::now() >= next_tick) {
+      heartbeat_tick();
+      next_tick = Clock::now() + options_.heartbeat_interval;
+    }
+  }
+  // Tell workers and clients we are going, so they do not wait for a full liveness period.
+  for (auto& [id, worker] : workers_by_id_) {
+    auto frames = wire::make_empty(Command::kDisconnect);
+    (void)wire::send_to(workers_, id, frames);
+  }
+  for (auto& [id, client] : clients_by_id_) {
+    auto frames = wire::make_empty(Command::kDisconnect);
+    (void)wire::send_to(clients_, id, frames);
+  }
+  log_->info("broker stopped: {} chunks done, {} failed, {} re-dispatched, {} bad messages", chunks_done_,
+             chunks_failed_, chunks_redispatched_, bad_messages_);
+}
+
+void Broker::Impl::reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status) {
+  ++bad_messages_;
+  log_->warn("bad message from peer {}: {}", detail::printable_identity(identity), status.to_string());
+  auto frames = wire::make(Command::kError, proto::ErrorReply{status.code(), status.message()});
+  (void)wire::send_to(socket, identity, frames);
+}
+
+Broker::Impl::ClientState& Broker::Impl::touch_client(const std::string& identity) {
+  auto [it, inserted] = clients_by_id_.try_emplace(identity);
+  ClientState& client = it->second;
+  const auto now = Clock::now();
+  if (inserted) {
+    client.identity = identity;
+    client.last_sent = now;
+    log_->debug("client {} connected", detail::printable_identity(identity));
+  }
+  client.last_heard = now;
+  return client;
+}
+
+void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
+  if (frames.size() < 2) return;  // nothing but an identity: cannot even answer
+  const std::string identity = wire::to_string(frames[0]);
+  if (frames.size() < 3 || frames.size() > 4) {
+    reply_error(clients_, identity,
+                Status(ErrorCode::kMalformed, "expected 2 or 3 frames, got " + std::to_string(frames.size() - 1)));
+    return;
+  }
+  auto command = proto::parse_signature(wire::view(frames[1]));
+  if (!command) {
+    reply_error(clients_, identity, command.status());
+    return;
+  }
+  const auto header = wire::view(frames[2]);
+  switch (command.value()) {
+    case Command::kHello: {
+      auto hello = proto::decode<proto::Hello>(header);
+      if (!hello) return reply_error(clients_, identity, hello.status());
+      ClientState& client = touch_client(identity);
+      client.host = hello.value().client_host;
+      client.pid = hello.value().client_pid;
+      log_->info("client {} pid {} said hello", client.host, client.pid);
+      auto reply = wire::make(Command::kWelcome,
+                              proto::Welcome{worker_count(), static_cast<std::uint32_t>(options_.heartbeat_interval.count())});
+      send_to_client(client, reply);
+      return;
+    }
+    case Command::kSubmit: {
+      if (frames.size() != 4) {
+        return reply_error(clients_, identity, Status(ErrorCode::kMalformed, "SUBMIT without a payload frame"));
+      }
+      auto submit = proto::decode<proto::Submit>(header);
+      if (!submit) return reply_error(clients_, identity, submit.status());
+      ClientState& client = touch_client(identity);
+      const std::uint64_t ticket = next_ticket_++;
+      client.jobs[submit.value().job].insert(ticket);
+      chunks_.emplace(ticket, Chunk{identity, std::move(submit.value()), std::move(frames[3]), 0, {}, {}});
+      client.pending.push_back(ticket);
+      if (!client.in_ring) {
+        client.in_ring = true;
+        ring_.push_back(identity);
+      }
+      return;
+    }
+    case Command::kCancel: {
+      auto cancel = proto::decode<proto::Cancel>(header);
+      if (!cancel) return reply_error(clients_, identity, cancel.status());
+      ClientState& client = touch_client(identity);
+      const auto job = client.jobs.find(cancel.value().job);
+      if (job == client.jobs.end()) return;
+      std::size_t dropped = 0;
+      for (const std::uint64_t ticket : job->second) {
+        const auto chunk = chunks_.find(ticket);
+        if (chunk == chunks_.end()) continue;
+        // A running chunk stays in its worker's tickets: the worker gets its credit back when it
+        // answers, and the answer is then ignored. Queued entries in client.pending are skipped lazily.
+        chunks_.erase(chunk);
+        ++dropped;
+      }
+      client.jobs.erase(job);
+      log_->debug("client {} cancelled job {}: {} chunks dropped", client.host, cancel.value().job, dropped);
+      return;
+    }
+    case Command::kStatusRequest: {
+      ClientState& client = touch_client(identity);
+      auto reply = wire::make(Command::kStatusReply, status_reply());
+      send_to_client(client, reply);
+      return;
+    }
+    case Command::kHeartbeat:
+      touch_client(identity);
+      return;
+    case Command::kDisconnect:
+      drop_client(identity, "said goodbye");
+      return;
+    default:
+      reply_error(clients_, identity,
+                  Status(ErrorCode::kUnknownCommand,
+                         "command " + std::to_string(static_cast<int>(command.value())) + " is not a client command"));
+  }
+}
+
+void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
+  if (frames.size() < 2) return;
+  const std::string identity = wire::to_string(frames[0]);
+  if (frames.size() < 3 || frames.size() > 4) {
+    reply_error(workers_, identity,
+                Status(ErrorCode::kMalformed, "expected 2 or 3 frames, got " + std::to_string(frames.size() - 1)));
+    return;
+  }
+  auto command = proto::parse_signature(wire::view(frames[1]));
+  if (!command) {
+    reply_error(workers_, identity, command.status());
+    return;
+  }
+  const auto header = wire::view(frames[2]);
+  const auto now = Clock::now();
+
+  if (command.value() == Command::kReady) {
+    auto ready = proto::decode<proto::Ready>(header);
+    if (!ready) return reply_error(workers_, identity, ready.status());
+    if (ready.value().credit == 0 || ready.value().credit > 1024) {
+      return reply_error(workers_, identity, Status(ErrorCode::kMalformed, "READY credit must be 1..1024"));
+    }
+    if (workers_by_id_.contains(identity)) lose_worker(identity, "registered again");
+    WorkerState& worker = workers_by_id_[identity];
+    worker.identity = identity;
+    worker.host = ready.value().host;
+    worker.pid = ready.value().pid;
+    worker.credit = ready.value().credit;
+    worker.last_heard = now;
+    worker.last_sent = now;
+    for (std::uint32_t i = 0; i < worker.credit; ++i) credit_.push_back(identity);
+    log_->info("worker {} pid {} ready (credit {}, {} workers)", worker.host, worker.pid, worker.credit,
+               workers_by_id_.size());
+    announce_workers();
+    return;
+  }
+
+  const auto found = workers_by_id_.find(identity);
+  if (found == workers_by_id_.end()) {
+    if (command.value() != Command::kDisconnect) {
+      // A worker we do not know (we restarted, or we declared it lost): ask it to register again.
+      auto frames_out = wire::make_empty(Command::kDisconnect);
+      (void)wire::send_to(workers_, identity, frames_out);
+    }
+    return;
+  }
+  WorkerState& worker = found->second;
+  worker.last_heard = now;
+
+  switch (command.value()) {
+    case Command::kWorkerResult: {
+      if (frames.size() != 4) {
+        return reply_error(workers_, identity, Status(ErrorCode::kMalformed, "RESULT without a payload frame"));
+      }
+      auto result = proto::decode<proto::WorkerResult>(header);
+      if (!result) return reply_error(workers_, identity, result.status());
+      const std::uint64_t ticket = result.value().ticket;
+      if (worker.tickets.erase(ticket) == 0) {
+        // Not this worker's chunk (it was declared lost and the chunk went elsewhere): no credit.
+        log_->debug("worker {} pid {} returned unknown ticket {}", worker.host, worker.pid, ticket);
+        return;
+      }
+      ++worker.credit;
+      credit_.push_back(identity);
+      ++worker.chunks_done;
+      const auto chunk = chunks_.find(ticket);
+      if (chunk == chunks_.end()) return;  // cancelled while running
+      const auto client = clients_by_id_.find(chunk->second.client);
+      if (client == clients_by_id_.end()) {
+        chunks_.erase(chunk);
+        return;
+      }
+      if (result.value().outcome.code == ErrorCode::kOk) {
+        ++chunks_done_;
+      } else {
+        ++chunks_failed_;
+      }
+      const proto::ClientResult forward{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
+                                        std::move(result.value().outcome), worker_count()};
+      auto out = wire::make(Command::kResult, forward);
+      out.push_back(std::move(frames[3]));
+      finish_chunk(ticket);
+      send_to_client(client->second, out);
+      return;
+    }
+    case Command::kHeartbeat:
+      return;
+    case Command::kDisconnect:
+      lose_worker(identity, "worker disconnected");
+      return;
+    default:
+      reply_error(workers_, identity,
+                  Status(ErrorCode::kUnknownCommand,
+                         "command " + std::to_string(static_cast<int>(command.value())) + " is not a worker command"));
+  }
+}
+
+void Broker::Impl::finish_chunk(std::uint64_t ticket) {
+  const auto chunk = chunks_.find(ticket);
+  if (chunk == chunks_.end()) return;
+  const auto client = clients_by_id_.find(chunk->second.client);
+  if (client != clients_by_id_.end()) {
+    const auto job = client->second.jobs.find(chunk->second.header.job);
+    if (job != client->second.jobs.end()) {
+      job->second.erase(ticket);
+      if (job->second.empty()) client->second.jobs.erase(job);
+    }
+  }
+  chunks_.erase(chunk);
+}
+
+void Broker::Impl::send_to_client(ClientState& client, std::vector<zmq::message_t>& frames) {
+  if (wire::send_to(clients_, client.identity, frames)) {
+    client.last_sent = Clock::now();
+    return;
+  }
+  // Gone (EHOSTUNREACH) or not reading (its queue is at the high-water mark). Clients bound what
+  // they have in flight well below the HWM, so a full queue means a stuck client: drop it.
+  const std::string identity = client.identity;
+  drop_client(identity, "unreachable");
+}
+
+bool Broker::Impl::send_to_worker(WorkerState& worker, std::vector<zmq::message_t>& frames) {
+  if (!wire::send_to(workers_, worker.identity, frames)) return false;
+  worker.last_sent = Clock::now();
+  return true;
+}
+
+void Broker::Impl::drop_client(const std::string& identity, const char* why) {
+  const auto found = clients_by_id_.find(identity);
+  if (found == clients_by_id_.end()) return;
+  std::size_t dropped = 0;
+  for (const auto& [job, tickets] : found->second.jobs) {
+    for (const std::uint64_t ticket : tickets) {
+      const auto chunk = chunks_.find(ticket);
+      if (chunk == chunks_.end()) continue;
+      chunks_.erase(chunk);  // a worker running it gets its credit back when it answers
+      ++dropped;
+    }
+  }
+  log_->info("client {} pid {} gone ({}): {} chunks dropped", found->second.host, found->second.pid, why, dropped);
+  clients_by_id_.erase(found);  // its entry in ring_ is skipped lazily
+}
+
+void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause) {
+  const auto found = chunks_.find(ticket);
+  if (found == chunks_.end()) return;
+  Chunk& chunk = found->second;
+  chunk.worker.clear();
+  chunk.lost_causes.push_back(cause);
+  const auto client = clients_by_id_.find(chunk.client);
+  if (client == clients_by_id_.end()) {
+    chunks_.erase(found);
+    return;
+  }
+  if (chunk.attempt >= static_cast<std::uint32_t>(options_.max_attempts)) {
+    std::string causes;
+    for (std::size_t i = 0; i < chunk.lost_causes.size(); ++i) {
+      causes += (i == 0 ? "" : "; ") + std::string("attempt ") + std::to_string(i + 1) + ": " + chunk.lost_causes[i];
+    }
+    proto::Outcome outcome;
+    outcome.code = ErrorCode::kWorkerLost;
+    outcome.message = "chunk " + std::to_string(chunk.header.chunk) + " (items " +
+                      std::to_string(chunk.header.first_index) + ".." +
+                      std::to_string(chunk.header.first_index + chunk.header.count - 1) + ") lost its worker " +
+                      std::to_string(chunk.attempt) + " times (" + causes + ")";
+    ++chunks_failed_;
+    log_->warn("giving up on chunk: {}", outcome.message);
+    auto out = wire::make(Command::kResult, proto::ClientResult{chunk.header.job, chunk.header.chunk, chunk.attempt,
+                                                                std::move(outcome), worker_count()});
+    out.emplace_back();
+    finish_chunk(ticket);
+    send_to_client(client->second, out);
+    return;
+  }
+  ++chunks_redispatched_;
+  client->second.pending.push_front(ticket);
+  if (!client->second.in_ring) {
+    client->second.in_ring = true;
+    ring_.push_front(chunk.client);
+  }
+}
+
+void Broker::Impl::lose_worker(const std::string& identity, const std::string& cause) {
+  const auto found = workers_by_id_.find(identity);
+  if (found == workers_by_id_.end()) return;
+  WorkerState worker = std::move(found->second);
+  workers_by_id_.erase(found);  // its entries in credit_ are skipped lazily
+  log_->warn("worker lost host={} pid={} chunks={} cause={}", worker.host, worker.pid, worker.tickets.size(), cause);
+  const std::string described = cause + " (worker " + worker.host + " pid " + std::to_string(worker.pid) + ")";
+  for (const std::uint64_t ticket : worker.tickets) requeue(ticket, described);
+  announce_workers();
+}
+
+void Broker::Impl::announce_workers() {
+  // Clients size their chunks by the worker count: tell them whenever it changes.
+  std::vector<std::string> unreachable;
+  for (auto& [id, client] : clients_by_id_) {
+    auto frames = wire::make(Command::kWelcome, proto::Welcome{worker_count(), static_cast<std::uint32_t>(
+                                                                                   options_.heartbeat_interval.count())});
+    if (wire::send_to(clients_, id, frames)) {
+      client.last_sent = Clock::now();
+    } else {
+      unreachable.push_back(id);
+    }
+  }
+  for (const auto& id : unreachable) drop_client(id, "unreachable");
+}
+
+void Broker::Impl::dispatch() {
+  while (!ring_.empty() && !credit_.empty()) {
+    // The least recently served worker that still has credit.
+    const auto worker_it = workers_by_id_.find(credit_.front());
+    if (worker_it == workers_by_id_.end() || worker_it->second.credit == 0) {
+      credit_.pop_front();  // stale: the worker is gone
+      continue;
+    }
+    // The next chunk, round-robin over clients.
+    std::optional<std::uint64_t> ticket;
+    while (!ticket && !ring_.empty()) {
+      const std::string client_id = std::move(ring_.front());
+      ring_.pop_front();
+      const auto client = clients_by_id_.find(client_id);
+      if (client == clients_by_id_.end()) continue;
+      auto& pending = client->second.pending;
+      while (!pending.empty() && !ticket) {
+        const std::uint64_t candidate = pending.front();
+        pending.pop_front();
+        if (chunks_.contains(candidate)) ticket = candidate;
+      }
+      if (pending.empty()) {
+        client->second.in_ring = false;
+      } else {
+        ring_.push_back(client_id);
+      }
+    }
+    if (!ticket) return;
+
+    WorkerState& worker = worker_it->second;
+    Chunk& chunk = chunks_.at(*ticket);
+    auto frames = wire::make(Command::kTask, proto::TaskHeader{*ticket, chunk.header.first_index, chunk.header.count,
+                                                                chunk.header.task, chunk.header.signature});
+    frames.emplace_back();
+    frames.back().copy(chunk.payload);  // reference-counted, not a byte copy
+    credit_.pop_front();
+    if (!send_to_worker(worker, frames)) {
+      // The worker vanished between its last message and now: give the chunk to someone else.
+      auto client = clients_by_id_.find(chunk.client);
+      if (client != clients_by_id_.end()) {
+        client->second.pending.push_front(*ticket);
+        if (!client->second.in_ring) {
+          client->second.in_ring = true;
+          ring_.push_front(chunk.client);
+        }
+      }
+      lose_worker(worker.identity, "unreachable");
+      continue;
+    }
+    --worker.credit;
+    ++chunk.attempt;
+    chunk.worker = worker.identity;
+    worker.tickets.insert(*ticket);
+  }
+}
+
+void Broker::Impl::heartbeat_tick() {
+  const auto now = Clock::now();
+  const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
+  std::vector<std::string> lost;
+  for (auto& [id, worker] : workers_by_id_) {
+    if (now - worker.last_heard > expiry) {
+      lost.push_back(id);
+    } else if (now - worker.last_sent >= options_.heartbeat_interval) {
+      auto frames = wire::make_empty(Command::kHeartbeat);
+      if (!send_to_worker(worker, frames)) lost.push_back(id);
+    }
+  }
+  for (const auto& id : lost) {
+    const auto found = workers_by_id_.find(id);
+    const auto silent = found == workers_by_id_.end() ? std::chrono::milliseconds(0) : since(found->second.last_heard, now);
+    lose_worker(id, "no heartbeat for " + std::to_string(silent.count()) + " ms");
+  }
+  std::vector<std::string> gone;
+  for (auto& [id, client] : clients_by_id_) {
+    if (now - client.last_heard > expiry) {
+      gone.push_back(id);
+    } else if (now - client.last_sent >= options_.heartbeat_interval) {
+      auto frames = wire::make_empty(Command::kHeartbeat);
+      if (wire::send_to(clients_, id, frames)) {
+        client.last_sent = now;
+      } else {
+        gone.push_back(id);
+      }
+    }
+  }
+  for (const auto& id : gone) drop_client(id, "no heartbeat");
+}
+
+proto::StatusReply Broker::Impl::status_reply() const {
+  proto::StatusReply reply;
+  for (const auto& [id, worker] : workers_by_id_) {
+    reply.workers.push_back(
+        {worker.host, worker.pid, static_cast<std::uint32_t>(worker.tickets.size()), worker.chunks_done});
+  }
+  for (const auto& [ticket, chunk] : chunks_) {
+    if (!chunk.worker.empty()) ++reply.chunks_in_flight;
+  }
+  std::sort(reply.workers.begin(), reply.workers.end(),
+            [](const auto& a, const auto& b) { return std::tie(a.host, a.pid) < std::tie(b.host, b.pid); });
+  reply.clients = static_cast<std::uint32_t>(clients_by_id_.size());
+  reply.chunks_queued = chunks_.size() - reply.chunks_in_flight;
+  reply.chunks_done = chunks_done_;
+  reply.chunks_failed = chunks_failed_;
+  reply.chunks_redispatched = chunks_redispatched_;
+  reply.bad_messages = bad_messages_;
+  return reply;
+}
+
+Broker::Broker(BrokerOptions options, Context context)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(context))) {}
+Broker::~Broker() = default;
+const std::string& Broker::client_endpoint() const noexcept { return impl_->client_endpoint_; }
+const std::string& Broker::worker_endpoint() const noexcept { return impl_->worker_endpoint_; }
+void Broker::run() { impl_->run(); }
+void Broker::stop() noexcept { impl_->stop(); }
+
+}  // namespace poolmap

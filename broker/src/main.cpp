@@ -1,0 +1,61 @@
+// poolmap-broker: the daemon between clients and workers.
+//
+//   poolmap-broker --clients tcp://*:5555 --workers tcp://*:5556
+//
+// Runs in the foreground. Once both endpoints are bound it prints one line on stdout,
+//   poolmap-broker ready clients=<endpoint> workers=<endpoint>
+// with wildcard ports resolved, so scripts and tests can bind port 0 (tcp://127.0.0.1:*) and read
+// the real endpoints back. Logs go to stderr. SIGINT/SIGTERM stop it cleanly.
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "log.hpp"
+#include "poolmap/broker.hpp"
+#include "signals.hpp"
+
+int main(int argc, char** argv) {
+  poolmap::detail::SignalWaiter signals;
+  CLI::App app{"poolmap-broker: hands chunks of work from poolmap clients to poolmap workers"};
+  poolmap::BrokerOptions options;
+  int heartbeat_ms = 1000;
+  std::string log_level = "info";
+  app.add_option("--clients", options.client_endpoint, "endpoint clients connect to")->default_val("tcp://*:5555");
+  app.add_option("--workers", options.worker_endpoint, "endpoint workers connect to")->default_val("tcp://*:5556");
+  app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval in milliseconds")
+      ->default_val(1000)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--liveness", options.heartbeat_liveness, "missed heartbeats before a peer counts as gone")
+      ->default_val(3)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-attempts", options.max_attempts, "dispatches per chunk before it fails as worker-lost")
+      ->default_val(3)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-message-bytes", options.max_message_bytes, "largest message accepted")
+      ->default_val(1LL << 30);
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
+  CLI11_PARSE(app, argc, argv);
+  options.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
+
+  if (!poolmap::detail::configure_program_logging(log_level, "broker")) {
+    std::cerr << "poolmap-broker: unknown --log-level '" << log_level << "'\n";
+    return 2;
+  }
+  auto log = poolmap::detail::logger("poolmap.broker");
+  try {
+    poolmap::Broker broker(options);
+    std::cout << "poolmap-broker ready clients=" << broker.client_endpoint() << " workers=" << broker.worker_endpoint()
+              << std::endl;
+    signals.on_signal([&broker, &log](int signo) {
+      if (signo == SIGHUP) return;
+      log->info("signal {}: stopping", signo);
+      broker.stop();
+    });
+    broker.run();
+    signals.on_signal(nullptr);
+    return 0;
+  } catch (const std::exception& e) {
+    log->critical("{}", e.what());
+    return 1;
+  }
+}

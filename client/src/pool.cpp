@@ -1,0 +1,526 @@
+#include "poolmap/pool.hpp"
+
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <climits>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+
+#include "log.hpp"
+#include "poolmap/broker.hpp"
+#include "poolmap/cpu_count.hpp"
+#include "poolmap/protocol.hpp"
+#include "poolmap/worker.hpp"
+#include "wire.hpp"
+
+namespace poolmap {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+using proto::Command;
+
+// Environment of a worker copy started by an embedded Pool.
+constexpr const char* kWorkerEndpointVar = "POOLMAP_EMBEDDED_WORKER";
+constexpr const char* kParentPidVar = "POOLMAP_PARENT_PID";
+constexpr const char* kHeartbeatVar = "POOLMAP_HEARTBEAT_MS";
+constexpr const char* kLivenessVar = "POOLMAP_LIVENESS";
+
+// argv recorded by init(); guarded by its mutex.
+struct InitState {
+  std::mutex mutex;
+  bool called = false;
+  std::vector<std::string> argv;
+};
+InitState& init_state() {
+  static InitState state;
+  return state;
+}
+
+std::string self_executable() {
+  char buffer[PATH_MAX] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", buffer, sizeof(buffer) - 1);
+  return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string();
+}
+
+std::string host_name() {
+  char buffer[256] = {};
+  if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "unknown-host";
+  return buffer;
+}
+
+long env_number(const char* name, long fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr) return fallback;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  return (end != text && *end == '\0' && value > 0) ? value : fallback;
+}
+
+[[noreturn]] void run_embedded_worker(const char* endpoint) {
+  const auto parent = static_cast<pid_t>(env_number(kParentPidVar, 0));
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // die with the Pool's process
+  if (parent != 0 && ::getppid() != parent) std::_Exit(0);
+  try {
+    WorkerProcess worker({.broker = endpoint,
+                          .heartbeat_interval = std::chrono::milliseconds(env_number(kHeartbeatVar, 1000)),
+                          .heartbeat_liveness = static_cast<int>(env_number(kLivenessVar, 3))});
+    worker.run();  // until SIGTERM ends the process
+  } catch (const std::exception& e) {
+    detail::logger("poolmap.worker")->critical("embedded worker failed: {}", e.what());
+    std::_Exit(1);
+  }
+  std::_Exit(0);
+}
+}  // namespace
+
+void init(int argc, char** argv) {
+  if (const char* endpoint = std::getenv(kWorkerEndpointVar)) run_embedded_worker(endpoint);
+  InitState& state = init_state();
+  std::lock_guard lock(state.mutex);
+  state.called = true;
+  state.argv.assign(argv, argv + argc);
+}
+
+class Pool::Impl {
+ public:
+  explicit Impl(PoolOptions options);
+  ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  std::vector<detail::ChunkResult> execute(detail::JobRequest job);
+  std::size_t workers() const {
+    std::lock_guard lock(mutex_);
+    return workers_;
+  }
+  bool wait_for_workers(std::size_t count, std::chrono::milliseconds timeout) const {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, timeout, [&] { return workers_ >= count; });
+  }
+  std::size_t workers_for_chunking() const;
+  BrokerStatus status(std::chrono::milliseconds timeout);
+
+ private:
+  struct Job {
+    std::uint64_t id = 0;
+    std::string task;
+    std::string signature;
+    std::vector<detail::ChunkRequest> chunks;
+    std::size_t next_to_send = 0;
+    std::size_t answered = 0;
+    std::vector<detail::ChunkResult> results;
+    std::vector<bool> have;
+    std::promise<std::vector<detail::ChunkResult>> promise;
+  };
+
+  void start_embedded();
+  void shutdown();  // stops every thread and child started; idempotent
+  void io_loop();
+  void wake() noexcept {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof(one));
+  }
+  void on_message(std::vector<zmq::message_t>& frames);
+  void on_result(const proto::ClientResult& result, zmq::message_t& payload);
+  void fail_job(std::uint64_t id, std::exception_ptr error, bool tell_broker);
+  void fail_all(const Error& error);
+  void send_chunks();
+  void send(std::vector<zmq::message_t>& frames);
+
+  PoolOptions options_;
+  Context context_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::string endpoint_;
+  int wake_fd_ = -1;
+
+  // Embedded mode only.
+  std::unique_ptr<Broker> broker_;
+  std::thread broker_thread_;
+  std::unique_ptr<Supervisor> supervisor_;
+  std::thread supervisor_thread_;
+
+  mutable std::mutex mutex_;  // guards everything below up to the I/O thread's own state
+  mutable std::condition_variable changed_;
+  std::size_t workers_ = 0;
+  bool welcomed_ = false;  // heard the broker at least once
+  bool stopping_ = false;
+  std::deque<std::unique_ptr<Job>> incoming_;
+  std::deque<std::promise<BrokerStatus>> status_requests_;
+  std::uint64_t next_job_ = 1;
+
+  // Owned by the I/O thread.
+  std::unique_ptr<zmq::socket_t> socket_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Job>> jobs_;
+  std::deque<std::uint64_t> send_order_;  // jobs with chunks left to send, round-robin
+  std::deque<std::promise<BrokerStatus>> status_waiting_;
+  std::size_t in_flight_ = 0;
+  Clock::time_point last_sent_;
+  std::thread io_thread_;
+};
+
+Pool::Impl::Impl(PoolOptions options)
+    : options_(std::move(options)), log_(detail::logger("poolmap.client")) {
+  if (options_.max_chunks_in_flight == 0 || options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "Pool options: max_chunks_in_flight, heartbeat_interval and heartbeat_liveness must be positive");
+  }
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "Pool: eventfd failed");
+  if (options_.broker.empty()) {
+    start_embedded();
+  } else {
+    endpoint_ = options_.broker;
+  }
+  socket_ = std::make_unique<zmq::socket_t>(context_.impl().zmq, zmq::socket_type::dealer);
+  wire::configure(*socket_, {.high_water_mark = 10000, .linger = std::chrono::milliseconds(200)}, false);
+  try {
+    socket_->connect(endpoint_);
+  } catch (const zmq::error_t& e) {
+    throw Error(ErrorCode::kInvalidArgument, "Pool: bad broker endpoint '" + endpoint_ + "': " + e.what());
+  }
+  auto hello = wire::make(Command::kHello, proto::Hello{host_name(), static_cast<std::uint32_t>(::getpid())});
+  wire::send(*socket_, hello, false);
+  last_sent_ = Clock::now();
+  io_thread_ = std::thread([this] { io_loop(); });
+
+  if (broker_ != nullptr) {
+    const std::size_t wanted = options_.processes;
+    if (!wait_for_workers(wanted, options_.start_timeout)) {
+      const std::size_t got = workers();
+      shutdown();  // the destructor does not run for a constructor that throws
+      throw Error(ErrorCode::kUnavailable, "embedded Pool: only " + std::to_string(got) + " of " +
+                                               std::to_string(wanted) + " worker processes registered within " +
+                                               std::to_string(options_.start_timeout.count()) + " ms");
+    }
+  }
+}
+
+void Pool::Impl::start_embedded() {
+  std::vector<std::string> argv;
+  {
+    InitState& state = init_state();
+    std::lock_guard lock(state.mutex);
+    if (!state.called) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "poolmap::Pool without a broker address starts worker copies of this program, which needs "
+                  "poolmap::init(argc, argv) as the first line of main(); add it, or pass PoolOptions::broker");
+    }
+    argv = state.argv;
+  }
+  if (std::getenv(kWorkerEndpointVar) != nullptr) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "poolmap::Pool created inside an embedded worker process: poolmap::init(argc, argv) must run "
+                "before anything else in main()");
+  }
+  if (options_.processes == 0) {
+    const auto detected = detect_worker_count();
+    options_.processes = detected.count;
+    log_->info("embedded pool: {} workers decided by {} ({})", detected.count, detected.source, detected.detail);
+  }
+  static std::atomic<std::uint64_t> pool_number{0};
+  broker_ = std::make_unique<Broker>(
+      BrokerOptions{.client_endpoint = "inproc://poolmap-pool-" + std::to_string(pool_number.fetch_add(1)),
+                    .worker_endpoint = "tcp://127.0.0.1:*",
+                    .heartbeat_interval = options_.heartbeat_interval,
+                    .heartbeat_liveness = options_.heartbeat_liveness},
+      context_);
+  endpoint_ = broker_->client_endpoint();
+  broker_thread_ = std::thread([this] { broker_->run(); });
+
+  std::vector<std::pair<std::string, std::string>> environment{
+      {kWorkerEndpointVar, broker_->worker_endpoint()},
+      {kParentPidVar, std::to_string(::getpid())},
+      {kHeartbeatVar, std::to_string(options_.heartbeat_interval.count())},
+      {kLivenessVar, std::to_string(options_.heartbeat_liveness)}};
+  for (const char* name : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {
+    if (std::getenv(name) == nullptr) environment.emplace_back(name, "1");
+  }
+  const std::string executable = self_executable();
+  supervisor_ = std::make_unique<Supervisor>(SupervisorOptions{.executable = executable,
+                                                               .arguments = argv,
+                                                               .environment = environment,
+                                                               .processes = options_.processes,
+                                                               .stop_grace = std::chrono::milliseconds(2000)});
+  supervisor_thread_ = std::thread([this] { supervisor_->run(); });
+}
+
+Pool::Impl::~Impl() { shutdown(); }
+
+void Pool::Impl::shutdown() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  if (io_thread_.joinable()) {
+    wake();
+    io_thread_.join();
+  }
+  socket_.reset();
+  if (supervisor_thread_.joinable()) {
+    supervisor_->stop();
+    supervisor_thread_.join();
+  }
+  if (broker_thread_.joinable()) {
+    broker_->stop();
+    broker_thread_.join();
+  }
+  supervisor_.reset();
+  broker_.reset();
+  if (wake_fd_ >= 0) {
+    ::close(wake_fd_);
+    wake_fd_ = -1;
+  }
+}
+
+std::size_t Pool::Impl::workers_for_chunking() const {
+  std::unique_lock lock(mutex_);
+  if (!changed_.wait_for(lock, options_.start_timeout, [&] { return welcomed_; })) {
+    throw Error(ErrorCode::kUnavailable, "no answer from the poolmap broker at " + endpoint_ + " within " +
+                                             std::to_string(options_.start_timeout.count()) + " ms");
+  }
+  return workers_;
+}
+
+std::vector<detail::ChunkResult> Pool::Impl::execute(detail::JobRequest request) {
+  auto job = std::make_unique<Job>();
+  job->task = std::move(request.task);
+  job->signature = std::move(request.signature);
+  job->chunks = std::move(request.chunks);
+  job->results.resize(job->chunks.size());
+  job->have.assign(job->chunks.size(), false);
+  auto result = job->promise.get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) throw Error(ErrorCode::kCancelled, "Pool is shutting down");
+    job->id = next_job_++;
+    incoming_.push_back(std::move(job));
+  }
+  wake();
+  return result.get();
+}
+
+BrokerStatus Pool::Impl::status(std::chrono::milliseconds timeout) {
+  std::promise<BrokerStatus> promise;
+  auto future = promise.get_future();
+  {
+    std::lock_guard lock(mutex_);
+    status_requests_.push_back(std::move(promise));
+  }
+  wake();
+  if (future.wait_for(timeout) != std::future_status::ready) {
+    throw Error(ErrorCode::kUnavailable, "no status from the poolmap broker at " + endpoint_ + " within " +
+                                             std::to_string(timeout.count()) + " ms");
+  }
+  return future.get();
+}
+
+void Pool::Impl::send(std::vector<zmq::message_t>& frames) {
+  wire::send(*socket_, frames, false);
+  last_sent_ = Clock::now();
+}
+
+void Pool::Impl::io_loop() {
+  for (;;) {
+    std::array<zmq::pollitem_t, 2> items{{{socket_->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}}};
+    const auto wait = std::max(std::chrono::milliseconds(0),
+                               std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   last_sent_ + options_.heartbeat_interval - Clock::now()));
+    zmq::poll(items.data(), items.size(), wait);
+    if ((items[1].revents & ZMQ_POLLIN) != 0) {
+      std::uint64_t value = 0;
+      [[maybe_unused]] const auto got = ::read(wake_fd_, &value, sizeof(value));
+    }
+    {
+      std::unique_lock lock(mutex_);
+      if (stopping_) {
+        lock.unlock();
+        fail_all(Error(ErrorCode::kCancelled, "Pool destroyed while a map was running"));
+        auto bye = wire::make_empty(Command::kDisconnect);
+        (void)wire::send(*socket_, bye, true);
+        return;
+      }
+      while (!incoming_.empty()) {
+        auto job = std::move(incoming_.front());
+        incoming_.pop_front();
+        send_order_.push_back(job->id);
+        const std::uint64_t id = job->id;
+        jobs_.emplace(id, std::move(job));
+      }
+      while (!status_requests_.empty()) {
+        status_waiting_.push_back(std::move(status_requests_.front()));
+        status_requests_.pop_front();
+        lock.unlock();
+        auto request = wire::make_empty(Command::kStatusRequest);
+        send(request);
+        lock.lock();
+      }
+    }
+    while (auto frames = wire::receive(*socket_)) on_message(*frames);
+    send_chunks();
+    if (Clock::now() - last_sent_ >= options_.heartbeat_interval) {
+      auto beat = wire::make_empty(Command::kHeartbeat);
+      send(beat);
+    }
+  }
+}
+
+void Pool::Impl::send_chunks() {
+  while (in_flight_ < options_.max_chunks_in_flight && !send_order_.empty()) {
+    const std::uint64_t id = send_order_.front();
+    send_order_.pop_front();
+    const auto found = jobs_.find(id);
+    if (found == jobs_.end()) continue;
+    Job& job = *found->second;
+    if (job.next_to_send >= job.chunks.size()) continue;
+    const std::size_t index = job.next_to_send++;
+    detail::ChunkRequest& chunk = job.chunks[index];
+    auto frames = wire::make(Command::kSubmit, proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task,
+                                                             job.signature});
+    frames.push_back(wire::to_message(std::move(chunk.payload)));
+    send(frames);
+    ++in_flight_;
+    if (job.next_to_send < job.chunks.size()) send_order_.push_back(id);
+  }
+}
+
+void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
+  if (frames.size() < 2) return;
+  auto command = proto::parse_signature(wire::view(frames[0]));
+  if (!command) {
+    log_->warn("ignored a message from the broker: {}", command.status().to_string());
+    return;
+  }
+  const auto header = wire::view(frames[1]);
+  switch (command.value()) {
+    case Command::kWelcome: {
+      auto welcome = proto::decode<proto::Welcome>(header);
+      if (!welcome) return;
+      {
+        std::lock_guard lock(mutex_);
+        workers_ = welcome.value().workers;
+        welcomed_ = true;
+      }
+      changed_.notify_all();
+      return;
+    }
+    case Command::kResult: {
+      auto result = proto::decode<proto::ClientResult>(header);
+      if (!result || frames.size() != 3) {
+        log_->warn("ignored a malformed RESULT from the broker");
+        return;
+      }
+      on_result(result.value(), frames[2]);
+      return;
+    }
+    case Command::kStatusReply: {
+      auto reply = proto::decode<proto::StatusReply>(header);
+      if (!reply || status_waiting_.empty()) return;
+      BrokerStatus status;
+      for (const auto& w : reply.value().workers) status.workers.push_back({w.host, w.pid, w.in_flight, w.chunks_done});
+      status.clients = reply.value().clients;
+      status.chunks_queued = reply.value().chunks_queued;
+      status.chunks_in_flight = reply.value().chunks_in_flight;
+      status.chunks_done = reply.value().chunks_done;
+      status.chunks_failed = reply.value().chunks_failed;
+      status.chunks_redispatched = reply.value().chunks_redispatched;
+      status.bad_messages = reply.value().bad_messages;
+      status_waiting_.front().set_value(std::move(status));
+      status_waiting_.pop_front();
+      return;
+    }
+    case Command::kError: {
+      auto error = proto::decode<proto::ErrorReply>(header);
+      const std::string text = error ? error.value().message : "unreadable error";
+      log_->error("the broker refused a message: {}", text);
+      fail_all(Error(error ? error.value().code : ErrorCode::kMalformed, "the poolmap broker refused a request: " + text));
+      return;
+    }
+    case Command::kDisconnect:
+      log_->warn("the broker at {} is shutting down", endpoint_);
+      fail_all(Error(ErrorCode::kUnavailable, "the poolmap broker at " + endpoint_ + " shut down"));
+      return;
+    case Command::kHeartbeat:
+    default:
+      return;
+  }
+}
+
+void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& payload) {
+  {
+    std::lock_guard lock(mutex_);
+    workers_ = result.workers;
+  }
+  const auto found = jobs_.find(result.job);
+  if (found == jobs_.end()) return;  // a job that already failed: late answers are ignored
+  Job& job = *found->second;
+  if (result.chunk >= job.chunks.size() || job.have[result.chunk]) return;  // duplicate
+  --in_flight_;
+  const proto::Outcome& outcome = result.outcome;
+  if (outcome.code != ErrorCode::kOk) {
+    std::exception_ptr error;
+    if (outcome.code == ErrorCode::kTaskFailed) {
+      error = std::make_exception_ptr(TaskError({job.task, job.chunks[result.chunk].first_index + outcome.failed_offset,
+                                                 outcome.error_type, outcome.message, outcome.worker_host,
+                                                 outcome.worker_pid}));
+    } else {
+      error = std::make_exception_ptr(Error(outcome.code, outcome.message));
+    }
+    fail_job(result.job, error, true);
+    return;
+  }
+  auto owned = std::make_shared<zmq::message_t>(std::move(payload));
+  job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned};
+  job.have[result.chunk] = true;
+  if (++job.answered == job.chunks.size()) {
+    job.promise.set_value(std::move(job.results));
+    jobs_.erase(found);
+  }
+}
+
+void Pool::Impl::fail_job(std::uint64_t id, std::exception_ptr error, bool tell_broker) {
+  const auto found = jobs_.find(id);
+  if (found == jobs_.end()) return;
+  Job& job = *found->second;
+  // Chunks sent but not answered no longer count against the window.
+  in_flight_ -= (job.next_to_send - job.answered - 1 /* the failed one, already counted */);
+  if (tell_broker) {
+    auto cancel = wire::make(Command::kCancel, proto::Cancel{id});
+    send(cancel);
+  }
+  job.promise.set_exception(std::move(error));
+  jobs_.erase(found);
+}
+
+void Pool::Impl::fail_all(const Error& error) {
+  for (auto& [id, job] : jobs_) {
+    in_flight_ -= job->next_to_send - job->answered;
+    job->promise.set_exception(std::make_exception_ptr(error));
+  }
+  jobs_.clear();
+  send_order_.clear();
+  for (auto& waiting : status_waiting_) waiting.set_exception(std::make_exception_ptr(error));
+  status_waiting_.clear();
+}
+
+Pool::Pool() : Pool(PoolOptions{}) {}
+Pool::Pool(PoolOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Pool::~Pool() = default;
+std::vector<detail::ChunkResult> Pool::execute(detail::JobRequest job) { return impl_->execute(std::move(job)); }
+std::size_t Pool::workers_for_chunking() const { return impl_->workers_for_chunking(); }
+std::size_t Pool::workers() const { return impl_->workers(); }
+bool Pool::wait_for_workers(std::size_t count, std::chrono::milliseconds timeout) const {
+  return impl_->wait_for_workers(count, timeout);
+}
+BrokerStatus Pool::status(std::chrono::milliseconds timeout) const { return impl_->status(timeout); }
+
+}  // namespace poolmap

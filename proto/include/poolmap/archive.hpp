@@ -1,0 +1,158 @@
+// Cereal archives for poolmap's wire format: Cereal's portable binary encoding (little-endian,
+// fixed-width integers, 64-bit size tags), written to and read from memory buffers, with one
+// difference that matters on a network: the input archive is *bounded*.
+//
+// Stock Cereal archives trust size fields: a 9-byte message that claims a vector of 2^60 elements
+// makes `std::vector::resize` allocate before a single element is read. poolmap::InputArchive
+// checks every size tag against the bytes still unread and throws cereal::Exception before any
+// allocation when a sequence claims more elements than there are bytes left. The consequence for
+// users: a serialized element must take at least one byte (a vector of empty structs is refused).
+//
+// Any type with a Cereal `serialize`/`save`/`load` function works, as do the standard types from
+// <cereal/types/...> (string, vector, map, tuple, optional, ...), which this header includes.
+//
+// Thread-safety: an archive is used by one thread at a time.
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <cereal/cereal.hpp>
+#include <cereal/types/array.hpp>
+#include <cereal/types/map.hpp>
+#include <cereal/types/optional.hpp>
+#include <cereal/types/set.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/tuple.hpp>
+#include <cereal/types/unordered_map.hpp>
+#include <cereal/types/utility.hpp>
+#include <cereal/types/variant.hpp>
+#include <cereal/types/vector.hpp>
+
+namespace poolmap {
+
+// The byte buffer every encoder appends to.
+using Bytes = std::vector<std::byte>;
+
+namespace detail {
+// Copies `size` bytes of elements of `element_size` bytes, reversing each element's bytes on a
+// big-endian host so that the wire is always little-endian.
+inline void copy_little_endian(void* dst, const void* src, std::size_t size, std::size_t element_size) {
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(dst, src, size);
+  } else {
+    auto* out = static_cast<unsigned char*>(dst);
+    const auto* in = static_cast<const unsigned char*>(src);
+    for (std::size_t i = 0; i + element_size <= size; i += element_size) {
+      for (std::size_t j = 0; j < element_size; ++j) out[i + j] = in[i + element_size - 1 - j];
+    }
+  }
+}
+}  // namespace detail
+
+// Appends the encoding of everything passed to it to a Bytes buffer (which it does not own).
+class OutputArchive : public cereal::OutputArchive<OutputArchive, cereal::AllowEmptyClassElision> {
+ public:
+  explicit OutputArchive(Bytes& out)
+      : cereal::OutputArchive<OutputArchive, cereal::AllowEmptyClassElision>(this), out_(out) {}
+
+  void save_bytes(const void* data, std::size_t size, std::size_t element_size) {
+    const std::size_t offset = out_.size();
+    out_.resize(offset + size);
+    detail::copy_little_endian(out_.data() + offset, data, size, element_size);
+  }
+
+ private:
+  Bytes& out_;
+};
+
+// Decodes from a byte span (which it does not own and which must outlive it). Throws
+// cereal::Exception on truncation or on a size tag larger than the bytes left.
+class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmptyClassElision> {
+ public:
+  explicit InputArchive(std::span<const std::byte> in)
+      : cereal::InputArchive<InputArchive, cereal::AllowEmptyClassElision>(this), in_(in) {}
+
+  void load_bytes(void* data, std::size_t size, std::size_t element_size) {
+    if (size > remaining()) {
+      throw cereal::Exception("truncated: need " + std::to_string(size) + " bytes, " +
+                              std::to_string(remaining()) + " left");
+    }
+    detail::copy_little_endian(data, in_.data() + position_, size, element_size);
+    position_ += size;
+  }
+
+  // A sequence of `count` elements is about to be allocated: refuse it unless at least `count`
+  // bytes are left.
+  void check_sequence(std::uint64_t count) const {
+    if (count > remaining()) {
+      throw cereal::Exception("size field claims " + std::to_string(count) + " elements but only " +
+                              std::to_string(remaining()) + " bytes are left");
+    }
+  }
+
+  std::size_t remaining() const noexcept { return in_.size() - position_; }
+  std::size_t position() const noexcept { return position_; }
+
+ private:
+  std::span<const std::byte> in_;
+  std::size_t position_ = 0;
+};
+
+// ---- Cereal hooks (found by argument-dependent lookup on the archive type) ----
+
+template <class T>
+std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_SAVE_FUNCTION_NAME(OutputArchive& ar, const T& t) {
+  ar.save_bytes(std::addressof(t), sizeof(T), sizeof(T));
+}
+
+template <class T>
+std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, T& t) {
+  ar.load_bytes(std::addressof(t), sizeof(T), sizeof(T));
+}
+
+template <class Archive, class T>
+CEREAL_ARCHIVE_RESTRICT(InputArchive, OutputArchive)
+CEREAL_SERIALIZE_FUNCTION_NAME(Archive& ar, cereal::NameValuePair<T>& t) {
+  ar(t.value);
+}
+
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(OutputArchive& ar, const cereal::SizeTag<T>& t) {
+  const std::uint64_t size = static_cast<std::uint64_t>(t.size);
+  ar(size);
+}
+
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, cereal::SizeTag<T>& t) {
+  std::uint64_t size = 0;
+  ar(size);
+  ar.check_sequence(size);
+  t.size = static_cast<std::remove_reference_t<T>>(size);
+}
+
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(OutputArchive& ar, const cereal::BinaryData<T>& bd) {
+  using Element = std::remove_pointer_t<T>;
+  constexpr std::size_t kElement = std::is_void_v<std::remove_cv_t<Element>> ? 1 : sizeof(Element);
+  ar.save_bytes(bd.data, static_cast<std::size_t>(bd.size), kElement);
+}
+
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, cereal::BinaryData<T>& bd) {
+  using Element = std::remove_pointer_t<T>;
+  constexpr std::size_t kElement = std::is_void_v<std::remove_cv_t<Element>> ? 1 : sizeof(Element);
+  ar.load_bytes(bd.data, static_cast<std::size_t>(bd.size), kElement);
+}
+
+}  // namespace poolmap
+
+CEREAL_REGISTER_ARCHIVE(poolmap::OutputArchive)
+CEREAL_REGISTER_ARCHIVE(poolmap::InputArchive)
+CEREAL_SETUP_ARCHIVE_TRAITS(poolmap::InputArchive, poolmap::OutputArchive)

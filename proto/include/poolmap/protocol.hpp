@@ -1,0 +1,220 @@
+// The poolmap wire protocol, version 1: message structs and their codec. docs/PROTOCOL.md is the
+// prose version of this file; keep the two in step.
+//
+// Every message is a ZeroMQ multipart message (after the ROUTER identity frame on the broker side):
+//   frame 0  signature: 4 bytes 'P' 'M' <version> <command>
+//   frame 1  header: the command's struct below, encoded with poolmap::OutputArchive (may be empty)
+//   frame 2  payload (SUBMIT, TASK, RESULT only): opaque encoded items or results; the broker moves
+//            it from one socket to the other without reading or copying it
+//
+// decode_*() never throw and never allocate more than the bytes present: a malformed, truncated or
+// oversized message is an error Status.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "poolmap/archive.hpp"
+#include "poolmap/status.hpp"
+
+namespace poolmap::proto {
+
+inline constexpr std::byte kTag0{'P'};
+inline constexpr std::byte kTag1{'M'};
+inline constexpr std::uint8_t kVersion = 1;
+
+// One byte after the tag and version. Values are part of the protocol: never renumber.
+enum class Command : std::uint8_t {
+  // client -> broker
+  kHello = 0x01,          // Hello; answered with Welcome
+  kSubmit = 0x02,         // Submit + payload: one chunk of a job
+  kCancel = 0x03,         // Cancel: drop every chunk of a job not yet answered
+  kStatusRequest = 0x04,  // (empty); answered with StatusReply
+  // broker -> client
+  kWelcome = 0x11,      // Welcome
+  kResult = 0x12,       // ClientResult + payload
+  kStatusReply = 0x13,  // StatusReply
+  kError = 0x14,        // ErrorReply: the broker refused a message
+  // worker -> broker
+  kReady = 0x21,         // Ready: registration with initial credit
+  kWorkerResult = 0x22,  // WorkerResult + payload; returns one credit
+  // broker -> worker
+  kTask = 0x31,  // TaskHeader + payload
+  // both directions, all peers
+  kHeartbeat = 0x40,   // (empty)
+  kDisconnect = 0x41,  // (empty): "forget me" / "I do not know you, register again"
+};
+
+// The 4-byte signature frame for `command`.
+std::array<std::byte, 4> signature_frame(Command command) noexcept;
+
+// Checks a signature frame. Returns the command, kBadVersion for another tag or version, or
+// kMalformed for a frame that is not 4 bytes. An unknown command byte is returned as-is; the
+// receiver answers it with kUnknownCommand.
+Result<Command> parse_signature(std::span<const std::byte> frame);
+
+// How a chunk ended, as reported by a worker and forwarded to the client.
+struct Outcome {
+  ErrorCode code = ErrorCode::kOk;
+  std::uint32_t failed_offset = 0;  // kTaskFailed: index of the failing item within the chunk
+  std::string error_type;           // kTaskFailed: remote exception type
+  std::string message;              // anything but kOk: what went wrong
+  std::string worker_host;          // the worker that produced this outcome
+  std::uint32_t worker_pid = 0;
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(code, failed_offset, error_type, message, worker_host, worker_pid);
+  }
+};
+
+struct Hello {
+  std::string client_host;
+  std::uint32_t client_pid = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(client_host, client_pid);
+  }
+};
+
+struct Welcome {
+  std::uint32_t workers = 0;             // worker processes registered now
+  std::uint32_t heartbeat_interval_ms = 0;  // the broker's interval, for information
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(workers, heartbeat_interval_ms);
+  }
+};
+
+struct Submit {
+  std::uint64_t job = 0;          // unique per client connection
+  std::uint64_t chunk = 0;        // 0-based chunk number within the job
+  std::uint64_t first_index = 0;  // index of the chunk's first item in the job's input
+  std::uint32_t count = 0;        // items in the payload
+  std::string task;               // task name
+  std::string signature;          // task signature, e.g. "i64(i64)"
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(job, chunk, first_index, count, task, signature);
+  }
+};
+
+struct Cancel {
+  std::uint64_t job = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(job);
+  }
+};
+
+struct ClientResult {
+  std::uint64_t job = 0;
+  std::uint64_t chunk = 0;
+  std::uint32_t attempt = 0;  // 1 for the first dispatch
+  Outcome outcome;
+  std::uint32_t workers = 0;  // worker processes registered now
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(job, chunk, attempt, outcome, workers);
+  }
+};
+
+struct ErrorReply {
+  ErrorCode code = ErrorCode::kOk;
+  std::string message;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(code, message);
+  }
+};
+
+struct Ready {
+  std::string host;
+  std::uint32_t pid = 0;
+  std::uint32_t credit = 1;  // chunks the worker accepts before its first result (slots + prefetch)
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(host, pid, credit);
+  }
+};
+
+struct TaskHeader {
+  std::uint64_t ticket = 0;       // broker-assigned; echoed in WorkerResult
+  std::uint64_t first_index = 0;  // for error messages
+  std::uint32_t count = 0;
+  std::string task;
+  std::string signature;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(ticket, first_index, count, task, signature);
+  }
+};
+
+struct WorkerResult {
+  std::uint64_t ticket = 0;
+  Outcome outcome;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(ticket, outcome);
+  }
+};
+
+struct WorkerInfo {
+  std::string host;
+  std::uint32_t pid = 0;
+  std::uint32_t in_flight = 0;
+  std::uint64_t chunks_done = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(host, pid, in_flight, chunks_done);
+  }
+};
+
+struct StatusReply {
+  std::vector<WorkerInfo> workers;
+  std::uint32_t clients = 0;
+  std::uint64_t chunks_queued = 0;
+  std::uint64_t chunks_in_flight = 0;
+  std::uint64_t chunks_done = 0;
+  std::uint64_t chunks_failed = 0;
+  std::uint64_t chunks_redispatched = 0;
+  std::uint64_t bad_messages = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(workers, clients, chunks_queued, chunks_in_flight, chunks_done, chunks_failed,
+       chunks_redispatched, bad_messages);
+  }
+};
+
+// Encodes a header struct.
+template <class Message>
+Bytes encode(const Message& message) {
+  Bytes out;
+  {
+    OutputArchive ar(out);
+    ar(message);
+  }
+  return out;
+}
+
+// Decodes a header struct; the whole span must be consumed.
+template <class Message>
+Result<Message> decode(std::span<const std::byte> bytes) {
+  Message message;
+  try {
+    InputArchive ar(bytes);
+    ar(message);
+    if (ar.remaining() != 0) {
+      return Status(ErrorCode::kMalformed, std::to_string(ar.remaining()) + " trailing bytes");
+    }
+  } catch (const std::exception& e) {
+    return Status(ErrorCode::kMalformed, e.what());
+  }
+  return message;
+}
+
+}  // namespace poolmap::proto

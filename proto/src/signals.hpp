@@ -1,0 +1,35 @@
+// Internal (not installed): signal handling for poolmap's programs (never used by the libraries).
+//
+// A SignalWaiter blocks SIGINT, SIGTERM and SIGHUP in the calling thread (so in every thread started
+// after it) and waits for them in a thread of its own. Create it first in main(), before any other
+// thread exists, then say what a signal does with on_signal(): stopping a daemon is then an
+// ordinary thread-safe call such as Broker::stop(), made from the waiting thread.
+#pragma once
+
+#include <csignal>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace poolmap::detail {
+
+class SignalWaiter {
+ public:
+  SignalWaiter();
+  ~SignalWaiter();  // wakes and joins the waiting thread
+  SignalWaiter(const SignalWaiter&) = delete;
+  SignalWaiter& operator=(const SignalWaiter&) = delete;
+
+  // Sets what a signal does (replacing the previous action; nullptr = nothing). If SIGINT or
+  // SIGTERM arrived before, `action` is called at once with that signal. Thread-safe.
+  void on_signal(std::function<void(int)> action);
+
+ private:
+  std::mutex mutex_;  // guards action_ and stop_signal_
+  std::function<void(int)> action_;
+  int stop_signal_ = 0;  // the first SIGINT/SIGTERM received
+  sigset_t set_{};
+  std::thread thread_;
+};
+
+}  // namespace poolmap::detail

@@ -1,0 +1,91 @@
+#include "wire.hpp"
+
+#include <cerrno>
+#include <memory>
+
+namespace poolmap {
+Context::Context() : impl_(std::make_shared<Impl>()) {}
+}  // namespace poolmap
+
+namespace poolmap::wire {
+
+void configure(zmq::socket_t& socket, const SocketLimits& limits, bool is_router) {
+  socket.set(zmq::sockopt::sndhwm, limits.high_water_mark);
+  socket.set(zmq::sockopt::rcvhwm, limits.high_water_mark);
+  socket.set(zmq::sockopt::linger, static_cast<int>(limits.linger.count()));
+  socket.set(zmq::sockopt::maxmsgsize, limits.max_message_bytes);
+  if (is_router) socket.set(zmq::sockopt::router_mandatory, 1);
+}
+
+zmq::message_t to_message(Bytes&& bytes) {
+  if (bytes.empty()) return zmq::message_t();
+  auto owned = std::make_unique<Bytes>(std::move(bytes));
+  void* data = owned->data();
+  const std::size_t size = owned->size();
+  zmq::message_t message(
+      data, size, [](void*, void* hint) { delete static_cast<Bytes*>(hint); }, owned.get());
+  owned.release();  // ZeroMQ owns it now and frees it through the callback above
+  return message;
+}
+
+zmq::message_t signature_message(proto::Command command) {
+  const auto signature = proto::signature_frame(command);
+  return zmq::message_t(signature.data(), signature.size());
+}
+
+std::vector<zmq::message_t> make_empty(proto::Command command) {
+  std::vector<zmq::message_t> frames;
+  frames.reserve(2);
+  frames.push_back(signature_message(command));
+  frames.emplace_back();
+  return frames;
+}
+
+namespace {
+bool send_parts(zmq::socket_t& socket, zmq::message_t* first, std::vector<zmq::message_t>& frames,
+                bool dont_wait) {
+  const std::size_t total = frames.size() + (first != nullptr ? 1 : 0);
+  std::size_t index = 0;
+  auto send_one = [&](zmq::message_t& part) -> bool {
+    ++index;
+    zmq::send_flags flags = index < total ? zmq::send_flags::sndmore : zmq::send_flags::none;
+    if (dont_wait) flags = flags | zmq::send_flags::dontwait;
+    try {
+      return socket.send(part, flags).has_value();
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EHOSTUNREACH) return false;
+      throw;
+    }
+  };
+  if (first != nullptr && !send_one(*first)) return false;
+  for (auto& frame : frames) {
+    if (!send_one(frame)) return false;
+  }
+  return true;
+}
+}  // namespace
+
+bool send(zmq::socket_t& socket, std::vector<zmq::message_t>& frames, bool dont_wait) {
+  return send_parts(socket, nullptr, frames, dont_wait);
+}
+
+bool send_to(zmq::socket_t& socket, const std::string& identity, std::vector<zmq::message_t>& frames,
+             bool dont_wait) {
+  zmq::message_t id(identity.data(), identity.size());
+  return send_parts(socket, &id, frames, dont_wait);
+}
+
+std::optional<std::vector<zmq::message_t>> receive(zmq::socket_t& socket) {
+  std::vector<zmq::message_t> frames;
+  zmq::message_t part;
+  if (!socket.recv(part, zmq::recv_flags::dontwait)) return std::nullopt;
+  frames.push_back(std::move(part));
+  while (socket.get(zmq::sockopt::rcvmore) != 0) {
+    zmq::message_t next;
+    (void)socket.recv(next, zmq::recv_flags::none);  // the rest of a multipart is already here
+    frames.push_back(std::move(next));
+  }
+  return frames;
+}
+
+}  // namespace poolmap::wire

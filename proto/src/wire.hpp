@@ -1,0 +1,78 @@
+// Internal (not installed): ZeroMQ framing shared by broker, worker and client.
+//
+// A poolmap message is a vector of frames: [signature, header, payload?]; on a ROUTER socket the
+// peer's routing identity frame comes first. These helpers build and take apart such messages and
+// set the socket options every poolmap socket uses.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "poolmap/context.hpp"
+#include "poolmap/protocol.hpp"
+
+namespace poolmap {
+class Context::Impl {
+ public:
+  zmq::context_t zmq{1};
+};
+}  // namespace poolmap
+
+namespace poolmap::wire {
+
+// Limits applied to every poolmap socket.
+struct SocketLimits {
+  int high_water_mark = 10000;                  // ZMQ_SNDHWM and ZMQ_RCVHWM, in messages
+  std::chrono::milliseconds linger{1000};       // ZMQ_LINGER
+  std::int64_t max_message_bytes = 1LL << 30;   // ZMQ_MAXMSGSIZE; -1 = unlimited
+};
+
+// Sets HWMs, linger and max message size; on ROUTER sockets also ZMQ_ROUTER_MANDATORY.
+void configure(zmq::socket_t& socket, const SocketLimits& limits, bool is_router);
+
+// Wraps an encoded buffer into a message without copying it (ownership moves to ZeroMQ).
+zmq::message_t to_message(Bytes&& bytes);
+
+// A message holding the 4-byte signature of `command`.
+zmq::message_t signature_message(proto::Command command);
+
+// The bytes of a message, as a view valid while the message lives.
+inline std::span<const std::byte> view(const zmq::message_t& message) {
+  return {static_cast<const std::byte*>(message.data()), message.size()};
+}
+
+inline std::string to_string(const zmq::message_t& message) { return {message.data<char>(), message.size()}; }
+
+// Builds [signature, encode(header)] (+ payload when given).
+template <class Header>
+std::vector<zmq::message_t> make(proto::Command command, const Header& header) {
+  std::vector<zmq::message_t> frames;
+  frames.reserve(3);
+  frames.push_back(signature_message(command));
+  frames.push_back(to_message(proto::encode(header)));
+  return frames;
+}
+// [signature, empty header].
+std::vector<zmq::message_t> make_empty(proto::Command command);
+
+// Sends all frames (SNDMORE on all but the last). With `dont_wait`, returns false when the peer's
+// queue is full (EAGAIN) or, on a ROUTER with ROUTER_MANDATORY, when the peer is gone
+// (EHOSTUNREACH); frames not sent are lost to the caller in that case. Other errors throw
+// zmq::error_t. A multipart message is atomic: either all frames are queued or none (only the
+// first send can fail with EAGAIN/EHOSTUNREACH).
+bool send(zmq::socket_t& socket, std::vector<zmq::message_t>& frames, bool dont_wait = true);
+
+// Same, with a routing identity frame first (ROUTER sockets).
+bool send_to(zmq::socket_t& socket, const std::string& identity, std::vector<zmq::message_t>& frames,
+             bool dont_wait = true);
+
+// Receives one whole multipart message without blocking; empty when none is waiting.
+std::optional<std::vector<zmq::message_t>> receive(zmq::socket_t& socket);
+
+}  // namespace poolmap::wire

@@ -1,0 +1,35 @@
+#include "test_tasks.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <stdexcept>
+
+namespace poolmap::test {
+
+POOLMAP_TASK(square, [](std::int64_t x) { return x * x; });
+
+POOLMAP_TASK(fail_at_13, [](std::int64_t x) -> std::int64_t {
+  if (x == 13) throw std::invalid_argument("bad item 13");
+  return x;
+});
+
+POOLMAP_TASK(shout, [](const std::string& s) {
+  std::string out = s;
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::toupper(c); });
+  return out + "!";
+});
+
+POOLMAP_TASK(prefix_sums, [](const std::vector<double>& v) {
+  std::vector<double> out(v.size());
+  double sum = 0;
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = sum += v[i];
+  return out;
+});
+
+POOLMAP_TASK(mirror, [](const Point& p) { return Point{-p.x, -p.y, p.label + "'"}; });
+
+POOLMAP_TASK(worker_pid, [](std::int64_t) { return static_cast<std::int64_t>(::getpid()); });
+
+}  // namespace poolmap::test

@@ -1,0 +1,106 @@
+// poolmap's worker side: the process that runs tasks, and the supervisor that keeps N of them alive.
+//
+// A WorkerProcess connects one socket to the broker, registers with some credit, and runs the
+// chunks it is sent with the tasks registered in this process (POOLMAP_TASK, or task libraries
+// loaded with load_task_library). A task that throws produces an error result; the process keeps
+// serving. Heartbeats flow both ways while a task runs (a second thread owns the socket, so a long
+// task never looks like a dead worker). If the broker is silent for heartbeat_interval ×
+// heartbeat_liveness, or says it does not know this worker, the process registers again.
+//
+// A Supervisor starts `processes` copies of a command (normally this executable in its child role)
+// and restarts any that exit, with a back-off, until stop().
+//
+// Thread-safety: run() blocks the calling thread; stop() may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "poolmap/context.hpp"
+
+namespace poolmap {
+
+struct WorkerOptions {
+  // The broker's worker endpoint, e.g. "tcp://broker-host:5556". Required.
+  std::string broker{};
+  // Chunks accepted beyond the one running, so the next is already here when one finishes.
+  // Default: 1.
+  std::uint32_t prefetch = 1;
+  // Heartbeat interval and liveness; keep them equal to the broker's. Default: 1 s × 3.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  int heartbeat_liveness = 3;
+  // Largest message accepted, in bytes. Default: 1 GiB.
+  std::int64_t max_message_bytes = 1LL << 30;
+  // The context to open the socket in (share it with an in-process broker for inproc://).
+  // Default: a private context.
+  Context context{};
+};
+
+class WorkerProcess {
+ public:
+  // Does not connect yet. Throws poolmap::Error (kInvalidArgument) for an empty broker endpoint.
+  explicit WorkerProcess(WorkerOptions options);
+  ~WorkerProcess();
+  WorkerProcess(const WorkerProcess&) = delete;
+  WorkerProcess& operator=(const WorkerProcess&) = delete;
+
+  // Connects, registers and runs tasks until stop(). The calling thread runs the tasks.
+  void run();
+  // Makes run() return after the task in progress, if any. Thread-safe.
+  void stop() noexcept;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Loads a task library (dlopen), which registers its POOLMAP_TASKs in this process.
+// Throws poolmap::Error (kInvalidArgument) with dlerror()'s text when it cannot be loaded.
+// Returns the names of the tasks it added.
+std::vector<std::string> load_task_library(const std::string& path);
+
+struct SupervisorOptions {
+  // Program to run and its arguments (argv[0] included). Required.
+  std::string executable{};
+  std::vector<std::string> arguments{};
+  // Variables added to (or replacing in) the inherited environment.
+  std::vector<std::pair<std::string, std::string>> environment{};
+  // How many copies to keep running. Required, >= 1.
+  std::size_t processes = 1;
+  // Wait before restarting a copy that exited; doubles for a copy that dies within a second of
+  // starting, up to restart_backoff_max. Default: 100 ms, max 5 s.
+  std::chrono::milliseconds restart_backoff{100};
+  std::chrono::milliseconds restart_backoff_max{5000};
+  // After stop(), time the children get to exit after SIGTERM before SIGKILL. Default: 5 s.
+  std::chrono::milliseconds stop_grace{5000};
+};
+
+class Supervisor {
+ public:
+  // Throws poolmap::Error (kInvalidArgument) for an empty executable or zero processes.
+  explicit Supervisor(SupervisorOptions options);
+  ~Supervisor();  // stops and reaps every child if run() is not running
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Starts the children, restarts those that exit, and returns after stop() once every child has
+  // been reaped (SIGTERM, then SIGKILL after stop_grace). Call from one thread.
+  void run();
+  // Makes run() wind down. Thread-safe.
+  void stop() noexcept;
+
+  // Process ids of the children running now.
+  std::vector<int> pids() const;
+  // Children that exited (and were restarted unless stopping) so far.
+  std::size_t exits() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace poolmap

@@ -1,0 +1,128 @@
+// poolmap-worker: starts N worker processes that take chunks from a broker and run them.
+//
+//   poolmap-worker --broker tcp://HOST:5556 [--processes N] [--tasks LIB.so ...]
+//
+// The process started by the user is a supervisor: it detects the worker count (physical cores,
+// CPU affinity, cgroup quota, SLURM/PBS allocation), starts that many copies of itself in the
+// hidden --child role and restarts any that die. SIGINT/SIGTERM stop everything.
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "log.hpp"
+#include "poolmap/cpu_count.hpp"
+#include "poolmap/error.hpp"
+#include "poolmap/worker.hpp"
+#include "signals.hpp"
+
+namespace {
+
+std::string self_executable(const char* argv0) {
+  char buffer[PATH_MAX] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", buffer, sizeof(buffer) - 1);
+  return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string(argv0);
+}
+
+// Children die with their supervisor, even if it is killed with SIGKILL.
+void exit_with_parent(pid_t expected_parent) {
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (::getppid() != expected_parent) std::_Exit(0);  // the parent died before prctl
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  poolmap::detail::SignalWaiter signals;
+  CLI::App app{"poolmap-worker: runs poolmap tasks for a broker, one process per core"};
+  std::string broker;
+  std::size_t processes = 0;
+  std::vector<std::string> task_libraries;
+  std::uint32_t prefetch = 1;
+  int heartbeat_ms = 1000;
+  int liveness = 3;
+  std::string log_level = "info";
+  bool child = false;
+  int parent_pid = 0;
+  app.add_option("--broker", broker, "broker worker endpoint, e.g. tcp://broker-host:5556")->required();
+  app.add_option("-n,--processes", processes,
+                 "worker processes to run (default 0 = physical cores, limited by CPU affinity, cgroup quota "
+                 "and SLURM_CPUS_PER_TASK / PBS_NCPUS / NCPUS)");
+  app.add_option("--tasks", task_libraries, "task library (.so) to load; repeat for several")
+      ->check(CLI::ExistingFile);
+  app.add_option("--prefetch", prefetch, "chunks each process accepts beyond the one it runs")
+      ->default_val(1)
+      ->check(CLI::Range(0, 64));
+  app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval in milliseconds")->default_val(1000)->check(CLI::PositiveNumber);
+  app.add_option("--liveness", liveness, "missed heartbeats before the broker counts as gone")->default_val(3)->check(CLI::PositiveNumber);
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
+  app.add_flag("--child", child, "internal: run one worker process (started by the supervisor)")->group("");
+  app.add_option("--parent-pid", parent_pid, "internal")->group("");
+  CLI11_PARSE(app, argc, argv);
+
+  if (!poolmap::detail::configure_program_logging(log_level, child ? "worker" : "supervisor")) {
+    std::cerr << "poolmap-worker: unknown --log-level '" << log_level << "'\n";
+    return 2;
+  }
+  auto log = poolmap::detail::logger("poolmap.worker");
+  if (child && parent_pid > 0) exit_with_parent(static_cast<pid_t>(parent_pid));
+
+  try {
+    for (const auto& library : task_libraries) {
+      const auto added = poolmap::load_task_library(library);
+      if (!child) log->info("loaded {} ({} tasks)", library, added.size());
+    }
+    if (child) {
+      poolmap::WorkerProcess worker({.broker = broker,
+                                     .prefetch = prefetch,
+                                     .heartbeat_interval = std::chrono::milliseconds(heartbeat_ms),
+                                     .heartbeat_liveness = liveness});
+      signals.on_signal([&worker](int signo) {
+        if (signo != SIGHUP) worker.stop();
+      });
+      worker.run();
+      signals.on_signal(nullptr);
+      return 0;
+    }
+
+    if (processes == 0) {
+      const auto detected = poolmap::detect_worker_count();
+      processes = detected.count;
+      log->info("worker count {} decided by {} ({})", detected.count, detected.source, detected.detail);
+    } else {
+      log->info("worker count {} from --processes", processes);
+    }
+    const std::string self = self_executable(argv[0]);
+    std::vector<std::string> child_args{self,        "--child",        "--parent-pid", std::to_string(::getpid()),
+                                        "--broker",  broker,           "--prefetch",   std::to_string(prefetch),
+                                        "--heartbeat-ms", std::to_string(heartbeat_ms), "--liveness",
+                                        std::to_string(liveness), "--log-level", log_level};
+    for (const auto& library : task_libraries) {
+      child_args.push_back("--tasks");
+      child_args.push_back(library);
+    }
+    std::vector<std::pair<std::string, std::string>> environment;
+    for (const char* name : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {
+      if (std::getenv(name) == nullptr) environment.emplace_back(name, "1");
+    }
+    poolmap::Supervisor supervisor({.executable = self,
+                                    .arguments = child_args,
+                                    .environment = environment,
+                                    .processes = processes});
+    signals.on_signal([&supervisor, &log](int signo) {
+      if (signo == SIGHUP) return;
+      log->info("signal {}: stopping worker processes", signo);
+      supervisor.stop();
+    });
+    supervisor.run();
+    signals.on_signal(nullptr);
+    return 0;
+  } catch (const std::exception& e) {
+    log->critical("{}", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,238 @@
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+
+#include "log.hpp"
+#include "poolmap/error.hpp"
+#include "poolmap/worker.hpp"
+
+extern char** environ;  // NOLINT: POSIX
+
+namespace poolmap {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+std::string describe_exit(int status) {
+  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const char* name = ::sigdescr_np(WTERMSIG(status));
+    return "signal " + std::to_string(WTERMSIG(status)) + " (" + (name != nullptr ? name : "?") + ")";
+  }
+  return "status " + std::to_string(status);
+}
+}  // namespace
+
+class Supervisor::Impl {
+ public:
+  explicit Impl(SupervisorOptions options) : options_(std::move(options)), log_(detail::logger("poolmap.supervisor")) {
+    if (options_.executable.empty()) throw Error(ErrorCode::kInvalidArgument, "supervisor: no executable given");
+    if (options_.processes == 0) throw Error(ErrorCode::kInvalidArgument, "supervisor: processes must be >= 1");
+    if (options_.arguments.empty()) options_.arguments.push_back(options_.executable);
+    wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "supervisor: eventfd failed");
+    build_environment();
+  }
+  ~Impl() {
+    stop_all();
+    ::close(wake_fd_);
+  }
+
+  void run();
+  void stop() noexcept {
+    stopping_.store(true);
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof(one));
+  }
+  std::vector<int> pids() const {
+    std::lock_guard lock(mutex_);
+    std::vector<int> out;
+    for (const auto& [pid, child] : children_) out.push_back(pid);
+    return out;
+  }
+  std::size_t exits() const { return exits_.load(); }
+
+ private:
+  struct Child {
+    int pidfd = -1;  // -1 where pidfd_open is not available: then run() polls
+    Clock::time_point started;
+  };
+  struct Slot {
+    Clock::time_point restart_at;
+    std::chrono::milliseconds backoff;
+  };
+
+  void build_environment() {
+    std::map<std::string, std::string> env;
+    for (char** entry = environ; *entry != nullptr; ++entry) {
+      const std::string text(*entry);
+      const auto eq = text.find('=');
+      if (eq != std::string::npos) env[text.substr(0, eq)] = text.substr(eq + 1);
+    }
+    for (const auto& [name, value] : options_.environment) env[name] = value;
+    for (const auto& [name, value] : env) environment_.push_back(name + "=" + value);
+  }
+
+  std::optional<int> spawn() {
+    std::vector<char*> argv;
+    for (auto& arg : options_.arguments) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    std::vector<char*> envp;
+    for (auto& entry : environment_) envp.push_back(entry.data());
+    envp.push_back(nullptr);
+    // The child starts with no blocked signals and default dispositions, whatever this process
+    // (which may wait for signals in a thread of its own) has set.
+    posix_spawnattr_t attributes;
+    posix_spawnattr_init(&attributes);
+    sigset_t none;
+    sigemptyset(&none);
+    sigset_t defaults;
+    sigemptyset(&defaults);
+    for (const int signo : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGUSR1, SIGUSR2}) sigaddset(&defaults, signo);
+    posix_spawnattr_setsigmask(&attributes, &none);
+    posix_spawnattr_setsigdefault(&attributes, &defaults);
+    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid = 0;
+    const int rc =
+        ::posix_spawn(&pid, options_.executable.c_str(), nullptr, &attributes, argv.data(), envp.data());
+    posix_spawnattr_destroy(&attributes);
+    if (rc != 0) {
+      log_->error("cannot start {}: {}", options_.executable, std::strerror(rc));
+      return std::nullopt;
+    }
+    Child child;
+    child.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    child.started = Clock::now();
+    std::lock_guard lock(mutex_);
+    children_.emplace(pid, child);
+    return pid;
+  }
+
+  // Reaps children that exited; returns how many.
+  std::size_t reap() {
+    std::size_t reaped = 0;
+    std::lock_guard lock(mutex_);
+    for (auto it = children_.begin(); it != children_.end();) {
+      int status = 0;
+      const pid_t done = ::waitpid(it->first, &status, WNOHANG);
+      if (done == it->first || (done < 0 && errno == ECHILD)) {
+        const bool quick = Clock::now() - it->second.started < std::chrono::seconds(1);
+        if (!stopping_.load()) {
+          log_->warn("worker process {} exited ({}); restarting", it->first, done < 0 ? "unknown" : describe_exit(status));
+        }
+        if (it->second.pidfd >= 0) ::close(it->second.pidfd);
+        it = children_.erase(it);
+        ++reaped;
+        exits_.fetch_add(1);
+        // A child that dies right after starting (bad task library, no broker address) backs off
+        // exponentially instead of spinning.
+        last_backoff_ = quick ? std::clamp(last_backoff_ * 2, options_.restart_backoff, options_.restart_backoff_max)
+                              : options_.restart_backoff;
+        restarts_.push_back({Clock::now() + last_backoff_, last_backoff_});
+      } else {
+        ++it;
+      }
+    }
+    return reaped;
+  }
+
+  void stop_all() {
+    std::vector<pid_t> pids;
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& [pid, child] : children_) pids.push_back(pid);
+    }
+    if (pids.empty()) return;
+    for (const pid_t pid : pids) ::kill(pid, SIGTERM);
+    const auto deadline = Clock::now() + options_.stop_grace;
+    while (Clock::now() < deadline) {
+      reap();
+      std::lock_guard lock(mutex_);
+      if (children_.empty()) break;
+      ::poll(nullptr, 0, 10);
+    }
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& [pid, child] : children_) ::kill(pid, SIGKILL);
+    }
+    while (true) {
+      reap();
+      std::lock_guard lock(mutex_);
+      if (children_.empty()) break;
+      ::poll(nullptr, 0, 5);
+    }
+  }
+
+  SupervisorOptions options_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::vector<std::string> environment_;
+  int wake_fd_ = -1;
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::size_t> exits_{0};
+  mutable std::mutex mutex_;  // guards children_
+  std::map<pid_t, Child> children_;
+  std::vector<Slot> restarts_;  // run() thread only
+  std::chrono::milliseconds last_backoff_{0};  // guarded by mutex_
+};
+
+void Supervisor::Impl::run() {
+  for (std::size_t i = 0; i < options_.processes && !stopping_.load(); ++i) {
+    if (!spawn()) restarts_.push_back({Clock::now() + options_.restart_backoff, options_.restart_backoff});
+  }
+  log_->info("supervisor started {} worker processes of {}", options_.processes, options_.executable);
+  while (!stopping_.load()) {
+    std::vector<pollfd> fds;
+    fds.push_back({wake_fd_, POLLIN, 0});
+    bool all_have_pidfd = true;
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& [pid, child] : children_) {
+        if (child.pidfd >= 0) {
+          fds.push_back({child.pidfd, POLLIN, 0});
+        } else {
+          all_have_pidfd = false;
+        }
+      }
+    }
+    int timeout_ms = all_have_pidfd ? 1000 : 50;
+    for (const auto& slot : restarts_) {
+      const auto until = std::chrono::duration_cast<std::chrono::milliseconds>(slot.restart_at - Clock::now());
+      timeout_ms = std::clamp(static_cast<int>(until.count()), 0, timeout_ms);
+    }
+    ::poll(fds.data(), fds.size(), timeout_ms);
+    if (stopping_.load()) break;
+    reap();
+    const auto now = Clock::now();
+    for (auto it = restarts_.begin(); it != restarts_.end();) {
+      if (it->restart_at <= now) {
+        const auto backoff = it->backoff;
+        it = restarts_.erase(it);
+        if (!spawn()) restarts_.push_back({now + backoff, std::min(backoff * 2, options_.restart_backoff_max)});
+        break;  // iterator invalidated by push_back; the rest are handled next round
+      }
+      ++it;
+    }
+  }
+  stop_all();
+  log_->info("supervisor stopped");
+}
+
+Supervisor::Supervisor(SupervisorOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Supervisor::~Supervisor() = default;
+void Supervisor::run() { impl_->run(); }
+void Supervisor::stop() noexcept { impl_->stop(); }
+std::vector<int> Supervisor::pids() const { return impl_->pids(); }
+std::size_t Supervisor::exits() const { return impl_->exits(); }
+
+}  // namespace poolmap
