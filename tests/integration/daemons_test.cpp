@@ -1,0 +1,195 @@
+// The daemons as an operator sees them: supervision, liveness, signals, bad input, the CLI.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <numeric>
+#include <zmq.hpp>
+
+#include "poolmap/poolmap.hpp"
+#include "poolmap/protocol.hpp"
+#include "process.hpp"
+#include "test_tasks.hpp"
+
+using namespace std::chrono_literals;
+namespace t = poolmap::test;
+
+namespace {
+
+poolmap::PoolOptions remote(const t::Cluster& cluster) {
+  return {.broker = cluster.client_endpoint(), .heartbeat_interval = 100ms};
+}
+
+std::vector<std::uint32_t> worker_pids(poolmap::Pool& pool) {
+  std::vector<std::uint32_t> pids;
+  for (const auto& worker : pool.status().workers) pids.push_back(worker.pid);
+  return pids;
+}
+
+bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0; }
+
+std::int64_t sum_of_squares(std::int64_t n) {
+  std::int64_t sum = 0;
+  for (std::int64_t i = 0; i < n; ++i) sum += i * i;
+  return sum;
+}
+
+}  // namespace
+
+TEST_CASE("Daemons.Worker.SupervisorRestartsAKilledProcess" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  const auto before = worker_pids(pool);
+  REQUIRE(before.size() == 2);
+  REQUIRE(::kill(static_cast<pid_t>(before[0]), SIGKILL) == 0);
+  // The broker notices (heartbeat 100 ms × 3) and the supervisor starts a replacement.
+  const bool replaced = t::eventually(
+      [&] {
+        const auto now = worker_pids(pool);
+        return now.size() == 2 && std::find(now.begin(), now.end(), before[0]) == now.end();
+      },
+      10s);
+  CHECK(replaced);
+  const auto results = pool.map(t::square, std::vector<std::int64_t>{3, 4});
+  CHECK(results == std::vector<std::int64_t>{9, 16});
+}
+
+TEST_CASE("Daemons.Broker.DropsASilentWorkerAndTakesItBack" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  const auto pids = worker_pids(pool);
+  REQUIRE(pids.size() == 2);
+  const auto stopped = static_cast<pid_t>(pids[1]);
+  REQUIRE(::kill(stopped, SIGSTOP) == 0);
+  const bool dropped = t::eventually([&] { return worker_pids(pool).size() == 1; }, 10s);
+  CHECK(dropped);
+  // Work still gets done by the other worker.
+  const auto results = pool.map(t::square, std::vector<std::int64_t>{5, 6, 7}, {.chunksize = 1});
+  CHECK(results == std::vector<std::int64_t>{25, 36, 49});
+  REQUIRE(::kill(stopped, SIGCONT) == 0);
+  // The woken worker hears that the broker forgot it and registers again.
+  const bool back = t::eventually(
+      [&] {
+        const auto now = worker_pids(pool);
+        return now.size() == 2 && std::find(now.begin(), now.end(), pids[1]) != now.end();
+      },
+      10s);
+  CHECK(back);
+}
+
+TEST_CASE("Daemons.Broker.ForgetsADeadClient" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  t::ChildProcess other({t::test_client_binary(), "hold", cluster.client_endpoint()});
+  REQUIRE(other.read_line(10s) == std::optional<std::string>("connected"));
+  CHECK(pool.status().clients == 2);
+  other.signal_and_wait(SIGKILL, 5s);
+  const bool forgotten = t::eventually([&] { return pool.status().clients == 1; }, 10s);
+  CHECK(forgotten);
+}
+
+TEST_CASE("Daemons.Signals.TermStopsBrokerAndWorkersCleanly" * doctest::timeout(60)) {
+  for (int signo : {SIGTERM, SIGINT}) {
+    CAPTURE(signo);
+    t::Cluster cluster({.workers = 2});
+    std::vector<std::uint32_t> pids;
+    {
+      poolmap::Pool pool(remote(cluster));
+      REQUIRE(pool.wait_for_workers(2, 10s));
+      pids = worker_pids(pool);
+      CHECK(pool.map(t::square, std::vector<std::int64_t>{2}) == std::vector<std::int64_t>{4});
+    }
+    const auto workers_status = cluster.workers().signal_and_wait(signo, 10s);
+    REQUIRE(workers_status.has_value());
+    CHECK(WIFEXITED(*workers_status));
+    CHECK(WEXITSTATUS(*workers_status) == 0);
+    for (const auto pid : pids) CHECK_FALSE(process_exists(static_cast<pid_t>(pid)));
+    const auto broker_status = cluster.broker().signal_and_wait(signo, 10s);
+    REQUIRE(broker_status.has_value());
+    CHECK(WIFEXITED(*broker_status));
+    CHECK(WEXITSTATUS(*broker_status) == 0);
+  }
+}
+
+TEST_CASE("Daemons.Worker.BadTaskLibraryIsAClearError" * doctest::timeout(30)) {
+  t::ChildProcess worker({t::worker_binary(), "--broker", "tcp://127.0.0.1:1", "--tasks", "/etc/hostname"});
+  const auto status = worker.wait(10s);
+  REQUIRE(status.has_value());
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) != 0);
+  CHECK(worker.stderr_text().find("cannot load task library '/etc/hostname'") != std::string::npos);
+}
+
+TEST_CASE("Daemons.Worker.TaskLibraryTasksAreServed" * doctest::timeout(30)) {
+  // Without --tasks the worker knows no tasks; with it, the library's tasks run.
+  t::Cluster bare({.workers = 1, .load_test_tasks = false});
+  poolmap::Pool bare_pool(remote(bare));
+  CHECK_THROWS_WITH_AS((void)bare_pool.map(t::square, std::vector<std::int64_t>{1}),
+                       doctest::Contains("not registered"), poolmap::Error);
+  t::Cluster loaded({.workers = 1});
+  poolmap::Pool loaded_pool(remote(loaded));
+  CHECK(loaded_pool.map(t::square, std::vector<std::int64_t>{12}) == std::vector<std::int64_t>{144});
+}
+
+TEST_CASE("Daemons.Cli.StatusShowsWorkers" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 2});
+  {
+    poolmap::Pool pool(remote(cluster));
+    REQUIRE(pool.wait_for_workers(2, 10s));
+    CHECK(pool.map(t::square, std::vector<std::int64_t>{1, 2, 3}, {.chunksize = 1}).size() == 3);
+  }
+  t::ChildProcess cli({t::cli_binary(), "status", "--broker", cluster.client_endpoint()});
+  const std::string out = cli.read_all(10s);
+  const auto status = cli.wait(10s);
+  REQUIRE(status.has_value());
+  CHECK(WEXITSTATUS(*status) == 0);
+  CHECK(out.find("workers    2") != std::string::npos);
+  CHECK(out.find("done 3") != std::string::npos);
+}
+
+TEST_CASE("Daemons.Broker.AnswersGarbageAndKeepsServing" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  zmq::context_t context;
+  zmq::socket_t raw(context, zmq::socket_type::dealer);
+  raw.set(zmq::sockopt::linger, 0);
+  raw.set(zmq::sockopt::rcvtimeo, 5000);
+  raw.connect(cluster.client_endpoint());
+
+  const std::vector<std::vector<std::string>> garbage{
+      {"hello"},                                         // one frame
+      {"XXXX", ""},                                      // bad tag
+      {std::string("PM\x07\x02", 4), ""},                // unknown version
+      {std::string("PM\x01\x7f", 4), ""},                // unknown command
+      {std::string("PM\x01\x02", 4), "\x01\x02", "p"},   // SUBMIT with a truncated header
+      {std::string("PM\x01\x02", 4), std::string(8, '\xff'), "p"},
+  };
+  for (const auto& message : garbage) {
+    for (std::size_t i = 0; i < message.size(); ++i) {
+      raw.send(zmq::buffer(message[i]), i + 1 < message.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+  // Every message that can be answered gets an ERROR reply.
+  int errors = 0;
+  for (int i = 0; i < 6; ++i) {
+    zmq::message_t signature;
+    if (!raw.recv(signature)) break;
+    while (raw.get(zmq::sockopt::rcvmore) != 0) {
+      zmq::message_t rest;
+      (void)raw.recv(rest);
+    }
+    const auto command = poolmap::proto::parse_signature({static_cast<const std::byte*>(signature.data()), signature.size()});
+    if (command.is_ok() && command.value() == poolmap::proto::Command::kError) ++errors;
+  }
+  CHECK(errors == 6);
+  // The good client is still served, and the broker counted the bad messages.
+  std::vector<std::int64_t> inputs(1000);
+  std::iota(inputs.begin(), inputs.end(), 0);
+  const auto results = pool.map(t::square, inputs);
+  CHECK(std::accumulate(results.begin(), results.end(), std::int64_t{0}) == sum_of_squares(1000));
+  CHECK(pool.status().bad_messages >= 6);
+}

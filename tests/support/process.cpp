@@ -1,0 +1,200 @@
+#include "process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
+extern char** environ;  // NOLINT: POSIX
+
+namespace poolmap::test {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+std::string temp_log_path() {
+  static std::atomic<int> counter{0};
+  return "/tmp/poolmap-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1)) + ".log";
+}
+
+int remaining_ms(Clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return left < 0 ? 0 : static_cast<int>(left);
+}
+}  // namespace
+
+ChildProcess::ChildProcess(std::vector<std::string> argv, std::vector<std::string> extra_env)
+    : stderr_path_(temp_log_path()) {
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  // Children start with default signal handling even if a test runner blocked signals.
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attributes, &none);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
+
+  std::vector<char*> args;
+  for (auto& arg : argv) args.push_back(arg.data());
+  args.push_back(nullptr);
+  std::vector<std::string> env_storage;
+  for (char** entry = environ; *entry != nullptr; ++entry) env_storage.emplace_back(*entry);
+  for (auto& entry : extra_env) env_storage.push_back(entry);
+  std::vector<char*> env;
+  for (auto& entry : env_storage) env.push_back(entry.data());
+  env.push_back(nullptr);
+
+  const int rc = ::posix_spawn(&pid_, args[0], &actions, &attributes, args.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attributes);
+  ::close(pipe_fds[1]);
+  if (rc != 0) {
+    ::close(pipe_fds[0]);
+    throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(rc));
+  }
+  stdout_fd_ = pipe_fds[0];
+}
+
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept
+    : pid_(other.pid_),
+      stdout_fd_(other.stdout_fd_),
+      buffer_(std::move(other.buffer_)),
+      stderr_path_(std::move(other.stderr_path_)),
+      reaped_(other.reaped_) {
+  other.pid_ = -1;
+  other.stdout_fd_ = -1;
+  other.reaped_ = true;
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0 && !reaped_) {
+    if (!signal_and_wait(SIGTERM, 5s)) signal_and_wait(SIGKILL, 5s);
+  }
+  if (stdout_fd_ >= 0) ::close(stdout_fd_);
+  if (!stderr_path_.empty()) ::unlink(stderr_path_.c_str());
+}
+
+std::optional<std::string> ChildProcess::read_line(std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    const auto newline = buffer_.find('\n');
+    if (newline != std::string::npos) {
+      std::string line = buffer_.substr(0, newline);
+      buffer_.erase(0, newline + 1);
+      return line;
+    }
+    pollfd fd{stdout_fd_, POLLIN, 0};
+    if (::poll(&fd, 1, remaining_ms(deadline)) <= 0) return std::nullopt;
+    char chunk[4096];
+    const ssize_t n = ::read(stdout_fd_, chunk, sizeof(chunk));
+    if (n <= 0) return std::nullopt;
+    buffer_.append(chunk, static_cast<std::size_t>(n));
+  }
+}
+
+std::string ChildProcess::read_all(std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    pollfd fd{stdout_fd_, POLLIN, 0};
+    if (::poll(&fd, 1, remaining_ms(deadline)) <= 0) break;
+    char chunk[4096];
+    const ssize_t n = ::read(stdout_fd_, chunk, sizeof(chunk));
+    if (n <= 0) break;
+    buffer_.append(chunk, static_cast<std::size_t>(n));
+  }
+  return std::exchange(buffer_, {});
+}
+
+std::optional<int> ChildProcess::wait(std::chrono::milliseconds timeout) {
+  if (reaped_) return std::nullopt;
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t done = ::waitpid(pid_, &status, WNOHANG);
+    if (done == pid_) {
+      reaped_ = true;
+      return status;
+    }
+    if (done < 0) {
+      reaped_ = true;
+      return std::nullopt;
+    }
+    if (Clock::now() > deadline) return std::nullopt;
+    struct timespec pause{0, 5'000'000};
+    ::nanosleep(&pause, nullptr);
+  }
+}
+
+std::optional<int> ChildProcess::signal_and_wait(int signo, std::chrono::milliseconds timeout) {
+  if (reaped_) return std::nullopt;
+  ::kill(pid_, signo);
+  return wait(timeout);
+}
+
+std::string ChildProcess::stderr_text() const {
+  std::ifstream in(stderr_path_);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::string broker_binary() { return POOLMAP_TEST_BROKER_BIN; }
+std::string worker_binary() { return POOLMAP_TEST_WORKER_BIN; }
+std::string cli_binary() { return POOLMAP_TEST_CLI_BIN; }
+std::string test_tasks_library() { return POOLMAP_TEST_TASKS_LIB; }
+std::string test_client_binary() { return POOLMAP_TEST_CLIENT_BIN; }
+
+Cluster::Cluster(ClusterOptions options) : options_(options) {
+  broker_.emplace(std::vector<std::string>{broker_binary(), "--clients", "tcp://127.0.0.1:*", "--workers",
+                                           "tcp://127.0.0.1:*", "--heartbeat-ms",
+                                           std::to_string(options_.heartbeat_ms), "--liveness",
+                                           std::to_string(options_.liveness), "--log-level", "debug"});
+  const auto line = broker_->read_line(10s);
+  if (!line) throw std::runtime_error("broker printed no ready line; stderr:\n" + broker_->stderr_text());
+  // "poolmap-broker ready clients=<c> workers=<w>"
+  const auto clients = line->find("clients=");
+  const auto workers = line->find(" workers=");
+  if (clients == std::string::npos || workers == std::string::npos) {
+    throw std::runtime_error("unexpected broker ready line: " + *line);
+  }
+  client_endpoint_ = line->substr(clients + 8, workers - clients - 8);
+  worker_endpoint_ = line->substr(workers + 9);
+  if (options_.workers > 0) add_workers(options_.workers);
+}
+
+ChildProcess& Cluster::add_workers(int processes) {
+  std::vector<std::string> argv{worker_binary(), "--broker",      worker_endpoint_,
+                                "--processes",   std::to_string(processes), "--heartbeat-ms",
+                                std::to_string(options_.heartbeat_ms),      "--liveness",
+                                std::to_string(options_.liveness),          "--log-level",
+                                "debug"};
+  if (options_.load_test_tasks) {
+    argv.push_back("--tasks");
+    argv.push_back(test_tasks_library());
+  }
+  workers_.emplace_back(std::move(argv));
+  return workers_.back();
+}
+
+Cluster::~Cluster() {
+  workers_.clear();  // supervisors first: they stop and reap their worker processes
+  broker_.reset();
+}
+
+}  // namespace poolmap::test

@@ -1,0 +1,100 @@
+// Test helpers that start real poolmap processes on loopback and always reap them.
+//
+// ChildProcess runs a program with its stdout on a pipe (and stderr to a log file), reads lines
+// with a deadline, and on destruction sends SIGTERM, then SIGKILL after a grace period, and waits.
+// Cluster starts a poolmap-broker on tcp://127.0.0.1:* (reading the real endpoints from its ready
+// line) and poolmap-worker supervisors connected to it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace poolmap::test {
+
+using namespace std::chrono_literals;
+
+class ChildProcess {
+ public:
+  // Starts `argv[0]` with `argv`. Extra environment entries ("NAME=value") are added.
+  // Throws std::runtime_error when it cannot be started.
+  explicit ChildProcess(std::vector<std::string> argv, std::vector<std::string> extra_env = {});
+  ~ChildProcess();  // stop(): SIGTERM, 5 s grace, SIGKILL; always reaped
+  ChildProcess(ChildProcess&&) noexcept;
+  ChildProcess& operator=(ChildProcess&&) = delete;
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  // Next stdout line, or nullopt at EOF or when `timeout` passes first.
+  std::optional<std::string> read_line(std::chrono::milliseconds timeout);
+  // Everything on stdout until EOF (bounded by `timeout`).
+  std::string read_all(std::chrono::milliseconds timeout);
+  // Sends `signo` and waits up to `timeout` for the exit; returns the wait status, or nullopt if
+  // it did not exit in time.
+  std::optional<int> signal_and_wait(int signo, std::chrono::milliseconds timeout);
+  // Waits up to `timeout` for the exit; returns the wait status.
+  std::optional<int> wait(std::chrono::milliseconds timeout);
+  // The stderr log so far.
+  std::string stderr_text() const;
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string buffer_;
+  std::string stderr_path_;
+  bool reaped_ = false;
+};
+
+// Path of a built binary or library, from the compile definitions of the test target.
+std::string broker_binary();
+std::string worker_binary();
+std::string cli_binary();
+std::string test_tasks_library();
+std::string test_client_binary();
+
+struct ClusterOptions {
+  int workers = 2;                  // worker processes (one supervisor)
+  int heartbeat_ms = 100;           // broker and workers
+  int liveness = 3;
+  bool load_test_tasks = true;      // --tasks libpoolmap_test_tasks.so
+};
+
+class Cluster {
+ public:
+  // Starts the broker and one worker supervisor; returns once the broker is bound (the workers may
+  // still be registering: use Pool::wait_for_workers).
+  explicit Cluster(ClusterOptions options = {});
+  ~Cluster();
+
+  const std::string& client_endpoint() const { return client_endpoint_; }
+  const std::string& worker_endpoint() const { return worker_endpoint_; }
+  ChildProcess& broker() { return *broker_; }
+  ChildProcess& workers() { return workers_.front(); }
+  // Starts another worker supervisor with `processes` processes.
+  ChildProcess& add_workers(int processes);
+
+ private:
+  ClusterOptions options_;
+  std::optional<ChildProcess> broker_;
+  std::vector<ChildProcess> workers_;
+  std::string client_endpoint_;
+  std::string worker_endpoint_;
+};
+
+// Polls `condition` every 10 ms until it holds or `timeout` passes; returns its last value.
+template <class Condition>
+bool eventually(Condition condition, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    struct timespec pause{0, 10'000'000};
+    ::nanosleep(&pause, nullptr);
+  }
+  return true;
+}
+
+}  // namespace poolmap::test

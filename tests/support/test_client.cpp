@@ -1,0 +1,46 @@
+// A client program the integration tests start as a separate process.
+//
+//   poolmap_test_client no-init            Pool() without poolmap::init: must fail with a clear error
+//   poolmap_test_client hold ENDPOINT      connect, print "connected", then wait to be killed
+//   poolmap_test_client map ENDPOINT N     map test.square over 0..N-1, print the sum of results
+#include <poll.h>
+
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "poolmap/poolmap.hpp"
+#include "test_tasks.hpp"
+
+int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "no-init") == 0) {
+    try {
+      poolmap::Pool pool;
+      std::puts("created a pool without init");
+      return 1;
+    } catch (const poolmap::Error& e) {
+      std::printf("error: %s\n", e.what());
+      return 3;
+    }
+  }
+  poolmap::init(argc, argv);
+  if (argc >= 3 && std::strcmp(argv[1], "hold") == 0) {
+    poolmap::Pool pool({.broker = argv[2], .heartbeat_interval = std::chrono::milliseconds(100)});
+    (void)pool.status();
+    std::puts("connected");
+    std::fflush(stdout);
+    ::poll(nullptr, 0, -1);  // until killed
+    return 0;
+  }
+  if (argc >= 4 && std::strcmp(argv[1], "map") == 0) {
+    poolmap::Pool pool({.broker = argv[2]});
+    std::vector<std::int64_t> inputs(std::stoul(argv[3]));
+    std::iota(inputs.begin(), inputs.end(), 0);
+    const auto results = pool.map(poolmap::test::square, inputs);
+    std::printf("%lld\n", static_cast<long long>(std::accumulate(results.begin(), results.end(), std::int64_t{0})));
+    return 0;
+  }
+  std::fprintf(stderr, "usage: %s no-init | hold ENDPOINT | map ENDPOINT N\n", argv[0]);
+  return 2;
+}

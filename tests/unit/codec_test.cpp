@@ -1,0 +1,149 @@
+// Codec: round trips of every header, and malformed input that must be an error, never a crash
+// or a huge allocation.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <limits>
+
+#include "poolmap/protocol.hpp"
+
+namespace proto = poolmap::proto;
+using poolmap::Bytes;
+using poolmap::ErrorCode;
+
+namespace {
+proto::Submit sample_submit() {
+  return proto::Submit{.job = 7, .chunk = 3, .first_index = 300, .count = 100, .task = "square", .signature = "i64(i64)"};
+}
+
+Bytes bytes_of(std::initializer_list<int> values) {
+  Bytes out;
+  for (int v : values) out.push_back(static_cast<std::byte>(v));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("Codec.RoundTrip.EveryHeader" * doctest::timeout(10)) {
+  const auto submit = proto::decode<proto::Submit>(proto::encode(sample_submit()));
+  REQUIRE(submit.is_ok());
+  CHECK(submit.value().job == 7);
+  CHECK(submit.value().chunk == 3);
+  CHECK(submit.value().first_index == 300);
+  CHECK(submit.value().count == 100);
+  CHECK(submit.value().task == "square");
+  CHECK(submit.value().signature == "i64(i64)");
+
+  proto::ClientResult result{.job = 1, .chunk = 2, .attempt = 3, .outcome = {}, .workers = 4};
+  result.outcome = {ErrorCode::kTaskFailed, 5, "std::invalid_argument", "bad", "host-a", 42};
+  const auto decoded = proto::decode<proto::ClientResult>(proto::encode(result));
+  REQUIRE(decoded.is_ok());
+  CHECK(decoded.value().outcome.code == ErrorCode::kTaskFailed);
+  CHECK(decoded.value().outcome.failed_offset == 5);
+  CHECK(decoded.value().outcome.error_type == "std::invalid_argument");
+  CHECK(decoded.value().outcome.worker_host == "host-a");
+  CHECK(decoded.value().outcome.worker_pid == 42);
+  CHECK(decoded.value().workers == 4);
+
+  proto::StatusReply status;
+  status.workers.push_back({"h", 1, 2, 3});
+  status.chunks_done = 99;
+  const auto status_back = proto::decode<proto::StatusReply>(proto::encode(status));
+  REQUIRE(status_back.is_ok());
+  REQUIRE(status_back.value().workers.size() == 1);
+  CHECK(status_back.value().workers[0].chunks_done == 3);
+  CHECK(status_back.value().chunks_done == 99);
+
+  const auto ready = proto::decode<proto::Ready>(proto::encode(proto::Ready{"w", 10, 2}));
+  REQUIRE(ready.is_ok());
+  CHECK(ready.value().credit == 2);
+}
+
+TEST_CASE("Codec.Encoding.IsLittleEndianFixedWidth" * doctest::timeout(10)) {
+  const Bytes encoded = proto::encode(proto::Cancel{0x0102030405060708ULL});
+  REQUIRE(encoded.size() == 8);
+  CHECK(encoded[0] == std::byte{0x08});
+  CHECK(encoded[7] == std::byte{0x01});
+  // A string is a 64-bit length, then its bytes.
+  const Bytes hello = proto::encode(proto::Hello{"ab", 1});
+  REQUIRE(hello.size() == 8 + 2 + 4);
+  CHECK(hello[0] == std::byte{2});
+  CHECK(hello[8] == std::byte{'a'});
+}
+
+TEST_CASE("Codec.Malformed.EveryTruncationIsAnError" * doctest::timeout(10)) {
+  const Bytes full = proto::encode(sample_submit());
+  for (std::size_t length = 0; length < full.size(); ++length) {
+    const auto decoded = proto::decode<proto::Submit>(std::span(full.data(), length));
+    CHECK_FALSE(decoded.is_ok());
+    CHECK(decoded.status().code() == ErrorCode::kMalformed);
+  }
+}
+
+TEST_CASE("Codec.Malformed.TrailingBytesAreAnError" * doctest::timeout(10)) {
+  Bytes full = proto::encode(sample_submit());
+  full.push_back(std::byte{0});
+  const auto decoded = proto::decode<proto::Submit>(full);
+  REQUIRE_FALSE(decoded.is_ok());
+  CHECK(decoded.status().message().find("trailing") != std::string::npos);
+}
+
+TEST_CASE("Codec.Malformed.HugeSizeFieldDoesNotAllocate" * doctest::timeout(10)) {
+  // A StatusReply whose worker vector claims 2^62 elements in a 9-byte message: stock Cereal would
+  // try to allocate it; the bounded archive must refuse before allocating.
+  Bytes evil = bytes_of({0, 0, 0, 0, 0, 0, 0, 0x40, 1});
+  const auto decoded = proto::decode<proto::StatusReply>(evil);
+  REQUIRE_FALSE(decoded.is_ok());
+  CHECK(decoded.status().code() == ErrorCode::kMalformed);
+  CHECK(decoded.status().message().find("size field") != std::string::npos);
+
+  // Same for a string length in a Submit header.
+  Bytes submit = proto::encode(sample_submit());
+  const std::size_t task_length_at = 8 + 8 + 8 + 4;
+  const std::uint64_t huge = std::numeric_limits<std::uint64_t>::max();
+  std::memcpy(submit.data() + task_length_at, &huge, sizeof(huge));
+  CHECK_FALSE(proto::decode<proto::Submit>(submit).is_ok());
+}
+
+TEST_CASE("Codec.Signature.TagVersionAndCommand" * doctest::timeout(10)) {
+  const auto frame = proto::signature_frame(proto::Command::kSubmit);
+  const auto parsed = proto::parse_signature(frame);
+  REQUIRE(parsed.is_ok());
+  CHECK(parsed.value() == proto::Command::kSubmit);
+
+  auto wrong_version = frame;
+  wrong_version[2] = std::byte{9};
+  const auto version = proto::parse_signature(wrong_version);
+  REQUIRE_FALSE(version.is_ok());
+  CHECK(version.status().code() == ErrorCode::kBadVersion);
+  CHECK(version.status().message().find("version 9") != std::string::npos);
+
+  auto wrong_tag = frame;
+  wrong_tag[0] = std::byte{'X'};
+  CHECK(proto::parse_signature(wrong_tag).status().code() == ErrorCode::kBadVersion);
+
+  CHECK(proto::parse_signature(std::span(frame.data(), 3)).status().code() == ErrorCode::kMalformed);
+  CHECK(proto::parse_signature({}).status().code() == ErrorCode::kMalformed);
+}
+
+TEST_CASE("Codec.Archive.StandardTypesRoundTrip" * doctest::timeout(10)) {
+  std::vector<double> doubles{1.5, -2.25};
+  std::map<std::string, std::int32_t> counts{{"a", 1}, {"b", -2}};
+  std::optional<std::string> maybe = "x";
+  std::tuple<std::uint8_t, bool, float> tuple{7, true, 0.5F};
+  Bytes out;
+  {
+    poolmap::OutputArchive ar(out);
+    ar(doubles, counts, maybe, tuple);
+  }
+  std::vector<double> doubles_back;
+  std::map<std::string, std::int32_t> counts_back;
+  std::optional<std::string> maybe_back;
+  std::tuple<std::uint8_t, bool, float> tuple_back;
+  poolmap::InputArchive in(out);
+  in(doubles_back, counts_back, maybe_back, tuple_back);
+  CHECK(doubles_back == doubles);
+  CHECK(counts_back == counts);
+  CHECK(maybe_back == maybe);
+  CHECK(tuple_back == tuple);
+  CHECK(in.remaining() == 0);
+}
