@@ -44,8 +44,9 @@ class Broker::Impl {
       throw Error(ErrorCode::kInvalidArgument,
                   "broker options: heartbeat_interval, heartbeat_liveness and max_attempts must be positive");
     }
+    // Linger long enough for the goodbyes sent on shutdown to leave, short enough not to hang.
     const wire::SocketLimits limits{.high_water_mark = options_.high_water_mark,
-                                    .linger = std::chrono::milliseconds(0),
+                                    .linger = std::chrono::milliseconds(500),
                                     .max_message_bytes = options_.max_message_bytes};
     wire::configure(clients_, limits, true);
     wire::configure(workers_, limits, true);
@@ -117,7 +118,7 @@ class Broker::Impl {
 
   ClientState& touch_client(const std::string& identity);
   void drop_client(const std::string& identity, const char* why);
-  void lose_worker(const std::string& identity, const std::string& cause);
+  void lose_worker(std::string identity, const std::string& cause);  // by value: callers pass keys it erases
   void finish_chunk(std::uint64_t ticket);
   void requeue(std::uint64_t ticket, const std::string& cause);
   void reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status);
@@ -246,6 +247,9 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       }
       auto submit = proto::decode<proto::Submit>(header);
       if (!submit) return reply_error(clients_, identity, submit.status());
+      if (submit.value().count == 0) {
+        return reply_error(clients_, identity, Status(ErrorCode::kMalformed, "SUBMIT with zero items"));
+      }
       ClientState& client = touch_client(identity);
       const std::uint64_t ticket = next_ticket_++;
       client.jobs[submit.value().job].insert(ticket);
@@ -383,6 +387,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     case Command::kHeartbeat:
       return;
     case Command::kDisconnect:
+      log_->info("worker {} pid {} said goodbye", worker.host, worker.pid);
       lose_worker(identity, "worker disconnected");
       return;
     default:
@@ -478,7 +483,7 @@ void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause) {
   }
 }
 
-void Broker::Impl::lose_worker(const std::string& identity, const std::string& cause) {
+void Broker::Impl::lose_worker(std::string identity, const std::string& cause) {
   const auto found = workers_by_id_.find(identity);
   if (found == workers_by_id_.end()) return;
   WorkerState worker = std::move(found->second);

@@ -177,6 +177,11 @@ Pool::Impl::Impl(PoolOptions options)
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "Pool: eventfd failed");
   if (options_.broker.empty()) {
+    if (const char* from_environment = std::getenv("POOLMAP_BROKER"); from_environment != nullptr) {
+      options_.broker = from_environment;  // set by the PBS/Slurm launch scripts
+    }
+  }
+  if (options_.broker.empty()) {
     start_embedded();
   } else {
     endpoint_ = options_.broker;

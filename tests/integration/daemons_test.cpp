@@ -193,3 +193,12 @@ TEST_CASE("Daemons.Broker.AnswersGarbageAndKeepsServing" * doctest::timeout(30))
   CHECK(std::accumulate(results.begin(), results.end(), std::int64_t{0}) == sum_of_squares(1000));
   CHECK(pool.status().bad_messages >= 6);
 }
+
+TEST_CASE("Daemons.Worker.MalformedBrokerEndpointIsAClearError" * doctest::timeout(30)) {
+  t::ChildProcess worker({t::worker_binary(), "--broker", "not-an-endpoint"});
+  const auto status = worker.wait(10s);
+  REQUIRE(status.has_value());  // exits at once instead of restarting children for ever
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) != 0);
+  CHECK(worker.stderr_text().find("bad broker endpoint 'not-an-endpoint'") != std::string::npos);
+}

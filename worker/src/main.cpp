@@ -89,6 +89,8 @@ int main(int argc, char** argv) {
       return 0;
     }
 
+    // Refuse a malformed endpoint here, not in every child of a restart loop.
+    { poolmap::WorkerProcess check({.broker = broker, .prefetch = prefetch}); }
     if (processes == 0) {
       const auto detected = poolmap::detect_worker_count();
       processes = detected.count;

@@ -22,6 +22,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using proto::Command;
 
+// The broker accepts credit up to 1024 (1 running + prefetch).
+constexpr std::uint32_t kMaxPrefetch = 1023;
+
 std::string host_name() {
   char buffer[256] = {};
   if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "unknown-host";
@@ -43,6 +46,16 @@ class WorkerProcess::Impl {
     if (options_.broker.empty()) throw Error(ErrorCode::kInvalidArgument, "worker: no broker endpoint given");
     if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1) {
       throw Error(ErrorCode::kInvalidArgument, "worker: heartbeat interval and liveness must be positive");
+    }
+    if (options_.prefetch > kMaxPrefetch) {
+      throw Error(ErrorCode::kInvalidArgument, "worker: prefetch must be at most " + std::to_string(kMaxPrefetch));
+    }
+    try {  // reject a malformed endpoint now rather than in a restart loop
+      zmq::socket_t probe(options_.context.impl().zmq, zmq::socket_type::dealer);
+      probe.set(zmq::sockopt::linger, 0);
+      probe.connect(options_.broker);
+    } catch (const zmq::error_t& e) {
+      throw Error(ErrorCode::kInvalidArgument, "worker: bad broker endpoint '" + options_.broker + "': " + e.what());
     }
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "worker: eventfd failed");
@@ -159,8 +172,15 @@ void WorkerProcess::Impl::io_loop() {
       }
       if (command.value() == Command::kTask) {
         auto header = proto::decode<proto::TaskHeader>(wire::view((*frames)[1]));
-        if (!header || frames->size() != 3) {
-          log_->warn("worker ignored a malformed TASK: {}", header.status().to_string());
+        if (!header) {
+          log_->warn("worker ignored a TASK whose header does not decode: {}", header.status().to_string());
+          continue;
+        }
+        if (frames->size() != 3) {  // answer it, so the broker gets its credit and the chunk back
+          proto::Outcome outcome{ErrorCode::kMalformed, 0, {}, "TASK without a payload frame", host_, pid_};
+          auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{header.value().ticket, outcome});
+          reply.emplace_back();
+          wire::send(socket, reply, false);
           continue;
         }
         {

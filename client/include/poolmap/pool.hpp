@@ -6,7 +6,7 @@
 //     auto squares = pool.map(square, inputs);      // results in input order
 //   }
 //
-// Embedded mode (`Pool()` / empty PoolOptions::broker) starts a private broker in a thread of this
+// Embedded mode (`Pool()` / empty PoolOptions::broker, no POOLMAP_BROKER variable) starts a private broker in a thread of this
 // process and one worker process per physical core; the workers are freshly exec'd copies of this
 // program that take the worker path in poolmap::init() and run the tasks registered in it. Remote
 // mode (`Pool({.broker = "tcp://host:5555"})`) connects to a running poolmap-broker instead.
@@ -41,7 +41,8 @@ namespace poolmap {
 void init(int argc, char** argv);
 
 struct PoolOptions {
-  // Broker client endpoint, e.g. "tcp://head-node:5555". Default: "" = embedded mode.
+  // Broker client endpoint, e.g. "tcp://head-node:5555". Default: "" = the POOLMAP_BROKER
+  // environment variable if set (the PBS/Slurm scripts in deploy/ set it), else embedded mode.
   std::string broker{};
   // Embedded mode: worker processes to start. Default: 0 = physical cores, limited by CPU affinity,
   // cgroup quota and SLURM_CPUS_PER_TASK / PBS_NCPUS / NCPUS (see cpu_count.hpp).

@@ -44,6 +44,7 @@ namespace detail {
 // Copies `size` bytes of elements of `element_size` bytes, reversing each element's bytes on a
 // big-endian host so that the wire is always little-endian.
 inline void copy_little_endian(void* dst, const void* src, std::size_t size, std::size_t element_size) {
+  if (size == 0) return;  // empty strings and vectors may have null data pointers
   if constexpr (std::endian::native == std::endian::little) {
     std::memcpy(dst, src, size);
   } else {

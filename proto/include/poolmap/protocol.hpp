@@ -38,7 +38,7 @@ enum class Command : std::uint8_t {
   kWelcome = 0x11,      // Welcome
   kResult = 0x12,       // ClientResult + payload
   kStatusReply = 0x13,  // StatusReply
-  kError = 0x14,        // ErrorReply: the broker refused a message
+  kError = 0x14,        // ErrorReply: the broker refused a message (also sent to workers)
   // worker -> broker
   kReady = 0x21,         // Ready: registration with initial credit
   kWorkerResult = 0x22,  // WorkerResult + payload; returns one credit
@@ -53,8 +53,8 @@ enum class Command : std::uint8_t {
 std::array<std::byte, 4> signature_frame(Command command) noexcept;
 
 // Checks a signature frame. Returns the command, kBadVersion for another tag or version, or
-// kMalformed for a frame that is not 4 bytes. An unknown command byte is returned as-is; the
-// receiver answers it with kUnknownCommand.
+// kMalformed for a frame that is not 4 bytes. An unknown command byte is returned as-is; the broker
+// answers it with ERROR kUnknownCommand, workers and clients ignore it.
 Result<Command> parse_signature(std::span<const std::byte> frame);
 
 // How a chunk ended, as reported by a worker and forwarded to the client.

@@ -28,7 +28,7 @@ struct WorkerOptions {
   // The broker's worker endpoint, e.g. "tcp://broker-host:5556". Required.
   std::string broker{};
   // Chunks accepted beyond the one running, so the next is already here when one finishes.
-  // Default: 1.
+  // At most 1023. Default: 1.
   std::uint32_t prefetch = 1;
   // Heartbeat interval and liveness; keep them equal to the broker's. Default: 1 s × 3.
   std::chrono::milliseconds heartbeat_interval{1000};
@@ -42,7 +42,8 @@ struct WorkerOptions {
 
 class WorkerProcess {
  public:
-  // Does not connect yet. Throws poolmap::Error (kInvalidArgument) for an empty broker endpoint.
+  // Does not connect yet. Throws poolmap::Error (kInvalidArgument) for an empty or malformed broker
+  // endpoint, non-positive heartbeat settings or too much prefetch.
   explicit WorkerProcess(WorkerOptions options);
   ~WorkerProcess();
   WorkerProcess(const WorkerProcess&) = delete;
