@@ -138,7 +138,12 @@ class Broker::Impl {
   std::unordered_map<std::string, WorkerState> workers_by_id_;
   std::unordered_map<std::string, ClientState> clients_by_id_;
   std::unordered_map<std::uint64_t, Chunk> chunks_;  // every chunk not yet answered
-  std::deque<std::string> credit_;                   // one entry per unit of worker credit, LRU first
+  // One entry per unit of worker credit. A worker with nothing in flight is listed in idle_credit_
+  // (in the order it became idle: least recently used first); its further units, prefetch slots,
+  // wait in prefetch_credit_ and are used only when no worker is idle, so that a map with few
+  // chunks spreads over all workers instead of filling one worker's prefetch first.
+  std::deque<std::string> idle_credit_;
+  std::deque<std::string> prefetch_credit_;
   std::deque<std::string> ring_;                     // clients with pending chunks, next to serve first
   std::uint64_t next_ticket_ = 1;
 
@@ -329,7 +334,8 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     worker.credit = ready.value().credit;
     worker.last_heard = now;
     worker.last_sent = now;
-    for (std::uint32_t i = 0; i < worker.credit; ++i) credit_.push_back(identity);
+    idle_credit_.push_back(identity);
+    for (std::uint32_t i = 1; i < worker.credit; ++i) prefetch_credit_.push_back(identity);
     log_->info("worker {} pid {} ready (credit {}, {} workers)", worker.host, worker.pid, worker.credit,
                workers_by_id_.size());
     announce_workers();
@@ -362,7 +368,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
         return;
       }
       ++worker.credit;
-      credit_.push_back(identity);
+      (worker.tickets.empty() ? idle_credit_ : prefetch_credit_).push_back(identity);
       ++worker.chunks_done;
       const auto chunk = chunks_.find(ticket);
       if (chunk == chunks_.end()) return;  // cancelled while running
@@ -487,7 +493,7 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause) {
   const auto found = workers_by_id_.find(identity);
   if (found == workers_by_id_.end()) return;
   WorkerState worker = std::move(found->second);
-  workers_by_id_.erase(found);  // its entries in credit_ are skipped lazily
+  workers_by_id_.erase(found);  // its credit entries are skipped lazily
   log_->warn("worker lost host={} pid={} chunks={} cause={}", worker.host, worker.pid, worker.tickets.size(), cause);
   const std::string described = cause + " (worker " + worker.host + " pid " + std::to_string(worker.pid) + ")";
   for (const std::uint64_t ticket : worker.tickets) requeue(ticket, described);
@@ -510,11 +516,12 @@ void Broker::Impl::announce_workers() {
 }
 
 void Broker::Impl::dispatch() {
-  while (!ring_.empty() && !credit_.empty()) {
-    // The least recently served worker that still has credit.
-    const auto worker_it = workers_by_id_.find(credit_.front());
+  while (!ring_.empty() && (!idle_credit_.empty() || !prefetch_credit_.empty())) {
+    // An idle worker (least recently used first), else a prefetch slot.
+    auto& credit = idle_credit_.empty() ? prefetch_credit_ : idle_credit_;
+    const auto worker_it = workers_by_id_.find(credit.front());
     if (worker_it == workers_by_id_.end() || worker_it->second.credit == 0) {
-      credit_.pop_front();  // stale: the worker is gone
+      credit.pop_front();  // stale: the worker is gone
       continue;
     }
     // The next chunk, round-robin over clients.
@@ -544,7 +551,7 @@ void Broker::Impl::dispatch() {
                                                                 chunk.header.task, chunk.header.signature});
     frames.emplace_back();
     frames.back().copy(chunk.payload);  // reference-counted, not a byte copy
-    credit_.pop_front();
+    credit.pop_front();
     if (!send_to_worker(worker, frames)) {
       // The worker vanished between its last message and now: give the chunk to someone else.
       auto client = clients_by_id_.find(chunk.client);

@@ -91,6 +91,14 @@ void init(int argc, char** argv) {
   state.argv.assign(argv, argv + argc);
 }
 
+// How a job ended, handed from the I/O thread to the caller. Errors travel as data and become
+// exceptions in the caller's thread (no exception object is shared between threads).
+struct JobOutcome {
+  std::vector<detail::ChunkResult> results;
+  Status error;                                  // ok, or why the job failed
+  std::optional<TaskError::Details> task_error;  // set for ErrorCode::kTaskFailed
+};
+
 class Pool::Impl {
  public:
   explicit Impl(PoolOptions options);
@@ -120,7 +128,7 @@ class Pool::Impl {
     std::size_t answered = 0;
     std::vector<detail::ChunkResult> results;
     std::vector<bool> have;
-    std::promise<std::vector<detail::ChunkResult>> promise;
+    std::promise<JobOutcome> promise;
   };
 
   void start_embedded();
@@ -132,8 +140,8 @@ class Pool::Impl {
   }
   void on_message(std::vector<zmq::message_t>& frames);
   void on_result(const proto::ClientResult& result, zmq::message_t& payload);
-  void fail_job(std::uint64_t id, std::exception_ptr error, bool tell_broker);
-  void fail_all(const Error& error);
+  void fail_job(std::uint64_t id, JobOutcome outcome);
+  void fail_all(const Status& error);
   void send_chunks();
   void send(std::vector<zmq::message_t>& frames);
 
@@ -155,14 +163,14 @@ class Pool::Impl {
   bool welcomed_ = false;  // heard the broker at least once
   bool stopping_ = false;
   std::deque<std::unique_ptr<Job>> incoming_;
-  std::deque<std::promise<BrokerStatus>> status_requests_;
+  std::deque<std::promise<Result<BrokerStatus>>> status_requests_;
   std::uint64_t next_job_ = 1;
 
   // Owned by the I/O thread.
   std::unique_ptr<zmq::socket_t> socket_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Job>> jobs_;
   std::deque<std::uint64_t> send_order_;  // jobs with chunks left to send, round-robin
-  std::deque<std::promise<BrokerStatus>> status_waiting_;
+  std::deque<std::promise<Result<BrokerStatus>>> status_waiting_;
   std::size_t in_flight_ = 0;
   Clock::time_point last_sent_;
   std::thread io_thread_;
@@ -303,7 +311,7 @@ std::vector<detail::ChunkResult> Pool::Impl::execute(detail::JobRequest request)
   job->chunks = std::move(request.chunks);
   job->results.resize(job->chunks.size());
   job->have.assign(job->chunks.size(), false);
-  auto result = job->promise.get_future();
+  auto future = job->promise.get_future();
   {
     std::lock_guard lock(mutex_);
     if (stopping_) throw Error(ErrorCode::kCancelled, "Pool is shutting down");
@@ -311,11 +319,14 @@ std::vector<detail::ChunkResult> Pool::Impl::execute(detail::JobRequest request)
     incoming_.push_back(std::move(job));
   }
   wake();
-  return result.get();
+  JobOutcome outcome = future.get();
+  if (outcome.task_error) throw TaskError(std::move(*outcome.task_error));
+  if (!outcome.error.is_ok()) throw Error(outcome.error);
+  return std::move(outcome.results);
 }
 
 BrokerStatus Pool::Impl::status(std::chrono::milliseconds timeout) {
-  std::promise<BrokerStatus> promise;
+  std::promise<Result<BrokerStatus>> promise;
   auto future = promise.get_future();
   {
     std::lock_guard lock(mutex_);
@@ -326,7 +337,9 @@ BrokerStatus Pool::Impl::status(std::chrono::milliseconds timeout) {
     throw Error(ErrorCode::kUnavailable, "no status from the poolmap broker at " + endpoint_ + " within " +
                                              std::to_string(timeout.count()) + " ms");
   }
-  return future.get();
+  Result<BrokerStatus> status = future.get();
+  if (!status) throw Error(status.status());
+  return std::move(status).value();
 }
 
 void Pool::Impl::send(std::vector<zmq::message_t>& frames) {
@@ -349,7 +362,7 @@ void Pool::Impl::io_loop() {
       std::unique_lock lock(mutex_);
       if (stopping_) {
         lock.unlock();
-        fail_all(Error(ErrorCode::kCancelled, "Pool destroyed while a map was running"));
+        fail_all(Status(ErrorCode::kCancelled, "Pool destroyed while a map was running"));
         auto bye = wire::make_empty(Command::kDisconnect);
         (void)wire::send(*socket_, bye, true);
         return;
@@ -439,7 +452,7 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       status.chunks_failed = reply.value().chunks_failed;
       status.chunks_redispatched = reply.value().chunks_redispatched;
       status.bad_messages = reply.value().bad_messages;
-      status_waiting_.front().set_value(std::move(status));
+      status_waiting_.front().set_value(Result<BrokerStatus>(std::move(status)));
       status_waiting_.pop_front();
       return;
     }
@@ -447,12 +460,12 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       auto error = proto::decode<proto::ErrorReply>(header);
       const std::string text = error ? error.value().message : "unreadable error";
       log_->error("the broker refused a message: {}", text);
-      fail_all(Error(error ? error.value().code : ErrorCode::kMalformed, "the poolmap broker refused a request: " + text));
+      fail_all(Status(error ? error.value().code : ErrorCode::kMalformed, "the poolmap broker refused a request: " + text));
       return;
     }
     case Command::kDisconnect:
       log_->warn("the broker at {} is shutting down", endpoint_);
-      fail_all(Error(ErrorCode::kUnavailable, "the poolmap broker at " + endpoint_ + " shut down"));
+      fail_all(Status(ErrorCode::kUnavailable, "the poolmap broker at " + endpoint_ + " shut down"));
       return;
     case Command::kHeartbeat:
     default:
@@ -472,48 +485,46 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   --in_flight_;
   const proto::Outcome& outcome = result.outcome;
   if (outcome.code != ErrorCode::kOk) {
-    std::exception_ptr error;
+    JobOutcome failed;
+    failed.error = Status(outcome.code, outcome.message);
     if (outcome.code == ErrorCode::kTaskFailed) {
-      error = std::make_exception_ptr(TaskError({job.task, job.chunks[result.chunk].first_index + outcome.failed_offset,
-                                                 outcome.error_type, outcome.message, outcome.worker_host,
-                                                 outcome.worker_pid}));
-    } else {
-      error = std::make_exception_ptr(Error(outcome.code, outcome.message));
+      failed.task_error = TaskError::Details{job.task, job.chunks[result.chunk].first_index + outcome.failed_offset,
+                                             outcome.error_type, outcome.message, outcome.worker_host,
+                                             outcome.worker_pid};
     }
-    fail_job(result.job, error, true);
+    fail_job(result.job, std::move(failed));
     return;
   }
   auto owned = std::make_shared<zmq::message_t>(std::move(payload));
   job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned};
   job.have[result.chunk] = true;
   if (++job.answered == job.chunks.size()) {
-    job.promise.set_value(std::move(job.results));
+    job.promise.set_value(JobOutcome{std::move(job.results), Status::ok(), std::nullopt});
     jobs_.erase(found);
   }
 }
 
-void Pool::Impl::fail_job(std::uint64_t id, std::exception_ptr error, bool tell_broker) {
+void Pool::Impl::fail_job(std::uint64_t id, JobOutcome outcome) {
   const auto found = jobs_.find(id);
   if (found == jobs_.end()) return;
   Job& job = *found->second;
-  // Chunks sent but not answered no longer count against the window.
-  in_flight_ -= (job.next_to_send - job.answered - 1 /* the failed one, already counted */);
-  if (tell_broker) {
-    auto cancel = wire::make(Command::kCancel, proto::Cancel{id});
-    send(cancel);
-  }
-  job.promise.set_exception(std::move(error));
+  // Chunks sent but not answered no longer count against the window (the failed one already left).
+  in_flight_ -= job.next_to_send - job.answered - 1;
+  // Fail fast: the broker drops the job's queued chunks and ignores the running ones' results.
+  auto cancel = wire::make(Command::kCancel, proto::Cancel{id});
+  send(cancel);
+  job.promise.set_value(std::move(outcome));
   jobs_.erase(found);
 }
 
-void Pool::Impl::fail_all(const Error& error) {
+void Pool::Impl::fail_all(const Status& error) {
   for (auto& [id, job] : jobs_) {
     in_flight_ -= job->next_to_send - job->answered;
-    job->promise.set_exception(std::make_exception_ptr(error));
+    job->promise.set_value(JobOutcome{{}, error, std::nullopt});
   }
   jobs_.clear();
   send_order_.clear();
-  for (auto& waiting : status_waiting_) waiting.set_exception(std::make_exception_ptr(error));
+  for (auto& waiting : status_waiting_) waiting.set_value(error);
   status_waiting_.clear();
 }
 

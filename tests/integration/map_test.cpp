@@ -82,6 +82,18 @@ TEST_CASE("Map.Remote.DefaultChunksizeSpreadsOverWorkers" * doctest::timeout(30)
   }
 }
 
+TEST_CASE("Map.Remote.FewChunksGoToIdleWorkersFirst" * doctest::timeout(30)) {
+  // Regression: each worker takes 2 chunks (1 + prefetch); 2 chunks on 2 idle workers must not
+  // both land on the first worker's slots.
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  for (int round = 0; round < 5; ++round) {
+    const auto pids = pool.map(t::worker_pid, iota_vector(2), {.chunksize = 1});
+    CHECK(pids[0] != pids[1]);
+  }
+}
+
 TEST_CASE("Map.Remote.ChunksizeLargerThanInput" * doctest::timeout(30)) {
   t::Cluster cluster;
   poolmap::Pool pool(remote(cluster));
