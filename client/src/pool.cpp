@@ -173,6 +173,7 @@ class Pool::Impl {
   std::deque<std::promise<Result<BrokerStatus>>> status_waiting_;
   std::size_t in_flight_ = 0;
   Clock::time_point last_sent_;
+  Clock::time_point last_heard_;
   std::thread io_thread_;
 };
 
@@ -203,7 +204,7 @@ Pool::Impl::Impl(PoolOptions options)
   }
   auto hello = wire::make(Command::kHello, proto::Hello{host_name(), static_cast<std::uint32_t>(::getpid())});
   wire::send(*socket_, hello, false);
-  last_sent_ = Clock::now();
+  last_sent_ = last_heard_ = Clock::now();
   io_thread_ = std::thread([this] { io_loop(); });
 
   if (broker_ != nullptr) {
@@ -383,7 +384,19 @@ void Pool::Impl::io_loop() {
         lock.lock();
       }
     }
-    while (auto frames = wire::receive(*socket_)) on_message(*frames);
+    while (auto frames = wire::receive(*socket_)) {
+      last_heard_ = Clock::now();
+      on_message(*frames);
+    }
+    const auto silent = Clock::now() - last_heard_;
+    if (silent > options_.heartbeat_interval * options_.heartbeat_liveness &&
+        (!jobs_.empty() || !status_waiting_.empty())) {
+      // Never wait for ever on a broker that is gone.
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(silent).count();
+      log_->warn("no word from the broker at {} for {} ms; failing the work in progress", endpoint_, ms);
+      fail_all(Status(ErrorCode::kUnavailable,
+                      "no word from the poolmap broker at " + endpoint_ + " for " + std::to_string(ms) + " ms"));
+    }
     send_chunks();
     if (Clock::now() - last_sent_ >= options_.heartbeat_interval) {
       auto beat = wire::make_empty(Command::kHeartbeat);

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
+#include <thread>
 #include <zmq.hpp>
 
 #include "poolmap/poolmap.hpp"
@@ -201,4 +203,25 @@ TEST_CASE("Daemons.Worker.MalformedBrokerEndpointIsAClearError" * doctest::timeo
   CHECK(WIFEXITED(*status));
   CHECK(WEXITSTATUS(*status) != 0);
   CHECK(worker.stderr_text().find("bad broker endpoint 'not-an-endpoint'") != std::string::npos);
+}
+
+TEST_CASE("Daemons.Broker.KilledMidMapFailsTheMapInsteadOfHanging" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  poolmap::Pool observer(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  std::optional<poolmap::ErrorCode> code;
+  std::thread mapper([&] {
+    try {
+      (void)pool.map(t::sleep_ms, std::vector<std::int64_t>(40, 100), {.chunksize = 1});
+    } catch (const poolmap::Error& e) {
+      code = e.code();
+    }
+  });
+  const bool running = t::eventually([&] { return observer.status().chunks_in_flight > 0; }, 10s);
+  CHECK(running);
+  cluster.broker().signal_and_wait(SIGKILL, 5s);
+  mapper.join();  // heartbeat 100 ms x 3: the map fails within a second or so
+  REQUIRE(code.has_value());
+  CHECK(*code == poolmap::ErrorCode::kUnavailable);
 }

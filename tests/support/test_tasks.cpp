@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <ctime>
 #include <stdexcept>
 
 namespace poolmap::test {
@@ -29,6 +30,12 @@ POOLMAP_TASK(prefix_sums, [](const std::vector<double>& v) {
 });
 
 POOLMAP_TASK(mirror, [](const Point& p) { return Point{-p.x, -p.y, p.label + "'"}; });
+
+POOLMAP_TASK(sleep_ms, [](std::int64_t ms) {
+  struct timespec pause{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1'000'000};
+  ::nanosleep(&pause, nullptr);
+  return ms;
+});
 
 POOLMAP_TASK(worker_pid, [](std::int64_t) { return static_cast<std::int64_t>(::getpid()); });
 

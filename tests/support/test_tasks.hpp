@@ -30,6 +30,8 @@ inline constexpr Task<std::vector<double>(std::vector<double>)> prefix_sums{"tes
 inline constexpr Task<Point(Point)> mirror{"test.mirror"};
 // Returns the worker process's pid (to see that several workers took part).
 inline constexpr Task<std::int64_t(std::int64_t)> worker_pid{"test.worker_pid"};
+// Sleeps the given number of milliseconds, returns it.
+inline constexpr Task<std::int64_t(std::int64_t)> sleep_ms{"test.sleep_ms"};
 // Registered by no worker.
 inline constexpr Task<std::int64_t(std::int64_t)> not_registered{"test.not_registered"};
 // Same name as `square`, other signature: the workers must refuse it.
