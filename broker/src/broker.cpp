@@ -40,9 +40,11 @@ class Broker::Impl {
         clients_(context_.impl().zmq, zmq::socket_type::router),
         workers_(context_.impl().zmq, zmq::socket_type::router),
         log_(detail::logger("poolmap.broker")) {
-    if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 || options_.max_attempts < 1) {
+    if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 || options_.max_retries < 0 ||
+        options_.poison_kills < 1) {
       throw Error(ErrorCode::kInvalidArgument,
-                  "broker options: heartbeat_interval, heartbeat_liveness and max_attempts must be positive");
+                  "broker options: heartbeat_interval, heartbeat_liveness and poison_kills must be positive, "
+                  "max_retries not negative");
     }
     // Linger long enough for the goodbyes sent on shutdown to leave, short enough not to hang.
     const wire::SocketLimits limits{.high_water_mark = options_.high_water_mark,
@@ -62,7 +64,7 @@ class Broker::Impl {
 
   void run();
   void stop() noexcept {
-    stop_requested_.store(true);
+    if (stop_requested_.exchange(true)) stop_now_.store(true);
     const std::uint64_t one = 1;
     [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof(one));
   }
@@ -79,6 +81,7 @@ class Broker::Impl {
     Clock::time_point last_heard;
     Clock::time_point last_sent;
     std::unordered_set<std::uint64_t> tickets;  // chunks this worker holds
+    std::deque<std::uint64_t> dispatch_order;    // tickets in the order sent; the oldest held one runs
     std::uint64_t chunks_done = 0;
   };
   struct ClientState {
@@ -95,9 +98,17 @@ class Broker::Impl {
     std::string client;
     proto::Submit header;
     zmq::message_t payload;   // kept until answered, so the chunk can be dispatched again
-    std::uint32_t attempt = 0;
-    std::string worker;       // identity of the holder; empty while queued
+    std::uint32_t attempt = 0;  // dispatches so far
+    std::uint32_t kills = 0;    // workers that crashed while running it
+    std::uint32_t retries = 0;  // re-dispatches after losses not blamed on it
+    std::string worker;         // identity of the holder; empty while queued
     std::vector<std::string> lost_causes;
+  };
+  // How a worker went away, for its chunks.
+  enum class Loss {
+    kCrash,     // its supervisor saw it die: the running chunk is blamed, the others are not
+    kLost,      // silent or unreachable: every chunk it held uses one retry
+    kHandback,  // it said goodbye (drain): its chunks go back without penalty
   };
 
   static std::string bind(zmq::socket_t& socket, const std::string& endpoint, const char* what) {
@@ -118,9 +129,11 @@ class Broker::Impl {
 
   ClientState& touch_client(const std::string& identity);
   void drop_client(const std::string& identity, const char* why);
-  void lose_worker(std::string identity, const std::string& cause);  // by value: callers pass keys it erases
+  void lose_worker(std::string identity, const std::string& cause, Loss loss);  // by value: callers pass keys it erases
   void finish_chunk(std::uint64_t ticket);
-  void requeue(std::uint64_t ticket, const std::string& cause);
+  void requeue(std::uint64_t ticket, const std::string& cause, bool blamed, bool counted);
+  void fail_chunk(std::uint64_t ticket, const std::string& why);
+  void disconnect_everyone();
   void reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status);
   void send_to_client(ClientState& client, std::vector<zmq::message_t>& frames);
   bool send_to_worker(WorkerState& worker, std::vector<zmq::message_t>& frames);
@@ -133,7 +146,8 @@ class Broker::Impl {
   zmq::socket_t workers_;
   std::shared_ptr<spdlog::logger> log_;
   int wake_fd_ = -1;
-  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> stop_requested_{false};  // drain, then return
+  std::atomic<bool> stop_now_{false};        // return without draining
 
   std::unordered_map<std::string, WorkerState> workers_by_id_;
   std::unordered_map<std::string, ClientState> clients_by_id_;
@@ -162,13 +176,24 @@ void Broker::Impl::run() {
       {nullptr, wake_fd_, ZMQ_POLLIN, 0},
   }};
   auto next_tick = Clock::now() + options_.heartbeat_interval;
-  while (!stop_requested_.load()) {
-    const auto wait = std::max(std::chrono::milliseconds(0), since(Clock::now(), next_tick));
+  std::optional<Clock::time_point> drain_deadline;
+  while (!stop_now_.load()) {
+    if (stop_requested_.load() && !drain_deadline) {
+      drain_deadline = Clock::now() + options_.drain_timeout;
+      log_->info("broker draining: {} chunks in flight, {} queued (handed back to their clients)",
+                 std::count_if(chunks_.begin(), chunks_.end(), [](const auto& c) { return !c.second.worker.empty(); }),
+                 std::count_if(chunks_.begin(), chunks_.end(), [](const auto& c) { return c.second.worker.empty(); }));
+    }
+    if (drain_deadline) {
+      const bool idle = std::none_of(chunks_.begin(), chunks_.end(), [](const auto& c) { return !c.second.worker.empty(); });
+      if (idle || Clock::now() >= *drain_deadline) break;
+    }
+    auto wait = std::max(std::chrono::milliseconds(0), since(Clock::now(), next_tick));
+    if (drain_deadline) wait = std::min(wait, std::chrono::milliseconds(10));
     zmq::poll(items.data(), items.size(), wait);
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
       std::uint64_t value = 0;
       [[maybe_unused]] const auto got = ::read(wake_fd_, &value, sizeof(value));
-      if (stop_requested_.load()) break;
     }
     for (int i = 0; i < kReceiveBatch; ++i) {
       auto frames = wire::receive(workers_);
@@ -180,13 +205,20 @@ void Broker::Impl::run() {
       if (!frames) break;
       on_client_message(*frames);
     }
-    dispatch();
+    if (!drain_deadline) dispatch();
     if (Clock::now() >= next_tick) {
       heartbeat_tick();
       next_tick = Clock::now() + options_.heartbeat_interval;
     }
   }
-  // Tell workers and clients we are going, so they do not wait for a full liveness period.
+  disconnect_everyone();
+  log_->info("broker stopped: {} chunks done, {} failed, {} re-dispatched, {} bad messages", chunks_done_,
+             chunks_failed_, chunks_redispatched_, bad_messages_);
+}
+
+void Broker::Impl::disconnect_everyone() {
+  // Workers and clients learn at once that we are going: workers register with the next broker,
+  // clients resend what was not answered.
   for (auto& [id, worker] : workers_by_id_) {
     auto frames = wire::make_empty(Command::kDisconnect);
     (void)wire::send_to(workers_, id, frames);
@@ -195,8 +227,6 @@ void Broker::Impl::run() {
     auto frames = wire::make_empty(Command::kDisconnect);
     (void)wire::send_to(clients_, id, frames);
   }
-  log_->info("broker stopped: {} chunks done, {} failed, {} re-dispatched, {} bad messages", chunks_done_,
-             chunks_failed_, chunks_redispatched_, bad_messages_);
 }
 
 void Broker::Impl::reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status) {
@@ -233,6 +263,14 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
     return;
   }
   const auto header = wire::view(frames[2]);
+  // A client we do not know (we restarted, or dropped it as silent) must say HELLO first: its work
+  // is not here, and after our WELCOME it resends every chunk not yet answered.
+  auto unknown_client = [&] {
+    if (clients_by_id_.contains(identity)) return false;
+    auto again = wire::make_empty(Command::kDisconnect);
+    (void)wire::send_to(clients_, identity, again);
+    return true;
+  };
   switch (command.value()) {
     case Command::kHello: {
       auto hello = proto::decode<proto::Hello>(header);
@@ -255,10 +293,12 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       if (submit.value().count == 0) {
         return reply_error(clients_, identity, Status(ErrorCode::kMalformed, "SUBMIT with zero items"));
       }
+      if (unknown_client()) return;
       ClientState& client = touch_client(identity);
+      if (stop_requested_.load()) return;  // draining: the client resends it to the next broker
       const std::uint64_t ticket = next_ticket_++;
       client.jobs[submit.value().job].insert(ticket);
-      chunks_.emplace(ticket, Chunk{identity, std::move(submit.value()), std::move(frames[3]), 0, {}, {}});
+      chunks_.emplace(ticket, Chunk{identity, std::move(submit.value()), std::move(frames[3]), 0, 0, 0, {}, {}});
       client.pending.push_back(ticket);
       if (!client.in_ring) {
         client.in_ring = true;
@@ -269,6 +309,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
     case Command::kCancel: {
       auto cancel = proto::decode<proto::Cancel>(header);
       if (!cancel) return reply_error(clients_, identity, cancel.status());
+      if (unknown_client()) return;
       ClientState& client = touch_client(identity);
       const auto job = client.jobs.find(cancel.value().job);
       if (job == client.jobs.end()) return;
@@ -292,6 +333,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       return;
     }
     case Command::kHeartbeat:
+      if (unknown_client()) return;
       touch_client(identity);
       return;
     case Command::kDisconnect:
@@ -320,13 +362,26 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
   const auto header = wire::view(frames[2]);
   const auto now = Clock::now();
 
+  if (command.value() == Command::kWorkerExited) {
+    // From a supervisor, about one of its processes: faster and more precise than a heartbeat.
+    auto exited = proto::decode<proto::WorkerExited>(header);
+    if (!exited) return reply_error(workers_, identity, exited.status());
+    const auto& report = exited.value();
+    for (const auto& [id, worker] : workers_by_id_) {
+      if (worker.host == report.host && worker.pid == report.pid) {
+        lose_worker(id, "worker process " + report.cause, report.crashed ? Loss::kCrash : Loss::kLost);
+        break;
+      }
+    }
+    return;
+  }
   if (command.value() == Command::kReady) {
     auto ready = proto::decode<proto::Ready>(header);
     if (!ready) return reply_error(workers_, identity, ready.status());
     if (ready.value().credit == 0 || ready.value().credit > 1024) {
       return reply_error(workers_, identity, Status(ErrorCode::kMalformed, "READY credit must be 1..1024"));
     }
-    if (workers_by_id_.contains(identity)) lose_worker(identity, "registered again");
+    if (workers_by_id_.contains(identity)) lose_worker(identity, "registered again", Loss::kLost);
     WorkerState& worker = workers_by_id_[identity];
     worker.identity = identity;
     worker.host = ready.value().host;
@@ -362,6 +417,9 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
       auto result = proto::decode<proto::WorkerResult>(header);
       if (!result) return reply_error(workers_, identity, result.status());
       const std::uint64_t ticket = result.value().ticket;
+      while (!worker.dispatch_order.empty() && !worker.tickets.contains(worker.dispatch_order.front())) {
+        worker.dispatch_order.pop_front();  // answered earlier
+      }
       if (worker.tickets.erase(ticket) == 0) {
         // Not this worker's chunk (it was declared lost and the chunk went elsewhere): no credit.
         log_->debug("worker {} pid {} returned unknown ticket {}", worker.host, worker.pid, ticket);
@@ -393,8 +451,9 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     case Command::kHeartbeat:
       return;
     case Command::kDisconnect:
-      log_->info("worker {} pid {} said goodbye", worker.host, worker.pid);
-      lose_worker(identity, "worker disconnected");
+      log_->info("worker {} pid {} said goodbye; {} chunks handed back", worker.host, worker.pid,
+                 worker.tickets.size());
+      lose_worker(identity, "worker said goodbye", Loss::kHandback);
       return;
     default:
       reply_error(workers_, identity,
@@ -450,53 +509,80 @@ void Broker::Impl::drop_client(const std::string& identity, const char* why) {
   clients_by_id_.erase(found);  // its entry in ring_ is skipped lazily
 }
 
-void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause) {
+void Broker::Impl::fail_chunk(std::uint64_t ticket, const std::string& why) {
+  const auto found = chunks_.find(ticket);
+  if (found == chunks_.end()) return;
+  Chunk& chunk = found->second;
+  const auto client = clients_by_id_.find(chunk.client);
+  std::string causes;
+  for (std::size_t i = 0; i < chunk.lost_causes.size(); ++i) {
+    causes += (i == 0 ? "" : "; ") + std::string("attempt ") + std::to_string(i + 1) + ": " + chunk.lost_causes[i];
+  }
+  proto::Outcome outcome;
+  outcome.code = ErrorCode::kWorkerLost;
+  outcome.message = "chunk " + std::to_string(chunk.header.chunk) + " (items " +
+                    std::to_string(chunk.header.first_index) + ".." +
+                    std::to_string(chunk.header.first_index + chunk.header.count - 1) + ") " + why + " (" + causes + ")";
+  ++chunks_failed_;
+  log_->warn("giving up on a chunk: {}", outcome.message);
+  auto out = wire::make(Command::kResult, proto::ClientResult{chunk.header.job, chunk.header.chunk, chunk.attempt,
+                                                              std::move(outcome), worker_count()});
+  out.emplace_back();
+  finish_chunk(ticket);
+  if (client != clients_by_id_.end()) send_to_client(client->second, out);
+}
+
+void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause, bool blamed, bool counted) {
   const auto found = chunks_.find(ticket);
   if (found == chunks_.end()) return;
   Chunk& chunk = found->second;
   chunk.worker.clear();
   chunk.lost_causes.push_back(cause);
-  const auto client = clients_by_id_.find(chunk.client);
-  if (client == clients_by_id_.end()) {
+  if (!clients_by_id_.contains(chunk.client)) {
     chunks_.erase(found);
     return;
   }
-  if (chunk.attempt >= static_cast<std::uint32_t>(options_.max_attempts)) {
-    std::string causes;
-    for (std::size_t i = 0; i < chunk.lost_causes.size(); ++i) {
-      causes += (i == 0 ? "" : "; ") + std::string("attempt ") + std::to_string(i + 1) + ": " + chunk.lost_causes[i];
-    }
-    proto::Outcome outcome;
-    outcome.code = ErrorCode::kWorkerLost;
-    outcome.message = "chunk " + std::to_string(chunk.header.chunk) + " (items " +
-                      std::to_string(chunk.header.first_index) + ".." +
-                      std::to_string(chunk.header.first_index + chunk.header.count - 1) + ") lost its worker " +
-                      std::to_string(chunk.attempt) + " times (" + causes + ")";
-    ++chunks_failed_;
-    log_->warn("giving up on chunk: {}", outcome.message);
-    auto out = wire::make(Command::kResult, proto::ClientResult{chunk.header.job, chunk.header.chunk, chunk.attempt,
-                                                                std::move(outcome), worker_count()});
-    out.emplace_back();
-    finish_chunk(ticket);
-    send_to_client(client->second, out);
-    return;
+  if (blamed && ++chunk.kills >= static_cast<std::uint32_t>(options_.poison_kills)) {
+    return fail_chunk(ticket, "killed " + std::to_string(chunk.kills) + " worker processes");
+  }
+  if (!blamed && counted && ++chunk.retries > static_cast<std::uint32_t>(options_.max_retries)) {
+    return fail_chunk(ticket, "lost its worker " + std::to_string(chunk.retries) + " times");
   }
   ++chunks_redispatched_;
-  client->second.pending.push_front(ticket);
-  if (!client->second.in_ring) {
-    client->second.in_ring = true;
+  ClientState& client = clients_by_id_.at(chunk.client);
+  client.pending.push_front(ticket);
+  if (!client.in_ring) {
+    client.in_ring = true;
     ring_.push_front(chunk.client);
   }
 }
 
-void Broker::Impl::lose_worker(std::string identity, const std::string& cause) {
+void Broker::Impl::lose_worker(std::string identity, const std::string& cause, Loss loss) {
   const auto found = workers_by_id_.find(identity);
   if (found == workers_by_id_.end()) return;
   WorkerState worker = std::move(found->second);
   workers_by_id_.erase(found);  // its credit entries are skipped lazily
-  log_->warn("worker lost host={} pid={} chunks={} cause={}", worker.host, worker.pid, worker.tickets.size(), cause);
+  if (loss == Loss::kHandback) {
+    log_->info("worker left host={} pid={} chunks handed back={}", worker.host, worker.pid, worker.tickets.size());
+  } else {
+    log_->warn("worker lost host={} pid={} chunks={} cause={}", worker.host, worker.pid, worker.tickets.size(), cause);
+  }
   const std::string described = cause + " (worker " + worker.host + " pid " + std::to_string(worker.pid) + ")";
-  for (const std::uint64_t ticket : worker.tickets) requeue(ticket, described);
+  // The worker runs its chunks in the order they were sent: the oldest it still holds was running.
+  std::optional<std::uint64_t> running;
+  for (const std::uint64_t ticket : worker.dispatch_order) {
+    if (worker.tickets.contains(ticket)) {
+      running = ticket;
+      break;
+    }
+  }
+  for (const std::uint64_t ticket : worker.dispatch_order) {
+    if (!worker.tickets.contains(ticket)) continue;
+    const bool blamed = loss == Loss::kCrash && running == ticket;
+    const bool counted = loss == Loss::kLost;
+    requeue(ticket, blamed ? described : (loss == Loss::kCrash ? "prefetched by a crashed " + described : described),
+            blamed, counted);
+  }
   announce_workers();
 }
 
@@ -548,7 +634,8 @@ void Broker::Impl::dispatch() {
     WorkerState& worker = worker_it->second;
     Chunk& chunk = chunks_.at(*ticket);
     auto frames = wire::make(Command::kTask, proto::TaskHeader{*ticket, chunk.header.first_index, chunk.header.count,
-                                                                chunk.header.task, chunk.header.signature});
+                                                                chunk.header.task, chunk.header.signature,
+                                                                chunk.header.deadline_ms});
     frames.emplace_back();
     frames.back().copy(chunk.payload);  // reference-counted, not a byte copy
     credit.pop_front();
@@ -562,13 +649,14 @@ void Broker::Impl::dispatch() {
           ring_.push_front(chunk.client);
         }
       }
-      lose_worker(worker.identity, "unreachable");
+      lose_worker(worker.identity, "unreachable", Loss::kLost);
       continue;
     }
     --worker.credit;
     ++chunk.attempt;
     chunk.worker = worker.identity;
     worker.tickets.insert(*ticket);
+    worker.dispatch_order.push_back(*ticket);
   }
 }
 
@@ -587,7 +675,7 @@ void Broker::Impl::heartbeat_tick() {
   for (const auto& id : lost) {
     const auto found = workers_by_id_.find(id);
     const auto silent = found == workers_by_id_.end() ? std::chrono::milliseconds(0) : since(found->second.last_heard, now);
-    lose_worker(id, "no heartbeat for " + std::to_string(silent.count()) + " ms");
+    lose_worker(id, "no heartbeat for " + std::to_string(silent.count()) + " ms", Loss::kLost);
   }
   std::vector<std::string> gone;
   for (auto& [id, client] : clients_by_id_) {

@@ -28,14 +28,24 @@ int main(int argc, char** argv) {
   app.add_option("--liveness", options.heartbeat_liveness, "missed heartbeats before a peer counts as gone")
       ->default_val(3)
       ->check(CLI::PositiveNumber);
-  app.add_option("--max-attempts", options.max_attempts, "dispatches per chunk before it fails as worker-lost")
+  app.add_option("--max-retries", options.max_retries,
+                 "re-dispatches of a chunk after losing workers (silent, unreachable) before it fails as worker-lost")
+      ->default_val(3)
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--poison-kills", options.poison_kills,
+                 "crashed worker processes a chunk may have been running in before it fails as worker-lost")
       ->default_val(3)
       ->check(CLI::PositiveNumber);
+  int drain_ms = 5000;
+  app.add_option("--drain-ms", drain_ms, "on SIGTERM, how long to wait for chunks in flight")
+      ->default_val(5000)
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-message-bytes", options.max_message_bytes, "largest message accepted")
       ->default_val(1LL << 30);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   CLI11_PARSE(app, argc, argv);
   options.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
+  options.drain_timeout = std::chrono::milliseconds(drain_ms);
 
   if (!poolmap::detail::configure_program_logging(log_level, "broker")) {
     std::cerr << "poolmap-broker: unknown --log-level '" << log_level << "'\n";
@@ -48,7 +58,7 @@ int main(int argc, char** argv) {
               << std::endl;
     signals.on_signal([&broker, &log](int signo) {
       if (signo == SIGHUP) return;
-      log->info("signal {}: stopping", signo);
+      log->info("signal {}: draining (a second signal stops at once)", signo);
       broker.stop();
     });
     broker.run();

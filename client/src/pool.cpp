@@ -124,6 +124,9 @@ class Pool::Impl {
     std::string task;
     std::string signature;
     std::vector<detail::ChunkRequest> chunks;
+    std::uint32_t deadline_ms = 0;
+    std::vector<std::optional<zmq::message_t>> payloads;  // sent and not yet answered: kept for resending
+    std::vector<std::uint32_t> retries_left;                // task_retries per chunk
     std::size_t next_to_send = 0;
     std::size_t answered = 0;
     std::vector<detail::ChunkResult> results;
@@ -143,7 +146,10 @@ class Pool::Impl {
   void fail_job(std::uint64_t id, JobOutcome outcome);
   void fail_all(const Status& error);
   void send_chunks();
+  void send_chunk(Job& job, std::size_t index);
   void send(std::vector<zmq::message_t>& frames);
+  void open_socket();
+  void lost_broker(const std::string& why);
 
   PoolOptions options_;
   Context context_;
@@ -174,6 +180,8 @@ class Pool::Impl {
   std::size_t in_flight_ = 0;
   Clock::time_point last_sent_;
   Clock::time_point last_heard_;
+  bool session_welcomed_ = false;                   // WELCOME received on the current socket
+  std::optional<Clock::time_point> broker_lost_at_;  // set while trying to reach the broker again
   std::thread io_thread_;
 };
 
@@ -195,16 +203,12 @@ Pool::Impl::Impl(PoolOptions options)
   } else {
     endpoint_ = options_.broker;
   }
-  socket_ = std::make_unique<zmq::socket_t>(context_.impl().zmq, zmq::socket_type::dealer);
-  wire::configure(*socket_, {.high_water_mark = 10000, .linger = std::chrono::milliseconds(200)}, false);
   try {
-    socket_->connect(endpoint_);
+    open_socket();
   } catch (const zmq::error_t& e) {
+    shutdown();
     throw Error(ErrorCode::kInvalidArgument, "Pool: bad broker endpoint '" + endpoint_ + "': " + e.what());
   }
-  auto hello = wire::make(Command::kHello, proto::Hello{host_name(), static_cast<std::uint32_t>(::getpid())});
-  wire::send(*socket_, hello, false);
-  last_sent_ = last_heard_ = Clock::now();
   io_thread_ = std::thread([this] { io_loop(); });
 
   if (broker_ != nullptr) {
@@ -264,7 +268,8 @@ void Pool::Impl::start_embedded() {
                                                                .arguments = argv,
                                                                .environment = environment,
                                                                .processes = options_.processes,
-                                                               .stop_grace = std::chrono::milliseconds(2000)});
+                                                               .stop_grace = std::chrono::milliseconds(2000),
+                                                               .report_endpoint = broker_->worker_endpoint()});
   supervisor_thread_ = std::thread([this] { supervisor_->run(); });
 }
 
@@ -296,6 +301,30 @@ void Pool::Impl::shutdown() {
   }
 }
 
+void Pool::Impl::open_socket() {
+  if (socket_) socket_->set(zmq::sockopt::linger, 0);  // what is queued for a lost broker is resent anyway
+  socket_ = std::make_unique<zmq::socket_t>(context_.impl().zmq, zmq::socket_type::dealer);
+  wire::configure(*socket_, {.high_water_mark = 10000, .linger = std::chrono::milliseconds(200)}, false);
+  socket_->set(zmq::sockopt::reconnect_ivl, 100);
+  socket_->set(zmq::sockopt::reconnect_ivl_max, 5000);
+  socket_->connect(endpoint_);
+  auto hello = wire::make(Command::kHello, proto::Hello{host_name(), static_cast<std::uint32_t>(::getpid())});
+  wire::send(*socket_, hello, false);
+  session_welcomed_ = false;
+  last_sent_ = last_heard_ = Clock::now();
+}
+
+void Pool::Impl::lost_broker(const std::string& why) {
+  // A new socket is a new peer to the broker: say HELLO, and after its WELCOME send again every
+  // chunk not yet answered. Results are matched by (job, chunk), so a chunk answered twice (once
+  // before the loss, once after) still reaches the caller once.
+  if (!broker_lost_at_) {
+    broker_lost_at_ = Clock::now();
+    log_->warn("lost the broker at {} ({}); reconnecting", endpoint_, why);
+  }
+  open_socket();
+}
+
 std::size_t Pool::Impl::workers_for_chunking() const {
   std::unique_lock lock(mutex_);
   if (!changed_.wait_for(lock, options_.start_timeout, [&] { return welcomed_; })) {
@@ -310,6 +339,9 @@ std::vector<detail::ChunkResult> Pool::Impl::execute(detail::JobRequest request)
   job->task = std::move(request.task);
   job->signature = std::move(request.signature);
   job->chunks = std::move(request.chunks);
+  job->deadline_ms = request.deadline_ms;
+  job->payloads.resize(job->chunks.size());
+  job->retries_left.assign(job->chunks.size(), request.task_retries);
   job->results.resize(job->chunks.size());
   job->have.assign(job->chunks.size(), false);
   auto future = job->promise.get_future();
@@ -388,14 +420,19 @@ void Pool::Impl::io_loop() {
       last_heard_ = Clock::now();
       on_message(*frames);
     }
+    const bool waiting = !jobs_.empty() || !status_waiting_.empty();
     const auto silent = Clock::now() - last_heard_;
-    if (silent > options_.heartbeat_interval * options_.heartbeat_liveness &&
-        (!jobs_.empty() || !status_waiting_.empty())) {
+    if (waiting && silent > options_.heartbeat_interval * options_.heartbeat_liveness) {
+      lost_broker("no word for " + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()) +
+                  " ms");
+    }
+    if (broker_lost_at_ && Clock::now() - *broker_lost_at_ > options_.reconnect_timeout) {
       // Never wait for ever on a broker that is gone.
-      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(silent).count();
-      log_->warn("no word from the broker at {} for {} ms; failing the work in progress", endpoint_, ms);
-      fail_all(Status(ErrorCode::kUnavailable,
-                      "no word from the poolmap broker at " + endpoint_ + " for " + std::to_string(ms) + " ms"));
+      if (waiting) {
+        fail_all(Status(ErrorCode::kUnavailable, "the poolmap broker at " + endpoint_ + " did not come back within " +
+                                                     std::to_string(options_.reconnect_timeout.count()) + " ms"));
+      }
+      broker_lost_at_ = Clock::now();  // later calls get a full reconnect_timeout of their own
     }
     send_chunks();
     if (Clock::now() - last_sent_ >= options_.heartbeat_interval) {
@@ -405,7 +442,19 @@ void Pool::Impl::io_loop() {
   }
 }
 
+void Pool::Impl::send_chunk(Job& job, std::size_t index) {
+  detail::ChunkRequest& chunk = job.chunks[index];
+  auto& payload = job.payloads[index];
+  if (!payload) payload = wire::to_message(std::move(chunk.payload));
+  auto frames = wire::make(Command::kSubmit, proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task,
+                                                           job.signature, job.deadline_ms});
+  frames.emplace_back();
+  frames.back().copy(*payload);  // reference-counted: the payload stays here until answered
+  send(frames);
+}
+
 void Pool::Impl::send_chunks() {
+  if (!session_welcomed_) return;  // a broker that has not welcomed us would refuse them
   while (in_flight_ < options_.max_chunks_in_flight && !send_order_.empty()) {
     const std::uint64_t id = send_order_.front();
     send_order_.pop_front();
@@ -413,12 +462,7 @@ void Pool::Impl::send_chunks() {
     if (found == jobs_.end()) continue;
     Job& job = *found->second;
     if (job.next_to_send >= job.chunks.size()) continue;
-    const std::size_t index = job.next_to_send++;
-    detail::ChunkRequest& chunk = job.chunks[index];
-    auto frames = wire::make(Command::kSubmit, proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task,
-                                                             job.signature});
-    frames.push_back(wire::to_message(std::move(chunk.payload)));
-    send(frames);
+    send_chunk(job, job.next_to_send++);
     ++in_flight_;
     if (job.next_to_send < job.chunks.size()) send_order_.push_back(id);
   }
@@ -442,6 +486,24 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
         welcomed_ = true;
       }
       changed_.notify_all();
+      if (!session_welcomed_) {
+        session_welcomed_ = true;
+        if (broker_lost_at_) {
+          std::size_t resent = 0;
+          for (auto& [id, job] : jobs_) {
+            for (std::size_t i = 0; i < job->next_to_send; ++i) {
+              if (!job->have[i]) {
+                send_chunk(*job, i);
+                ++resent;
+              }
+            }
+          }
+          log_->warn("reached the broker at {} again after {} ms; resent {} unanswered chunks", endpoint_,
+                     std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - *broker_lost_at_).count(),
+                     resent);
+          broker_lost_at_.reset();
+        }
+      }
       return;
     }
     case Command::kResult: {
@@ -477,8 +539,8 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       return;
     }
     case Command::kDisconnect:
-      log_->warn("the broker at {} is shutting down", endpoint_);
-      fail_all(Status(ErrorCode::kUnavailable, "the poolmap broker at " + endpoint_ + " shut down"));
+      // The broker is going away, or it does not know us (it restarted): register again.
+      lost_broker("it said goodbye or does not know this client");
       return;
     case Command::kHeartbeat:
     default:
@@ -495,8 +557,14 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   if (found == jobs_.end()) return;  // a job that already failed: late answers are ignored
   Job& job = *found->second;
   if (result.chunk >= job.chunks.size() || job.have[result.chunk]) return;  // duplicate
-  --in_flight_;
   const proto::Outcome& outcome = result.outcome;
+  if (outcome.code == ErrorCode::kTaskFailed && job.retries_left[result.chunk] > 0) {
+    --job.retries_left[result.chunk];  // the caller asked for task retries: run the chunk again
+    send_chunk(job, result.chunk);
+    return;
+  }
+  --in_flight_;
+  job.payloads[result.chunk].reset();
   if (outcome.code != ErrorCode::kOk) {
     JobOutcome failed;
     failed.error = Status(outcome.code, outcome.message);

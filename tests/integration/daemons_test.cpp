@@ -205,9 +205,11 @@ TEST_CASE("Daemons.Worker.MalformedBrokerEndpointIsAClearError" * doctest::timeo
   CHECK(worker.stderr_text().find("bad broker endpoint 'not-an-endpoint'") != std::string::npos);
 }
 
-TEST_CASE("Daemons.Broker.KilledMidMapFailsTheMapInsteadOfHanging" * doctest::timeout(30)) {
+TEST_CASE("Daemons.Broker.GoneForGoodFailsTheMapAfterReconnectTimeout" * doctest::timeout(30)) {
   t::Cluster cluster({.workers = 2});
-  poolmap::Pool pool(remote(cluster));
+  auto options = remote(cluster);
+  options.reconnect_timeout = 1s;
+  poolmap::Pool pool(options);
   poolmap::Pool observer(remote(cluster));
   REQUIRE(pool.wait_for_workers(2, 10s));
   std::optional<poolmap::ErrorCode> code;
@@ -221,7 +223,7 @@ TEST_CASE("Daemons.Broker.KilledMidMapFailsTheMapInsteadOfHanging" * doctest::ti
   const bool running = t::eventually([&] { return observer.status().chunks_in_flight > 0; }, 10s);
   CHECK(running);
   cluster.broker().signal_and_wait(SIGKILL, 5s);
-  mapper.join();  // heartbeat 100 ms x 3: the map fails within a second or so
+  mapper.join();  // silent for 100 ms x 3, then 1 s of trying to reconnect
   REQUIRE(code.has_value());
   CHECK(*code == poolmap::ErrorCode::kUnavailable);
 }

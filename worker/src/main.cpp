@@ -114,7 +114,8 @@ int main(int argc, char** argv) {
     poolmap::Supervisor supervisor({.executable = self,
                                     .arguments = child_args,
                                     .environment = environment,
-                                    .processes = processes});
+                                    .processes = processes,
+                                    .report_endpoint = broker});
     signals.on_signal([&supervisor, &log](int signo) {
       if (signo == SIGHUP) return;
       log->info("signal {}: stopping worker processes", signo);

@@ -15,7 +15,9 @@
 
 #include "log.hpp"
 #include "poolmap/error.hpp"
+#include "poolmap/protocol.hpp"
 #include "poolmap/worker.hpp"
+#include "wire.hpp"
 
 extern char** environ;  // NOLINT: POSIX
 
@@ -32,6 +34,16 @@ std::string describe_exit(int status) {
   }
   return "status " + std::to_string(status);
 }
+
+std::string host_name() {
+  char buffer[256] = {};
+  if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "unknown-host";
+  return buffer;
+}
+
+// Exit status of a worker process that ended itself after an item passed its deadline (it has
+// already answered for the item and said goodbye): not a crash.
+constexpr int kDeadlineExitCode = 75;
 }  // namespace
 
 class Supervisor::Impl {
@@ -122,14 +134,19 @@ class Supervisor::Impl {
   // Reaps children that exited; returns how many.
   std::size_t reap() {
     std::size_t reaped = 0;
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(mutex_);  // also guards exit_reports_
     for (auto it = children_.begin(); it != children_.end();) {
       int status = 0;
       const pid_t done = ::waitpid(it->first, &status, WNOHANG);
       if (done == it->first || (done < 0 && errno == ECHILD)) {
         const bool quick = Clock::now() - it->second.started < std::chrono::seconds(1);
         if (!stopping_.load()) {
-          log_->warn("worker process {} exited ({}); restarting", it->first, done < 0 ? "unknown" : describe_exit(status));
+          const std::string cause = done < 0 ? "ended (status unknown)" : describe_exit(status);
+          log_->warn("worker process {} exited ({}); restarting", it->first, cause);
+          const bool crashed = done == it->first && (WIFSIGNALED(status) ||
+                                                     (WIFEXITED(status) && WEXITSTATUS(status) != 0 &&
+                                                      WEXITSTATUS(status) != kDeadlineExitCode));
+          exit_reports_.push_back({host_, static_cast<std::uint32_t>(it->first), crashed, "ended with " + cause});
         }
         if (it->second.pidfd >= 0) ::close(it->second.pidfd);
         it = children_.erase(it);
@@ -183,10 +200,38 @@ class Supervisor::Impl {
   mutable std::mutex mutex_;  // guards children_
   std::map<pid_t, Child> children_;
   std::vector<Slot> restarts_;  // run() thread only
+  std::string host_ = host_name();
+  std::vector<proto::WorkerExited> exit_reports_;  // guarded by mutex_; sent by run()
   std::chrono::milliseconds last_backoff_{0};  // guarded by mutex_
 };
 
 void Supervisor::Impl::run() {
+  // One socket, owned by this thread, for exit reports to the broker.
+  std::optional<Context> report_context;
+  std::optional<zmq::socket_t> reporter;
+  if (!options_.report_endpoint.empty()) {
+    report_context.emplace();
+    reporter.emplace(report_context->impl().zmq, zmq::socket_type::dealer);
+    wire::configure(*reporter, {.high_water_mark = 1000, .linger = std::chrono::milliseconds(200)}, false);
+    try {
+      reporter->connect(options_.report_endpoint);
+    } catch (const zmq::error_t& e) {
+      log_->error("supervisor cannot report exits to '{}': {}", options_.report_endpoint, e.what());
+      reporter.reset();
+    }
+  }
+  auto send_reports = [&] {
+    std::vector<proto::WorkerExited> reports;
+    {
+      std::lock_guard lock(mutex_);
+      reports.swap(exit_reports_);
+    }
+    if (!reporter) return;
+    for (const auto& report : reports) {
+      auto frames = wire::make(proto::Command::kWorkerExited, report);
+      (void)wire::send(*reporter, frames, true);
+    }
+  };
   for (std::size_t i = 0; i < options_.processes && !stopping_.load(); ++i) {
     if (!spawn()) restarts_.push_back({Clock::now() + options_.restart_backoff, options_.restart_backoff});
   }
@@ -213,6 +258,7 @@ void Supervisor::Impl::run() {
     ::poll(fds.data(), fds.size(), timeout_ms);
     if (stopping_.load()) break;
     reap();
+    send_reports();
     const auto now = Clock::now();
     for (auto it = restarts_.begin(); it != restarts_.end();) {
       if (it->restart_at <= now) {

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "log.hpp"
@@ -82,13 +83,23 @@ class WorkerProcess::Impl {
     proto::Outcome outcome;
     Bytes output;
   };
+  // The chunk the task thread is running, for the deadline watch (guarded by mutex_).
+  struct Running {
+    std::uint64_t ticket = 0;
+    std::uint64_t first_item = 0;  // value of items_started_ when the chunk began
+    std::uint64_t first_index = 0; // the chunk's first item in the caller's input
+    std::uint32_t deadline_ms = 0;
+  };
 
   void wake_io() noexcept {
     const std::uint64_t one = 1;
     [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof(one));
   }
   void io_loop();
-  FinishedTask execute(PendingTask& task) const;
+  FinishedTask execute(PendingTask& task);
+  // Called by the I/O thread: if the running item has passed its deadline, answers its chunk with
+  // kDeadlineExceeded, says goodbye and ends the process (the supervisor starts a fresh one).
+  void enforce_deadline(zmq::socket_t& socket);
   zmq::socket_t connect(zmq::context_t& context);
 
   WorkerOptions options_;
@@ -97,18 +108,28 @@ class WorkerProcess::Impl {
   std::shared_ptr<spdlog::logger> log_;
   int wake_fd_ = -1;
 
-  std::mutex mutex_;  // guards tasks_, finished_, stopping_
+  std::mutex mutex_;  // guards tasks_, finished_, stopping_, running_
   std::condition_variable tasks_ready_;
   std::deque<PendingTask> tasks_;
   std::deque<FinishedTask> finished_;
   bool stopping_ = false;
+  std::optional<Running> running_;
+
+  std::atomic<std::uint64_t> items_started_{0};  // written by the task thread, watched by the I/O thread
+  std::uint64_t watched_items_ = 0;              // I/O thread: last value seen, and when it changed
+  Clock::time_point watched_since_;
 };
+
+// Exit status of a worker process that ended itself because an item passed its deadline.
+constexpr int kDeadlineExitCode = 75;
 
 zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   zmq::socket_t socket(context, zmq::socket_type::dealer);
   wire::configure(socket, {.high_water_mark = 1000, .linger = std::chrono::milliseconds(500),
                            .max_message_bytes = options_.max_message_bytes},
                   false);
+  socket.set(zmq::sockopt::reconnect_ivl, 100);       // reconnect to a restarted broker with
+  socket.set(zmq::sockopt::reconnect_ivl_max, 5000);  // exponential back-off, 0.1 s to 5 s
   socket.connect(options_.broker);
   auto ready = wire::make(Command::kReady, proto::Ready{host_, pid_, 1 + options_.prefetch});
   wire::send(socket, ready, false);
@@ -134,8 +155,14 @@ void WorkerProcess::Impl::io_loop() {
   for (;;) {
     std::array<zmq::pollitem_t, 2> items{{{socket.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}}};
     const auto next_beat = last_sent + options_.heartbeat_interval;
-    const auto wait = std::max(std::chrono::milliseconds(0),
-                               std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()));
+    auto wait = std::max(std::chrono::milliseconds(0),
+                         std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()));
+    {
+      std::lock_guard lock(mutex_);
+      if (running_ && running_->deadline_ms > 0) {  // look at least 4 times per deadline
+        wait = std::min(wait, std::chrono::milliseconds(std::max<std::uint32_t>(1, running_->deadline_ms / 4)));
+      }
+    }
     zmq::poll(items.data(), items.size(), wait);
 
     if ((items[1].revents & ZMQ_POLLIN) != 0) {
@@ -144,10 +171,12 @@ void WorkerProcess::Impl::io_loop() {
     }
     std::deque<FinishedTask> finished;
     bool stopping = false;
+    bool busy = false;
     {
       std::lock_guard lock(mutex_);
       finished.swap(finished_);
       stopping = stopping_;
+      busy = running_.has_value();
     }
     for (auto& done : finished) {
       auto frames = wire::make(Command::kWorkerResult, proto::WorkerResult{done.ticket, std::move(done.outcome)});
@@ -155,11 +184,13 @@ void WorkerProcess::Impl::io_loop() {
       wire::send(socket, frames, false);
       last_sent = Clock::now();
     }
-    if (stopping) {
+    if (stopping && !busy) {
+      // Drained: the running chunk (if any) is answered; the broker takes back the rest.
       auto bye = wire::make_empty(Command::kDisconnect);
       (void)wire::send(socket, bye, true);
       return;
     }
+    enforce_deadline(socket);
 
     bool forget_tasks = false;
     while (auto frames = wire::receive(socket)) {
@@ -171,6 +202,7 @@ void WorkerProcess::Impl::io_loop() {
         continue;
       }
       if (command.value() == Command::kTask) {
+        if (stopping) continue;  // draining: the broker gets it back with our goodbye
         auto header = proto::decode<proto::TaskHeader>(wire::view((*frames)[1]));
         if (!header) {
           log_->warn("worker ignored a TASK whose header does not decode: {}", header.status().to_string());
@@ -222,7 +254,42 @@ void WorkerProcess::Impl::io_loop() {
   }
 }
 
-WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task) const {
+void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {
+  Running running;
+  {
+    std::lock_guard lock(mutex_);
+    if (!running_ || running_->deadline_ms == 0) return;
+    running = *running_;
+  }
+  const auto now = Clock::now();
+  const std::uint64_t started = items_started_.load(std::memory_order_relaxed);
+  if (started != watched_items_) {
+    watched_items_ = started;
+    watched_since_ = now;
+    return;
+  }
+  if (now - watched_since_ < std::chrono::milliseconds(running.deadline_ms)) return;
+  // The same item has been running for longer than its deadline. A thread cannot be stopped
+  // safely, so this process answers for the item and ends; its supervisor starts a fresh one.
+  const std::uint32_t offset = started > running.first_item ? static_cast<std::uint32_t>(started - running.first_item - 1) : 0;
+  const std::uint64_t index = running.first_index + offset;
+  proto::Outcome outcome{ErrorCode::kDeadlineExceeded, offset, {},
+                         "item " + std::to_string(index) + " ran longer than its deadline of " +
+                             std::to_string(running.deadline_ms) + " ms; worker " + host_ + " pid " +
+                             std::to_string(pid_) + " was replaced",
+                         host_, pid_};
+  log_->error("{}", outcome.message);
+  auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{running.ticket, std::move(outcome)});
+  reply.emplace_back();
+  wire::send(socket, reply, false);
+  auto bye = wire::make_empty(Command::kDisconnect);
+  wire::send(socket, bye, false);
+  socket.close();                       // lingers until both messages are out (bounded)
+  options_.context.impl().zmq.close();  // waits for that
+  std::_Exit(kDeadlineExitCode);
+}
+
+WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task) {
   FinishedTask done;
   done.ticket = task.header.ticket;
   done.outcome.worker_host = host_;
@@ -242,7 +309,8 @@ WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task
     return done;
   }
   detail::TaskFailure failure;
-  const Status status = runner->run(wire::view(task.payload), task.header.count, done.output, failure);
+  const Status status =
+      runner->run(wire::view(task.payload), task.header.count, done.output, failure, &items_started_);
   if (!status.is_ok()) {
     done.output.clear();
     done.outcome.code = status.code();
@@ -260,9 +328,14 @@ void WorkerProcess::Impl::run() {
     {
       std::unique_lock lock(mutex_);
       tasks_ready_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
-      if (stopping_) break;
+      if (stopping_) {
+        tasks_.clear();  // not started: the broker takes them back when we say goodbye
+        break;
+      }
       task = std::move(tasks_.front());
       tasks_.pop_front();
+      running_ = Running{task.header.ticket, items_started_.load(std::memory_order_relaxed), task.header.first_index,
+                         task.header.deadline_ms};
     }
     FinishedTask done = execute(task);
     if (done.outcome.code != ErrorCode::kOk) {
@@ -272,6 +345,7 @@ void WorkerProcess::Impl::run() {
     {
       std::lock_guard lock(mutex_);
       finished_.push_back(std::move(done));
+      running_.reset();
     }
     wake_io();
   }

@@ -5,8 +5,11 @@
 // from one socket to the other untouched. Workers pull: each announces credit (how many chunks it
 // accepts), and the next chunk goes to the least-recently-served worker that has credit. Clients are
 // served round-robin so that several clients share the workers fairly. The broker remembers which
-// chunk each worker holds: when a worker is lost (silent for heartbeat_interval × heartbeat_liveness,
-// or it says goodbye), its chunks are queued again, up to max_attempts dispatches per chunk.
+// chunk each worker holds: when a worker is lost (its supervisor reports its exit, it is silent for
+// heartbeat_interval × heartbeat_liveness, or it says goodbye), its chunks are queued again. A chunk
+// fails with kWorkerLost when it was running in poison_kills crashed workers, or after max_retries
+// other losses. stop() drains: no new dispatch, chunks in flight answered (up to drain_timeout),
+// then every peer is told to go (clients resend what is left to the next broker).
 //
 // Thread-safety: construct anywhere; run() blocks the thread that calls it and is the only thread
 // touching the sockets; stop() and the endpoint accessors may be called from any thread.
@@ -31,8 +34,16 @@ struct BrokerOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   // A peer silent for heartbeat_interval × heartbeat_liveness is considered gone. Default: 3.
   int heartbeat_liveness = 3;
-  // Dispatches per chunk before it fails with ErrorCode::kWorkerLost. Default: 3.
-  int max_attempts = 3;
+  // Re-dispatches a chunk gets after losing a worker for reasons not blamed on it (heartbeat
+  // lost, link cut, worker gone without an exit report) before it fails with kWorkerLost.
+  // Default: 3.
+  int max_retries = 3;
+  // A chunk that was running in this many worker processes when they crashed (signal or non-zero
+  // exit, as reported by their supervisor) is poison: it fails with kWorkerLost. Default: 3.
+  int poison_kills = 3;
+  // On stop(): how long to wait for the chunks in flight to be answered before disconnecting
+  // everyone (clients resend what was not answered to the next broker). Default: 5 s.
+  std::chrono::milliseconds drain_timeout{5000};
   // Largest message accepted on either socket, in bytes. Default: 1 GiB.
   std::int64_t max_message_bytes = 1LL << 30;
   // ZMQ_SNDHWM/ZMQ_RCVHWM of both sockets, in messages. Default: 10000.
@@ -55,8 +66,9 @@ class Broker {
   // Serves until stop() is called. Call from one thread, once.
   void run();
 
-  // Makes run() return soon. Thread-safe; not async-signal-safe (call it from a signal-waiting
-  // thread, not from a signal handler).
+  // Makes run() drain and return (within drain_timeout plus a heartbeat). A second call makes it
+  // return without waiting for chunks in flight. Thread-safe; not async-signal-safe (call it from
+  // a signal-waiting thread, not from a signal handler).
   void stop() noexcept;
 
  private:

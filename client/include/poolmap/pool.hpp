@@ -56,11 +56,22 @@ struct PoolOptions {
   // Embedded mode: how long the worker processes get to start and register; remote mode: how
   // long map() waits for the broker's first answer. Default: 30 s.
   std::chrono::milliseconds start_timeout{30000};
+  // After losing the broker (silent for heartbeat_interval × heartbeat_liveness, or it shut down),
+  // how long to keep trying to reach it again before failing the maps in progress with
+  // ErrorCode::kUnavailable. When it comes back, every chunk not yet answered is sent again and
+  // each result still reaches the caller exactly once. Default: 60 s.
+  std::chrono::milliseconds reconnect_timeout{60000};
 };
 
 struct MapOptions {
   // Items per chunk (per message to a worker). Default: 0 = Python's ceil(N / (4 × workers)).
   std::size_t chunksize = 0;
+  // Longest time one item may run. An item past it makes its worker process end (a fresh one
+  // takes its place) and fails the map with ErrorCode::kDeadlineExceeded. Default: 0 = none.
+  std::chrono::milliseconds task_deadline{0};
+  // How many times a chunk whose task threw is run again before the map fails with TaskError.
+  // Only for tasks that are safe to repeat. Default: 0 (like Python: exceptions are not retried).
+  std::uint32_t task_retries = 0;
 };
 
 // A snapshot of the broker, as `poolmap status` prints it.
@@ -93,6 +104,8 @@ struct JobRequest {
   std::string task;
   std::string signature;
   std::vector<ChunkRequest> chunks;
+  std::uint32_t deadline_ms = 0;
+  std::uint32_t task_retries = 0;
 };
 // The encoded results of one chunk; `bytes` stays valid while `owner` lives.
 struct ChunkResult {
@@ -120,7 +133,10 @@ class Pool {
   // order, like Python's Pool.map. Elements convert to the task's argument type.
   // Throws: TaskError when the task throws on an item (the remaining chunks are cancelled);
   // Error(kUnknownTask / kSignatureMismatch) when no worker has a matching task; Error(kWorkerLost)
-  // when a chunk's workers kept dying; Error(kUnavailable) when the broker never answers.
+  // when a chunk's workers kept dying; Error(kDeadlineExceeded) when an item ran past
+  // options.task_deadline; Error(kUnavailable) when the broker never answers or does not come back
+  // within reconnect_timeout. Lost workers and broker restarts are survived: every item's result
+  // is returned exactly once.
   template <class R, class A, std::ranges::input_range Range>
   std::vector<R> map(const Task<R(A)>& task, Range&& inputs, MapOptions options = {});
 
@@ -148,7 +164,8 @@ std::vector<R> Pool::map(const Task<R(A)>& task, Range&& inputs, MapOptions opti
   static_assert(std::is_convertible_v<std::ranges::range_reference_t<Range>, Arg>,
                 "map: the input elements do not convert to the task's argument type");
 
-  detail::JobRequest job{std::string(task.name()), Task<R(A)>::signature(), {}};
+  detail::JobRequest job{std::string(task.name()), Task<R(A)>::signature(), {},
+                         static_cast<std::uint32_t>(options.task_deadline.count()), options.task_retries};
   std::size_t total = 0;
   std::size_t chunksize = options.chunksize;
   if constexpr (std::ranges::sized_range<Range>) {

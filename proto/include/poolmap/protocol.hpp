@@ -42,6 +42,8 @@ enum class Command : std::uint8_t {
   // worker -> broker
   kReady = 0x21,         // Ready: registration with initial credit
   kWorkerResult = 0x22,  // WorkerResult + payload; returns one credit
+  // worker supervisor -> broker (no registration needed)
+  kWorkerExited = 0x23,  // WorkerExited: a worker process of this host ended
   // broker -> worker
   kTask = 0x31,  // TaskHeader + payload
   // both directions, all peers
@@ -97,9 +99,10 @@ struct Submit {
   std::uint32_t count = 0;        // items in the payload
   std::string task;               // task name
   std::string signature;          // task signature, e.g. "i64(i64)"
+  std::uint32_t deadline_ms = 0;  // per item; 0 = none
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(job, chunk, first_index, count, task, signature);
+    ar(job, chunk, first_index, count, task, signature, deadline_ms);
   }
 };
 
@@ -148,9 +151,10 @@ struct TaskHeader {
   std::uint32_t count = 0;
   std::string task;
   std::string signature;
+  std::uint32_t deadline_ms = 0;  // per item; 0 = none
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(ticket, first_index, count, task, signature);
+    ar(ticket, first_index, count, task, signature, deadline_ms);
   }
 };
 
@@ -160,6 +164,17 @@ struct WorkerResult {
   template <class Archive>
   void serialize(Archive& ar) {
     ar(ticket, outcome);
+  }
+};
+
+struct WorkerExited {
+  std::string host;
+  std::uint32_t pid = 0;
+  bool crashed = false;  // killed by a signal or exited with a non-zero status
+  std::string cause;     // "signal 11 (Segmentation fault)", "exit code 3"
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(host, pid, crashed, cause);
   }
 };
 

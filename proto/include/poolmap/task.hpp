@@ -16,6 +16,7 @@
 // TaskRegistry lookups are safe from any thread once loading is over.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -134,8 +135,10 @@ class TaskRunner {
   // Decodes `count` items from `input`, calls the task on each and appends the `count` encoded
   // results to `output`. Returns kMalformed if the input does not decode, or kTaskFailed with
   // `failure` filled when the task throws (items before failure.offset are already in `output`).
-  virtual Status run(std::span<const std::byte> input, std::uint32_t count, Bytes& output,
-                     TaskFailure& failure) const = 0;
+  // Adds one to `items_started` (if not null) before each item, so another thread can watch for
+  // an item that runs too long.
+  virtual Status run(std::span<const std::byte> input, std::uint32_t count, Bytes& output, TaskFailure& failure,
+                     std::atomic<std::uint64_t>* items_started = nullptr) const = 0;
 };
 
 // Every task known to this process, by name.
@@ -198,8 +201,8 @@ class TaskRunnerFor final : public TaskRunner {
   std::string_view name() const noexcept override { return name_; }
   const std::string& signature() const noexcept override { return signature_; }
 
-  Status run(std::span<const std::byte> input, std::uint32_t count, Bytes& output,
-             TaskFailure& failure) const override {
+  Status run(std::span<const std::byte> input, std::uint32_t count, Bytes& output, TaskFailure& failure,
+             std::atomic<std::uint64_t>* items_started = nullptr) const override {
     InputArchive in(input);
     OutputArchive out(output);
     std::tuple<std::decay_t<Args>...> args;
@@ -211,6 +214,7 @@ class TaskRunnerFor final : public TaskRunner {
                                                  std::to_string(i) + ": " + e.what());
       }
       std::optional<std::decay_t<R>> result;
+      if (items_started != nullptr) items_started->fetch_add(1, std::memory_order_relaxed);
       try {
         result.emplace(std::apply(function_, args));
       } catch (...) {

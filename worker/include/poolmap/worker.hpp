@@ -8,7 +8,7 @@
 // heartbeat_liveness, or says it does not know this worker, the process registers again.
 //
 // A Supervisor starts `processes` copies of a command (normally this executable in its child role)
-// and restarts any that exit, with a back-off, until stop().
+// and restarts any that exit, with a back-off, until stop(). It can report each exit to the broker.
 //
 // Thread-safety: run() blocks the calling thread; stop() may be called from any thread.
 #pragma once
@@ -78,6 +78,9 @@ struct SupervisorOptions {
   std::chrono::milliseconds restart_backoff_max{5000};
   // After stop(), time the children get to exit after SIGTERM before SIGKILL. Default: 5 s.
   std::chrono::milliseconds stop_grace{5000};
+  // A broker worker endpoint to tell when a child exits (host, pid, signal or exit code), so that
+  // the broker re-dispatches its chunks at once and knows which chunk killed it. Default: "" = none.
+  std::string report_endpoint{};
 };
 
 class Supervisor {
