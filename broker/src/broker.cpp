@@ -1,5 +1,6 @@
 #include "poolmap/broker.hpp"
 
+#include <malloc.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -129,7 +130,9 @@ class Broker::Impl {
 
   ClientState& touch_client(const std::string& identity);
   void drop_client(const std::string& identity, const char* why);
-  void lose_worker(std::string identity, const std::string& cause, Loss loss);  // by value: callers pass keys it erases
+  // `running` (kCrash only): the chunk the worker was running, from its supervisor; 0 = none.
+  void lose_worker(std::string identity, const std::string& cause, Loss loss,
+                   std::uint64_t running = 0);  // by value: callers pass keys it erases
   void finish_chunk(std::uint64_t ticket);
   void requeue(std::uint64_t ticket, const std::string& cause, bool blamed, bool counted);
   void fail_chunk(std::uint64_t ticket, const std::string& why);
@@ -369,7 +372,8 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     const auto& report = exited.value();
     for (const auto& [id, worker] : workers_by_id_) {
       if (worker.host == report.host && worker.pid == report.pid) {
-        lose_worker(id, "worker process " + report.cause, report.crashed ? Loss::kCrash : Loss::kLost);
+        lose_worker(id, "worker process " + report.cause, report.crashed ? Loss::kCrash : Loss::kLost,
+                    report.running_ticket);
         break;
       }
     }
@@ -507,6 +511,9 @@ void Broker::Impl::drop_client(const std::string& identity, const char* why) {
   }
   log_->info("client {} pid {} gone ({}): {} chunks dropped", found->second.host, found->second.pid, why, dropped);
   clients_by_id_.erase(found);  // its entry in ring_ is skipped lazily
+  // Dropped payloads were freed into malloc's arenas; hand that memory back to the system now
+  // rather than keeping the peak of a client that is gone.
+  if (dropped > 0) ::malloc_trim(0);
 }
 
 void Broker::Impl::fail_chunk(std::uint64_t ticket, const std::string& why) {
@@ -557,7 +564,7 @@ void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause, bool 
   }
 }
 
-void Broker::Impl::lose_worker(std::string identity, const std::string& cause, Loss loss) {
+void Broker::Impl::lose_worker(std::string identity, const std::string& cause, Loss loss, std::uint64_t running) {
   const auto found = workers_by_id_.find(identity);
   if (found == workers_by_id_.end()) return;
   WorkerState worker = std::move(found->second);
@@ -568,17 +575,11 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause, L
     log_->warn("worker lost host={} pid={} chunks={} cause={}", worker.host, worker.pid, worker.tickets.size(), cause);
   }
   const std::string described = cause + " (worker " + worker.host + " pid " + std::to_string(worker.pid) + ")";
-  // The worker runs its chunks in the order they were sent: the oldest it still holds was running.
-  std::optional<std::uint64_t> running;
-  for (const std::uint64_t ticket : worker.dispatch_order) {
-    if (worker.tickets.contains(ticket)) {
-      running = ticket;
-      break;
-    }
-  }
+  // A crash is blamed on the chunk its supervisor saw running, and on no other: the chunks
+  // prefetched beside it go back without penalty.
   for (const std::uint64_t ticket : worker.dispatch_order) {
     if (!worker.tickets.contains(ticket)) continue;
-    const bool blamed = loss == Loss::kCrash && running == ticket;
+    const bool blamed = loss == Loss::kCrash && running != 0 && running == ticket;
     const bool counted = loss == Loss::kLost;
     requeue(ticket, blamed ? described : (loss == Loss::kCrash ? "prefetched by a crashed " + described : described),
             blamed, counted);

@@ -21,7 +21,7 @@ namespace t = poolmap::test;
 namespace {
 
 poolmap::PoolOptions remote(const t::Cluster& cluster) {
-  return {.broker = cluster.client_endpoint(), .heartbeat_interval = 100ms};
+  return {.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
 }
 
 std::vector<std::uint32_t> worker_pids(poolmap::Pool& pool) {
@@ -223,7 +223,7 @@ TEST_CASE("Daemons.Broker.GoneForGoodFailsTheMapAfterReconnectTimeout" * doctest
   const bool running = t::eventually([&] { return observer.status().chunks_in_flight > 0; }, 10s);
   CHECK(running);
   cluster.broker().signal_and_wait(SIGKILL, 5s);
-  mapper.join();  // silent for 100 ms x 3, then 1 s of trying to reconnect
+  mapper.join();  // silent for 3 heartbeats, then 1 s of trying to reconnect
   REQUIRE(code.has_value());
   CHECK(*code == poolmap::ErrorCode::kUnavailable);
 }

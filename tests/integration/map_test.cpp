@@ -36,7 +36,7 @@ void check_squares(poolmap::Pool& pool, std::size_t n, poolmap::MapOptions optio
 }
 
 poolmap::PoolOptions remote(const t::Cluster& cluster) {
-  return {.broker = cluster.client_endpoint(), .heartbeat_interval = 100ms};
+  return {.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
 }
 
 }  // namespace
@@ -217,7 +217,7 @@ TEST_CASE("Map.Remote.ThreadsShareOnePool" * doctest::timeout(60)) {
 TEST_CASE("Map.Embedded.RunsTasksOfThisProgram" * doctest::timeout(60)) {
   for (std::size_t processes : {1, 2}) {
     CAPTURE(processes);
-    poolmap::Pool pool({.processes = processes, .heartbeat_interval = 100ms});
+    poolmap::Pool pool({.processes = processes, .heartbeat_interval = t::heartbeat()});
     CHECK(pool.workers() == processes);
     check_squares(pool, 100'000);
     const auto pids = pool.map(t::worker_pid, iota_vector(100), {.chunksize = 1});

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -154,28 +155,56 @@ std::string ChildProcess::stderr_text() const {
   return out.str();
 }
 
+std::chrono::milliseconds heartbeat() {
+  const char* text = std::getenv("POOLMAP_TEST_HEARTBEAT_MS");
+  const long ms = text != nullptr ? std::strtol(text, nullptr, 10) : 0;
+  return std::chrono::milliseconds(ms > 0 ? ms : 100);
+}
+
 std::string broker_binary() { return POOLMAP_TEST_BROKER_BIN; }
 std::string worker_binary() { return POOLMAP_TEST_WORKER_BIN; }
 std::string cli_binary() { return POOLMAP_TEST_CLI_BIN; }
 std::string test_tasks_library() { return POOLMAP_TEST_TASKS_LIB; }
 std::string test_client_binary() { return POOLMAP_TEST_CLIENT_BIN; }
 
-Cluster::Cluster(ClusterOptions options) : options_(options) {
-  broker_.emplace(std::vector<std::string>{broker_binary(), "--clients", "tcp://127.0.0.1:*", "--workers",
-                                           "tcp://127.0.0.1:*", "--heartbeat-ms",
-                                           std::to_string(options_.heartbeat_ms), "--liveness",
-                                           std::to_string(options_.liveness), "--log-level", "debug"});
+Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
+  start_broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+  if (options_.workers > 0) add_workers(options_.workers);
+}
+
+void Cluster::start_broker(const std::string& clients, const std::string& workers) {
+  std::vector<std::string> argv{broker_binary(), "--clients", clients, "--workers", workers, "--heartbeat-ms",
+                                std::to_string(options_.heartbeat_ms), "--liveness", std::to_string(options_.liveness),
+                                "--log-level", "debug"};
+  argv.insert(argv.end(), options_.broker_args.begin(), options_.broker_args.end());
+  broker_.reset();
+  broker_.emplace(std::move(argv));
   const auto line = broker_->read_line(10s);
   if (!line) throw std::runtime_error("broker printed no ready line; stderr:\n" + broker_->stderr_text());
   // "poolmap-broker ready clients=<c> workers=<w>"
-  const auto clients = line->find("clients=");
-  const auto workers = line->find(" workers=");
-  if (clients == std::string::npos || workers == std::string::npos) {
+  const auto at_clients = line->find("clients=");
+  const auto at_workers = line->find(" workers=");
+  if (at_clients == std::string::npos || at_workers == std::string::npos) {
     throw std::runtime_error("unexpected broker ready line: " + *line);
   }
-  client_endpoint_ = line->substr(clients + 8, workers - clients - 8);
-  worker_endpoint_ = line->substr(workers + 9);
-  if (options_.workers > 0) add_workers(options_.workers);
+  client_endpoint_ = line->substr(at_clients + 8, at_workers - at_clients - 8);
+  worker_endpoint_ = line->substr(at_workers + 9);
+}
+
+void Cluster::restart_broker() {
+  broker_->signal_and_wait(SIGKILL, 5s);
+  start_broker_again();
+}
+
+void Cluster::start_broker_again() { start_broker(client_endpoint_, worker_endpoint_); }
+
+std::vector<pid_t> Cluster::worker_pids(std::size_t index) {
+  const pid_t parent = workers_.at(index).pid();
+  std::ifstream in("/proc/" + std::to_string(parent) + "/task/" + std::to_string(parent) + "/children");
+  std::vector<pid_t> out;
+  pid_t pid = 0;
+  while (in >> pid) out.push_back(pid);
+  return out;
 }
 
 ChildProcess& Cluster::add_workers(int processes) {

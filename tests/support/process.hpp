@@ -56,11 +56,16 @@ std::string cli_binary();
 std::string test_tasks_library();
 std::string test_client_binary();
 
+// The heartbeat interval tests run with: 100 ms, or POOLMAP_TEST_HEARTBEAT_MS (sanitizer builds run
+// several times slower and use a longer one). Peers are lost after 3 intervals.
+std::chrono::milliseconds heartbeat();
+
 struct ClusterOptions {
-  int workers = 2;                  // worker processes (one supervisor)
-  int heartbeat_ms = 100;           // broker and workers
+  int workers = 2;                                          // worker processes (one supervisor)
+  int heartbeat_ms = static_cast<int>(heartbeat().count()); // broker and workers
   int liveness = 3;
   bool load_test_tasks = true;      // --tasks libpoolmap_test_tasks.so
+  std::vector<std::string> broker_args{};  // extra poolmap-broker flags
 };
 
 class Cluster {
@@ -76,8 +81,16 @@ class Cluster {
   ChildProcess& workers() { return workers_.front(); }
   // Starts another worker supervisor with `processes` processes.
   ChildProcess& add_workers(int processes);
+  // Kills the broker with SIGKILL and starts a new one on the same endpoints.
+  void restart_broker();
+  // Starts a broker on the endpoints of the last one (after it exited).
+  void start_broker_again();
+  // Worker processes (children) of supervisor `index`.
+  std::vector<pid_t> worker_pids(std::size_t index = 0);
 
  private:
+  void start_broker(const std::string& clients, const std::string& workers);
+
   ClusterOptions options_;
   std::optional<ChildProcess> broker_;
   std::vector<ChildProcess> workers_;

@@ -3,15 +3,27 @@
 //   poolmap_test_client no-init            Pool() without poolmap::init: must fail with a clear error
 //   poolmap_test_client hold ENDPOINT      connect, print "connected", then wait to be killed
 //   poolmap_test_client map ENDPOINT N     map test.square over 0..N-1, print the sum of results
+//   poolmap_test_client blobs ENDPOINT COUNT BYTES
+//                                          map test.blob_size over COUNT blobs of BYTES (chunksize 1)
 #include <poll.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <string>
 
 #include "poolmap/poolmap.hpp"
 #include "test_tasks.hpp"
+
+namespace {
+// Same rule as the tests: 100 ms, or POOLMAP_TEST_HEARTBEAT_MS.
+std::chrono::milliseconds heartbeat() {
+  const char* text = std::getenv("POOLMAP_TEST_HEARTBEAT_MS");
+  const long ms = text != nullptr ? std::strtol(text, nullptr, 10) : 0;
+  return std::chrono::milliseconds(ms > 0 ? ms : 100);
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "no-init") == 0) {
@@ -26,7 +38,7 @@ int main(int argc, char** argv) {
   }
   poolmap::init(argc, argv);
   if (argc >= 3 && std::strcmp(argv[1], "hold") == 0) {
-    poolmap::Pool pool({.broker = argv[2], .heartbeat_interval = std::chrono::milliseconds(100)});
+    poolmap::Pool pool({.broker = argv[2], .heartbeat_interval = heartbeat()});
     (void)pool.status();
     std::puts("connected");
     std::fflush(stdout);
@@ -41,6 +53,15 @@ int main(int argc, char** argv) {
     std::printf("%lld\n", static_cast<long long>(std::accumulate(results.begin(), results.end(), std::int64_t{0})));
     return 0;
   }
-  std::fprintf(stderr, "usage: %s no-init | hold ENDPOINT | map ENDPOINT N\n", argv[0]);
+  if (argc >= 5 && std::strcmp(argv[1], "blobs") == 0) {
+    poolmap::Pool pool({.broker = argv[2], .heartbeat_interval = heartbeat()});
+    const std::vector<std::vector<std::uint8_t>> blobs(std::stoul(argv[3]), std::vector<std::uint8_t>(std::stoul(argv[4]), 7));
+    std::puts("mapping");
+    std::fflush(stdout);
+    const auto sizes = pool.map(poolmap::test::blob_size, blobs, {.chunksize = 1});
+    std::printf("%zu\n", sizes.size());
+    return 0;
+  }
+  std::fprintf(stderr, "usage: %s no-init | hold ENDPOINT | map ENDPOINT N | blobs ENDPOINT COUNT BYTES\n", argv[0]);
   return 2;
 }

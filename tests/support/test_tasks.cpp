@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <csignal>
 #include <ctime>
 #include <stdexcept>
 
@@ -35,6 +36,35 @@ POOLMAP_TASK(sleep_ms, [](std::int64_t ms) {
   struct timespec pause{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1'000'000};
   ::nanosleep(&pause, nullptr);
   return ms;
+});
+
+namespace {
+void sleep_us(std::int64_t us) {
+  struct timespec pause{static_cast<time_t>(us / 1'000'000), static_cast<long>(us % 1'000'000) * 1000};
+  ::nanosleep(&pause, nullptr);
+}
+}  // namespace
+
+POOLMAP_TASK(slow_hash, [](const SlowItem& item) {
+  sleep_us(item.sleep_us);
+  return hash_index(item.index);
+});
+
+POOLMAP_TASK(segfault_at_13, [](const SlowItem& item) {
+  if (item.index == 13) std::raise(SIGSEGV);
+  sleep_us(item.sleep_us);
+  return hash_index(item.index);
+});
+
+POOLMAP_TASK(hang_at_7, [](const SlowItem& item) {
+  while (item.index == 7) sleep_us(1'000'000);
+  sleep_us(item.sleep_us);
+  return hash_index(item.index);
+});
+
+POOLMAP_TASK(blob_size, [](const std::vector<std::uint8_t>& blob) {
+  sleep_us(20'000);
+  return static_cast<std::uint64_t>(blob.size());
 });
 
 POOLMAP_TASK(worker_pid, [](std::int64_t) { return static_cast<std::int64_t>(::getpid()); });

@@ -32,6 +32,29 @@ inline constexpr Task<Point(Point)> mirror{"test.mirror"};
 inline constexpr Task<std::int64_t(std::int64_t)> worker_pid{"test.worker_pid"};
 // Sleeps the given number of milliseconds, returns it.
 inline constexpr Task<std::int64_t(std::int64_t)> sleep_ms{"test.sleep_ms"};
+// The fault tests' item: input {index, sleep microseconds}; output a hash of the index, so a
+// lost, duplicated or misplaced item is caught. hash_index() is the expected value.
+struct SlowItem {
+  std::int64_t index = 0;
+  std::int32_t sleep_us = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(index, sleep_us);
+  }
+};
+constexpr std::uint64_t hash_index(std::int64_t index) {
+  std::uint64_t x = static_cast<std::uint64_t>(index) + 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+inline constexpr Task<std::uint64_t(SlowItem)> slow_hash{"test.slow_hash"};
+// Like slow_hash, but the process dies of SIGSEGV on index 13, every time.
+inline constexpr Task<std::uint64_t(SlowItem)> segfault_at_13{"test.segfault_at_13"};
+// Like slow_hash, but index 7 never returns.
+inline constexpr Task<std::uint64_t(SlowItem)> hang_at_7{"test.hang_at_7"};
+// Sleeps `sleep_us`, returns the blob's size (for tests that move big payloads).
+inline constexpr Task<std::uint64_t(std::vector<std::uint8_t>)> blob_size{"test.blob_size"};
 // Registered by no worker.
 inline constexpr Task<std::int64_t(std::int64_t)> not_registered{"test.not_registered"};
 // Same name as `square`, other signature: the workers must refuse it.

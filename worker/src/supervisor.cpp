@@ -17,6 +17,7 @@
 #include "poolmap/error.hpp"
 #include "poolmap/protocol.hpp"
 #include "poolmap/worker.hpp"
+#include "progress_slot.hpp"
 #include "wire.hpp"
 
 extern char** environ;  // NOLINT: POSIX
@@ -79,6 +80,7 @@ class Supervisor::Impl {
   struct Child {
     int pidfd = -1;  // -1 where pidfd_open is not available: then run() polls
     Clock::time_point started;
+    detail::ProgressSlot progress;  // the chunk it runs, read when it dies
   };
   struct Slot {
     Clock::time_point restart_at;
@@ -100,8 +102,17 @@ class Supervisor::Impl {
     std::vector<char*> argv;
     for (auto& arg : options_.arguments) argv.push_back(arg.data());
     argv.push_back(nullptr);
+    detail::ProgressSlot progress = detail::ProgressSlot::create();
+    std::string progress_variable;
     std::vector<char*> envp;
     for (auto& entry : environment_) envp.push_back(entry.data());
+    posix_spawn_file_actions_t files;
+    posix_spawn_file_actions_init(&files);
+    if (progress.valid()) {
+      progress_variable = std::string(detail::kProgressFdVariable) + "=" + std::to_string(progress.fd());
+      envp.push_back(progress_variable.data());
+      posix_spawn_file_actions_adddup2(&files, progress.fd(), progress.fd());  // same number: inherited
+    }
     envp.push_back(nullptr);
     // The child starts with no blocked signals and default dispositions, whatever this process
     // (which may wait for signals in a thread of its own) has set.
@@ -117,8 +128,9 @@ class Supervisor::Impl {
     posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid = 0;
     const int rc =
-        ::posix_spawn(&pid, options_.executable.c_str(), nullptr, &attributes, argv.data(), envp.data());
+        ::posix_spawn(&pid, options_.executable.c_str(), &files, &attributes, argv.data(), envp.data());
     posix_spawnattr_destroy(&attributes);
+    posix_spawn_file_actions_destroy(&files);
     if (rc != 0) {
       log_->error("cannot start {}: {}", options_.executable, std::strerror(rc));
       return std::nullopt;
@@ -126,8 +138,9 @@ class Supervisor::Impl {
     Child child;
     child.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
     child.started = Clock::now();
+    child.progress = std::move(progress);
     std::lock_guard lock(mutex_);
-    children_.emplace(pid, child);
+    children_.emplace(pid, std::move(child));
     return pid;
   }
 
@@ -146,7 +159,8 @@ class Supervisor::Impl {
           const bool crashed = done == it->first && (WIFSIGNALED(status) ||
                                                      (WIFEXITED(status) && WEXITSTATUS(status) != 0 &&
                                                       WEXITSTATUS(status) != kDeadlineExitCode));
-          exit_reports_.push_back({host_, static_cast<std::uint32_t>(it->first), crashed, "ended with " + cause});
+          exit_reports_.push_back(
+              {host_, static_cast<std::uint32_t>(it->first), crashed, "ended with " + cause, it->second.progress.load()});
         }
         if (it->second.pidfd >= 0) ::close(it->second.pidfd);
         it = children_.erase(it);

@@ -15,6 +15,7 @@
 #include "poolmap/protocol.hpp"
 #include "poolmap/task.hpp"
 #include "poolmap/worker.hpp"
+#include "progress_slot.hpp"
 #include "wire.hpp"
 
 namespace poolmap {
@@ -115,6 +116,7 @@ class WorkerProcess::Impl {
   bool stopping_ = false;
   std::optional<Running> running_;
 
+  detail::ProgressSlot progress_ = detail::ProgressSlot::inherited();  // tells the supervisor what runs
   std::atomic<std::uint64_t> items_started_{0};  // written by the task thread, watched by the I/O thread
   std::uint64_t watched_items_ = 0;              // I/O thread: last value seen, and when it changed
   Clock::time_point watched_since_;
@@ -337,7 +339,9 @@ void WorkerProcess::Impl::run() {
       running_ = Running{task.header.ticket, items_started_.load(std::memory_order_relaxed), task.header.first_index,
                          task.header.deadline_ms};
     }
+    progress_.store(task.header.ticket);
     FinishedTask done = execute(task);
+    progress_.store(0);
     if (done.outcome.code != ErrorCode::kOk) {
       log_->debug("task {} chunk at item {} failed: {}", task.header.task, task.header.first_index,
                   done.outcome.message);

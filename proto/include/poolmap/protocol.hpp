@@ -172,9 +172,10 @@ struct WorkerExited {
   std::uint32_t pid = 0;
   bool crashed = false;  // killed by a signal or exited with a non-zero status
   std::string cause;     // "signal 11 (Segmentation fault)", "exit code 3"
+  std::uint64_t running_ticket = 0;  // the chunk it was running (from its progress slot); 0 = idle or unknown
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, crashed, cause);
+    ar(host, pid, crashed, cause, running_ticket);
   }
 };
 

@@ -1,0 +1,272 @@
+// Fault injection against real processes: a map either completes with every result exactly once,
+// or fails with a clear error; it never hangs, loses an item or delivers one twice.
+//
+// Every map here uses test.slow_hash (or a variant), whose output is a hash of the item's index,
+// so a lost, duplicated or misplaced item shows as a wrong value at its position.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include "poolmap/poolmap.hpp"
+#include "process.hpp"
+#include "test_tasks.hpp"
+
+using namespace std::chrono_literals;
+namespace t = poolmap::test;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+poolmap::PoolOptions remote(const t::Cluster& cluster) {
+  return {.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
+}
+
+std::vector<t::SlowItem> slow_items(std::size_t n, std::int32_t sleep_us) {
+  std::vector<t::SlowItem> items(n);
+  for (std::size_t i = 0; i < n; ++i) items[i] = {static_cast<std::int64_t>(i), sleep_us};
+  return items;
+}
+
+// Every position holds the hash of its own index: nothing lost, duplicated or moved.
+void check_hashes(const std::vector<std::uint64_t>& results, std::size_t n) {
+  REQUIRE(results.size() == n);
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < n; ++i) wrong += results[i] != t::hash_index(static_cast<std::int64_t>(i));
+  CHECK(wrong == 0);
+}
+
+std::vector<poolmap::BrokerStatus::Worker> workers_of(poolmap::Pool& pool) { return pool.status().workers; }
+
+// A registered worker process that holds at least one chunk, if any.
+std::optional<pid_t> busy_worker(poolmap::Pool& observer) {
+  for (const auto& worker : workers_of(observer)) {
+    if (worker.chunks_in_flight > 0) return static_cast<pid_t>(worker.pid);
+  }
+  return std::nullopt;
+}
+
+bool registered(poolmap::Pool& observer, pid_t pid) {
+  const auto workers = workers_of(observer);
+  return std::any_of(workers.begin(), workers.end(), [&](const auto& w) { return w.pid == static_cast<std::uint32_t>(pid); });
+}
+
+long rss_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmRSS:") {
+      long kib = 0;
+      in >> kib;
+      return kib;
+    }
+  }
+  return -1;
+}
+
+bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0; }
+
+// Runs `map` on a thread and hands back its result or its error.
+struct MapRun {
+  std::optional<std::vector<std::uint64_t>> results;
+  std::optional<poolmap::ErrorCode> code;
+  std::string message;
+  std::thread thread;
+
+  template <class Task, class Items>
+  void start(poolmap::Pool& pool, const Task& task, Items items, poolmap::MapOptions options) {
+    thread = std::thread([this, &pool, task, items = std::move(items), options] {
+      try {
+        results = pool.map(task, items, options);
+      } catch (const poolmap::Error& e) {
+        code = e.code();
+        message = e.what();
+      }
+    });
+  }
+  void join() { thread.join(); }
+};
+
+}  // namespace
+
+TEST_CASE("Faults.Worker.KilledAtRandomPointsMapStillCompletes" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  poolmap::Pool observer(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  MapRun run;
+  run.start(pool, t::slow_hash, slow_items(10'000, 200), {.chunksize = 20});
+  std::mt19937 random(20261121);  // seeded: the same kill points every run
+  int kills = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto pause = std::chrono::milliseconds(std::uniform_int_distribution<int>(50, 200)(random));
+    struct timespec wait{0, static_cast<long>(pause.count()) * 1'000'000};
+    ::nanosleep(&wait, nullptr);  // a random point of the map, not a wait for readiness
+    if (const auto victim = busy_worker(observer)) {
+      if (::kill(*victim, SIGKILL) == 0) ++kills;
+    }
+  }
+  run.join();
+  REQUIRE_FALSE(run.code.has_value());
+  check_hashes(*run.results, 10'000);
+  CHECK(kills >= 1);
+  CHECK(observer.status().chunks_redispatched >= 1);
+}
+
+TEST_CASE("Faults.Worker.PoisonItemFailsAfterThreeKillsOthersSucceed" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  MapRun poison;
+  MapRun healthy;
+  poison.start(pool, t::segfault_at_13, slow_items(40, 1000), {.chunksize = 1});
+  healthy.start(pool, t::slow_hash, slow_items(400, 1000), {.chunksize = 5});
+  poison.join();
+  healthy.join();
+  REQUIRE(poison.code.has_value());
+  CHECK(*poison.code == poolmap::ErrorCode::kWorkerLost);
+  CAPTURE(poison.message);
+  CHECK(poison.message.find("items 13..13") != std::string::npos);
+  CHECK(poison.message.find("killed 3 worker processes") != std::string::npos);
+  CHECK(poison.message.find("attempt 3:") != std::string::npos);
+  CHECK(poison.message.find("attempt 4:") == std::string::npos);
+  // Each attempt names the signal the supervisor saw.
+  std::size_t segfaults = 0;
+  for (auto at = poison.message.find("signal 11"); at != std::string::npos; at = poison.message.find("signal 11", at + 1)) {
+    ++segfaults;
+  }
+  CHECK(segfaults == 3);
+  REQUIRE_FALSE(healthy.code.has_value());
+  check_hashes(*healthy.results, 400);
+}
+
+TEST_CASE("Faults.Worker.StoppedWorkerIsReplacedLateResultDiscarded" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  poolmap::Pool observer(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  MapRun run;
+  run.start(pool, t::slow_hash, slow_items(60, 50'000), {.chunksize = 1});
+  std::optional<pid_t> victim;
+  REQUIRE(t::eventually([&] { return (victim = busy_worker(observer)).has_value(); }, 10s));
+  const auto stopped_at = Clock::now();
+  REQUIRE(::kill(*victim, SIGSTOP) == 0);
+  REQUIRE(t::eventually([&] { return !registered(observer, *victim); }, 10s));
+  const auto detection = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - stopped_at);
+  MESSAGE("stopped worker dropped after " << detection.count() << " ms (interval x liveness = "
+                                          << (3 * t::heartbeat()).count() << " ms)");
+  CHECK(detection >= 3 * t::heartbeat() - 50ms);
+  run.join();
+  REQUIRE_FALSE(run.code.has_value());
+  check_hashes(*run.results, 60);
+  CHECK(observer.status().chunks_redispatched >= 1);
+  REQUIRE(::kill(*victim, SIGCONT) == 0);
+  // It wakes, finishes its old chunk (whose result the broker ignores) and registers again.
+  CHECK(t::eventually([&] { return registered(observer, *victim); }, 10s));
+  check_hashes(pool.map(t::slow_hash, slow_items(100, 0)), 100);
+}
+
+TEST_CASE("Faults.Worker.DeadlineReplacesTheHungProcess" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  const auto before = cluster.worker_pids();
+  REQUIRE(before.size() == 2);
+  try {
+    (void)pool.map(t::hang_at_7, slow_items(20, 1000), {.chunksize = 1, .task_deadline = 300ms});
+    FAIL("a map with a hung item returned");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kDeadlineExceeded);
+    CHECK(std::string(e.what()).find("item 7 ran longer than its deadline of 300 ms") != std::string::npos);
+  }
+  // The hung process ended itself; its supervisor started a fresh one.
+  CHECK(t::eventually(
+      [&] {
+        const auto now = cluster.worker_pids();
+        return now.size() == 2 && now != before;
+      },
+      10s));
+  CHECK(pool.wait_for_workers(2, 10s));
+  check_hashes(pool.map(t::slow_hash, slow_items(50, 0), {.task_deadline = 300ms}), 50);
+}
+
+TEST_CASE("Faults.Broker.KilledAndRestartedMapCompletesExactlyOnce" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  MapRun run;
+  run.start(pool, t::slow_hash, slow_items(2'000, 1000), {.chunksize = 10});
+  {
+    poolmap::Pool observer(remote(cluster));
+    REQUIRE(t::eventually([&] { return observer.status().chunks_done >= 10; }, 10s));
+  }
+  const auto killed_at = Clock::now();
+  cluster.restart_broker();
+  run.join();
+  const auto recovered = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed_at);
+  MESSAGE("map finished " << recovered.count() << " ms after the broker was killed");
+  REQUIRE_FALSE(run.code.has_value());
+  check_hashes(*run.results, 2'000);
+}
+
+TEST_CASE("Faults.Client.KilledClientFreesBrokerMemory" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  check_hashes(pool.map(t::slow_hash, slow_items(100, 0)), 100);  // warm up
+  const pid_t broker = cluster.broker().pid();
+  const long baseline = rss_kib(broker);
+  // 200 chunks of 1 MiB, each taking a worker 20 ms: most of them wait in the broker.
+  t::ChildProcess client({t::test_client_binary(), "blobs", cluster.client_endpoint(), "200", "1048576"});
+  REQUIRE(client.read_line(10s) == std::optional<std::string>("mapping"));
+  REQUIRE(t::eventually([&] { return rss_kib(broker) > baseline + 100 * 1024; }, 20s));
+  const long loaded = rss_kib(broker);
+  client.signal_and_wait(SIGKILL, 5s);
+  // The broker notices (3 heartbeats), drops the client's chunks and returns their memory.
+  const bool returned = t::eventually([&] { return rss_kib(broker) < baseline + 32 * 1024; }, 10s);
+  MESSAGE("broker RSS: baseline " << baseline / 1024 << " MiB, loaded " << loaded / 1024 << " MiB, after "
+                                  << rss_kib(broker) / 1024 << " MiB");
+  CHECK(returned);
+  CHECK(pool.status().clients == 1);
+  check_hashes(pool.map(t::slow_hash, slow_items(200, 100), {.chunksize = 10}), 200);
+}
+
+TEST_CASE("Faults.Signals.TermDrainsWorkersAndBrokerUnderLoad" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2});
+  cluster.add_workers(1);  // a second supervisor that stays
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(3, 10s));
+  MapRun run;
+  run.start(pool, t::slow_hash, slow_items(300, 10'000), {.chunksize = 1});
+  {
+    poolmap::Pool observer(remote(cluster));
+    REQUIRE(t::eventually([&] { return observer.status().chunks_done >= 5; }, 10s));
+  }
+  // A worker supervisor: its processes finish their running chunk, hand back the rest, exit.
+  const auto children = cluster.worker_pids(0);
+  const auto term_at = Clock::now();
+  const auto supervisor_status = cluster.workers().signal_and_wait(SIGTERM, 10s);
+  REQUIRE(supervisor_status.has_value());
+  CHECK(WIFEXITED(*supervisor_status));
+  CHECK(WEXITSTATUS(*supervisor_status) == 0);
+  CHECK(Clock::now() - term_at < 10s);
+  for (const pid_t child : children) CHECK_FALSE(process_exists(child));
+  // The broker: chunks in flight are answered, then everyone is told to go; the client resends
+  // what was not answered to the next broker on the same endpoint.
+  const auto broker_status = cluster.broker().signal_and_wait(SIGTERM, 10s);
+  REQUIRE(broker_status.has_value());
+  CHECK(WIFEXITED(*broker_status));
+  CHECK(WEXITSTATUS(*broker_status) == 0);
+  cluster.start_broker_again();
+  run.join();
+  REQUIRE_FALSE(run.code.has_value());
+  check_hashes(*run.results, 300);
+}
