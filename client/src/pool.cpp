@@ -91,13 +91,7 @@ void init(int argc, char** argv) {
   state.argv.assign(argv, argv + argc);
 }
 
-// How a job ended, handed from the I/O thread to the caller. Errors travel as data and become
-// exceptions in the caller's thread (no exception object is shared between threads).
-struct JobOutcome {
-  std::vector<detail::ChunkResult> results;
-  Status error;                                  // ok, or why the job failed
-  std::optional<TaskError::Details> task_error;  // set for ErrorCode::kTaskFailed
-};
+using detail::JobOutcome;
 
 class Pool::Impl {
  public:
@@ -106,7 +100,11 @@ class Pool::Impl {
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
 
-  std::vector<detail::ChunkResult> execute(detail::JobRequest job);
+  std::shared_ptr<detail::FutureCore> start(detail::JobRequest job);
+  bool cancel(std::uint64_t id);
+  void close();
+  void join();
+  void terminate();
   std::size_t workers() const {
     std::lock_guard lock(mutex_);
     return workers_;
@@ -131,7 +129,8 @@ class Pool::Impl {
     std::size_t answered = 0;
     std::vector<detail::ChunkResult> results;
     std::vector<bool> have;
-    std::promise<JobOutcome> promise;
+    std::shared_ptr<detail::FutureCore> core;
+    std::optional<Clock::time_point> deadline;  // of the whole job
   };
 
   void start_embedded();
@@ -145,6 +144,8 @@ class Pool::Impl {
   void on_result(const proto::ClientResult& result, zmq::message_t& payload);
   void fail_job(std::uint64_t id, JobOutcome outcome);
   void fail_all(const Status& error);
+  void finish(std::unique_ptr<Job> job, JobOutcome outcome);  // completes its Futures
+  void check_deadlines();
   void send_chunks();
   void send_chunk(Job& job, std::size_t index);
   void send(std::vector<zmq::message_t>& frames);
@@ -169,6 +170,10 @@ class Pool::Impl {
   bool welcomed_ = false;  // heard the broker at least once
   bool stopping_ = false;
   std::deque<std::unique_ptr<Job>> incoming_;
+  std::deque<std::uint64_t> cancels_;  // jobs to cancel
+  bool closed_ = false;                // close(): no new jobs
+  bool terminate_ = false;             // terminate(): cancel every job
+  std::size_t active_jobs_ = 0;        // started and not ended; join() waits for 0
   std::deque<std::promise<Result<BrokerStatus>>> status_requests_;
   std::uint64_t next_job_ = 1;
 
@@ -334,7 +339,15 @@ std::size_t Pool::Impl::workers_for_chunking() const {
   return workers_;
 }
 
-std::vector<detail::ChunkResult> Pool::Impl::execute(detail::JobRequest request) {
+std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request) {
+  auto core = std::make_shared<detail::FutureCore>();
+  core->task = request.task;
+  core->total_items = request.total_items;
+  if (request.chunks.empty()) {
+    core->cancel = [] { return false; };
+    core->complete(JobOutcome{{}, Status::ok(), std::nullopt});
+    return core;
+  }
   auto job = std::make_unique<Job>();
   job->task = std::move(request.task);
   job->signature = std::move(request.signature);
@@ -344,18 +357,76 @@ std::vector<detail::ChunkResult> Pool::Impl::execute(detail::JobRequest request)
   job->retries_left.assign(job->chunks.size(), request.task_retries);
   job->results.resize(job->chunks.size());
   job->have.assign(job->chunks.size(), false);
-  auto future = job->promise.get_future();
+  job->core = core;
+  if (request.job_deadline.count() > 0) job->deadline = Clock::now() + request.job_deadline;
   {
     std::lock_guard lock(mutex_);
-    if (stopping_) throw Error(ErrorCode::kCancelled, "Pool is shutting down");
+    if (stopping_ || closed_) throw Error(ErrorCode::kCancelled, "the Pool is closed: it takes no new work");
     job->id = next_job_++;
+    const std::uint64_t id = job->id;
+    std::weak_ptr<detail::FutureCore> weak = core;
+    core->cancel = [this, id, weak] {
+      auto alive = weak.lock();
+      if (!alive || alive->ready()) return false;
+      return cancel(id);
+    };
+    ++active_jobs_;
     incoming_.push_back(std::move(job));
   }
   wake();
-  JobOutcome outcome = future.get();
-  if (outcome.task_error) throw TaskError(std::move(*outcome.task_error));
-  if (!outcome.error.is_ok()) throw Error(outcome.error);
-  return std::move(outcome.results);
+  return core;
+}
+
+bool Pool::Impl::cancel(std::uint64_t id) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return false;
+    cancels_.push_back(id);
+  }
+  wake();
+  return true;
+}
+
+void Pool::Impl::close() {
+  std::lock_guard lock(mutex_);
+  closed_ = true;
+}
+
+void Pool::Impl::join() {
+  std::unique_lock lock(mutex_);
+  if (!closed_) throw Error(ErrorCode::kInvalidArgument, "Pool::join() needs close() or terminate() first");
+  changed_.wait(lock, [this] { return active_jobs_ == 0; });
+}
+
+void Pool::Impl::terminate() {
+  {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    terminate_ = true;
+  }
+  wake();
+}
+
+void Pool::Impl::finish(std::unique_ptr<Job> job, JobOutcome outcome) {
+  job->core->complete(std::move(outcome));
+  {
+    std::lock_guard lock(mutex_);
+    --active_jobs_;
+  }
+  changed_.notify_all();
+}
+
+void Pool::Impl::check_deadlines() {
+  const auto now = Clock::now();
+  std::vector<std::uint64_t> late;
+  for (const auto& [id, job] : jobs_) {
+    if (job->deadline && *job->deadline <= now) late.push_back(id);
+  }
+  for (const std::uint64_t id : late) {
+    const std::string task = jobs_.at(id)->task;
+    fail_job(id, JobOutcome{{}, Status(ErrorCode::kDeadlineExceeded, "task '" + task + "' did not finish within its deadline"),
+                            std::nullopt});
+  }
 }
 
 BrokerStatus Pool::Impl::status(std::chrono::milliseconds timeout) {
@@ -383,9 +454,12 @@ void Pool::Impl::send(std::vector<zmq::message_t>& frames) {
 void Pool::Impl::io_loop() {
   for (;;) {
     std::array<zmq::pollitem_t, 2> items{{{socket_->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}}};
+    auto wake_at = last_sent_ + options_.heartbeat_interval;
+    for (const auto& [id, job] : jobs_) {
+      if (job->deadline) wake_at = std::min(wake_at, *job->deadline);
+    }
     const auto wait = std::max(std::chrono::milliseconds(0),
-                               std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   last_sent_ + options_.heartbeat_interval - Clock::now()));
+                               std::chrono::ceil<std::chrono::milliseconds>(wake_at - Clock::now()));
     zmq::poll(items.data(), items.size(), wait);
     if ((items[1].revents & ZMQ_POLLIN) != 0) {
       std::uint64_t value = 0;
@@ -407,6 +481,21 @@ void Pool::Impl::io_loop() {
         const std::uint64_t id = job->id;
         jobs_.emplace(id, std::move(job));
       }
+      std::deque<std::uint64_t> cancels;
+      cancels.swap(cancels_);
+      const bool terminate = std::exchange(terminate_, false);
+      lock.unlock();
+      for (const std::uint64_t id : cancels) {
+        fail_job(id, JobOutcome{{}, Status(ErrorCode::kCancelled, "cancelled"), std::nullopt});
+      }
+      if (terminate) {
+        std::vector<std::uint64_t> all;
+        for (const auto& [id, job] : jobs_) all.push_back(id);
+        for (const std::uint64_t id : all) {
+          fail_job(id, JobOutcome{{}, Status(ErrorCode::kCancelled, "the Pool was terminated"), std::nullopt});
+        }
+      }
+      lock.lock();
       while (!status_requests_.empty()) {
         status_waiting_.push_back(std::move(status_requests_.front()));
         status_requests_.pop_front();
@@ -434,6 +523,7 @@ void Pool::Impl::io_loop() {
       }
       broker_lost_at_ = Clock::now();  // later calls get a full reconnect_timeout of their own
     }
+    check_deadlines();
     send_chunks();
     if (Clock::now() - last_sent_ >= options_.heartbeat_interval) {
       auto beat = wire::make_empty(Command::kHeartbeat);
@@ -563,8 +653,6 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
     send_chunk(job, result.chunk);
     return;
   }
-  --in_flight_;
-  job.payloads[result.chunk].reset();
   if (outcome.code != ErrorCode::kOk) {
     JobOutcome failed;
     failed.error = Status(outcome.code, outcome.message);
@@ -576,12 +664,17 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
     fail_job(result.job, std::move(failed));
     return;
   }
+  --in_flight_;
+  job.payloads[result.chunk].reset();
   auto owned = std::make_shared<zmq::message_t>(std::move(payload));
   job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned};
   job.have[result.chunk] = true;
+  job.core->add_progress(job.chunks[result.chunk].count);
   if (++job.answered == job.chunks.size()) {
-    job.promise.set_value(JobOutcome{std::move(job.results), Status::ok(), std::nullopt});
+    auto done = std::move(found->second);
     jobs_.erase(found);
+    auto results = std::move(done->results);
+    finish(std::move(done), JobOutcome{std::move(results), Status::ok(), std::nullopt});
   }
 }
 
@@ -589,19 +682,20 @@ void Pool::Impl::fail_job(std::uint64_t id, JobOutcome outcome) {
   const auto found = jobs_.find(id);
   if (found == jobs_.end()) return;
   Job& job = *found->second;
-  // Chunks sent but not answered no longer count against the window (the failed one already left).
-  in_flight_ -= job.next_to_send - job.answered - 1;
+  // Chunks sent but not answered no longer count against the window.
+  in_flight_ -= job.next_to_send - job.answered;
   // Fail fast: the broker drops the job's queued chunks and ignores the running ones' results.
   auto cancel = wire::make(Command::kCancel, proto::Cancel{id});
   send(cancel);
-  job.promise.set_value(std::move(outcome));
+  auto done = std::move(found->second);
   jobs_.erase(found);
+  finish(std::move(done), std::move(outcome));
 }
 
 void Pool::Impl::fail_all(const Status& error) {
   for (auto& [id, job] : jobs_) {
     in_flight_ -= job->next_to_send - job->answered;
-    job->promise.set_value(JobOutcome{{}, error, std::nullopt});
+    finish(std::move(job), JobOutcome{{}, error, std::nullopt});
   }
   jobs_.clear();
   send_order_.clear();
@@ -612,7 +706,10 @@ void Pool::Impl::fail_all(const Status& error) {
 Pool::Pool() : Pool(PoolOptions{}) {}
 Pool::Pool(PoolOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 Pool::~Pool() = default;
-std::vector<detail::ChunkResult> Pool::execute(detail::JobRequest job) { return impl_->execute(std::move(job)); }
+std::shared_ptr<detail::FutureCore> Pool::start(detail::JobRequest job) { return impl_->start(std::move(job)); }
+void Pool::close() { impl_->close(); }
+void Pool::join() { impl_->join(); }
+void Pool::terminate() { impl_->terminate(); }
 std::size_t Pool::workers_for_chunking() const { return impl_->workers_for_chunking(); }
 std::size_t Pool::workers() const { return impl_->workers(); }
 bool Pool::wait_for_workers(std::size_t count, std::chrono::milliseconds timeout) const {

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <csignal>
 #include <ctime>
+#include <set>
 #include <stdexcept>
 
 namespace poolmap::test {
@@ -65,6 +66,20 @@ POOLMAP_TASK(hang_at_7, [](const SlowItem& item) {
 POOLMAP_TASK(blob_size, [](const std::vector<std::uint8_t>& blob) {
   sleep_us(20'000);
   return static_cast<std::uint64_t>(blob.size());
+});
+
+POOLMAP_TASK(add, [](std::int64_t a, std::int64_t b) { return a + b; });
+
+POOLMAP_TASK(repeat, [](const std::string& s, std::int32_t n) {
+  std::string out;
+  for (std::int32_t i = 0; i < n; ++i) out += s;
+  return out;
+});
+
+POOLMAP_TASK(flaky_once, [](std::int64_t x) {
+  static std::set<std::int64_t> seen;  // a worker process runs one item at a time
+  if (seen.insert(x).second) throw std::runtime_error("first try of " + std::to_string(x));
+  return x;
 });
 
 POOLMAP_TASK(worker_pid, [](std::int64_t) { return static_cast<std::int64_t>(::getpid()); });

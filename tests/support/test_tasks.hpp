@@ -55,6 +55,11 @@ inline constexpr Task<std::uint64_t(SlowItem)> segfault_at_13{"test.segfault_at_
 inline constexpr Task<std::uint64_t(SlowItem)> hang_at_7{"test.hang_at_7"};
 // Sleeps `sleep_us`, returns the blob's size (for tests that move big payloads).
 inline constexpr Task<std::uint64_t(std::vector<std::uint8_t>)> blob_size{"test.blob_size"};
+// Two arguments, for starmap and submit.
+inline constexpr Task<std::int64_t(std::int64_t, std::int64_t)> add{"test.add"};
+inline constexpr Task<std::string(std::string, std::int32_t)> repeat{"test.repeat"};
+// Throws std::runtime_error the first time a worker process sees an index, succeeds after.
+inline constexpr Task<std::int64_t(std::int64_t)> flaky_once{"test.flaky_once"};
 // Registered by no worker.
 inline constexpr Task<std::int64_t(std::int64_t)> not_registered{"test.not_registered"};
 // Same name as `square`, other signature: the workers must refuse it.

@@ -19,18 +19,22 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <iterator>
 #include <memory>
 #include <optional>
 #include <ranges>
 #include <span>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "poolmap/archive.hpp"
 #include "poolmap/chunking.hpp"
 #include "poolmap/error.hpp"
+#include "poolmap/future.hpp"
 #include "poolmap/task.hpp"
 
 namespace poolmap {
@@ -72,6 +76,23 @@ struct MapOptions {
   // How many times a chunk whose task threw is run again before the map fails with TaskError.
   // Only for tasks that are safe to repeat. Default: 0 (like Python: exceptions are not retried).
   std::uint32_t task_retries = 0;
+  // Longest time the whole call may take; past it the rest is cancelled and the call fails with
+  // ErrorCode::kDeadlineExceeded. Default: 0 = none.
+  std::chrono::milliseconds deadline{0};
+  // Called with (items done, items in total) on the thread that called map/starmap, at most once
+  // per progress_interval and once at the end. Not called by map_async. Default: none.
+  std::function<void(std::size_t done, std::size_t total)> progress{};
+  // Default: 100 ms.
+  std::chrono::milliseconds progress_interval{100};
+};
+
+// Options of one submit(). Default: no deadline.
+struct SubmitOptions {
+  // Longest time the call may take before its Future fails with kDeadlineExceeded (the item is
+  // cancelled). Default: 0 = none.
+  std::chrono::milliseconds deadline{0};
+  // Longest time the item may run on a worker (as MapOptions::task_deadline). Default: 0 = none.
+  std::chrono::milliseconds task_deadline{0};
 };
 
 // A snapshot of the broker, as `poolmap status` prints it.
@@ -99,19 +120,61 @@ struct ChunkRequest {
   std::uint32_t count = 0;
   Bytes payload;
 };
-// Everything a map sends.
+// Everything a job sends.
 struct JobRequest {
   std::string task;
   std::string signature;
   std::vector<ChunkRequest> chunks;
-  std::uint32_t deadline_ms = 0;
+  std::uint32_t deadline_ms = 0;   // per item, on the worker
   std::uint32_t task_retries = 0;
+  std::chrono::milliseconds job_deadline{0};  // the whole job, at the client; 0 = none
+  std::size_t total_items = 0;
 };
-// The encoded results of one chunk; `bytes` stays valid while `owner` lives.
-struct ChunkResult {
-  std::span<const std::byte> bytes;
-  std::shared_ptr<const void> owner;
-};
+
+// Encodes one input item of `Task<R(Args...)>`: the argument itself for one-argument tasks, each
+// element of a tuple-like item in order for several arguments (starmap).
+template <class... Args, class Item>
+void encode_item(OutputArchive& archive, const Item& item) {
+  if constexpr (sizeof...(Args) == 1) {
+    using Arg = std::decay_t<std::tuple_element_t<0, std::tuple<Args...>>>;
+    if constexpr (std::is_same_v<std::decay_t<Item>, Arg>) {
+      archive(item);
+    } else {
+      archive(static_cast<Arg>(item));
+    }
+  } else {
+    static_assert(std::tuple_size_v<std::decay_t<Item>> == sizeof...(Args),
+                  "starmap: each item must be a tuple with one element per task argument");
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+      (archive(static_cast<std::decay_t<Args>>(std::get<I>(item))), ...);
+    }(std::index_sequence_for<Args...>{});
+  }
+}
+
+// Splits `inputs` into chunks of `chunksize` encoded items (chunksize 0: all in one chunk).
+template <class... Args, class Range>
+void encode_chunks(Range&& inputs, std::size_t chunksize, JobRequest& job) {
+  ChunkRequest current;
+  std::optional<OutputArchive> archive;  // writes into current.payload
+  auto flush = [&] {
+    archive.reset();
+    job.chunks.push_back(std::move(current));
+    current = ChunkRequest{};
+  };
+  std::size_t index = 0;
+  for (auto&& item : inputs) {
+    if (current.count == 0) {
+      current.first_index = index;
+      archive.emplace(current.payload);
+    }
+    encode_item<Args...>(*archive, item);
+    ++current.count;
+    ++index;
+    if (current.count == chunksize || current.count == UINT32_MAX) flush();
+  }
+  if (current.count > 0) flush();
+  job.total_items = index;
+}
 }  // namespace detail
 
 class Pool {
@@ -123,8 +186,9 @@ class Pool {
   // Embedded mode if options.broker is empty, remote mode otherwise (connects lazily; never throws
   // for an unreachable broker, map() does).
   explicit Pool(PoolOptions options);
-  // Stops the I/O thread; in embedded mode also stops the workers (SIGTERM, then SIGKILL) and the
-  // broker. Work still running is abandoned.
+  // Like terminate(): work still running is cancelled (its Futures fail with kCancelled), then the
+  // I/O thread stops; in embedded mode the workers (SIGTERM, then SIGKILL) and the broker stop too.
+  // Call join() first to wait for outstanding work, as with Python's `with Pool() as p:`.
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -134,11 +198,67 @@ class Pool {
   // Throws: TaskError when the task throws on an item (the remaining chunks are cancelled);
   // Error(kUnknownTask / kSignatureMismatch) when no worker has a matching task; Error(kWorkerLost)
   // when a chunk's workers kept dying; Error(kDeadlineExceeded) when an item ran past
-  // options.task_deadline; Error(kUnavailable) when the broker never answers or does not come back
-  // within reconnect_timeout. Lost workers and broker restarts are survived: every item's result
-  // is returned exactly once.
+  // options.task_deadline or the call past options.deadline; Error(kUnavailable) when the broker
+  // never answers or does not come back within reconnect_timeout; Error(kCancelled) after
+  // terminate() or close(). Lost workers and broker restarts are survived: every item's result is
+  // returned exactly once.
   template <class R, class A, std::ranges::input_range Range>
-  std::vector<R> map(const Task<R(A)>& task, Range&& inputs, MapOptions options = {});
+  std::vector<R> map(const Task<R(A)>& task, Range&& inputs, MapOptions options = {}) {
+    return wait_and_decode(map_async(task, std::forward<Range>(inputs), options), options);
+  }
+
+  // Python's starmap: for a task with several arguments, each element of `inputs` is a tuple (or
+  // pair, or array) of arguments. Throws as map().
+  template <class R, class... A, std::ranges::input_range Range>
+  std::vector<R> starmap(const Task<R(A...)>& task, Range&& inputs, MapOptions options = {}) {
+    return wait_and_decode(starmap_async(task, std::forward<Range>(inputs), options), options);
+  }
+
+  // Python's map_async: starts the map and returns at once. The Future holds the whole vector;
+  // then() gives Python's callback / error_callback. options.progress is not used.
+  template <class R, class A, std::ranges::input_range Range>
+  Future<std::vector<R>> map_async(const Task<R(A)>& task, Range&& inputs, MapOptions options = {}) {
+    return start_map<R, A>(task.name(), Task<R(A)>::signature(), std::forward<Range>(inputs), options);
+  }
+  template <class R, class... A, std::ranges::input_range Range>
+  Future<std::vector<R>> starmap_async(const Task<R(A...)>& task, Range&& inputs, MapOptions options = {}) {
+    return start_map<R, A...>(task.name(), Task<R(A...)>::signature(), std::forward<Range>(inputs), options);
+  }
+
+  // Python's apply_async / Executor.submit: runs task(args...) on a worker.
+  template <class R, class... A, class... Args>
+  Future<R> submit(const Task<R(A...)>& task, Args&&... args) {
+    return submit(SubmitOptions{}, task, std::forward<Args>(args)...);
+  }
+  template <class R, class... A, class... Args>
+  Future<R> submit(const SubmitOptions& options, const Task<R(A...)>& task, Args&&... args) {
+    static_assert(sizeof...(Args) == sizeof...(A), "submit: pass one value per task argument");
+    detail::JobRequest job{std::string(task.name()), Task<R(A...)>::signature(), {},
+                           static_cast<std::uint32_t>(options.task_deadline.count()), 0, options.deadline, 1};
+    detail::ChunkRequest chunk{0, 1, {}};
+    {
+      OutputArchive archive(chunk.payload);
+      (archive(static_cast<std::decay_t<A>>(std::forward<Args>(args))), ...);
+    }
+    job.chunks.push_back(std::move(chunk));
+    static const auto decode = std::make_shared<const typename Future<R>::Decoder>(
+        [](const detail::JobOutcome& outcome, const detail::FutureCore& core) {
+          std::vector<R> one;
+          detail::decode_results(outcome.results, 1, core.task, one);
+          return std::move(one.front());
+        });
+    return Future<R>(start(std::move(job)), decode);
+  }
+
+  // Python's close(): no new work is accepted (map, submit ... throw Error(kCancelled)); work
+  // already started goes on.
+  void close();
+  // Python's join(): waits until every started map and submit has ended. REQUIRES: close() first
+  // (like Python); otherwise throws Error(kInvalidArgument).
+  void join();
+  // Python's terminate(): close(), then cancel every started map and submit (their Futures fail
+  // with kCancelled, queued chunks are dropped at the broker).
+  void terminate();
 
   // Worker processes the broker knows now (0 before its first answer).
   std::size_t workers() const;
@@ -148,85 +268,52 @@ class Pool {
   BrokerStatus status(std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
 
  private:
-  std::vector<detail::ChunkResult> execute(detail::JobRequest job);
+  template <class R, class... A, class Range>
+  Future<std::vector<R>> start_map(std::string_view name, std::string signature, Range&& inputs,
+                                   const MapOptions& options) {
+    detail::JobRequest job{std::string(name), std::move(signature), {},
+                           static_cast<std::uint32_t>(options.task_deadline.count()), options.task_retries,
+                           options.deadline, 0};
+    std::size_t chunksize = options.chunksize;
+    if constexpr (std::ranges::sized_range<Range>) {
+      const auto total = static_cast<std::size_t>(std::ranges::size(inputs));
+      if (chunksize == 0 && total > 0) chunksize = default_chunksize(total, workers_for_chunking());
+      job.chunks.reserve(chunk_count(total, chunksize));
+      detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, job);
+    } else if (chunksize == 0) {
+      // Unsized input: materialize it first, as Python's map does with a generator.
+      std::vector<std::ranges::range_value_t<Range>> items(std::ranges::begin(inputs), std::ranges::end(inputs));
+      return start_map<R, A...>(name, std::move(job.signature), items, options);
+    } else {
+      detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, job);
+    }
+    static const auto decode = std::make_shared<const typename Future<std::vector<R>>::Decoder>(
+        [](const detail::JobOutcome& outcome, const detail::FutureCore& core) {
+          std::vector<R> out;
+          detail::decode_results(outcome.results, core.total_items, core.task, out);
+          return out;
+        });
+    return Future<std::vector<R>>(start(std::move(job)), decode);
+  }
+
+  // Waits for a map's Future on the calling thread, reporting progress.
+  template <class T>
+  static T wait_and_decode(Future<T> future, const MapOptions& options) {
+    if (options.progress) {
+      const auto interval = options.progress_interval.count() > 0 ? options.progress_interval
+                                                                  : std::chrono::milliseconds(100);
+      while (!future.wait_for(interval)) options.progress(future.core()->done_items(), future.core()->total_items);
+      options.progress(future.core()->done_items(), future.core()->total_items);
+    }
+    return future.get();
+  }
+
+  // Hands a job to the I/O thread (a job with no chunks completes at once).
+  std::shared_ptr<detail::FutureCore> start(detail::JobRequest job);
   std::size_t workers_for_chunking() const;
 
   class Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// ---- implementation of the templates ----
-
-template <class R, class A, std::ranges::input_range Range>
-std::vector<R> Pool::map(const Task<R(A)>& task, Range&& inputs, MapOptions options) {
-  using Arg = std::decay_t<A>;
-  using Element = std::ranges::range_value_t<Range>;
-  static_assert(std::is_convertible_v<std::ranges::range_reference_t<Range>, Arg>,
-                "map: the input elements do not convert to the task's argument type");
-
-  detail::JobRequest job{std::string(task.name()), Task<R(A)>::signature(), {},
-                         static_cast<std::uint32_t>(options.task_deadline.count()), options.task_retries};
-  std::size_t total = 0;
-  std::size_t chunksize = options.chunksize;
-  if constexpr (std::ranges::sized_range<Range>) {
-    total = static_cast<std::size_t>(std::ranges::size(inputs));
-    if (total == 0) return {};
-    if (chunksize == 0) chunksize = default_chunksize(total, workers_for_chunking());
-    job.chunks.reserve(chunk_count(total, chunksize));
-  } else if (chunksize == 0) {
-    // Unsized input: materialize it first, as Python's map does with a generator.
-    std::vector<Arg> items(std::ranges::begin(inputs), std::ranges::end(inputs));
-    return map(task, items, options);
-  }
-
-  detail::ChunkRequest current;
-  std::optional<OutputArchive> archive;  // writes into current.payload
-  auto flush = [&] {
-    archive.reset();
-    job.chunks.push_back(std::move(current));
-    current = detail::ChunkRequest{};
-  };
-  std::size_t index = 0;
-  for (auto&& item : inputs) {
-    if (current.count == 0) {
-      current.first_index = index;
-      archive.emplace(current.payload);
-    }
-    if constexpr (std::is_same_v<std::decay_t<Element>, Arg>) {
-      (*archive)(item);
-    } else {
-      (*archive)(static_cast<Arg>(item));
-    }
-    ++current.count;
-    ++index;
-    if (current.count == chunksize || current.count == UINT32_MAX) flush();
-  }
-  if (current.count > 0) flush();
-  total = index;
-  if (total == 0) return {};
-
-  const std::vector<detail::ChunkResult> results = execute(std::move(job));
-  std::vector<R> out;
-  out.reserve(total);
-  for (std::size_t c = 0; c < results.size(); ++c) {
-    try {
-      InputArchive decoder(results[c].bytes);
-      while (decoder.remaining() > 0) {
-        R value{};
-        decoder(value);
-        out.push_back(std::move(value));
-      }
-    } catch (const cereal::Exception& e) {
-      throw Error(ErrorCode::kMalformed, "map: results of task '" + std::string(task.name()) + "' chunk " +
-                                             std::to_string(c) + " do not decode: " + e.what());
-    }
-  }
-  if (out.size() != total) {
-    throw Error(ErrorCode::kMalformed, "map: task '" + std::string(task.name()) + "' returned " +
-                                           std::to_string(out.size()) + " results for " + std::to_string(total) +
-                                           " inputs");
-  }
-  return out;
-}
 
 }  // namespace poolmap

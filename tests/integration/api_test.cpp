@@ -1,0 +1,273 @@
+// The Pool API beyond map, modelled on the Pool cases of CPython's
+// Lib/test/_test_multiprocessing.py (test_apply, test_map_async, test_map_async_callbacks,
+// test_async_timeout, test_starmap, test_empty_iterable, test_map_chunksize, test_terminate,
+// test_context/join), written anew against real broker and worker processes.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <mutex>
+#include <numeric>
+#include <thread>
+
+#include "poolmap/poolmap.hpp"
+#include "process.hpp"
+#include "test_tasks.hpp"
+
+using namespace std::chrono_literals;
+namespace t = poolmap::test;
+
+namespace {
+
+poolmap::PoolOptions remote(const t::Cluster& cluster) {
+  return {.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
+}
+
+std::vector<std::int64_t> iota_vector(std::size_t n, std::int64_t start = 0) {
+  std::vector<std::int64_t> out(n);
+  std::iota(out.begin(), out.end(), start);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Api.Submit.GetReadyWaitFor" * doctest::timeout(30)) {  // test_apply
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  poolmap::Future<std::int64_t> future = pool.submit(t::square, 7);
+  CHECK(future.valid());
+  CHECK(future.get() == 49);
+  CHECK(future.ready());
+  CHECK(future.wait_for(0ms));
+  CHECK(future.get() == 49);  // again
+  CHECK(pool.submit(t::add, 40, 2).get() == 42);
+  CHECK(pool.submit(t::repeat, std::string("ab"), 3).get() == "ababab");
+}
+
+TEST_CASE("Api.Submit.ErrorReachesGetAndErrorCallback" * doctest::timeout(30)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  auto future = pool.submit(t::fail_at_13, 13);
+  std::mutex mutex;
+  std::string error_seen;
+  bool value_seen = false;
+  future.then([&](const std::int64_t&) { value_seen = true; },
+              [&](const poolmap::Error& e) {
+                std::lock_guard lock(mutex);
+                error_seen = e.what();
+              });
+  CHECK_THROWS_AS(future.get(), poolmap::TaskError);
+  try {
+    future.get();
+  } catch (const poolmap::TaskError& e) {
+    CHECK(e.index() == 0);  // the only item of a submit
+    CHECK(e.remote_message() == "bad item 13");
+  }
+  std::lock_guard lock(mutex);
+  CHECK_FALSE(value_seen);
+  CHECK(error_seen.find("bad item 13") != std::string::npos);
+}
+
+TEST_CASE("Api.Submit.GetTimeoutThenValue" * doctest::timeout(30)) {  // test_async_timeout
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  auto future = pool.submit(t::sleep_ms, 400);
+  try {
+    (void)future.get(50ms);
+    FAIL("get(50ms) returned before a 400 ms task could finish");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kDeadlineExceeded);
+  }
+  CHECK_FALSE(future.ready());
+  CHECK(future.get() == 400);  // the work went on
+}
+
+TEST_CASE("Api.Submit.DeadlineCancelsTheItem" * doctest::timeout(30)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  auto future = pool.submit(poolmap::SubmitOptions{.deadline = 100ms}, t::sleep_ms, 2000);
+  try {
+    (void)future.get();
+    FAIL("a 2 s task finished within a 100 ms deadline");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kDeadlineExceeded);
+  }
+}
+
+TEST_CASE("Api.Submit.CancelQueuedItem" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  // One worker holds 2 chunks (1 running + 1 prefetched); the third waits at the broker.
+  auto first = pool.submit(t::sleep_ms, 300);
+  auto second = pool.submit(t::sleep_ms, 300);
+  auto third = pool.submit(t::sleep_ms, 300);
+  CHECK(third.cancel());
+  try {
+    (void)third.get();
+    FAIL("a cancelled future returned a value");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kCancelled);
+  }
+  CHECK(first.get() == 300);
+  CHECK(second.get() == 300);
+  CHECK_FALSE(first.cancel());  // already done
+}
+
+TEST_CASE("Api.MapAsync.CallbackAndErrorCallback" * doctest::timeout(30)) {  // test_map_async_callbacks
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  std::mutex mutex;
+  std::vector<std::int64_t> called_with;
+  std::string error;
+  auto good = pool.map_async(t::square, iota_vector(10));
+  good.then([&](const std::vector<std::int64_t>& v) {
+    std::lock_guard lock(mutex);
+    called_with = v;
+  });
+  CHECK(good.get() == std::vector<std::int64_t>{0, 1, 4, 9, 16, 25, 36, 49, 64, 81});
+  auto bad = pool.map_async(t::fail_at_13, iota_vector(20));
+  bad.then({}, [&](const poolmap::Error& e) {
+    std::lock_guard lock(mutex);
+    error = e.what();
+  });
+  CHECK_THROWS_AS(bad.get(), poolmap::TaskError);
+  std::lock_guard lock(mutex);  // continuations ran before get() returned
+  CHECK(called_with.size() == 10);
+  CHECK(error.find("item 13") != std::string::npos);
+}
+
+TEST_CASE("Api.Starmap.TuplesAndPairs" * doctest::timeout(30)) {  // test_starmap
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  std::vector<std::tuple<std::int64_t, std::int64_t>> tuples;
+  for (std::int64_t i = 0; i < 100; ++i) tuples.emplace_back(i, 1000 * i);
+  const auto sums = pool.starmap(t::add, tuples, {.chunksize = 7});
+  REQUIRE(sums.size() == 100);
+  for (std::int64_t i = 0; i < 100; ++i) CHECK(sums[static_cast<std::size_t>(i)] == 1001 * i);
+  const std::vector<std::pair<std::string, int>> pairs{{"x", 3}, {"yz", 2}};
+  CHECK(pool.starmap(t::repeat, pairs) == std::vector<std::string>{"xxx", "yzyz"});
+  CHECK(pool.starmap_async(t::add, std::vector<std::tuple<int, int>>{{1, 2}}).get() == std::vector<std::int64_t>{3});
+}
+
+TEST_CASE("Api.Map.EmptyAndChunksizeVariations" * doctest::timeout(60)) {  // test_empty_iterable, test_map_chunksize
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  CHECK(pool.map(t::square, std::vector<std::int64_t>{}).empty());
+  CHECK(pool.map_async(t::square, std::vector<std::int64_t>{}).get().empty());
+  CHECK(pool.starmap(t::add, std::vector<std::tuple<int, int>>{}).empty());
+  const auto inputs = iota_vector(100);
+  std::vector<std::int64_t> expected;
+  for (auto x : inputs) expected.push_back(x * x);
+  for (std::size_t chunksize : {1, 2, 3, 50, 99, 100, 101, 1000}) {
+    CAPTURE(chunksize);
+    CHECK(pool.map(t::square, inputs, {.chunksize = chunksize}) == expected);
+  }
+}
+
+TEST_CASE("Api.Map.ProgressIsReportedOnTheCallingThread" * doctest::timeout(30)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  std::vector<std::pair<std::size_t, std::size_t>> reports;
+  const auto caller = std::this_thread::get_id();
+  bool same_thread = true;
+  const auto results = pool.map(t::sleep_ms, std::vector<std::int64_t>(20, 20),
+                                {.chunksize = 1, .progress = [&](std::size_t done, std::size_t total) {
+                                   same_thread = same_thread && std::this_thread::get_id() == caller;
+                                   reports.emplace_back(done, total);
+                                 },
+                                 .progress_interval = 20ms});
+  CHECK(results.size() == 20);
+  REQUIRE(reports.size() >= 2);
+  CHECK(same_thread);
+  CHECK(reports.back() == std::pair<std::size_t, std::size_t>{20, 20});
+  for (std::size_t i = 1; i < reports.size(); ++i) CHECK(reports[i].first >= reports[i - 1].first);
+}
+
+TEST_CASE("Api.Map.DeadlineFailsTheCall" * doctest::timeout(30)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  try {
+    (void)pool.map(t::sleep_ms, std::vector<std::int64_t>(20, 100), {.chunksize = 1, .deadline = 200ms});
+    FAIL("20 x 100 ms on 2 workers finished within 200 ms");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kDeadlineExceeded);
+  }
+  CHECK(pool.map(t::square, iota_vector(3)) == std::vector<std::int64_t>{0, 1, 4});
+}
+
+TEST_CASE("Api.Map.TaskRetriesRunAFailedChunkAgain" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  CHECK_THROWS_AS((void)pool.map(t::flaky_once, iota_vector(4, 100), {.chunksize = 1}), poolmap::TaskError);
+  // Each process throws once per index: with 2 workers, 2 retries always reach a success.
+  CHECK(pool.map(t::flaky_once, iota_vector(4, 200), {.chunksize = 1, .task_retries = 2}) == iota_vector(4, 200));
+}
+
+TEST_CASE("Api.Futures.AsCompletedWaitAnyWaitAll" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 3});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(3, 10s));
+  std::vector<poolmap::Future<std::int64_t>> futures{pool.submit(t::sleep_ms, 600), pool.submit(t::sleep_ms, 50),
+                                                     pool.submit(t::sleep_ms, 300)};
+  const auto first = poolmap::wait_any(futures, 5s);
+  REQUIRE(first.has_value());
+  CHECK(*first == 1);
+  CHECK_FALSE(poolmap::wait_all(futures, 10ms));
+  std::vector<std::size_t> order;
+  for (std::size_t index : poolmap::as_completed(futures)) order.push_back(index);
+  CHECK(order == std::vector<std::size_t>{1, 2, 0});
+  CHECK(poolmap::wait_all(futures, 0ms));
+}
+
+TEST_CASE("Api.Pool.CloseJoinTerminate" * doctest::timeout(30)) {  // test_terminate, join
+  t::Cluster cluster({.workers = 1});
+  {
+    poolmap::Pool pool(remote(cluster));
+    CHECK_THROWS_AS(pool.join(), poolmap::Error);  // join before close, as Python refuses
+    auto running = pool.submit(t::sleep_ms, 200);
+    pool.close();
+    CHECK_THROWS_WITH_AS((void)pool.submit(t::square, 1), doctest::Contains("closed"), poolmap::Error);
+    pool.join();  // waits for the started work
+    CHECK(running.ready());
+    CHECK(running.get() == 200);
+  }
+  {
+    poolmap::Pool pool(remote(cluster));
+    std::vector<poolmap::Future<std::int64_t>> futures;
+    for (int i = 0; i < 6; ++i) futures.push_back(pool.submit(t::sleep_ms, 300));
+    const auto started = std::chrono::steady_clock::now();
+    pool.terminate();
+    pool.join();
+    CHECK(std::chrono::steady_clock::now() - started < 1s);  // did not wait for 6 x 300 ms
+    std::size_t cancelled = 0;
+    for (auto& future : futures) {
+      try {
+        (void)future.get();
+      } catch (const poolmap::Error& e) {
+        cancelled += e.code() == poolmap::ErrorCode::kCancelled;
+      }
+    }
+    CHECK(cancelled == 6);
+  }
+}
+
+TEST_CASE("Api.Pool.EightThreadsSubmitAtOnce" * doctest::timeout(60)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int thread = 0; thread < 8; ++thread) {
+    threads.emplace_back([&, thread] {
+      std::vector<poolmap::Future<std::int64_t>> futures;
+      for (std::int64_t i = 0; i < 200; ++i) futures.push_back(pool.submit(t::add, thread * 1000, i));
+      for (std::int64_t i = 0; i < 200; ++i) {
+        if (futures[static_cast<std::size_t>(i)].get() != thread * 1000 + i) ++wrong;
+      }
+      const auto squares = pool.map(t::square, iota_vector(500, thread));
+      if (squares.back() != (thread + 499) * (thread + 499)) ++wrong;
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  CHECK(wrong.load() == 0);
+}
