@@ -468,6 +468,12 @@ void Pool::Impl::io_loop() {
     {
       std::unique_lock lock(mutex_);
       if (stopping_) {
+        while (!incoming_.empty()) {  // complete them too: nothing may wait on a stopped Pool
+          auto job = std::move(incoming_.front());
+          incoming_.pop_front();
+          const std::uint64_t id = job->id;
+          jobs_.emplace(id, std::move(job));
+        }
         lock.unlock();
         fail_all(Status(ErrorCode::kCancelled, "Pool destroyed while a map was running"));
         auto bye = wire::make_empty(Command::kDisconnect);
@@ -669,7 +675,7 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   auto owned = std::make_shared<zmq::message_t>(std::move(payload));
   job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned};
   job.have[result.chunk] = true;
-  job.core->add_progress(job.chunks[result.chunk].count);
+  job.core->add_progress(job.chunks[result.chunk].count, outcome.compute_us);
   if (++job.answered == job.chunks.size()) {
     auto done = std::move(found->second);
     jobs_.erase(found);

@@ -6,7 +6,10 @@
 
 #include <atomic>
 #include <mutex>
+#include <algorithm>
 #include <numeric>
+#include <optional>
+#include <ranges>
 #include <thread>
 
 #include "poolmap/poolmap.hpp"
@@ -270,4 +273,100 @@ TEST_CASE("Api.Pool.EightThreadsSubmitAtOnce" * doctest::timeout(60)) {
   }
   for (auto& thread : threads) thread.join();
   CHECK(wrong.load() == 0);
+}
+
+TEST_CASE("Api.Imap.InOrderAndLazy" * doctest::timeout(60)) {  // test_imap
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  std::vector<std::int64_t> out;
+  for (std::int64_t r : pool.imap(t::square, std::views::iota(0, 10'000))) out.push_back(r);
+  REQUIRE(out.size() == 10'000);
+  for (std::int64_t i = 0; i < 10'000; ++i) CHECK(out[static_cast<std::size_t>(i)] == i * i);
+
+  // Input is pulled as results are consumed, not all at once.
+  std::size_t pulled = 0;
+  auto counting = std::views::iota(0, 1'000'000) | std::views::transform([&pulled](int x) {
+                    ++pulled;
+                    return static_cast<std::int64_t>(x);
+                  });
+  auto stream = pool.imap(t::square, counting, {.window = 4});
+  auto it = stream.begin();
+  CHECK(*it == 0);
+  ++it;
+  CHECK(*it == 1);
+  CHECK(pulled < 1000);
+  CHECK(stream.chunks_sent() <= 6);
+}
+
+TEST_CASE("Api.ImapUnordered.CompletionOrder" * doctest::timeout(30)) {  // test_imap_unordered
+  // Three idle workers take one item each (idle workers come before prefetch slots).
+  t::Cluster cluster({.workers = 3});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(3, 10s));
+  std::vector<std::int64_t> order;
+  for (std::int64_t r : pool.imap_unordered(t::sleep_ms, std::vector<std::int64_t>{400, 10, 150}, {.chunksize = 1})) {
+    order.push_back(r);
+  }
+  CHECK(order == std::vector<std::int64_t>{10, 150, 400});
+}
+
+TEST_CASE("Api.Imap.ExceptionAtIndex" * doctest::timeout(30)) {  // test_imap_handle_iterable_exception
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  for (bool ordered : {true, false}) {
+    CAPTURE(ordered);
+    std::vector<std::int64_t> seen;
+    std::optional<std::uint64_t> failed_index;
+    try {
+      auto stream = ordered ? pool.imap(t::fail_at_13, std::views::iota(0, 30), {.chunksize = 1})
+                            : pool.imap_unordered(t::fail_at_13, std::views::iota(0, 30), {.chunksize = 1});
+      for (std::int64_t r : stream) seen.push_back(r);
+    } catch (const poolmap::TaskError& e) {
+      failed_index = e.index();
+    }
+    REQUIRE(failed_index.has_value());
+    CHECK(*failed_index == 13);
+    CHECK(std::find(seen.begin(), seen.end(), 13) == seen.end());
+    if (ordered) CHECK(seen == iota_vector(13));  // everything before it, in order
+  }
+}
+
+TEST_CASE("Api.Imap.AdaptiveChunksize" * doctest::timeout(60)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  // Tiny tasks: chunks grow, so far fewer chunks than items.
+  auto tiny = pool.imap(t::square, std::views::iota(0, 200'000));
+  std::size_t count = 0;
+  for (std::int64_t r : tiny) count += r >= 0;
+  CHECK(count == 200'000);
+  CHECK(tiny.chunksize() >= 1000);
+  CHECK(tiny.chunks_sent() < 2000);
+  // Slow tasks (20 ms, the target chunk time): chunks stay at one item.
+  auto slow = pool.imap(t::sleep_ms, std::vector<std::int64_t>(12, 20));
+  for (std::int64_t r : slow) CHECK(r == 20);
+  CHECK(slow.chunksize() <= 2);
+  // An explicit chunk size wins.
+  auto fixed = pool.imap(t::square, std::views::iota(0, 100), {.chunksize = 7});
+  for ([[maybe_unused]] std::int64_t r : fixed) {
+  }
+  CHECK(fixed.chunksize() == 7);
+  CHECK(fixed.chunks_sent() == 15);
+}
+
+TEST_CASE("Api.Imap.DestroyingTheStreamCancelsTheRest" * doctest::timeout(30)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  poolmap::Pool observer(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  {
+    auto stream = pool.imap(t::sleep_ms, std::vector<std::int64_t>(100, 100), {.chunksize = 1, .window = 20});
+    CHECK(*stream.begin() == 100);
+  }
+  // The queued chunks are dropped at the broker: new work does not wait behind 2 s of sleeps.
+  CHECK(t::eventually([&] { return observer.status().chunks_queued == 0; }, 5s));
+  const auto started = std::chrono::steady_clock::now();
+  CHECK(pool.map(t::square, iota_vector(4)) == std::vector<std::int64_t>{0, 1, 4, 9});
+  CHECK(std::chrono::steady_clock::now() - started < 1s);
 }

@@ -340,7 +340,10 @@ void WorkerProcess::Impl::run() {
                          task.header.deadline_ms};
     }
     progress_.store(task.header.ticket);
+    const auto started = Clock::now();
     FinishedTask done = execute(task);
+    done.outcome.compute_us = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count());
     progress_.store(0);
     if (done.outcome.code != ErrorCode::kOk) {
       log_->debug("task {} chunk at item {} failed: {}", task.header.task, task.header.first_index,

@@ -32,6 +32,23 @@ namespace poolmap {
 
 namespace detail {
 
+// One chunk of encoded items.
+struct ChunkRequest {
+  std::uint64_t first_index = 0;
+  std::uint32_t count = 0;
+  Bytes payload;
+};
+// Everything a job sends.
+struct JobRequest {
+  std::string task;
+  std::string signature;
+  std::vector<ChunkRequest> chunks;
+  std::uint32_t deadline_ms = 0;   // per item, on the worker
+  std::uint32_t task_retries = 0;
+  std::chrono::milliseconds job_deadline{0};  // the whole job, at the client; 0 = none
+  std::size_t total_items = 0;
+};
+
 // The encoded results of one chunk; `bytes` stays valid while `owner` lives.
 struct ChunkResult {
   std::span<const std::byte> bytes;
@@ -83,8 +100,11 @@ class FutureCore {
   // I/O thread: the job ended. Wakes waiters and runs continuations (exceptions they throw are
   // swallowed: they must not take the I/O thread down).
   void complete(JobOutcome outcome);
-  // I/O thread: `items` more inputs have their results.
-  void add_progress(std::size_t items) { done_items_.fetch_add(items, std::memory_order_relaxed); }
+  // I/O thread: `items` more inputs have their results, which took the workers `compute_us`.
+  void add_progress(std::size_t items, std::uint64_t compute_us) {
+    done_items_.fetch_add(items, std::memory_order_relaxed);
+    compute_us_.fetch_add(compute_us, std::memory_order_relaxed);
+  }
 
   bool ready() const;
   void wait() const;
@@ -92,6 +112,8 @@ class FutureCore {
   // REQUIRES: ready().
   const JobOutcome& outcome() const { return outcome_; }
   std::size_t done_items() const { return done_items_.load(std::memory_order_relaxed); }
+  // Microseconds the workers spent computing the results received so far.
+  std::uint64_t compute_us() const { return compute_us_.load(std::memory_order_relaxed); }
   // Runs `continuation` once the job ended: now (on this thread) if it already has.
   void on_complete(std::function<void(const JobOutcome&)> continuation);
 
@@ -107,6 +129,7 @@ class FutureCore {
   JobOutcome outcome_;
   std::vector<std::function<void(const JobOutcome&)>> continuations_;
   std::atomic<std::size_t> done_items_{0};
+  std::atomic<std::uint64_t> compute_us_{0};
 };
 
 }  // namespace detail

@@ -35,6 +35,7 @@
 #include "poolmap/chunking.hpp"
 #include "poolmap/error.hpp"
 #include "poolmap/future.hpp"
+#include "poolmap/result_stream.hpp"
 #include "poolmap/task.hpp"
 
 namespace poolmap {
@@ -114,23 +115,6 @@ struct BrokerStatus {
 };
 
 namespace detail {
-// One chunk of encoded items.
-struct ChunkRequest {
-  std::uint64_t first_index = 0;
-  std::uint32_t count = 0;
-  Bytes payload;
-};
-// Everything a job sends.
-struct JobRequest {
-  std::string task;
-  std::string signature;
-  std::vector<ChunkRequest> chunks;
-  std::uint32_t deadline_ms = 0;   // per item, on the worker
-  std::uint32_t task_retries = 0;
-  std::chrono::milliseconds job_deadline{0};  // the whole job, at the client; 0 = none
-  std::size_t total_items = 0;
-};
-
 // Encodes one input item of `Task<R(Args...)>`: the argument itself for one-argument tasks, each
 // element of a tuple-like item in order for several arguments (starmap).
 template <class... Args, class Item>
@@ -225,6 +209,19 @@ class Pool {
     return start_map<R, A...>(task.name(), Task<R(A...)>::signature(), std::forward<Range>(inputs), options);
   }
 
+  // Python's imap: results in input order, lazily (see result_stream.hpp). The input range is read
+  // on the thread that iterates the stream; `inputs` must outlive the stream when it is an lvalue.
+  // Throws (from the iteration) as map() does.
+  template <class R, class A, std::ranges::input_range Range>
+  ResultStream<R> imap(const Task<R(A)>& task, Range&& inputs, StreamOptions options = {}) {
+    return start_stream<R, A>(task.name(), Task<R(A)>::signature(), std::forward<Range>(inputs), options, true);
+  }
+  // Python's imap_unordered: the same, results in completion order.
+  template <class R, class A, std::ranges::input_range Range>
+  ResultStream<R> imap_unordered(const Task<R(A)>& task, Range&& inputs, StreamOptions options = {}) {
+    return start_stream<R, A>(task.name(), Task<R(A)>::signature(), std::forward<Range>(inputs), options, false);
+  }
+
   // Python's apply_async / Executor.submit: runs task(args...) on a worker.
   template <class R, class... A, class... Args>
   Future<R> submit(const Task<R(A...)>& task, Args&&... args) {
@@ -268,6 +265,33 @@ class Pool {
   BrokerStatus status(std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
 
  private:
+  template <class R, class... A, class Range>
+  ResultStream<R> start_stream(std::string_view name, std::string signature, Range&& inputs, StreamOptions options,
+                               bool ordered) {
+    using View = std::views::all_t<Range>;
+    struct Cursor {
+      explicit Cursor(View v) : view(std::move(v)) {}
+      View view;
+      std::optional<std::ranges::iterator_t<View>> at;
+    };
+    auto cursor = std::make_shared<Cursor>(std::views::all(std::forward<Range>(inputs)));
+    detail::StreamProducer producer = [cursor](std::size_t max_items, Bytes& payload) -> std::size_t {
+      if (!cursor->at) cursor->at.emplace(std::ranges::begin(cursor->view));
+      auto& at = *cursor->at;
+      OutputArchive archive(payload);
+      std::size_t count = 0;
+      while (count < max_items && at != std::ranges::end(cursor->view)) {
+        detail::encode_item<A...>(archive, *at);
+        ++at;
+        ++count;
+      }
+      return count;
+    };
+    const std::size_t window = options.window != 0 ? options.window : std::max<std::size_t>(4, 4 * workers_for_chunking());
+    return ResultStream<R>(std::move(producer), [this](detail::JobRequest job) { return start(std::move(job)); },
+                           std::string(name), std::move(signature), options, window, ordered);
+  }
+
   template <class R, class... A, class Range>
   Future<std::vector<R>> start_map(std::string_view name, std::string signature, Range&& inputs,
                                    const MapOptions& options) {

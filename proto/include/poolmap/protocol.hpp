@@ -67,10 +67,11 @@ struct Outcome {
   std::string message;              // anything but kOk: what went wrong
   std::string worker_host;          // the worker that produced this outcome
   std::uint32_t worker_pid = 0;
+  std::uint64_t compute_us = 0;     // time the worker spent running the chunk's items
 
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(code, failed_offset, error_type, message, worker_host, worker_pid);
+    ar(code, failed_offset, error_type, message, worker_host, worker_pid, compute_us);
   }
 };
 
