@@ -34,6 +34,9 @@ constexpr const char* kWorkerEndpointVar = "POOLMAP_EMBEDDED_WORKER";
 constexpr const char* kParentPidVar = "POOLMAP_PARENT_PID";
 constexpr const char* kHeartbeatVar = "POOLMAP_HEARTBEAT_MS";
 constexpr const char* kLivenessVar = "POOLMAP_LIVENESS";
+constexpr const char* kMaxTasksVar = "POOLMAP_MAX_TASKS_PER_CHILD";
+constexpr const char* kInitArgsVar = "POOLMAP_INIT_ARGS";  // separated by kInitArgsSeparator
+constexpr char kInitArgsSeparator = '\x1f';
 
 // argv recorded by init(); guarded by its mutex.
 struct InitState {
@@ -71,13 +74,25 @@ long env_number(const char* name, long fallback) {
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // die with the Pool's process
   if (parent != 0 && ::getppid() != parent) std::_Exit(0);
   try {
+    std::vector<std::string> init_args;
+    if (const char* joined = std::getenv(kInitArgsVar); joined != nullptr && *joined != '\0') {
+      std::string text(joined);
+      std::size_t start = 0;
+      for (std::size_t at = text.find(kInitArgsSeparator); at != std::string::npos;
+           start = at + 1, at = text.find(kInitArgsSeparator, start)) {
+        init_args.push_back(text.substr(start, at - start));
+      }
+      init_args.push_back(text.substr(start));
+    }
     WorkerProcess worker({.broker = endpoint,
                           .heartbeat_interval = std::chrono::milliseconds(env_number(kHeartbeatVar, 1000)),
-                          .heartbeat_liveness = static_cast<int>(env_number(kLivenessVar, 3))});
-    worker.run();  // until SIGTERM ends the process
+                          .heartbeat_liveness = static_cast<int>(env_number(kLivenessVar, 3)),
+                          .max_tasks_per_child = static_cast<std::uint64_t>(env_number(kMaxTasksVar, 0)),
+                          .init_args = init_args});
+    worker.run();  // until SIGTERM, or max tasks per child
   } catch (const std::exception& e) {
     detail::logger("poolmap.worker")->critical("embedded worker failed: {}", e.what());
-    std::_Exit(1);
+    std::_Exit(3);
   }
   std::_Exit(0);
 }
@@ -264,7 +279,13 @@ void Pool::Impl::start_embedded() {
       {kWorkerEndpointVar, broker_->worker_endpoint()},
       {kParentPidVar, std::to_string(::getpid())},
       {kHeartbeatVar, std::to_string(options_.heartbeat_interval.count())},
-      {kLivenessVar, std::to_string(options_.heartbeat_liveness)}};
+      {kLivenessVar, std::to_string(options_.heartbeat_liveness)},
+      {kMaxTasksVar, std::to_string(options_.max_tasks_per_child)}};
+  if (!options_.init_args.empty()) {
+    std::string joined;
+    for (const auto& arg : options_.init_args) joined += (joined.empty() ? "" : std::string(1, kInitArgsSeparator)) + arg;
+    environment.emplace_back(kInitArgsVar, joined);
+  }
   for (const char* name : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {
     if (std::getenv(name) == nullptr) environment.emplace_back(name, "1");
   }

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <optional>
 #include <ranges>
+#include <set>
 #include <thread>
 
 #include "poolmap/poolmap.hpp"
@@ -369,4 +370,29 @@ TEST_CASE("Api.Imap.DestroyingTheStreamCancelsTheRest" * doctest::timeout(30)) {
   const auto started = std::chrono::steady_clock::now();
   CHECK(pool.map(t::square, iota_vector(4)) == std::vector<std::int64_t>{0, 1, 4, 9});
   CHECK(std::chrono::steady_clock::now() - started < 1s);
+}
+
+TEST_CASE("Api.Worker.InitializerRunsOnceWithItsArgs" * doctest::timeout(30)) {  // initializer, initargs
+  t::Cluster cluster({.workers = 2, .worker_args = {"--init-arg", "alpha", "--init-arg", "beta"}});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  for (const auto& report : pool.map(t::init_report, iota_vector(20), {.chunksize = 1})) CHECK(report == "alpha,beta|1");
+}
+
+TEST_CASE("Api.Worker.MaxTasksPerChildReplacesProcesses" * doctest::timeout(30)) {  // maxtasksperchild
+  t::Cluster cluster({.workers = 1, .worker_args = {"--max-tasks-per-child", "2"}});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  const auto pids = pool.map(t::worker_pid, iota_vector(10), {.chunksize = 1});
+  REQUIRE(pids.size() == 10);
+  const std::set<std::int64_t> distinct(pids.begin(), pids.end());
+  CHECK(distinct.size() >= 5);  // 2 chunks per process (a handed-back prefetch may run later)
+}
+
+TEST_CASE("Api.Worker.EmbeddedInitArgsAndMaxTasks" * doctest::timeout(60)) {
+  poolmap::Pool pool({.processes = 1, .max_tasks_per_child = 3, .init_args = {"x", "y z"},
+                      .heartbeat_interval = t::heartbeat()});
+  for (const auto& report : pool.map(t::init_report, iota_vector(6), {.chunksize = 1})) CHECK(report == "x,y z|1");
+  const auto pids = pool.map(t::worker_pid, iota_vector(9), {.chunksize = 1});
+  CHECK(std::set<std::int64_t>(pids.begin(), pids.end()).size() >= 3);
 }

@@ -217,6 +217,7 @@ ChildProcess& Cluster::add_workers(int processes) {
     argv.push_back("--tasks");
     argv.push_back(test_tasks_library());
   }
+  argv.insert(argv.end(), options_.worker_args.begin(), options_.worker_args.end());
   workers_.emplace_back(std::move(argv));
   return workers_.back();
 }

@@ -66,6 +66,7 @@ struct ClusterOptions {
   int liveness = 3;
   bool load_test_tasks = true;      // --tasks libpoolmap_test_tasks.so
   std::vector<std::string> broker_args{};  // extra poolmap-broker flags
+  std::vector<std::string> worker_args{};  // extra poolmap-worker flags
 };
 
 class Cluster {

@@ -82,6 +82,19 @@ POOLMAP_TASK(flaky_once, [](std::int64_t x) {
   return x;
 });
 
+namespace {
+std::string init_args_seen;
+int init_runs = 0;
+}  // namespace
+
+POOLMAP_WORKER_INIT([](const std::vector<std::string>& args) {
+  ++init_runs;
+  init_args_seen.clear();
+  for (const auto& arg : args) init_args_seen += (init_args_seen.empty() ? "" : ",") + arg;
+});
+
+POOLMAP_TASK(init_report, [](std::int64_t) { return init_args_seen + "|" + std::to_string(init_runs); });
+
 POOLMAP_TASK(worker_pid, [](std::int64_t) { return static_cast<std::int64_t>(::getpid()); });
 
 }  // namespace poolmap::test

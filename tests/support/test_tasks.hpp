@@ -60,6 +60,8 @@ inline constexpr Task<std::int64_t(std::int64_t, std::int64_t)> add{"test.add"};
 inline constexpr Task<std::string(std::string, std::int32_t)> repeat{"test.repeat"};
 // Throws std::runtime_error the first time a worker process sees an index, succeeds after.
 inline constexpr Task<std::int64_t(std::int64_t)> flaky_once{"test.flaky_once"};
+// "<init args joined by ','>|<times the initializer ran in this process>".
+inline constexpr Task<std::string(std::int64_t)> init_report{"test.init_report"};
 // Registered by no worker.
 inline constexpr Task<std::int64_t(std::int64_t)> not_registered{"test.not_registered"};
 // Same name as `square`, other signature: the workers must refuse it.

@@ -47,6 +47,8 @@ int main(int argc, char** argv) {
   int liveness = 3;
   std::string log_level = "info";
   bool child = false;
+  std::uint64_t max_tasks_per_child = 0;
+  std::vector<std::string> init_args;
   int parent_pid = 0;
   app.add_option("--broker", broker, "broker worker endpoint, e.g. tcp://broker-host:5556")->required();
   app.add_option("-n,--processes", processes,
@@ -59,6 +61,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 64));
   app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval in milliseconds")->default_val(1000)->check(CLI::PositiveNumber);
   app.add_option("--liveness", liveness, "missed heartbeats before the broker counts as gone")->default_val(3)->check(CLI::PositiveNumber);
+  app.add_option("--max-tasks-per-child", max_tasks_per_child,
+                 "replace a worker process after it ran this many chunks (0 = never)")
+      ->default_val(0);
+  app.add_option("--init-arg", init_args, "argument for the task libraries' POOLMAP_WORKER_INIT; repeat for several");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   app.add_flag("--child", child, "internal: run one worker process (started by the supervisor)")->group("");
   app.add_option("--parent-pid", parent_pid, "internal")->group("");
@@ -80,11 +86,18 @@ int main(int argc, char** argv) {
       poolmap::WorkerProcess worker({.broker = broker,
                                      .prefetch = prefetch,
                                      .heartbeat_interval = std::chrono::milliseconds(heartbeat_ms),
-                                     .heartbeat_liveness = liveness});
+                                     .heartbeat_liveness = liveness,
+                                     .max_tasks_per_child = max_tasks_per_child,
+                                     .init_args = init_args});
       signals.on_signal([&worker](int signo) {
         if (signo != SIGHUP) worker.stop();
       });
-      worker.run();
+      try {
+        worker.run();
+      } catch (const std::exception& e) {
+        log->critical("worker process failed: {}", e.what());  // e.g. a POOLMAP_WORKER_INIT threw
+        return 3;
+      }
       signals.on_signal(nullptr);
       return 0;
     }
@@ -106,6 +119,12 @@ int main(int argc, char** argv) {
     for (const auto& library : task_libraries) {
       child_args.push_back("--tasks");
       child_args.push_back(library);
+    }
+    child_args.push_back("--max-tasks-per-child");
+    child_args.push_back(std::to_string(max_tasks_per_child));
+    for (const auto& arg : init_args) {
+      child_args.push_back("--init-arg");
+      child_args.push_back(arg);
     }
     std::vector<std::pair<std::string, std::string>> environment;
     for (const char* name : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {

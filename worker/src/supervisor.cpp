@@ -168,8 +168,11 @@ class Supervisor::Impl {
         exits_.fetch_add(1);
         // A child that dies right after starting (bad task library, no broker address) backs off
         // exponentially instead of spinning.
-        last_backoff_ = quick ? std::clamp(last_backoff_ * 2, options_.restart_backoff, options_.restart_backoff_max)
-                              : options_.restart_backoff;
+        // A child that ended by itself with status 0 (max tasks per child) is replaced at once.
+        const bool planned = done == it->first && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        last_backoff_ = planned ? std::chrono::milliseconds(0)
+                        : quick ? std::clamp(last_backoff_ * 2, options_.restart_backoff, options_.restart_backoff_max)
+                                : options_.restart_backoff;
         restarts_.push_back({Clock::now() + last_backoff_, last_backoff_});
       } else {
         ++it;

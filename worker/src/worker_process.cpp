@@ -324,7 +324,9 @@ WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task
 }
 
 void WorkerProcess::Impl::run() {
+  for (const auto initializer : detail::TaskRegistry::instance().initializers()) initializer(options_.init_args);
   std::thread io([this] { io_loop(); });
+  std::uint64_t chunks_run = 0;
   for (;;) {
     PendingTask task;
     {
@@ -353,6 +355,11 @@ void WorkerProcess::Impl::run() {
       std::lock_guard lock(mutex_);
       finished_.push_back(std::move(done));
       running_.reset();
+      if (options_.max_tasks_per_child != 0 && ++chunks_run >= options_.max_tasks_per_child) {
+        log_->info("worker pid {} ran {} chunks (max tasks per child); handing over to a fresh process", pid_,
+                   chunks_run);
+        stopping_ = true;  // drain: the I/O thread sends this result, then says goodbye
+      }
     }
     wake_io();
   }

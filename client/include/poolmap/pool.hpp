@@ -52,6 +52,11 @@ struct PoolOptions {
   // Embedded mode: worker processes to start. Default: 0 = physical cores, limited by CPU affinity,
   // cgroup quota and SLURM_CPUS_PER_TASK / PBS_NCPUS / NCPUS (see cpu_count.hpp).
   std::size_t processes = 0;
+  // Embedded mode: replace a worker process after it ran this many chunks (Python's
+  // maxtasksperchild). Default: 0 = never.
+  std::uint64_t max_tasks_per_child = 0;
+  // Embedded mode: arguments for the POOLMAP_WORKER_INIT initializers (Python's initargs).
+  std::vector<std::string> init_args{};
   // Chunks sent and not yet answered, over all calls on this Pool. Default: 512.
   std::size_t max_chunks_in_flight = 512;
   // Heartbeat interval and liveness (embedded mode uses them for its broker and workers too).

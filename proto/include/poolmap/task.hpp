@@ -156,10 +156,23 @@ class TaskRegistry {
   std::vector<std::string> names() const;
   std::vector<std::string> conflicts() const;
 
+  // Worker initializers (POOLMAP_WORKER_INIT), in registration order.
+  using Initializer = void (*)(const std::vector<std::string>& init_args);
+  void add_initializer(Initializer initializer) { initializers_.push_back(initializer); }
+  const std::vector<Initializer>& initializers() const { return initializers_; }
+
  private:
   TaskRegistry() = default;
   std::map<std::string, std::unique_ptr<TaskRunner>, std::less<>> runners_;
   std::vector<std::string> conflicts_;
+  std::vector<Initializer> initializers_;
+};
+
+// Registers a worker initializer at static-initialization time; see POOLMAP_WORKER_INIT.
+struct InitializerRegistration {
+  explicit InitializerRegistration(TaskRegistry::Initializer initializer) {
+    TaskRegistry::instance().add_initializer(initializer);
+  }
 };
 
 }  // namespace detail
@@ -263,6 +276,17 @@ class TaskRegistration {
 
 #define POOLMAP_DETAIL_CONCAT2(a, b) a##b
 #define POOLMAP_DETAIL_CONCAT(a, b) POOLMAP_DETAIL_CONCAT2(a, b)
+
+// Registers a function run once in every worker process before it takes its first chunk, like
+// Python's Pool(initializer=..., initargs=...): `void init(const std::vector<std::string>& args)`
+// receives the strings given with `poolmap-worker --init-arg` (PoolOptions::init_args in embedded
+// mode). Use it to open files, load models, seed generators. If it throws, the worker process exits
+// with status 3 (its supervisor restarts it with back-off) and the error is logged.
+#define POOLMAP_WORKER_INIT(function)                                                              \
+  [[maybe_unused]] static const ::poolmap::detail::InitializerRegistration POOLMAP_DETAIL_CONCAT( \
+      poolmap_worker_init_, __COUNTER__) {                                                        \
+    function                                                                                       \
+  }
 
 // Registers `callable` as the implementation of the Task handle `handle` in this process.
 // Use at namespace scope in one .cpp file of a task library or of the program itself.

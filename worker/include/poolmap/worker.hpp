@@ -38,6 +38,11 @@ struct WorkerOptions {
   // The context to open the socket in (share it with an in-process broker for inproc://).
   // Default: a private context.
   Context context{};
+  // After this many chunks the process finishes, hands back what it prefetched and run() returns,
+  // so that its supervisor starts a fresh one (Python's maxtasksperchild). Default: 0 = never.
+  std::uint64_t max_tasks_per_child = 0;
+  // Passed to the POOLMAP_WORKER_INIT initializers, which run() calls first. Default: none.
+  std::vector<std::string> init_args{};
 };
 
 class WorkerProcess {
@@ -49,7 +54,8 @@ class WorkerProcess {
   WorkerProcess(const WorkerProcess&) = delete;
   WorkerProcess& operator=(const WorkerProcess&) = delete;
 
-  // Connects, registers and runs tasks until stop(). The calling thread runs the tasks.
+  // Runs the POOLMAP_WORKER_INIT initializers, connects, registers and runs tasks until stop() or
+  // max_tasks_per_child. The calling thread runs the tasks. Throws what an initializer throws.
   void run();
   // Makes run() return after the task in progress, if any. Thread-safe.
   void stop() noexcept;
