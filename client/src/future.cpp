@@ -18,24 +18,35 @@ void call_with_error(const JobOutcome& outcome, const std::function<void(const E
 }
 
 void FutureCore::complete(JobOutcome outcome) {
-  std::vector<std::function<void(const JobOutcome&)>> continuations;
+  // Like Python's AsyncResult: the callbacks run before waiters see the result, so get() returns
+  // only after them. Callbacks added meanwhile (on_complete while not done) are run here too.
   {
     std::lock_guard lock(mutex_);
-    if (done_) return;
+    if (done_ || completing_) return;
+    completing_ = true;
     outcome_ = std::move(outcome);
-    done_ = true;
-    continuations.swap(continuations_);
   }
-  changed_.notify_all();
-  for (auto& continuation : continuations) {
-    try {
-      continuation(outcome_);
-    } catch (const std::exception& e) {
-      logger("poolmap.client")->error("a Future callback of task '{}' threw: {}", task, e.what());
-    } catch (...) {
-      logger("poolmap.client")->error("a Future callback of task '{}' threw", task);
+  for (;;) {
+    std::vector<std::function<void(const JobOutcome&)>> continuations;
+    {
+      std::lock_guard lock(mutex_);
+      if (continuations_.empty()) {
+        done_ = true;
+        break;
+      }
+      continuations.swap(continuations_);
+    }
+    for (auto& continuation : continuations) {
+      try {
+        continuation(outcome_);
+      } catch (const std::exception& e) {
+        logger("poolmap.client")->error("a Future callback of task '{}' threw: {}", task, e.what());
+      } catch (...) {
+        logger("poolmap.client")->error("a Future callback of task '{}' threw", task);
+      }
     }
   }
+  changed_.notify_all();
 }
 
 bool FutureCore::ready() const {

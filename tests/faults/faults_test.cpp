@@ -138,12 +138,14 @@ TEST_CASE("Faults.Worker.PoisonItemFailsAfterThreeKillsOthersSucceed" * doctest:
   CHECK(poison.message.find("killed 3 worker processes") != std::string::npos);
   CHECK(poison.message.find("attempt 3:") != std::string::npos);
   CHECK(poison.message.find("attempt 4:") == std::string::npos);
-  // Each attempt names the signal the supervisor saw.
-  std::size_t segfaults = 0;
-  for (auto at = poison.message.find("signal 11"); at != std::string::npos; at = poison.message.find("signal 11", at + 1)) {
-    ++segfaults;
+  // Each attempt names the signal the supervisor saw (11, or 6 where a sanitizer turns the
+  // segfault into an abort).
+  std::size_t signals = 0;
+  for (auto at = poison.message.find("ended with signal"); at != std::string::npos;
+       at = poison.message.find("ended with signal", at + 1)) {
+    ++signals;
   }
-  CHECK(segfaults == 3);
+  CHECK(signals == 3);
   REQUIRE_FALSE(healthy.code.has_value());
   check_hashes(*healthy.results, 400);
 }
@@ -234,7 +236,13 @@ TEST_CASE("Faults.Client.KilledClientFreesBrokerMemory" * doctest::timeout(60)) 
   const bool returned = t::eventually([&] { return rss_kib(broker) < baseline + 32 * 1024; }, 10s);
   MESSAGE("broker RSS: baseline " << baseline / 1024 << " MiB, loaded " << loaded / 1024 << " MiB, after "
                                   << rss_kib(broker) / 1024 << " MiB");
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps freed memory in quarantine: RSS cannot come back under it.
+  MESSAGE("RSS check skipped under AddressSanitizer (freed memory stays in its quarantine)");
+  (void)returned;
+#else
   CHECK(returned);
+#endif
   CHECK(pool.status().clients == 1);
   check_hashes(pool.map(t::slow_hash, slow_items(200, 100), {.chunksize = 10}), 200);
 }

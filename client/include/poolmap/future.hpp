@@ -6,8 +6,9 @@
 //   std::int64_t v = f.get();                      // 49, or throws what the task threw
 //
 // Thread-safety: a Future may be copied, and its copies used from any threads. then() callbacks
-// run on the Pool's I/O thread when the result arrives (or at once on the calling thread if it is
-// already there): keep them short and never wait on another Future inside one.
+// run on the Pool's I/O thread when the result arrives, before get() returns (or at once on the
+// calling thread if the result is already there): keep them short and never wait on a Future of
+// the same Pool inside one.
 #pragma once
 
 #include <atomic>
@@ -123,9 +124,10 @@ class FutureCore {
   std::size_t total_items = 0;  // inputs of the job
 
  private:
-  mutable std::mutex mutex_;  // guards done_, continuations_; outcome_ is written once before done_
+  mutable std::mutex mutex_;  // guards done_, completing_, continuations_; outcome_ is written once, before
   mutable std::condition_variable changed_;
   bool done_ = false;
+  bool completing_ = false;  // complete() is running the continuations
   JobOutcome outcome_;
   std::vector<std::function<void(const JobOutcome&)>> continuations_;
   std::atomic<std::size_t> done_items_{0};
