@@ -83,6 +83,7 @@ class Broker::Impl {
     Clock::time_point last_sent;
     std::unordered_set<std::uint64_t> tickets;  // chunks this worker holds
     std::deque<std::uint64_t> dispatch_order;    // tickets in the order sent; the oldest held one runs
+    std::unordered_set<std::uint64_t> contexts;  // broadcast contexts it was sent (it may evict them)
     std::uint64_t chunks_done = 0;
   };
   struct ClientState {
@@ -94,6 +95,11 @@ class Broker::Impl {
     std::deque<std::uint64_t> pending;  // tickets waiting for a worker, oldest first
     bool in_ring = false;               // listed in ring_
     std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
+    struct SharedContext {
+      zmq::message_t payload;
+      std::size_t live_chunks = 0;  // dropped when no chunk needs it any more
+    };
+    std::unordered_map<std::uint64_t, SharedContext> contexts;  // broadcast contexts by hash
   };
   struct Chunk {
     std::string client;
@@ -127,6 +133,12 @@ class Broker::Impl {
   void dispatch();
   void heartbeat_tick();
   void announce_workers();
+  // One chunk no longer needs its broadcast context (hash 0: none); the last one frees it.
+  static void release_context(ClientState& client, std::uint64_t hash) {
+    const auto context = client.contexts.find(hash);
+    if (hash == 0 || context == client.contexts.end()) return;
+    if (--context->second.live_chunks == 0) client.contexts.erase(context);
+  }
 
   ClientState& touch_client(const std::string& identity);
   void drop_client(const std::string& identity, const char* why);
@@ -168,6 +180,8 @@ class Broker::Impl {
   std::uint64_t chunks_failed_ = 0;
   std::uint64_t chunks_redispatched_ = 0;
   std::uint64_t bad_messages_ = 0;
+  std::uint64_t context_bytes_received_ = 0;
+  std::uint64_t context_bytes_sent_ = 0;
 };
 
 void Broker::Impl::run() {
@@ -299,6 +313,13 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       if (unknown_client()) return;
       ClientState& client = touch_client(identity);
       if (stop_requested_.load()) return;  // draining: the client resends it to the next broker
+      if (const std::uint64_t hash = submit.value().context_hash; hash != 0) {
+        const auto context = client.contexts.find(hash);
+        if (context == client.contexts.end()) {
+          return reply_error(clients_, identity, Status(ErrorCode::kMalformed, "SUBMIT names a context never sent"));
+        }
+        ++context->second.live_chunks;
+      }
       const std::uint64_t ticket = next_ticket_++;
       client.jobs[submit.value().job].insert(ticket);
       chunks_.emplace(ticket, Chunk{identity, std::move(submit.value()), std::move(frames[3]), 0, 0, 0, {}, {}});
@@ -307,6 +328,19 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
         client.in_ring = true;
         ring_.push_back(identity);
       }
+      return;
+    }
+    case Command::kContext: {
+      if (frames.size() != 4) {
+        return reply_error(clients_, identity, Status(ErrorCode::kMalformed, "CONTEXT without a payload frame"));
+      }
+      auto context = proto::decode<proto::ContextHeader>(header);
+      if (!context) return reply_error(clients_, identity, context.status());
+      if (unknown_client()) return;
+      ClientState& client = touch_client(identity);
+      context_bytes_received_ += frames[3].size();
+      auto [entry, added] = client.contexts.try_emplace(context.value().hash);
+      if (added) entry->second.payload = std::move(frames[3]);
       return;
     }
     case Command::kCancel: {
@@ -322,6 +356,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
         if (chunk == chunks_.end()) continue;
         // A running chunk stays in its worker's tickets: the worker gets its credit back when it
         // answers, and the answer is then ignored. Queued entries in client.pending are skipped lazily.
+        release_context(client, chunk->second.header.context_hash);
         chunks_.erase(chunk);
         ++dropped;
       }
@@ -431,9 +466,22 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
       }
       ++worker.credit;
       (worker.tickets.empty() ? idle_credit_ : prefetch_credit_).push_back(identity);
-      ++worker.chunks_done;
       const auto chunk = chunks_.find(ticket);
       if (chunk == chunks_.end()) return;  // cancelled while running
+      if (result.value().outcome.code == ErrorCode::kContextMissing) {
+        // The worker evicted the chunk's context: send the chunk again, with the context.
+        worker.contexts.erase(chunk->second.header.context_hash);
+        chunk->second.worker.clear();
+        const auto client = clients_by_id_.find(chunk->second.client);
+        if (client == clients_by_id_.end()) return;
+        client->second.pending.push_front(ticket);
+        if (!client->second.in_ring) {
+          client->second.in_ring = true;
+          ring_.push_front(chunk->second.client);
+        }
+        return;
+      }
+      ++worker.chunks_done;
       const auto client = clients_by_id_.find(chunk->second.client);
       if (client == clients_by_id_.end()) {
         chunks_.erase(chunk);
@@ -471,6 +519,7 @@ void Broker::Impl::finish_chunk(std::uint64_t ticket) {
   if (chunk == chunks_.end()) return;
   const auto client = clients_by_id_.find(chunk->second.client);
   if (client != clients_by_id_.end()) {
+    release_context(client->second, chunk->second.header.context_hash);
     const auto job = client->second.jobs.find(chunk->second.header.job);
     if (job != client->second.jobs.end()) {
       job->second.erase(ticket);
@@ -636,9 +685,16 @@ void Broker::Impl::dispatch() {
     Chunk& chunk = chunks_.at(*ticket);
     auto frames = wire::make(Command::kTask, proto::TaskHeader{*ticket, chunk.header.first_index, chunk.header.count,
                                                                 chunk.header.task, chunk.header.signature,
-                                                                chunk.header.deadline_ms});
+                                                                chunk.header.deadline_ms, chunk.header.context_hash});
     frames.emplace_back();
     frames.back().copy(chunk.payload);  // reference-counted, not a byte copy
+    const std::uint64_t context_hash = chunk.header.context_hash;
+    const bool send_context = context_hash != 0 && !worker.contexts.contains(context_hash);
+    if (send_context) {  // the first chunk of this context for this worker carries it
+      ClientState& owner = clients_by_id_.at(chunk.client);
+      frames.emplace_back();
+      frames.back().copy(owner.contexts.at(context_hash).payload);
+    }
     credit.pop_front();
     if (!send_to_worker(worker, frames)) {
       // The worker vanished between its last message and now: give the chunk to someone else.
@@ -652,6 +708,10 @@ void Broker::Impl::dispatch() {
       }
       lose_worker(worker.identity, "unreachable", Loss::kLost);
       continue;
+    }
+    if (send_context) {
+      worker.contexts.insert(context_hash);
+      context_bytes_sent_ += clients_by_id_.at(chunk.client).contexts.at(context_hash).payload.size();
     }
     --worker.credit;
     ++chunk.attempt;
@@ -711,6 +771,8 @@ proto::StatusReply Broker::Impl::status_reply() const {
   reply.chunks_failed = chunks_failed_;
   reply.chunks_redispatched = chunks_redispatched_;
   reply.bad_messages = bad_messages_;
+  reply.context_bytes_received = context_bytes_received_;
+  reply.context_bytes_sent = context_bytes_sent_;
   return reply;
 }
 

@@ -146,6 +146,9 @@ class Pool::Impl {
     std::vector<bool> have;
     std::shared_ptr<detail::FutureCore> core;
     std::optional<Clock::time_point> deadline;  // of the whole job
+    std::optional<zmq::message_t> context;      // broadcast context, sent once per broker session
+    std::uint64_t context_hash = 0;
+    std::uint64_t context_session = 0;  // session_ in which the broker got the context
   };
 
   void start_embedded();
@@ -201,6 +204,7 @@ class Pool::Impl {
   Clock::time_point last_sent_;
   Clock::time_point last_heard_;
   bool session_welcomed_ = false;                   // WELCOME received on the current socket
+  std::uint64_t session_ = 0;                       // counts sockets opened (broker sessions)
   std::optional<Clock::time_point> broker_lost_at_;  // set while trying to reach the broker again
   std::thread io_thread_;
 };
@@ -337,6 +341,7 @@ void Pool::Impl::open_socket() {
   auto hello = wire::make(Command::kHello, proto::Hello{host_name(), static_cast<std::uint32_t>(::getpid())});
   wire::send(*socket_, hello, false);
   session_welcomed_ = false;
+  ++session_;
   last_sent_ = last_heard_ = Clock::now();
 }
 
@@ -380,6 +385,10 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   job->have.assign(job->chunks.size(), false);
   job->core = core;
   if (request.job_deadline.count() > 0) job->deadline = Clock::now() + request.job_deadline;
+  if (request.context) {
+    job->context.emplace(request.context->data(), request.context->size());  // one copy, then shared
+    job->context_hash = request.context_hash;
+  }
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || closed_) throw Error(ErrorCode::kCancelled, "the Pool is closed: it takes no new work");
@@ -560,11 +569,18 @@ void Pool::Impl::io_loop() {
 }
 
 void Pool::Impl::send_chunk(Job& job, std::size_t index) {
+  if (job.context && job.context_session != session_) {  // the broker needs the context first
+    auto frames = wire::make(Command::kContext, proto::ContextHeader{job.context_hash});
+    frames.emplace_back();
+    frames.back().copy(*job.context);
+    send(frames);
+    job.context_session = session_;
+  }
   detail::ChunkRequest& chunk = job.chunks[index];
   auto& payload = job.payloads[index];
   if (!payload) payload = wire::to_message(std::move(chunk.payload));
   auto frames = wire::make(Command::kSubmit, proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task,
-                                                           job.signature, job.deadline_ms});
+                                                           job.signature, job.deadline_ms, job.context_hash});
   frames.emplace_back();
   frames.back().copy(*payload);  // reference-counted: the payload stays here until answered
   send(frames);
@@ -644,6 +660,8 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       status.chunks_failed = reply.value().chunks_failed;
       status.chunks_redispatched = reply.value().chunks_redispatched;
       status.bad_messages = reply.value().bad_messages;
+      status.context_bytes_received = reply.value().context_bytes_received;
+      status.context_bytes_sent = reply.value().context_bytes_sent;
       status_waiting_.front().set_value(Result<BrokerStatus>(std::move(status)));
       status_waiting_.pop_front();
       return;

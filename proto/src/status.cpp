@@ -26,6 +26,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::kInvalidArgument: return "invalid-argument";
     case ErrorCode::kInternal: return "internal";
     case ErrorCode::kDeadlineExceeded: return "deadline-exceeded";
+    case ErrorCode::kContextMissing: return "context-missing";
   }
   return "unknown-error-code";
 }

@@ -396,3 +396,29 @@ TEST_CASE("Api.Worker.EmbeddedInitArgsAndMaxTasks" * doctest::timeout(60)) {
   const auto pids = pool.map(t::worker_pid, iota_vector(9), {.chunksize = 1});
   CHECK(std::set<std::int64_t>(pids.begin(), pids.end()).size() >= 3);
 }
+
+TEST_CASE("Api.Broadcast.ContextCrossesOncePerWorkerNotPerChunk" * doctest::timeout(120)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  std::vector<std::uint8_t> table(50'000'000);
+  for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<std::uint8_t>((i * 7) % 251);
+  const auto indices = iota_vector(1000, 123'456);
+  const auto bound = t::lookup.with(table);
+  const auto values = pool.map(bound, indices, {.chunksize = 1});  // 1,000 chunks
+  REQUIRE(values.size() == 1000);
+  for (std::size_t k = 0; k < 1000; ++k) {
+    CHECK(values[k] == table[static_cast<std::size_t>(indices[k]) % table.size()]);
+  }
+  const auto status = pool.status();
+  const std::uint64_t size = bound.context()->size();  // 50 MB and its length field
+  MESSAGE("context " << size << " bytes; broker received " << status.context_bytes_received << ", sent to workers "
+                     << status.context_bytes_sent << " for 1,000 chunks");
+  CHECK(status.context_bytes_received == size);   // once from the client
+  CHECK(status.context_bytes_sent >= size);       // at least one worker got it...
+  CHECK(status.context_bytes_sent <= 2 * size);   // ...and each at most once
+  // A second map with the same context: the workers have it cached, nothing more goes to them.
+  const auto again = pool.map(bound, iota_vector(100), {.chunksize = 1});
+  CHECK(again[99] == table[99]);
+  CHECK(pool.status().context_bytes_sent == status.context_bytes_sent);
+}

@@ -95,6 +95,10 @@ POOLMAP_WORKER_INIT([](const std::vector<std::string>& args) {
 
 POOLMAP_TASK(init_report, [](std::int64_t) { return init_args_seen + "|" + std::to_string(init_runs); });
 
+POOLMAP_TASK(lookup, [](const std::vector<std::uint8_t>& table, std::int64_t i) {
+  return table.at(static_cast<std::size_t>(i) % table.size());
+});
+
 POOLMAP_TASK(worker_pid, [](std::int64_t) { return static_cast<std::int64_t>(::getpid()); });
 
 }  // namespace poolmap::test

@@ -62,6 +62,8 @@ inline constexpr Task<std::string(std::string, std::int32_t)> repeat{"test.repea
 inline constexpr Task<std::int64_t(std::int64_t)> flaky_once{"test.flaky_once"};
 // "<init args joined by ','>|<times the initializer ran in this process>".
 inline constexpr Task<std::string(std::int64_t)> init_report{"test.init_report"};
+// Broadcast context: table[i % size] (pool.map(lookup.with(table), indices)).
+inline constexpr Task<std::uint8_t(const std::vector<std::uint8_t>&, std::int64_t)> lookup{"test.lookup"};
 // Registered by no worker.
 inline constexpr Task<std::int64_t(std::int64_t)> not_registered{"test.not_registered"};
 // Same name as `square`, other signature: the workers must refuse it.

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -26,6 +27,7 @@ using proto::Command;
 
 // The broker accepts credit up to 1024 (1 running + prefetch).
 constexpr std::uint32_t kMaxPrefetch = 1023;
+constexpr std::size_t kContextCacheSize = 4;
 
 std::string host_name() {
   char buffer[256] = {};
@@ -113,6 +115,15 @@ class WorkerProcess::Impl {
   std::condition_variable tasks_ready_;
   std::deque<PendingTask> tasks_;
   std::deque<FinishedTask> finished_;
+  // Broadcast contexts by hash: the bytes and, per task, the decoded value. At most
+  // kContextCacheSize, least recently used evicted (the broker re-sends one that is missing).
+  struct CachedContext {
+    zmq::message_t bytes;
+    std::map<const detail::TaskRunner*, std::shared_ptr<const void>> decoded;
+    std::uint64_t last_used = 0;
+  };
+  std::map<std::uint64_t, CachedContext> contexts_;  // guarded by mutex_
+  std::uint64_t context_clock_ = 0;                  // guarded by mutex_
   bool stopping_ = false;
   std::optional<Running> running_;
 
@@ -210,7 +221,7 @@ void WorkerProcess::Impl::io_loop() {
           log_->warn("worker ignored a TASK whose header does not decode: {}", header.status().to_string());
           continue;
         }
-        if (frames->size() != 3) {  // answer it, so the broker gets its credit and the chunk back
+        if (frames->size() != 3 && frames->size() != 4) {  // answer it, so the broker gets its credit back
           proto::Outcome outcome{ErrorCode::kMalformed, 0, {}, "TASK without a payload frame", host_, pid_};
           auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{header.value().ticket, outcome});
           reply.emplace_back();
@@ -219,6 +230,17 @@ void WorkerProcess::Impl::io_loop() {
         }
         {
           std::lock_guard lock(mutex_);
+          if (frames->size() == 4 && header.value().context_hash != 0) {  // a broadcast context comes along
+            if (contexts_.size() >= kContextCacheSize && !contexts_.contains(header.value().context_hash)) {
+              contexts_.erase(std::min_element(contexts_.begin(), contexts_.end(), [](const auto& a, const auto& b) {
+                                return a.second.last_used < b.second.last_used;
+                              }));
+            }
+            CachedContext& cached = contexts_[header.value().context_hash];
+            cached.bytes = std::move((*frames)[3]);
+            cached.decoded.clear();
+            cached.last_used = ++context_clock_;
+          }
           tasks_.push_back(PendingTask{std::move(header.value()), std::move((*frames)[2])});
         }
         tasks_ready_.notify_one();
@@ -310,9 +332,42 @@ WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task
                            " pid " + std::to_string(pid_) + " but the client called it as " + task.header.signature;
     return done;
   }
+  // The broadcast context, decoded once per process and task, kept alive for this chunk.
+  std::shared_ptr<const void> context;
+  if (const std::uint64_t hash = task.header.context_hash; hash != 0) {
+    zmq::message_t bytes;  // a reference-counted copy, so the decoding runs without the lock
+    {
+      std::lock_guard lock(mutex_);
+      const auto cached = contexts_.find(hash);
+      if (cached == contexts_.end()) {
+        done.outcome.code = ErrorCode::kContextMissing;
+        done.outcome.message = "context " + std::to_string(hash) + " is not cached here";
+        return done;
+      }
+      cached->second.last_used = ++context_clock_;
+      const auto decoded = cached->second.decoded.find(runner);
+      if (decoded != cached->second.decoded.end()) {
+        context = decoded->second;
+      } else {
+        bytes.copy(cached->second.bytes);
+      }
+    }
+    if (!context) {
+      auto value = runner->decode_context(wire::view(bytes));
+      if (!value) {
+        done.outcome.code = value.status().code();
+        done.outcome.message = value.status().message();
+        return done;
+      }
+      context = std::move(value).value();
+      std::lock_guard lock(mutex_);
+      const auto cached = contexts_.find(hash);
+      if (cached != contexts_.end()) cached->second.decoded[runner] = context;
+    }
+  }
   detail::TaskFailure failure;
-  const Status status =
-      runner->run(wire::view(task.payload), task.header.count, done.output, failure, &items_started_);
+  const Status status = runner->run(wire::view(task.payload), task.header.count, done.output, failure,
+                                    &items_started_, context.get());
   if (!status.is_ok()) {
     done.output.clear();
     done.outcome.code = status.code();

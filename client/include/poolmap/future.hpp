@@ -48,6 +48,8 @@ struct JobRequest {
   std::uint32_t task_retries = 0;
   std::chrono::milliseconds job_deadline{0};  // the whole job, at the client; 0 = none
   std::size_t total_items = 0;
+  std::shared_ptr<const Bytes> context{};     // broadcast context (Task::with); null = none
+  std::uint64_t context_hash = 0;
 };
 
 // The encoded results of one chunk; `bytes` stays valid while `owner` lives.

@@ -117,6 +117,8 @@ struct BrokerStatus {
   std::uint64_t chunks_failed = 0;
   std::uint64_t chunks_redispatched = 0;
   std::uint64_t bad_messages = 0;
+  std::uint64_t context_bytes_received = 0;  // broadcast contexts received from clients
+  std::uint64_t context_bytes_sent = 0;      // broadcast contexts sent to workers
 };
 
 namespace detail {
@@ -201,6 +203,19 @@ class Pool {
   template <class R, class... A, std::ranges::input_range Range>
   std::vector<R> starmap(const Task<R(A...)>& task, Range&& inputs, MapOptions options = {}) {
     return wait_and_decode(starmap_async(task, std::forward<Range>(inputs), options), options);
+  }
+
+  // map with a broadcast context bound to the task's first argument (Task::with): the context is
+  // sent to the broker once and to each worker process once (cached there by content hash), not
+  // with every chunk. `inputs` hold the remaining argument.
+  template <class R, class First, class A, std::ranges::input_range Range>
+  std::vector<R> map(const WithContext<R(First, A)>& bound, Range&& inputs, MapOptions options = {}) {
+    return wait_and_decode(map_async(bound, std::forward<Range>(inputs), options), options);
+  }
+  template <class R, class First, class A, std::ranges::input_range Range>
+  Future<std::vector<R>> map_async(const WithContext<R(First, A)>& bound, Range&& inputs, MapOptions options = {}) {
+    return start_map<R, A>(bound.task().name(), Task<R(First, A)>::signature(), std::forward<Range>(inputs), options,
+                           bound.context(), bound.context_hash());
   }
 
   // Python's map_async: starts the map and returns at once. The Future holds the whole vector;
@@ -299,10 +314,11 @@ class Pool {
 
   template <class R, class... A, class Range>
   Future<std::vector<R>> start_map(std::string_view name, std::string signature, Range&& inputs,
-                                   const MapOptions& options) {
+                                   const MapOptions& options, std::shared_ptr<const Bytes> context = nullptr,
+                                   std::uint64_t context_hash = 0) {
     detail::JobRequest job{std::string(name), std::move(signature), {},
                            static_cast<std::uint32_t>(options.task_deadline.count()), options.task_retries,
-                           options.deadline, 0};
+                           options.deadline, 0, context, context_hash};
     std::size_t chunksize = options.chunksize;
     if constexpr (std::ranges::sized_range<Range>) {
       const auto total = static_cast<std::size_t>(std::ranges::size(inputs));
@@ -312,7 +328,7 @@ class Pool {
     } else if (chunksize == 0) {
       // Unsized input: materialize it first, as Python's map does with a generator.
       std::vector<std::ranges::range_value_t<Range>> items(std::ranges::begin(inputs), std::ranges::end(inputs));
-      return start_map<R, A...>(name, std::move(job.signature), items, options);
+      return start_map<R, A...>(name, std::move(job.signature), items, options, std::move(context), context_hash);
     } else {
       detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, job);
     }

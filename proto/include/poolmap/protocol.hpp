@@ -34,6 +34,7 @@ enum class Command : std::uint8_t {
   kSubmit = 0x02,         // Submit + payload: one chunk of a job
   kCancel = 0x03,         // Cancel: drop every chunk of a job not yet answered
   kStatusRequest = 0x04,  // (empty); answered with StatusReply
+  kContext = 0x05,        // ContextHeader + payload: a broadcast context, sent once per job
   // broker -> client
   kWelcome = 0x11,      // Welcome
   kResult = 0x12,       // ClientResult + payload
@@ -101,9 +102,18 @@ struct Submit {
   std::string task;               // task name
   std::string signature;          // task signature, e.g. "i64(i64)"
   std::uint32_t deadline_ms = 0;  // per item; 0 = none
+  std::uint64_t context_hash = 0; // the job's broadcast context (a CONTEXT sent before); 0 = none
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(job, chunk, first_index, count, task, signature, deadline_ms);
+    ar(job, chunk, first_index, count, task, signature, deadline_ms, context_hash);
+  }
+};
+
+struct ContextHeader {
+  std::uint64_t hash = 0;  // FNV-1a 64 of the payload
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(hash);
   }
 };
 
@@ -153,9 +163,10 @@ struct TaskHeader {
   std::string task;
   std::string signature;
   std::uint32_t deadline_ms = 0;  // per item; 0 = none
+  std::uint64_t context_hash = 0; // 0 = none; the context's bytes come as frame 3 the first time
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(ticket, first_index, count, task, signature, deadline_ms);
+    ar(ticket, first_index, count, task, signature, deadline_ms, context_hash);
   }
 };
 
@@ -200,10 +211,12 @@ struct StatusReply {
   std::uint64_t chunks_failed = 0;
   std::uint64_t chunks_redispatched = 0;
   std::uint64_t bad_messages = 0;
+  std::uint64_t context_bytes_received = 0;  // broadcast contexts, from clients
+  std::uint64_t context_bytes_sent = 0;      // broadcast contexts, to workers
   template <class Archive>
   void serialize(Archive& ar) {
     ar(workers, clients, chunks_queued, chunks_in_flight, chunks_done, chunks_failed,
-       chunks_redispatched, bad_messages);
+       chunks_redispatched, bad_messages, context_bytes_received, context_bytes_sent);
   }
 };
 

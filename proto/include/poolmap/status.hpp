@@ -31,6 +31,7 @@ enum class ErrorCode : std::uint8_t {
   kInvalidArgument = 10,   // a caller passed something unusable (options, endpoints)
   kInternal = 11,          // a bug or an environment failure (bind, spawn)
   kDeadlineExceeded = 12,  // the work did not finish in time
+  kContextMissing = 13,    // a worker no longer has a chunk's broadcast context (broker-internal)
 };
 
 // A readable name for an error code, e.g. "unknown-task". Never empty.

@@ -136,9 +136,14 @@ class TaskRunner {
   // results to `output`. Returns kMalformed if the input does not decode, or kTaskFailed with
   // `failure` filled when the task throws (items before failure.offset are already in `output`).
   // Adds one to `items_started` (if not null) before each item, so another thread can watch for
-  // an item that runs too long.
+  // an item that runs too long. With a `context` (an object from decode_context), the task's first
+  // argument is that object for every item and the items hold only the other arguments.
   virtual Status run(std::span<const std::byte> input, std::uint32_t count, Bytes& output, TaskFailure& failure,
-                     std::atomic<std::uint64_t>* items_started = nullptr) const = 0;
+                     std::atomic<std::uint64_t>* items_started = nullptr, const void* context = nullptr) const = 0;
+
+  // Decodes a broadcast context: the value of the task's first argument. kMalformed for bytes that
+  // do not decode, or for a task with one argument.
+  virtual Result<std::shared_ptr<const void>> decode_context(std::span<const std::byte> bytes) const = 0;
 };
 
 // Every task known to this process, by name.
@@ -175,13 +180,24 @@ struct InitializerRegistration {
   }
 };
 
+
+// FNV-1a 64 of some bytes (how broadcast contexts are named on the wire).
+constexpr std::uint64_t fnv1a64(std::span<const std::byte> bytes) noexcept {
+  std::uint64_t hash = 0xcbf29ce484222325ULL;
+  for (const std::byte b : bytes) hash = (hash ^ static_cast<std::uint64_t>(b)) * 0x100000001b3ULL;
+  return hash == 0 ? 1 : hash;  // 0 means "no context"
+}
+
 }  // namespace detail
+
+template <class Signature>
+class Task;
+template <class Signature>
+class WithContext;
+
 
 // A typed handle for a remote function: `Task<R(Args...)> name{"name"}`.
 // Cheap to copy; holds a view of its name, so construct it from a string literal.
-template <class Signature>
-class Task;
-
 template <class R, class... Args>
 class Task<R(Args...)> {
  public:
@@ -199,9 +215,45 @@ class Task<R(Args...)> {
   // Portable signature string, e.g. "i64(i64)" or "vector<f64>(string,i32)".
   static std::string signature() { return detail::signature_of<std::decay_t<R>, std::decay_t<Args>...>(); }
 
+  // Binds a broadcast context as the first argument: `pool.map(task.with(table), xs)` runs
+  // task(table, x) for each x, and `table` crosses the network once per worker process (cached
+  // there by content hash), not once per chunk. Encodes `context` now. REQUIRES: 2+ arguments.
+  template <class Context>
+  WithContext<R(Args...)> with(const Context& context) const;
+
  private:
   std::string_view name_;
 };
+
+// A task with its first argument bound to a broadcast context (Task::with).
+template <class R, class First, class... Rest>
+class WithContext<R(First, Rest...)> {
+ public:
+  WithContext(Task<R(First, Rest...)> task, std::shared_ptr<const Bytes> context)
+      : task_(task), context_(std::move(context)), hash_(detail::fnv1a64(*context_)) {}
+
+  const Task<R(First, Rest...)>& task() const noexcept { return task_; }
+  const std::shared_ptr<const Bytes>& context() const noexcept { return context_; }
+  std::uint64_t context_hash() const noexcept { return hash_; }
+
+ private:
+  Task<R(First, Rest...)> task_;
+  std::shared_ptr<const Bytes> context_;
+  std::uint64_t hash_;
+};
+
+template <class R, class... Args>
+template <class Context>
+WithContext<R(Args...)> Task<R(Args...)>::with(const Context& context) const {
+  static_assert(sizeof...(Args) >= 2, "Task::with: the task needs a first argument for the context and more");
+  using First = std::decay_t<std::tuple_element_t<0, std::tuple<Args...>>>;
+  auto bytes = std::make_shared<Bytes>();
+  {
+    OutputArchive archive(*bytes);
+    archive(static_cast<const First&>(context));
+  }
+  return WithContext<R(Args...)>(*this, std::move(bytes));
+}
 
 namespace detail {
 
@@ -215,10 +267,58 @@ class TaskRunnerFor final : public TaskRunner {
   const std::string& signature() const noexcept override { return signature_; }
 
   Status run(std::span<const std::byte> input, std::uint32_t count, Bytes& output, TaskFailure& failure,
-             std::atomic<std::uint64_t>* items_started = nullptr) const override {
+             std::atomic<std::uint64_t>* items_started = nullptr, const void* context = nullptr) const override {
+    if (context == nullptr) {
+      return run_items(input, count, output, failure, items_started, std::tuple<std::decay_t<Args>...>{},
+                       [this](auto& args) { return std::apply(function_, args); });
+    }
+    if constexpr (sizeof...(Args) >= 2) {
+      // The first argument is the broadcast context (decoded once per worker process), the others
+      // come with each item.
+      const auto& shared = *static_cast<const std::decay_t<First>*>(context);
+      return run_items(input, count, output, failure, items_started, typename Split<Args...>::Rest{},
+                       [this, &shared](auto& rest) {
+                         return std::apply([this, &shared](auto&... others) { return function_(shared, others...); },
+                                           rest);
+                       });
+    } else {
+      return Status(ErrorCode::kMalformed, "task '" + name_ + "' takes one argument: it cannot have a context");
+    }
+  }
+
+  Result<std::shared_ptr<const void>> decode_context(std::span<const std::byte> bytes) const override {
+    if constexpr (sizeof...(Args) >= 2) {
+      auto value = std::make_shared<std::decay_t<First>>();
+      try {
+        InputArchive in(bytes);
+        in(*value);
+        if (in.remaining() != 0) return Status(ErrorCode::kMalformed, "context has trailing bytes");
+      } catch (const std::exception& e) {
+        return Status(ErrorCode::kMalformed, "context of task '" + name_ + "' does not decode: " + e.what());
+      }
+      return std::shared_ptr<const void>(std::move(value));
+    } else {
+      (void)bytes;
+      return Status(ErrorCode::kMalformed, "task '" + name_ + "' takes one argument: it cannot have a context");
+    }
+  }
+
+ private:
+  template <class... Ts>
+  struct Split;
+  template <class T, class... Ts>
+  struct Split<T, Ts...> {
+    using Rest = std::tuple<std::decay_t<Ts>...>;
+  };
+  using First = std::tuple_element_t<0, std::tuple<Args...>>;
+
+  // Decodes each item into `args` (a tuple of the per-item arguments), calls `call(args)`, encodes
+  // the result.
+  template <class Tuple, class Call>
+  Status run_items(std::span<const std::byte> input, std::uint32_t count, Bytes& output, TaskFailure& failure,
+                   std::atomic<std::uint64_t>* items_started, Tuple args, Call call) const {
     InputArchive in(input);
     OutputArchive out(output);
-    std::tuple<std::decay_t<Args>...> args;
     for (std::uint32_t i = 0; i < count; ++i) {
       try {
         std::apply([&in](auto&... a) { in(a...); }, args);
@@ -229,7 +329,7 @@ class TaskRunnerFor final : public TaskRunner {
       std::optional<std::decay_t<R>> result;
       if (items_started != nullptr) items_started->fetch_add(1, std::memory_order_relaxed);
       try {
-        result.emplace(std::apply(function_, args));
+        result.emplace(call(args));
       } catch (...) {
         failure.offset = i;
         failure.type = current_exception_type();
@@ -251,7 +351,6 @@ class TaskRunnerFor final : public TaskRunner {
     return Status::ok();
   }
 
- private:
   std::string name_;
   std::string signature_;
   F function_;
