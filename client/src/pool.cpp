@@ -752,6 +752,7 @@ Pool::Pool() : Pool(PoolOptions{}) {}
 Pool::Pool(PoolOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 Pool::~Pool() = default;
 std::shared_ptr<detail::FutureCore> Pool::start(detail::JobRequest job) { return impl_->start(std::move(job)); }
+void Pool::log_debug(const std::string& line) const { detail::logger("poolmap.client")->debug("{}", line); }
 void Pool::close() { impl_->close(); }
 void Pool::join() { impl_->join(); }
 void Pool::terminate() { impl_->terminate(); }

@@ -309,7 +309,8 @@ class Pool {
     };
     const std::size_t window = options.window != 0 ? options.window : std::max<std::size_t>(4, 4 * workers_for_chunking());
     return ResultStream<R>(std::move(producer), [this](detail::JobRequest job) { return start(std::move(job)); },
-                           std::string(name), std::move(signature), options, window, ordered);
+                           std::string(name), std::move(signature), options, window, ordered,
+                           [this](const std::string& line) { log_debug(line); });
   }
 
   template <class R, class... A, class Range>
@@ -353,6 +354,8 @@ class Pool {
     return future.get();
   }
 
+  // Writes `line` to the "poolmap.client" logger at debug level.
+  void log_debug(const std::string& line) const;
   // Hands a job to the I/O thread (a job with no chunks completes at once).
   std::shared_ptr<detail::FutureCore> start(detail::JobRequest job);
   std::size_t workers_for_chunking() const;

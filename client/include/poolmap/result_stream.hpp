@@ -54,15 +54,18 @@ namespace detail {
 using StreamProducer = std::function<std::size_t(std::size_t max_items, Bytes& payload)>;
 // Starts one job (Pool::start).
 using JobStarter = std::function<std::shared_ptr<FutureCore>(JobRequest)>;
+// Writes a debug line to the Pool's logger.
+using DebugLog = std::function<void(const std::string&)>;
 }  // namespace detail
 
 template <class R>
 class ResultStream {
  public:
   ResultStream(detail::StreamProducer producer, detail::JobStarter starter, std::string task, std::string signature,
-               StreamOptions options, std::size_t window, bool ordered)
+               StreamOptions options, std::size_t window, bool ordered, detail::DebugLog debug_log = {})
       : state_(std::make_unique<State>()) {
     State& s = *state_;
+    s.debug_log = std::move(debug_log);
     s.producer = std::move(producer);
     s.starter = std::move(starter);
     s.task = std::move(task);
@@ -121,6 +124,7 @@ class ResultStream {
   struct State {
     detail::StreamProducer producer;
     detail::JobStarter starter;
+    detail::DebugLog debug_log;
     std::string task;
     std::string signature;
     StreamOptions options;
@@ -177,7 +181,13 @@ class ResultStream {
       const double bytes_per_item =
           std::max(1.0, static_cast<double>(chunk.bytes) / static_cast<double>(std::max<std::uint32_t>(1, chunk.count)));
       const double byte_cap = std::max(1.0, static_cast<double>(options.max_chunk_bytes) / bytes_per_item);
+      const std::size_t before = chunksize;
       chunksize = static_cast<std::size_t>(std::clamp(wanted, 1.0, std::min(byte_cap, 4294967295.0)));
+      if (chunksize != before && debug_log) {
+        debug_log("imap of task '" + task + "': chunk size " + std::to_string(before) + " -> " +
+                  std::to_string(chunksize) + " (" + std::to_string(static_cast<long long>(per_item_us)) +
+                  " us per item on the worker)");
+      }
     }
 
     void decode(const Chunk& chunk) {
