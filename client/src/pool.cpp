@@ -642,7 +642,12 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
     case Command::kResult: {
       auto result = proto::decode<proto::ClientResult>(header);
       if (!result || frames.size() != 3) {
-        log_->warn("ignored a malformed RESULT from the broker");
+        // Its job cannot be told, so waiting for it could be for ever: fail what is waiting.
+        const std::string why = result ? "a RESULT without a payload frame" : result.status().message();
+        log_->error("the broker at {} sent a RESULT this client cannot read ({})", endpoint_, why);
+        fail_all(Status(ErrorCode::kMalformed, "the poolmap broker at " + endpoint_ +
+                                                   " sent a RESULT this client cannot read (" + why +
+                                                   "); are the broker, workers and client the same poolmap version?"));
         return;
       }
       on_result(result.value(), frames[2]);

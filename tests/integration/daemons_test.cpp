@@ -9,6 +9,7 @@
 #include <optional>
 #include <thread>
 #include <zmq.hpp>
+#include <zmq_addon.hpp>
 
 #include "poolmap/poolmap.hpp"
 #include "poolmap/protocol.hpp"
@@ -226,4 +227,53 @@ TEST_CASE("Daemons.Broker.GoneForGoodFailsTheMapAfterReconnectTimeout" * doctest
   mapper.join();  // silent for 3 heartbeats, then 1 s of trying to reconnect
   REQUIRE(code.has_value());
   CHECK(*code == poolmap::ErrorCode::kUnavailable);
+}
+
+TEST_CASE("Daemons.Client.UnreadableResultFailsTheMapInsteadOfHanging" * doctest::timeout(30)) {
+  // A fake broker (a raw ROUTER socket) that welcomes the client, then answers its chunk with a
+  // RESULT whose header does not decode, as a broker of another protocol revision would.
+  zmq::context_t context;
+  zmq::socket_t fake(context, zmq::socket_type::router);
+  fake.set(zmq::sockopt::linger, 0);
+  fake.bind("tcp://127.0.0.1:*");
+  const std::string endpoint = fake.get(zmq::sockopt::last_endpoint);
+  poolmap::Pool pool({.broker = endpoint, .heartbeat_interval = t::heartbeat()});
+  std::optional<poolmap::ErrorCode> code;
+  std::thread mapper([&] {
+    try {
+      (void)pool.map(t::square, std::vector<std::int64_t>{1, 2, 3});
+    } catch (const poolmap::Error& e) {
+      code = e.code();
+    }
+  });
+  auto send = [&](const std::string& identity, poolmap::proto::Command command, const std::string& header,
+                  bool payload) {
+    const auto signature = poolmap::proto::signature_frame(command);
+    fake.send(zmq::buffer(identity), zmq::send_flags::sndmore);
+    fake.send(zmq::buffer(signature.data(), signature.size()), zmq::send_flags::sndmore);
+    fake.send(zmq::buffer(header), payload ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    if (payload) fake.send(zmq::str_buffer("x"), zmq::send_flags::none);
+  };
+  fake.set(zmq::sockopt::rcvtimeo, 5000);
+  bool answered = false;
+  while (!answered) {
+    std::vector<zmq::message_t> frames;
+    if (!zmq::recv_multipart(fake, std::back_inserter(frames))) break;  // 5 s without a message
+    REQUIRE(frames.size() >= 3);
+    const std::string identity = frames[0].to_string();
+    const auto command = poolmap::proto::parse_signature({static_cast<const std::byte*>(frames[1].data()), frames[1].size()});
+    REQUIRE(command.is_ok());
+    if (command.value() == poolmap::proto::Command::kHello) {
+      const auto welcome = poolmap::proto::encode(poolmap::proto::Welcome{1, 100});
+      send(identity, poolmap::proto::Command::kWelcome, std::string(reinterpret_cast<const char*>(welcome.data()), welcome.size()),
+           false);
+    } else if (command.value() == poolmap::proto::Command::kSubmit) {
+      send(identity, poolmap::proto::Command::kResult, "\x01\x02\x03", true);
+      answered = true;
+    }
+  }
+  mapper.join();
+  CHECK(answered);
+  REQUIRE(code.has_value());
+  CHECK(*code == poolmap::ErrorCode::kMalformed);
 }

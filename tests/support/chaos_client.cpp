@@ -52,7 +52,7 @@ struct Arguments {
                "usage: %s --broker EP --seconds T [--seed S] [--heartbeat-ms MS] [--reconnect-ms MS] "
                "[--wait-workers N]\n",
                program);
-  std::exit(2);
+  std::exit(problem != nullptr ? 2 : 0);
 }
 
 bool parse_number(const char* text, double& out) {
