@@ -3,11 +3,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -38,19 +39,10 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, std::vector<std::strin
     : stderr_path_(temp_log_path()) {
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  // Children start with default signal handling even if a test runner blocked signals.
-  posix_spawnattr_t attributes;
-  posix_spawnattr_init(&attributes);
-  sigset_t none;
-  sigemptyset(&none);
-  posix_spawnattr_setsigmask(&attributes, &none);
-  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
-
+  const int stderr_fd = ::open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  // Everything the child needs is prepared before fork: between fork and exec only
+  // async-signal-safe calls are allowed (the test process has threads).
   std::vector<char*> args;
   for (auto& arg : argv) args.push_back(arg.data());
   args.push_back(nullptr);
@@ -60,14 +52,30 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, std::vector<std::strin
   std::vector<char*> env;
   for (auto& entry : env_storage) env.push_back(entry.data());
   env.push_back(nullptr);
+  const pid_t parent = ::getpid();
+  sigset_t none;
+  sigemptyset(&none);
 
-  const int rc = ::posix_spawn(&pid_, args[0], &actions, &attributes, args.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attributes);
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    // The child dies with the test process, even when ctest kills it on a timeout: no daemon
+    // started by a test outlives it.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    ::dup2(pipe_fds[1], STDOUT_FILENO);
+    if (stderr_fd >= 0) ::dup2(stderr_fd, STDERR_FILENO);
+    if (null_fd >= 0) ::dup2(null_fd, STDIN_FILENO);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);  // start with no blocked signals
+    ::execve(args[0], args.data(), env.data());
+    ::_exit(127);
+  }
+  const int fork_errno = errno;
   ::close(pipe_fds[1]);
-  if (rc != 0) {
+  if (stderr_fd >= 0) ::close(stderr_fd);
+  if (null_fd >= 0) ::close(null_fd);
+  if (pid_ < 0) {
     ::close(pipe_fds[0]);
-    throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(rc));
+    throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(fork_errno));
   }
   stdout_fd_ = pipe_fds[0];
 }
