@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Peak RSS of the client, the broker and one worker process for imap over 10^5 and 10^7 tiny items
 # (test.square, same window), each size with a fresh broker and worker.
-#   bench/imap_memory.sh [build-dir]
+#   bench/imap_memory.sh [build-dir] [item counts...]     (default counts: 100000 10000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
+shift || true
+sizes=("$@")
+((${#sizes[@]} > 0)) || sizes=(100000 10000000)
 ninja -C "$build" poolmap-bench-imap-memory poolmap-broker poolmap-worker poolmap_test_tasks > /dev/null
 logs=$(mktemp -d)
 pids=()
@@ -12,7 +15,7 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT INT TERM
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 printf '%-10s %18s %18s %18s %8s %10s\n' items client_peak_KiB broker_peak_KiB worker_peak_KiB chunks chunksize
-for n in 100000 10000000; do
+for n in "${sizes[@]}"; do
   "$build/broker/poolmap-broker" --clients 'tcp://127.0.0.1:*' --workers 'tcp://127.0.0.1:*' \
     > "$logs/broker.out" 2> "$logs/broker.err" &
   broker=$!
