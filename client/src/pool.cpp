@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "log.hpp"
+#include "process_info.hpp"
 #include "poolmap/broker.hpp"
 #include "poolmap/cpu_count.hpp"
 #include "poolmap/protocol.hpp"
@@ -47,18 +48,6 @@ struct InitState {
 InitState& init_state() {
   static InitState state;
   return state;
-}
-
-std::string self_executable() {
-  char buffer[PATH_MAX] = {};
-  const ssize_t n = ::readlink("/proc/self/exe", buffer, sizeof(buffer) - 1);
-  return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string();
-}
-
-std::string host_name() {
-  char buffer[256] = {};
-  if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "unknown-host";
-  return buffer;
 }
 
 long env_number(const char* name, long fallback) {
@@ -293,7 +282,7 @@ void Pool::Impl::start_embedded() {
   for (const char* name : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {
     if (std::getenv(name) == nullptr) environment.emplace_back(name, "1");
   }
-  const std::string executable = self_executable();
+  const std::string executable = detail::self_executable();
   supervisor_ = std::make_unique<Supervisor>(SupervisorOptions{.executable = executable,
                                                                .arguments = argv,
                                                                .environment = environment,
@@ -338,7 +327,7 @@ void Pool::Impl::open_socket() {
   socket_->set(zmq::sockopt::reconnect_ivl, 100);
   socket_->set(zmq::sockopt::reconnect_ivl_max, 5000);
   socket_->connect(endpoint_);
-  auto hello = wire::make(Command::kHello, proto::Hello{host_name(), static_cast<std::uint32_t>(::getpid())});
+  auto hello = wire::make(Command::kHello, proto::Hello{detail::host_name(), static_cast<std::uint32_t>(::getpid())});
   wire::send(*socket_, hello, false);
   session_welcomed_ = false;
   ++session_;

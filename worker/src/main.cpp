@@ -15,18 +15,13 @@
 #include <CLI/CLI.hpp>
 
 #include "log.hpp"
+#include "process_info.hpp"
 #include "poolmap/cpu_count.hpp"
 #include "poolmap/error.hpp"
 #include "poolmap/worker.hpp"
 #include "signals.hpp"
 
 namespace {
-
-std::string self_executable(const char* argv0) {
-  char buffer[PATH_MAX] = {};
-  const ssize_t n = ::readlink("/proc/self/exe", buffer, sizeof(buffer) - 1);
-  return n > 0 ? std::string(buffer, static_cast<std::size_t>(n)) : std::string(argv0);
-}
 
 // Children die with their supervisor, even if it is killed with SIGKILL.
 void exit_with_parent(pid_t expected_parent) {
@@ -111,7 +106,7 @@ int main(int argc, char** argv) {
     } else {
       log->info("worker count {} from --processes", processes);
     }
-    const std::string self = self_executable(argv[0]);
+    const std::string self = poolmap::detail::self_executable(argv[0]);
     std::vector<std::string> child_args{self,        "--child",        "--parent-pid", std::to_string(::getpid()),
                                         "--broker",  broker,           "--prefetch",   std::to_string(prefetch),
                                         "--heartbeat-ms", std::to_string(heartbeat_ms), "--liveness",

@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "log.hpp"
+#include "process_info.hpp"
 #include "poolmap/error.hpp"
 #include "poolmap/protocol.hpp"
 #include "poolmap/worker.hpp"
@@ -36,15 +37,6 @@ std::string describe_exit(int status) {
   return "status " + std::to_string(status);
 }
 
-std::string host_name() {
-  char buffer[256] = {};
-  if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "unknown-host";
-  return buffer;
-}
-
-// Exit status of a worker process that ended itself after an item passed its deadline (it has
-// already answered for the item and said goodbye): not a crash.
-constexpr int kDeadlineExitCode = 75;
 }  // namespace
 
 class Supervisor::Impl {
@@ -158,7 +150,7 @@ class Supervisor::Impl {
           log_->warn("worker process {} exited ({}); restarting", it->first, cause);
           const bool crashed = done == it->first && (WIFSIGNALED(status) ||
                                                      (WIFEXITED(status) && WEXITSTATUS(status) != 0 &&
-                                                      WEXITSTATUS(status) != kDeadlineExitCode));
+                                                      WEXITSTATUS(status) != detail::kDeadlineExitCode));
           exit_reports_.push_back(
               {host_, static_cast<std::uint32_t>(it->first), crashed, "ended with " + cause, it->second.progress.load()});
         }
@@ -217,7 +209,7 @@ class Supervisor::Impl {
   mutable std::mutex mutex_;  // guards children_
   std::map<pid_t, Child> children_;
   std::vector<Slot> restarts_;  // run() thread only
-  std::string host_ = host_name();
+  std::string host_ = detail::host_name();
   std::vector<proto::WorkerExited> exit_reports_;  // guarded by mutex_; sent by run()
   std::chrono::milliseconds last_backoff_{0};  // guarded by mutex_
 };

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "log.hpp"
+#include "process_info.hpp"
 #include "poolmap/error.hpp"
 #include "poolmap/protocol.hpp"
 #include "poolmap/task.hpp"
@@ -29,12 +30,6 @@ using proto::Command;
 constexpr std::uint32_t kMaxPrefetch = 1023;
 constexpr std::size_t kContextCacheSize = 4;
 
-std::string host_name() {
-  char buffer[256] = {};
-  if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "unknown-host";
-  return buffer;
-}
-
 std::string join(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& name : names) out += (out.empty() ? "" : ", ") + name;
@@ -45,7 +40,7 @@ std::string join(const std::vector<std::string>& names) {
 class WorkerProcess::Impl {
  public:
   explicit Impl(WorkerOptions options)
-      : options_(std::move(options)), host_(host_name()), pid_(static_cast<std::uint32_t>(::getpid())),
+      : options_(std::move(options)), host_(detail::host_name()), pid_(static_cast<std::uint32_t>(::getpid())),
         log_(detail::logger("poolmap.worker")) {
     if (options_.broker.empty()) throw Error(ErrorCode::kInvalidArgument, "worker: no broker endpoint given");
     if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1) {
@@ -133,8 +128,6 @@ class WorkerProcess::Impl {
   Clock::time_point watched_since_;
 };
 
-// Exit status of a worker process that ended itself because an item passed its deadline.
-constexpr int kDeadlineExitCode = 75;
 
 zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   zmq::socket_t socket(context, zmq::socket_type::dealer);
@@ -310,7 +303,7 @@ void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {
   wire::send(socket, bye, false);
   socket.close();                       // lingers until both messages are out (bounded)
   options_.context.impl().zmq.close();  // waits for that
-  std::_Exit(kDeadlineExitCode);
+  std::_Exit(detail::kDeadlineExitCode);
 }
 
 WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task) {
