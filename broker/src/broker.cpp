@@ -17,6 +17,8 @@
 #include "log.hpp"
 #include "poolmap/error.hpp"
 #include "poolmap/protocol.hpp"
+#include "process_info.hpp"
+#include "scheduler.hpp"
 #include "wire.hpp"
 
 namespace poolmap {
@@ -40,7 +42,8 @@ class Broker::Impl {
         context_(std::move(context)),
         clients_(context_.impl().zmq, zmq::socket_type::router),
         workers_(context_.impl().zmq, zmq::socket_type::router),
-        log_(detail::logger("poolmap.broker")) {
+        log_(detail::logger("poolmap.broker")),
+        scheduler_(options_.heartbeat_interval * options_.heartbeat_liveness, Clock::now()) {
     if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 || options_.max_retries < 0 ||
         options_.poison_kills < 1) {
       throw Error(ErrorCode::kInvalidArgument,
@@ -76,9 +79,12 @@ class Broker::Impl {
  private:
   struct WorkerState {
     std::string identity;
-    std::string host;
+    std::string host;   // as the worker said, made printable
     std::uint32_t pid = 0;
-    std::uint32_t credit = 0;
+    std::uint64_t instance = 0;    // the process, unique across hosts, pid namespaces and restarts
+    std::uint64_t supervisor = 0;  // the supervisor that started it (its exit reports name it)
+    std::vector<proto::TaskInfo> tasks;
+    detail::Scheduler::WorkerHandle handle = 0;
     Clock::time_point last_heard;
     Clock::time_point last_sent;
     std::unordered_set<std::uint64_t> tickets;  // chunks this worker holds
@@ -92,8 +98,6 @@ class Broker::Impl {
     std::uint32_t pid = 0;
     Clock::time_point last_heard;
     Clock::time_point last_sent;
-    std::deque<std::uint64_t> pending;  // tickets waiting for a worker, oldest first
-    bool in_ring = false;               // listed in ring_
     std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
     struct SharedContext {
       zmq::message_t payload;
@@ -105,11 +109,21 @@ class Broker::Impl {
     std::string client;
     proto::Submit header;
     zmq::message_t payload;   // kept until answered, so the chunk can be dispatched again
+    detail::Scheduler::KindId kind = 0;
     std::uint32_t attempt = 0;  // dispatches so far
     std::uint32_t kills = 0;    // workers that crashed while running it
     std::uint32_t retries = 0;  // re-dispatches after losses not blamed on it
     std::string worker;         // identity of the holder; empty while queued
+    std::vector<std::uint64_t> holders;  // instance ids of every process it was sent to
     std::vector<std::string> lost_causes;
+  };
+  // A worker declared lost because it was silent. If it speaks again it was busy, not dead: the
+  // chunks it held get their retry back (a busy host must not fail maps).
+  struct SilentLoss {
+    Clock::time_point when;
+    std::string host;
+    std::uint32_t pid = 0;
+    std::vector<std::uint64_t> tickets;
   };
   // How a worker went away, for its chunks.
   enum class Loss {
@@ -141,6 +155,19 @@ class Broker::Impl {
   }
 
   ClientState& touch_client(const std::string& identity);
+  // Queues a chunk for dispatch (`front`: it was put back after a loss) and lets the client know
+  // nothing (it waits for the result).
+  void queue_chunk(std::uint64_t ticket, bool front);
+  // Answers a chunk at once with an error outcome (no worker ran it) and forgets it.
+  void answer_with_error(std::uint64_t ticket, ErrorCode code, const std::string& message);
+  // A worker declared lost for silence is alive after all: the chunks it held get their retry back.
+  void refund(std::uint64_t instance, const char* how);
+  // The result of `ticket` from a process it is no longer assigned to: accepted when the chunk is
+  // still open and was sent to that process (first answer wins). Returns true if forwarded.
+  bool accept_late_result(std::uint64_t ticket, std::uint64_t instance, proto::Outcome& outcome,
+                          zmq::message_t& payload);
+  // Forwards a worker's answer for a chunk to its client and forgets the chunk.
+  void forward_result(std::uint64_t ticket, proto::Outcome&& outcome, zmq::message_t& payload);
   void drop_client(const std::string& identity, const char* why);
   // `running` (kCrash only): the chunk the worker was running, from its supervisor; 0 = none.
   void lose_worker(std::string identity, const std::string& cause, Loss loss,
@@ -167,14 +194,15 @@ class Broker::Impl {
   std::unordered_map<std::string, WorkerState> workers_by_id_;
   std::unordered_map<std::string, ClientState> clients_by_id_;
   std::unordered_map<std::uint64_t, Chunk> chunks_;  // every chunk not yet answered
-  // One entry per unit of worker credit. A worker with nothing in flight is listed in idle_credit_
-  // (in the order it became idle: least recently used first); its further units, prefetch slots,
-  // wait in prefetch_credit_ and are used only when no worker is idle, so that a map with few
-  // chunks spreads over all workers instead of filling one worker's prefetch first.
-  std::deque<std::string> idle_credit_;
-  std::deque<std::string> prefetch_credit_;
-  std::deque<std::string> ring_;                     // clients with pending chunks, next to serve first
+  detail::Scheduler scheduler_;                      // which queued chunk goes to which worker
+  std::unordered_map<detail::Scheduler::WorkerHandle, std::string> identity_by_handle_;
+  std::unordered_map<std::uint64_t, std::string> identity_by_instance_;  // registered processes
+  std::unordered_map<std::uint64_t, SilentLoss> silenced_;  // by instance; forgotten after kSilentMemory
+  // Chunks past their retry budget for silent losses, and since when: they fail after two more
+  // liveness periods unless a worker they were lost on turns out to be alive (refund).
+  std::unordered_map<std::uint64_t, Clock::time_point> over_budget_;
   std::uint64_t next_ticket_ = 1;
+  Clock::time_point last_refusal_logged_{};
 
   std::uint64_t chunks_done_ = 0;
   std::uint64_t chunks_failed_ = 0;
@@ -321,12 +349,22 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
         ++context->second.live_chunks;
       }
       const std::uint64_t ticket = next_ticket_++;
+      const auto kind = scheduler_.kind(submit.value().task, submit.value().signature);
       client.jobs[submit.value().job].insert(ticket);
-      chunks_.emplace(ticket, Chunk{identity, std::move(submit.value()), std::move(frames[3]), 0, 0, 0, {}, {}});
-      client.pending.push_back(ticket);
-      if (!client.in_ring) {
-        client.in_ring = true;
-        ring_.push_back(identity);
+      Chunk& chunk = chunks_[ticket];
+      chunk.client = identity;
+      chunk.header = std::move(submit.value());
+      chunk.payload = std::move(frames[3]);
+      chunk.kind = kind;
+      const auto runnable = scheduler_.runnable(kind, Clock::now());
+      switch (runnable.verdict) {
+        case detail::Scheduler::Verdict::kUnknownTask:
+          return answer_with_error(ticket, ErrorCode::kUnknownTask, runnable.message);
+        case detail::Scheduler::Verdict::kSignatureMismatch:
+          return answer_with_error(ticket, ErrorCode::kSignatureMismatch, runnable.message);
+        case detail::Scheduler::Verdict::kRunnable:
+        case detail::Scheduler::Verdict::kWait:
+          return queue_chunk(ticket, false);
       }
       return;
     }
@@ -355,8 +393,10 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
         const auto chunk = chunks_.find(ticket);
         if (chunk == chunks_.end()) continue;
         // A running chunk stays in its worker's tickets: the worker gets its credit back when it
-        // answers, and the answer is then ignored. Queued entries in client.pending are skipped lazily.
+        // answers, and the answer is then ignored. The scheduler forgets the queued ones.
         release_context(client, chunk->second.header.context_hash);
+        scheduler_.forget(ticket);
+        over_budget_.erase(ticket);
         chunks_.erase(chunk);
         ++dropped;
       }
@@ -401,17 +441,23 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
   const auto now = Clock::now();
 
   if (command.value() == Command::kWorkerExited) {
-    // From a supervisor, about one of its processes: faster and more precise than a heartbeat.
+    // From a supervisor, about one of its processes: faster and more precise than a heartbeat. It
+    // is matched by the process's instance id, never by (host, pid), which containers repeat, and
+    // taken only from the supervisor that process named when it registered.
     auto exited = proto::decode<proto::WorkerExited>(header);
     if (!exited) return reply_error(workers_, identity, exited.status());
     const auto& report = exited.value();
-    for (const auto& [id, worker] : workers_by_id_) {
-      if (worker.host == report.host && worker.pid == report.pid) {
-        lose_worker(id, "worker process " + report.cause, report.crashed ? Loss::kCrash : Loss::kLost,
-                    report.running_ticket);
-        break;
-      }
+    const auto registered = identity_by_instance_.find(report.instance);
+    if (registered == identity_by_instance_.end()) return;  // said goodbye already, or never registered
+    const WorkerState& worker = workers_by_id_.at(registered->second);
+    if (report.supervisor == 0 || worker.supervisor != report.supervisor) {
+      ++bad_messages_;
+      log_->warn("ignored an exit report for worker {} pid {} [{}] from a peer that is not its supervisor", worker.host,
+                 worker.pid, detail::short_id(worker.instance));
+      return;
     }
+    lose_worker(registered->second, "worker process " + detail::printable(report.cause, 128),
+                report.crashed ? Loss::kCrash : Loss::kLost, report.running_ticket);
     return;
   }
   if (command.value() == Command::kReady) {
@@ -420,24 +466,49 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     if (ready.value().credit == 0 || ready.value().credit > 1024) {
       return reply_error(workers_, identity, Status(ErrorCode::kMalformed, "READY credit must be 1..1024"));
     }
+    if (ready.value().instance == 0 || ready.value().tasks.size() > proto::kMaxTasksPerWorker) {
+      return reply_error(workers_, identity,
+                         Status(ErrorCode::kMalformed, "READY needs an instance id and at most " +
+                                                           std::to_string(proto::kMaxTasksPerWorker) + " tasks"));
+    }
     if (workers_by_id_.contains(identity)) lose_worker(identity, "registered again", Loss::kLost);
+    const std::uint64_t instance = ready.value().instance;
+    if (const auto earlier = identity_by_instance_.find(instance); earlier != identity_by_instance_.end()) {
+      // The same process on a new connection (it thought we were gone): its old registration's
+      // chunks go back without penalty; the one it is running may still answer (late result).
+      lose_worker(earlier->second, "registered again on a new connection", Loss::kHandback);
+    }
+    refund(instance, "registered again");
     WorkerState& worker = workers_by_id_[identity];
     worker.identity = identity;
-    worker.host = ready.value().host;
+    worker.host = detail::printable(ready.value().host);
     worker.pid = ready.value().pid;
-    worker.credit = ready.value().credit;
+    worker.instance = instance;
+    worker.supervisor = ready.value().supervisor;
+    for (const auto& task : ready.value().tasks) {  // shown by `poolmap status`: printable and short
+      worker.tasks.push_back({detail::printable(task.name, 256), detail::printable(task.signature, 256)});
+    }
     worker.last_heard = now;
     worker.last_sent = now;
-    idle_credit_.push_back(identity);
-    for (std::uint32_t i = 1; i < worker.credit; ++i) prefetch_credit_.push_back(identity);
-    log_->info("worker {} pid {} ready (credit {}, {} workers)", worker.host, worker.pid, worker.credit,
-               workers_by_id_.size());
+    worker.handle = scheduler_.add_worker(ready.value().credit, ready.value().tasks, now);
+    identity_by_handle_[worker.handle] = identity;
+    identity_by_instance_[instance] = identity;
+    log_->info("worker {} pid {} [{}] ready (credit {}, {} tasks, {} workers)", worker.host, worker.pid,
+               detail::short_id(instance), ready.value().credit, worker.tasks.size(), workers_by_id_.size());
     announce_workers();
     return;
   }
 
   const auto found = workers_by_id_.find(identity);
   if (found == workers_by_id_.end()) {
+    if (command.value() == Command::kWorkerResult && frames.size() == 4) {
+      // A worker we declared lost, answering after all: busy, not dead.
+      auto result = proto::decode<proto::WorkerResult>(header);
+      if (result) {
+        refund(result.value().instance, "answered");
+        accept_late_result(result.value().ticket, result.value().instance, result.value().outcome, frames[3]);
+      }
+    }
     if (command.value() != Command::kDisconnect) {
       // A worker we do not know (we restarted, or we declared it lost): ask it to register again.
       auto frames_out = wire::make_empty(Command::kDisconnect);
@@ -460,51 +531,30 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
         worker.dispatch_order.pop_front();  // answered earlier
       }
       if (worker.tickets.erase(ticket) == 0) {
-        // Not this worker's chunk (it was declared lost and the chunk went elsewhere): no credit.
-        log_->debug("worker {} pid {} returned unknown ticket {}", worker.host, worker.pid, ticket);
+        // Not a chunk this registration holds: perhaps one it ran before it registered again.
+        if (!accept_late_result(ticket, worker.instance, result.value().outcome, frames[3])) {
+          log_->debug("worker {} pid {} [{}] returned ticket {} it does not hold", worker.host, worker.pid,
+                      detail::short_id(worker.instance), ticket);
+        }
         return;
       }
-      ++worker.credit;
-      (worker.tickets.empty() ? idle_credit_ : prefetch_credit_).push_back(identity);
+      scheduler_.return_credit(worker.handle, worker.tickets.empty());
       const auto chunk = chunks_.find(ticket);
-      if (chunk == chunks_.end()) return;  // cancelled while running
+      if (chunk == chunks_.end()) return;  // cancelled while running, or answered by another worker
+      if (chunk->second.worker != identity) return;  // put back and sent elsewhere; that copy answers
       if (result.value().outcome.code == ErrorCode::kContextMissing) {
         // The worker evicted the chunk's context: send the chunk again, with the context.
         worker.contexts.erase(chunk->second.header.context_hash);
         chunk->second.worker.clear();
-        const auto client = clients_by_id_.find(chunk->second.client);
-        if (client == clients_by_id_.end()) return;
-        client->second.pending.push_front(ticket);
-        if (!client->second.in_ring) {
-          client->second.in_ring = true;
-          ring_.push_front(chunk->second.client);
-        }
-        return;
+        return queue_chunk(ticket, true);
       }
       ++worker.chunks_done;
-      const auto client = clients_by_id_.find(chunk->second.client);
-      if (client == clients_by_id_.end()) {
-        chunks_.erase(chunk);
-        return;
-      }
-      if (result.value().outcome.code == ErrorCode::kOk) {
-        ++chunks_done_;
-      } else {
-        ++chunks_failed_;
-      }
-      const proto::ClientResult forward{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
-                                        std::move(result.value().outcome), worker_count()};
-      auto out = wire::make(Command::kResult, forward);
-      out.push_back(std::move(frames[3]));
-      finish_chunk(ticket);
-      send_to_client(client->second, out);
+      forward_result(ticket, std::move(result.value().outcome), frames[3]);
       return;
     }
     case Command::kHeartbeat:
       return;
     case Command::kDisconnect:
-      log_->info("worker {} pid {} said goodbye; {} chunks handed back", worker.host, worker.pid,
-                 worker.tickets.size());
       lose_worker(identity, "worker said goodbye", Loss::kHandback);
       return;
     default:
@@ -512,6 +562,81 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
                   Status(ErrorCode::kUnknownCommand,
                          "command " + std::to_string(static_cast<int>(command.value())) + " is not a worker command"));
   }
+}
+
+void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome, zmq::message_t& payload) {
+  const auto chunk = chunks_.find(ticket);
+  if (chunk == chunks_.end()) return;
+  const auto client = clients_by_id_.find(chunk->second.client);
+  if (client == clients_by_id_.end()) {
+    finish_chunk(ticket);
+    return;
+  }
+  if (outcome.code == ErrorCode::kOk) {
+    ++chunks_done_;
+  } else {
+    ++chunks_failed_;
+  }
+  const proto::ClientResult forward{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
+                                    std::move(outcome), worker_count()};
+  auto out = wire::make(Command::kResult, forward);
+  out.push_back(std::move(payload));
+  finish_chunk(ticket);
+  send_to_client(client->second, out);
+}
+
+bool Broker::Impl::accept_late_result(std::uint64_t ticket, std::uint64_t instance, proto::Outcome& outcome,
+                                      zmq::message_t& payload) {
+  const auto chunk = chunks_.find(ticket);
+  if (chunk == chunks_.end() || instance == 0) return false;
+  const auto& holders = chunk->second.holders;
+  if (std::find(holders.begin(), holders.end(), instance) == holders.end()) return false;
+  if (outcome.code == ErrorCode::kContextMissing) return false;  // the current holder will answer
+  log_->info("accepted a late result for chunk {} of job {} from worker [{}] (first answer wins)",
+             chunk->second.header.chunk, chunk->second.header.job, detail::short_id(instance));
+  // If the chunk was sent again, that worker keeps its ticket: it gets its credit back when it
+  // answers, and the answer is dropped.
+  forward_result(ticket, std::move(outcome), payload);
+  return true;
+}
+
+void Broker::Impl::refund(std::uint64_t instance, const char* how) {
+  const auto found = silenced_.find(instance);
+  if (found == silenced_.end()) return;
+  std::size_t refunded = 0;
+  for (const std::uint64_t ticket : found->second.tickets) {
+    const auto chunk = chunks_.find(ticket);
+    if (chunk == chunks_.end() || chunk->second.retries == 0) continue;
+    --chunk->second.retries;
+    ++refunded;
+    if (chunk->second.retries <= static_cast<std::uint32_t>(options_.max_retries)) over_budget_.erase(ticket);
+  }
+  log_->info("worker {} pid {} [{}] {} {} ms after it was declared lost: busy, not dead; {} chunks get their retry back",
+             found->second.host, found->second.pid, detail::short_id(instance), how,
+             since(found->second.when, Clock::now()).count(), refunded);
+  silenced_.erase(found);
+}
+
+void Broker::Impl::queue_chunk(std::uint64_t ticket, bool front) {
+  const auto chunk = chunks_.find(ticket);
+  if (chunk == chunks_.end()) return;
+  scheduler_.enqueue(chunk->second.client, ticket, chunk->second.kind, front);
+}
+
+void Broker::Impl::answer_with_error(std::uint64_t ticket, ErrorCode code, const std::string& message) {
+  const auto chunk = chunks_.find(ticket);
+  if (chunk == chunks_.end()) return;
+  scheduler_.forget(ticket);
+  proto::Outcome outcome;
+  outcome.code = code;
+  outcome.message = message;
+  // One line per interval, not one per chunk: a map of an unknown task refuses every chunk.
+  const auto now = Clock::now();
+  const auto level = now - last_refusal_logged_ >= options_.heartbeat_interval ? spdlog::level::warn : spdlog::level::debug;
+  if (level == spdlog::level::warn) last_refusal_logged_ = now;
+  log_->log(level, "refused chunk {} of job {}: {}", chunk->second.header.chunk, chunk->second.header.job, message);
+  zmq::message_t empty;
+  forward_result(ticket, std::move(outcome), empty);
 }
 
 void Broker::Impl::finish_chunk(std::uint64_t ticket) {
@@ -526,6 +651,8 @@ void Broker::Impl::finish_chunk(std::uint64_t ticket) {
       if (job->second.empty()) client->second.jobs.erase(job);
     }
   }
+  scheduler_.forget(ticket);
+  over_budget_.erase(ticket);
   chunks_.erase(chunk);
 }
 
@@ -554,12 +681,14 @@ void Broker::Impl::drop_client(const std::string& identity, const char* why) {
     for (const std::uint64_t ticket : tickets) {
       const auto chunk = chunks_.find(ticket);
       if (chunk == chunks_.end()) continue;
+      over_budget_.erase(ticket);
       chunks_.erase(chunk);  // a worker running it gets its credit back when it answers
       ++dropped;
     }
   }
   log_->info("client {} pid {} gone ({}): {} chunks dropped", found->second.host, found->second.pid, why, dropped);
-  clients_by_id_.erase(found);  // its entry in ring_ is skipped lazily
+  scheduler_.remove_client(identity);
+  clients_by_id_.erase(found);
   // Dropped payloads were freed into malloc's arenas; hand that memory back to the system now
   // rather than keeping the peak of a client that is gone.
   if (dropped > 0) ::malloc_trim(0);
@@ -595,6 +724,7 @@ void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause, bool 
   chunk.worker.clear();
   chunk.lost_causes.push_back(cause);
   if (!clients_by_id_.contains(chunk.client)) {
+    over_budget_.erase(ticket);
     chunks_.erase(found);
     return;
   }
@@ -602,28 +732,44 @@ void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause, bool 
     return fail_chunk(ticket, "killed " + std::to_string(chunk.kills) + " worker processes");
   }
   if (!blamed && counted && ++chunk.retries > static_cast<std::uint32_t>(options_.max_retries)) {
-    return fail_chunk(ticket, "lost its worker " + std::to_string(chunk.retries) + " times");
+    // Past its budget of silent losses. A busy host looks silent too, so the chunk goes on and
+    // fails only if none of those workers turns out to be alive in the next liveness periods.
+    over_budget_.try_emplace(ticket, Clock::now());
   }
   ++chunks_redispatched_;
-  ClientState& client = clients_by_id_.at(chunk.client);
-  client.pending.push_front(ticket);
-  if (!client.in_ring) {
-    client.in_ring = true;
-    ring_.push_front(chunk.client);
-  }
+  queue_chunk(ticket, true);
 }
 
 void Broker::Impl::lose_worker(std::string identity, const std::string& cause, Loss loss, std::uint64_t running) {
   const auto found = workers_by_id_.find(identity);
   if (found == workers_by_id_.end()) return;
   WorkerState worker = std::move(found->second);
-  workers_by_id_.erase(found);  // its credit entries are skipped lazily
-  if (loss == Loss::kHandback) {
-    log_->info("worker left host={} pid={} chunks handed back={}", worker.host, worker.pid, worker.tickets.size());
-  } else {
-    log_->warn("worker lost host={} pid={} chunks={} cause={}", worker.host, worker.pid, worker.tickets.size(), cause);
+  workers_by_id_.erase(found);
+  const auto now = Clock::now();
+  scheduler_.remove_worker(worker.handle, now);
+  identity_by_handle_.erase(worker.handle);
+  if (const auto by_instance = identity_by_instance_.find(worker.instance);
+      by_instance != identity_by_instance_.end() && by_instance->second == identity) {
+    identity_by_instance_.erase(by_instance);
   }
-  const std::string described = cause + " (worker " + worker.host + " pid " + std::to_string(worker.pid) + ")";
+  const std::string id = detail::short_id(worker.instance);
+  if (loss == Loss::kHandback) {
+    log_->info("worker left host={} pid={} id={} chunks handed back={} ({}; {} workers)", worker.host, worker.pid, id,
+               worker.tickets.size(), cause, workers_by_id_.size());
+  } else {
+    log_->warn("worker lost host={} pid={} id={} chunks={} cause={} ({} workers)", worker.host, worker.pid, id,
+               worker.tickets.size(), cause, workers_by_id_.size());
+  }
+  if (loss == Loss::kLost) {
+    // If it speaks again it was busy, not dead, and these chunks get their retry back.
+    SilentLoss& silent = silenced_[worker.instance];
+    silent.when = now;
+    silent.host = worker.host;
+    silent.pid = worker.pid;
+    silent.tickets.assign(worker.tickets.begin(), worker.tickets.end());
+  }
+  const std::string described =
+      cause + " (worker " + worker.host + " pid " + std::to_string(worker.pid) + " [" + id + "])";
   // A crash is blamed on the chunk its supervisor saw running, and on no other: the chunks
   // prefetched beside it go back without penalty.
   for (const std::uint64_t ticket : worker.dispatch_order) {
@@ -652,40 +798,16 @@ void Broker::Impl::announce_workers() {
 }
 
 void Broker::Impl::dispatch() {
-  while (!ring_.empty() && (!idle_credit_.empty() || !prefetch_credit_.empty())) {
-    // An idle worker (least recently used first), else a prefetch slot.
-    auto& credit = idle_credit_.empty() ? prefetch_credit_ : idle_credit_;
-    const auto worker_it = workers_by_id_.find(credit.front());
-    if (worker_it == workers_by_id_.end() || worker_it->second.credit == 0) {
-      credit.pop_front();  // stale: the worker is gone
-      continue;
-    }
-    // The next chunk, round-robin over clients.
-    std::optional<std::uint64_t> ticket;
-    while (!ticket && !ring_.empty()) {
-      const std::string client_id = std::move(ring_.front());
-      ring_.pop_front();
-      const auto client = clients_by_id_.find(client_id);
-      if (client == clients_by_id_.end()) continue;
-      auto& pending = client->second.pending;
-      while (!pending.empty() && !ticket) {
-        const std::uint64_t candidate = pending.front();
-        pending.pop_front();
-        if (chunks_.contains(candidate)) ticket = candidate;
-      }
-      if (pending.empty()) {
-        client->second.in_ring = false;
-      } else {
-        ring_.push_back(client_id);
-      }
-    }
-    if (!ticket) return;
-
-    WorkerState& worker = worker_it->second;
-    Chunk& chunk = chunks_.at(*ticket);
-    auto frames = wire::make(Command::kTask, proto::TaskHeader{*ticket, chunk.header.first_index, chunk.header.count,
-                                                                chunk.header.task, chunk.header.signature,
-                                                                chunk.header.deadline_ms, chunk.header.context_hash});
+  while (const auto assignment = scheduler_.next()) {
+    const auto identity = identity_by_handle_.find(assignment->worker);
+    const auto chunk_it = chunks_.find(assignment->ticket);
+    if (identity == identity_by_handle_.end() || chunk_it == chunks_.end()) continue;  // the scheduler forgets neither
+    WorkerState& worker = workers_by_id_.at(identity->second);
+    Chunk& chunk = chunk_it->second;
+    auto frames = wire::make(Command::kTask, proto::TaskHeader{assignment->ticket, chunk.header.first_index,
+                                                                chunk.header.count, chunk.header.task,
+                                                                chunk.header.signature, chunk.header.deadline_ms,
+                                                                chunk.header.context_hash});
     frames.emplace_back();
     frames.back().copy(chunk.payload);  // reference-counted, not a byte copy
     const std::uint64_t context_hash = chunk.header.context_hash;
@@ -695,17 +817,9 @@ void Broker::Impl::dispatch() {
       frames.emplace_back();
       frames.back().copy(owner.contexts.at(context_hash).payload);
     }
-    credit.pop_front();
     if (!send_to_worker(worker, frames)) {
       // The worker vanished between its last message and now: give the chunk to someone else.
-      auto client = clients_by_id_.find(chunk.client);
-      if (client != clients_by_id_.end()) {
-        client->second.pending.push_front(*ticket);
-        if (!client->second.in_ring) {
-          client->second.in_ring = true;
-          ring_.push_front(chunk.client);
-        }
-      }
+      queue_chunk(assignment->ticket, true);
       lose_worker(worker.identity, "unreachable", Loss::kLost);
       continue;
     }
@@ -713,11 +827,13 @@ void Broker::Impl::dispatch() {
       worker.contexts.insert(context_hash);
       context_bytes_sent_ += clients_by_id_.at(chunk.client).contexts.at(context_hash).payload.size();
     }
-    --worker.credit;
     ++chunk.attempt;
     chunk.worker = worker.identity;
-    worker.tickets.insert(*ticket);
-    worker.dispatch_order.push_back(*ticket);
+    if (std::find(chunk.holders.begin(), chunk.holders.end(), worker.instance) == chunk.holders.end()) {
+      chunk.holders.push_back(worker.instance);
+    }
+    worker.tickets.insert(assignment->ticket);
+    worker.dispatch_order.push_back(assignment->ticket);
   }
 }
 
@@ -752,19 +868,43 @@ void Broker::Impl::heartbeat_tick() {
     }
   }
   for (const auto& id : gone) drop_client(id, "no heartbeat");
+
+  // Chunks no registered worker can run (the capable ones left, or never came) fail now.
+  for (auto& [ticket, runnable] : scheduler_.take_unrunnable(now)) {
+    answer_with_error(ticket, runnable.verdict == detail::Scheduler::Verdict::kSignatureMismatch
+                                  ? ErrorCode::kSignatureMismatch
+                                  : ErrorCode::kUnknownTask,
+                      runnable.message);
+  }
+  // Chunks past their budget of silent losses whose workers did not come back.
+  std::vector<std::uint64_t> give_up;
+  for (const auto& [ticket, since_when] : over_budget_) {
+    const auto chunk = chunks_.find(ticket);
+    if (chunk != chunks_.end() && chunk->second.worker.empty() && now - since_when >= 2 * expiry) {
+      give_up.push_back(ticket);
+    }
+  }
+  for (const std::uint64_t ticket : give_up) {
+    fail_chunk(ticket, "lost its worker " + std::to_string(chunks_.at(ticket).retries) + " times");
+  }
+  // A worker silent for this long is not coming back to claim a refund.
+  const auto memory = std::max<Clock::duration>(std::chrono::seconds(60), 20 * expiry);
+  std::erase_if(silenced_, [&](const auto& entry) { return now - entry.second.when > memory; });
 }
 
 proto::StatusReply Broker::Impl::status_reply() const {
   proto::StatusReply reply;
   for (const auto& [id, worker] : workers_by_id_) {
-    reply.workers.push_back(
-        {worker.host, worker.pid, static_cast<std::uint32_t>(worker.tickets.size()), worker.chunks_done});
+    reply.workers.push_back({worker.host, worker.pid, static_cast<std::uint32_t>(worker.tickets.size()),
+                             worker.chunks_done, worker.instance, worker.supervisor, worker.tasks});
   }
   for (const auto& [ticket, chunk] : chunks_) {
     if (!chunk.worker.empty()) ++reply.chunks_in_flight;
   }
   std::sort(reply.workers.begin(), reply.workers.end(),
-            [](const auto& a, const auto& b) { return std::tie(a.host, a.pid) < std::tie(b.host, b.pid); });
+            [](const auto& a, const auto& b) {
+              return std::tie(a.host, a.pid, a.instance) < std::tie(b.host, b.pid, b.instance);
+            });
   reply.clients = static_cast<std::uint32_t>(clients_by_id_.size());
   reply.chunks_queued = chunks_.size() - reply.chunks_in_flight;
   reply.chunks_done = chunks_done_;

@@ -1,6 +1,7 @@
 // poolmap: the command-line tool.
 //
-//   poolmap status --broker tcp://HOST:5555     workers, queue depth and counters of a broker
+//   poolmap status --broker tcp://HOST:5555 [--verbose] [--json]
+//       workers (with their tasks), queue depth and counters of a broker
 #include <cstdio>
 #include <iostream>
 
@@ -10,9 +11,64 @@
 
 namespace {
 
-int print_status(const std::string& broker, int timeout_ms) {
+std::string hex_id(std::uint64_t id, int digits) {
+  char buffer[17] = {};
+  std::snprintf(buffer, sizeof(buffer), "%016llx", static_cast<unsigned long long>(id));
+  return std::string(buffer, static_cast<std::size_t>(digits));
+}
+
+// A JSON string literal (the broker already made peer strings printable; quote and escape anyway).
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20) {
+      char buffer[8];
+      std::snprintf(buffer, sizeof(buffer), "\\u%04x", c);
+      out += buffer;
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+void print_json(const std::string& broker, const poolmap::BrokerStatus& status) {
+  std::string out = "{\"broker\":" + json_string(broker) + ",\"workers\":[";
+  for (std::size_t i = 0; i < status.workers.size(); ++i) {
+    const auto& worker = status.workers[i];
+    out += (i == 0 ? "" : ",");
+    out += "{\"host\":" + json_string(worker.host) + ",\"pid\":" + std::to_string(worker.pid) +
+           ",\"id\":\"" + hex_id(worker.instance, 16) + "\",\"supervisor\":\"" + hex_id(worker.supervisor, 16) +
+           "\",\"chunks_in_flight\":" + std::to_string(worker.chunks_in_flight) +
+           ",\"chunks_done\":" + std::to_string(worker.chunks_done) + ",\"tasks\":[";
+    for (std::size_t t = 0; t < worker.tasks.size(); ++t) {
+      out += (t == 0 ? "" : ",");
+      out += "{\"name\":" + json_string(worker.tasks[t].name) +
+             ",\"signature\":" + json_string(worker.tasks[t].signature) + "}";
+    }
+    out += "]}";
+  }
+  out += "],\"clients\":" + std::to_string(status.clients) +
+         ",\"chunks_queued\":" + std::to_string(status.chunks_queued) +
+         ",\"chunks_in_flight\":" + std::to_string(status.chunks_in_flight) +
+         ",\"chunks_done\":" + std::to_string(status.chunks_done) +
+         ",\"chunks_failed\":" + std::to_string(status.chunks_failed) +
+         ",\"chunks_redispatched\":" + std::to_string(status.chunks_redispatched) +
+         ",\"bad_messages\":" + std::to_string(status.bad_messages) + "}";
+  std::printf("%s\n", out.c_str());
+}
+
+int print_status(const std::string& broker, int timeout_ms, bool verbose, bool json) {
   poolmap::Pool pool({.broker = broker, .start_timeout = std::chrono::milliseconds(timeout_ms)});
   const poolmap::BrokerStatus status = pool.status(std::chrono::milliseconds(timeout_ms));
+  if (json) {
+    print_json(broker, status);
+    return 0;
+  }
   std::printf("broker     %s\n", broker.c_str());
   std::printf("workers    %zu\n", status.workers.size());
   std::printf("clients    %u (including this one)\n", status.clients);
@@ -23,10 +79,14 @@ int print_status(const std::string& broker, int timeout_ms) {
               static_cast<unsigned long long>(status.chunks_redispatched));
   std::printf("bad input  %llu messages\n", static_cast<unsigned long long>(status.bad_messages));
   if (!status.workers.empty()) {
-    std::printf("\n%-32s %8s %10s %12s\n", "HOST", "PID", "IN FLIGHT", "CHUNKS DONE");
+    std::printf("\n%-32s %8s %-8s %10s %12s %6s\n", "HOST", "PID", "ID", "IN FLIGHT", "CHUNKS DONE", "TASKS");
     for (const auto& worker : status.workers) {
-      std::printf("%-32s %8u %10u %12llu\n", worker.host.c_str(), worker.pid, worker.chunks_in_flight,
-                  static_cast<unsigned long long>(worker.chunks_done));
+      std::printf("%-32s %8u %-8s %10u %12llu %6zu\n", worker.host.c_str(), worker.pid,
+                  hex_id(worker.instance, 8).c_str(), worker.chunks_in_flight,
+                  static_cast<unsigned long long>(worker.chunks_done), worker.tasks.size());
+      if (verbose) {
+        for (const auto& task : worker.tasks) std::printf("    %s %s\n", task.name.c_str(), task.signature.c_str());
+      }
     }
   }
   return 0;
@@ -42,9 +102,13 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand("status", "show a broker's workers, queue and counters");
   status->add_option("--broker", broker, "broker client endpoint")->default_val("tcp://127.0.0.1:5555");
   status->add_option("--timeout-ms", timeout_ms, "how long to wait for the broker")->default_val(5000);
+  bool verbose = false;
+  bool json = false;
+  status->add_flag("-v,--verbose", verbose, "list each worker's tasks (name and signature)");
+  status->add_flag("--json", json, "print one JSON object instead of the table");
   CLI11_PARSE(app, argc, argv);
   try {
-    if (status->parsed()) return print_status(broker, timeout_ms);
+    if (status->parsed()) return print_status(broker, timeout_ms, verbose, json);
   } catch (const std::exception& e) {
     std::cerr << "poolmap: " << e.what() << "\n";
     return 1;

@@ -646,7 +646,16 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       auto reply = proto::decode<proto::StatusReply>(header);
       if (!reply || status_waiting_.empty()) return;
       BrokerStatus status;
-      for (const auto& w : reply.value().workers) status.workers.push_back({w.host, w.pid, w.in_flight, w.chunks_done});
+      for (const auto& w : reply.value().workers) {
+        BrokerStatus::Worker& worker = status.workers.emplace_back();
+        worker.host = w.host;
+        worker.pid = w.pid;
+        worker.chunks_in_flight = w.in_flight;
+        worker.chunks_done = w.chunks_done;
+        worker.instance = w.instance;
+        worker.supervisor = w.supervisor;
+        for (const auto& task : w.tasks) worker.tasks.push_back({task.name, task.signature});
+      }
       status.clients = reply.value().clients;
       status.chunks_queued = reply.value().chunks_queued;
       status.chunks_in_flight = reply.value().chunks_in_flight;

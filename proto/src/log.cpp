@@ -1,5 +1,6 @@
 #include "log.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
@@ -50,6 +51,27 @@ std::string printable_identity(const std::string& identity) {
   for (unsigned char c : identity) {
     out += kHex[c >> 4];
     out += kHex[c & 15];
+  }
+  return out;
+}
+
+std::string printable(std::string_view text, std::size_t max_bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(std::min(text.size(), max_bytes) + 8);
+  for (const char ch : text) {
+    if (out.size() >= max_bytes) {
+      out += "...";
+      break;
+    }
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += ch;
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
   }
   return out;
 }

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include <spdlog/spdlog.h>
 
@@ -21,5 +22,9 @@ bool configure_program_logging(const std::string& level, const std::string& prog
 
 // Printable form of a ZeroMQ routing identity (hex).
 std::string printable_identity(const std::string& identity);
+
+// A peer-supplied string made safe to log or show: bytes outside printable ASCII become \xNN
+// (so a newline cannot forge a log line) and the result is cut to about `max_bytes` (ending in "...").
+std::string printable(std::string_view text, std::size_t max_bytes = 64);
 
 }  // namespace poolmap::detail

@@ -1,6 +1,7 @@
 // Internal (not installed): facts about this process that several components report.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace poolmap::detail {
@@ -15,5 +16,23 @@ std::string self_executable(const std::string& fallback = {});
 // answered for the item and handed its chunks back first): its supervisor does not count it as a
 // crash.
 inline constexpr int kDeadlineExitCode = 75;
+
+// A fresh random 64-bit instance id (never 0). Worker processes and supervisors are told apart by
+// it, not by (host, pid): containers and pid namespaces repeat pids, restarts repeat them too.
+std::uint64_t new_instance_id();
+
+// The 8 hex digits that logs and `poolmap status` show of an instance id.
+std::string short_id(std::uint64_t instance);
+
+// Environment variables through which a supervisor gives a worker process its instance id and its
+// own (16 hex digits each).
+inline constexpr const char* kInstanceVariable = "POOLMAP_WORKER_INSTANCE";
+inline constexpr const char* kSupervisorVariable = "POOLMAP_SUPERVISOR_INSTANCE";
+
+// The instance id in environment variable `name`, or 0 if it is unset or not 1-16 hex digits.
+std::uint64_t instance_from_environment(const char* name);
+
+// Formats an instance id as 16 hex digits (what the variables above hold).
+std::string full_id(std::uint64_t instance);
 
 }  // namespace poolmap::detail

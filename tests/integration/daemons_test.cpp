@@ -127,12 +127,25 @@ TEST_CASE("Daemons.Worker.BadTaskLibraryIsAClearError" * doctest::timeout(30)) {
   CHECK(worker.stderr_text().find("cannot load task library '/etc/hostname'") != std::string::npos);
 }
 
+TEST_CASE("Daemons.Worker.WithoutTasksRefusesToStart" * doctest::timeout(30)) {
+  // No --tasks at all, and a library that registers nothing: a clear error and a non-zero exit,
+  // never a worker that takes chunks it cannot run.
+  t::ChildProcess bare({t::worker_binary(), "--broker", "tcp://127.0.0.1:1"});
+  const auto bare_status = bare.wait(10s);
+  REQUIRE(bare_status.has_value());
+  CHECK(WIFEXITED(*bare_status));
+  CHECK(WEXITSTATUS(*bare_status) != 0);
+  CHECK(bare.stderr_text().find("no tasks to run") != std::string::npos);
+
+  t::ChildProcess empty({t::worker_binary(), "--broker", "tcp://127.0.0.1:1", "--tasks", t::empty_tasks_library()});
+  const auto empty_status = empty.wait(10s);
+  REQUIRE(empty_status.has_value());
+  CHECK(WIFEXITED(*empty_status));
+  CHECK(WEXITSTATUS(*empty_status) != 0);
+  CHECK(empty.stderr_text().find("registers no task") != std::string::npos);
+}
+
 TEST_CASE("Daemons.Worker.TaskLibraryTasksAreServed" * doctest::timeout(30)) {
-  // Without --tasks the worker knows no tasks; with it, the library's tasks run.
-  t::Cluster bare({.workers = 1, .load_test_tasks = false});
-  poolmap::Pool bare_pool(remote(bare));
-  CHECK_THROWS_WITH_AS((void)bare_pool.map(t::square, std::vector<std::int64_t>{1}),
-                       doctest::Contains("not registered"), poolmap::Error);
   t::Cluster loaded({.workers = 1});
   poolmap::Pool loaded_pool(remote(loaded));
   CHECK(loaded_pool.map(t::square, std::vector<std::int64_t>{12}) == std::vector<std::int64_t>{144});
@@ -198,7 +211,7 @@ TEST_CASE("Daemons.Broker.AnswersGarbageAndKeepsServing" * doctest::timeout(30))
 }
 
 TEST_CASE("Daemons.Worker.MalformedBrokerEndpointIsAClearError" * doctest::timeout(30)) {
-  t::ChildProcess worker({t::worker_binary(), "--broker", "not-an-endpoint"});
+  t::ChildProcess worker({t::worker_binary(), "--broker", "not-an-endpoint", "--tasks", t::test_tasks_library()});
   const auto status = worker.wait(10s);
   REQUIRE(status.has_value());  // exits at once instead of restarting children for ever
   CHECK(WIFEXITED(*status));

@@ -174,6 +174,9 @@ std::string worker_binary() { return POOLMAP_TEST_WORKER_BIN; }
 std::string cli_binary() { return POOLMAP_TEST_CLI_BIN; }
 std::string test_tasks_library() { return POOLMAP_TEST_TASKS_LIB; }
 std::string test_client_binary() { return POOLMAP_TEST_CLIENT_BIN; }
+std::string other_tasks_library() { return POOLMAP_TEST_OTHER_TASKS_LIB; }
+std::string variant_tasks_library() { return POOLMAP_TEST_VARIANT_TASKS_LIB; }
+std::string empty_tasks_library() { return POOLMAP_TEST_EMPTY_TASKS_LIB; }
 
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   start_broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
@@ -215,17 +218,22 @@ std::vector<pid_t> Cluster::worker_pids(std::size_t index) {
   return out;
 }
 
-ChildProcess& Cluster::add_workers(int processes) {
+ChildProcess& Cluster::add_workers(int processes, const std::string& tasks_library,
+                                   const std::vector<std::string>& extra_args) {
   std::vector<std::string> argv{worker_binary(), "--broker",      worker_endpoint_,
                                 "--processes",   std::to_string(processes), "--heartbeat-ms",
                                 std::to_string(options_.heartbeat_ms),      "--liveness",
                                 std::to_string(options_.liveness),          "--log-level",
                                 "debug"};
-  if (options_.load_test_tasks) {
+  if (!tasks_library.empty()) {
+    argv.push_back("--tasks");
+    argv.push_back(tasks_library);
+  } else if (options_.load_test_tasks) {
     argv.push_back("--tasks");
     argv.push_back(test_tasks_library());
   }
   argv.insert(argv.end(), options_.worker_args.begin(), options_.worker_args.end());
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   workers_.emplace_back(std::move(argv));
   return workers_.back();
 }

@@ -55,6 +55,12 @@ std::string worker_binary();
 std::string cli_binary();
 std::string test_tasks_library();
 std::string test_client_binary();
+// Task libraries for routing tests: other_tasks registers only other.cube (nothing the other
+// tests use); variant_tasks registers test.square with another signature, double(double), and
+// other.cube; empty_tasks registers nothing.
+std::string other_tasks_library();
+std::string variant_tasks_library();
+std::string empty_tasks_library();
 
 // The heartbeat interval tests run with: 100 ms, or POOLMAP_TEST_HEARTBEAT_MS (sanitizer builds run
 // several times slower and use a longer one). Peers are lost after 3 intervals.
@@ -80,8 +86,10 @@ class Cluster {
   const std::string& worker_endpoint() const { return worker_endpoint_; }
   ChildProcess& broker() { return *broker_; }
   ChildProcess& workers() { return workers_.front(); }
-  // Starts another worker supervisor with `processes` processes.
-  ChildProcess& add_workers(int processes);
+  // Starts another worker supervisor with `processes` processes; `tasks_library` replaces the
+  // test tasks when given, `extra_args` are added to its command line.
+  ChildProcess& add_workers(int processes, const std::string& tasks_library = {},
+                            const std::vector<std::string>& extra_args = {});
   // Kills the broker with SIGKILL and starts a new one on the same endpoints.
   void restart_broker();
   // Starts a broker on the endpoints of the last one (after it exited).

@@ -12,6 +12,8 @@
 namespace poolmap::test {
 
 POOLMAP_TASK(square, [](std::int64_t x) { return x * x; });
+POOLMAP_TASK(unencodable, [](std::int64_t x) { return Unencodable{x}; });
+POOLMAP_TASK(undecodable, [](const Undecodable& x) { return x.value; });
 
 POOLMAP_TASK(fail_at_13, [](std::int64_t x) -> std::int64_t {
   if (x == 13) throw std::invalid_argument("bad item 13");

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,36 @@ inline constexpr Task<std::int64_t(std::int64_t)> flaky_once{"test.flaky_once"};
 inline constexpr Task<std::string(std::int64_t)> init_report{"test.init_report"};
 // Broadcast context: table[i % size] (pool.map(lookup.with(table), indices)).
 inline constexpr Task<std::uint8_t(const std::vector<std::uint8_t>&, std::int64_t)> lookup{"test.lookup"};
+// A result type whose save() throws for the value 13 (a result that cannot be encoded).
+struct Unencodable {
+  std::int64_t value = 0;
+  template <class Archive>
+  void save(Archive& ar) const {
+    if (value == 13) throw std::runtime_error("Unencodable refuses to encode 13");
+    ar(value);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(value);
+  }
+};
+// An argument type whose load() throws for the value 7 (an argument that cannot be decoded).
+struct Undecodable {
+  std::int64_t value = 0;
+  template <class Archive>
+  void save(Archive& ar) const {
+    ar(value);
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    ar(value);
+    if (value == 7) throw std::runtime_error("Undecodable refuses to decode 7");
+  }
+};
+// Returns {x}: fails to encode at x == 13.
+inline constexpr Task<Unencodable(std::int64_t)> unencodable{"test.unencodable"};
+// Returns x.value: fails to decode at x.value == 7.
+inline constexpr Task<std::int64_t(Undecodable)> undecodable{"test.undecodable"};
 // Registered by no worker.
 inline constexpr Task<std::int64_t(std::int64_t)> not_registered{"test.not_registered"};
 // Same name as `square`, other signature: the workers must refuse it.

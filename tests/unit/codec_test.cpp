@@ -45,17 +45,25 @@ TEST_CASE("Codec.RoundTrip.EveryHeader" * doctest::timeout(10)) {
   CHECK(decoded.value().workers == 4);
 
   proto::StatusReply status;
-  status.workers.push_back({"h", 1, 2, 3});
+  status.workers.push_back({"h", 1, 2, 3, 0xabcdef0123456789ULL, 7, {{"sq", "i64(i64)"}}});
   status.chunks_done = 99;
   const auto status_back = proto::decode<proto::StatusReply>(proto::encode(status));
   REQUIRE(status_back.is_ok());
   REQUIRE(status_back.value().workers.size() == 1);
   CHECK(status_back.value().workers[0].chunks_done == 3);
+  CHECK(status_back.value().workers[0].instance == 0xabcdef0123456789ULL);
+  REQUIRE(status_back.value().workers[0].tasks.size() == 1);
+  CHECK(status_back.value().workers[0].tasks[0].signature == "i64(i64)");
   CHECK(status_back.value().chunks_done == 99);
 
-  const auto ready = proto::decode<proto::Ready>(proto::encode(proto::Ready{"w", 10, 2}));
+  const auto ready = proto::decode<proto::Ready>(
+      proto::encode(proto::Ready{"w", 10, 2, 11, 12, {{"a", "i64(i64)"}, {"b", "f64(f64)"}}}));
   REQUIRE(ready.is_ok());
   CHECK(ready.value().credit == 2);
+  CHECK(ready.value().instance == 11);
+  CHECK(ready.value().supervisor == 12);
+  REQUIRE(ready.value().tasks.size() == 2);
+  CHECK(ready.value().tasks[1] == proto::TaskInfo{"b", "f64(f64)"});
 }
 
 TEST_CASE("Codec.Encoding.IsLittleEndianFixedWidth" * doctest::timeout(10)) {

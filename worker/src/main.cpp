@@ -18,6 +18,7 @@
 #include "process_info.hpp"
 #include "poolmap/cpu_count.hpp"
 #include "poolmap/error.hpp"
+#include "poolmap/task.hpp"
 #include "poolmap/worker.hpp"
 #include "signals.hpp"
 
@@ -75,7 +76,17 @@ int main(int argc, char** argv) {
   try {
     for (const auto& library : task_libraries) {
       const auto added = poolmap::load_task_library(library);
+      if (added.empty()) {
+        log->critical("task library '{}' registers no task (each task needs a POOLMAP_TASK in a .cpp file of the "
+                      "library); refusing to start",
+                      library);
+        return 2;
+      }
       if (!child) log->info("loaded {} ({} tasks)", library, added.size());
+    }
+    if (poolmap::detail::TaskRegistry::instance().names().empty()) {
+      log->critical("no tasks to run: give a task library with --tasks LIB.so; refusing to start");
+      return 2;
     }
     if (child) {
       poolmap::WorkerProcess worker({.broker = broker,

@@ -71,6 +71,7 @@ class Supervisor::Impl {
  private:
   struct Child {
     int pidfd = -1;  // -1 where pidfd_open is not available: then run() polls
+    std::uint64_t instance = 0;  // the id it registers with (given through kInstanceVariable)
     Clock::time_point started;
     detail::ProgressSlot progress;  // the chunk it runs, read when it dies
   };
@@ -96,8 +97,13 @@ class Supervisor::Impl {
     argv.push_back(nullptr);
     detail::ProgressSlot progress = detail::ProgressSlot::create();
     std::string progress_variable;
+    const std::uint64_t instance = detail::new_instance_id();
+    std::string instance_variable = std::string(detail::kInstanceVariable) + "=" + detail::full_id(instance);
+    std::string supervisor_variable = std::string(detail::kSupervisorVariable) + "=" + detail::full_id(instance_);
     std::vector<char*> envp;
     for (auto& entry : environment_) envp.push_back(entry.data());
+    envp.push_back(instance_variable.data());
+    envp.push_back(supervisor_variable.data());
     posix_spawn_file_actions_t files;
     posix_spawn_file_actions_init(&files);
     if (progress.valid()) {
@@ -129,6 +135,7 @@ class Supervisor::Impl {
     }
     Child child;
     child.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    child.instance = instance;
     child.started = Clock::now();
     child.progress = std::move(progress);
     std::lock_guard lock(mutex_);
@@ -144,24 +151,33 @@ class Supervisor::Impl {
       int status = 0;
       const pid_t done = ::waitpid(it->first, &status, WNOHANG);
       if (done == it->first || (done < 0 && errno == ECHILD)) {
-        const bool quick = Clock::now() - it->second.started < std::chrono::seconds(1);
+        const pid_t pid = it->first;
+        const Child& child = it->second;
+        const bool exited = done == pid;
+        const bool quick = Clock::now() - child.started < std::chrono::seconds(1);
+        // Status 0: it ended by itself (max tasks per child) after saying goodbye to the broker, a
+        // planned exit that is replaced at once. The deadline status: it answered for the stuck
+        // item first. Anything else is a crash, which the broker blames on the chunk it ran.
+        const bool planned = exited && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        const bool deadline = exited && WIFEXITED(status) && WEXITSTATUS(status) == detail::kDeadlineExitCode;
         if (!stopping_.load()) {
-          const std::string cause = done < 0 ? "ended (status unknown)" : describe_exit(status);
-          log_->warn("worker process {} exited ({}); restarting", it->first, cause);
-          const bool crashed = done == it->first && (WIFSIGNALED(status) ||
-                                                     (WIFEXITED(status) && WEXITSTATUS(status) != 0 &&
-                                                      WEXITSTATUS(status) != detail::kDeadlineExitCode));
-          exit_reports_.push_back(
-              {host_, static_cast<std::uint32_t>(it->first), crashed, "ended with " + cause, it->second.progress.load()});
+          const std::string cause = exited ? describe_exit(status) : "ended (status unknown)";
+          if (planned) {
+            log_->info("worker process {} [{}] finished its work (max tasks per child); starting a fresh one", pid,
+                       detail::short_id(child.instance));
+          } else {
+            log_->warn("worker process {} [{}] exited ({}); restarting", pid, detail::short_id(child.instance), cause);
+          }
+          const bool crashed = exited && !planned && !deadline && (WIFSIGNALED(status) || WIFEXITED(status));
+          exit_reports_.push_back({host_, static_cast<std::uint32_t>(pid), child.instance, instance_, crashed,
+                                   "ended with " + cause, child.progress.load()});
         }
-        if (it->second.pidfd >= 0) ::close(it->second.pidfd);
+        if (child.pidfd >= 0) ::close(child.pidfd);
         it = children_.erase(it);
         ++reaped;
         exits_.fetch_add(1);
         // A child that dies right after starting (bad task library, no broker address) backs off
-        // exponentially instead of spinning.
-        // A child that ended by itself with status 0 (max tasks per child) is replaced at once.
-        const bool planned = done == it->first && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        // exponentially instead of spinning; a planned exit is replaced at once.
         last_backoff_ = planned ? std::chrono::milliseconds(0)
                         : quick ? std::clamp(last_backoff_ * 2, options_.restart_backoff, options_.restart_backoff_max)
                                 : options_.restart_backoff;
@@ -210,6 +226,7 @@ class Supervisor::Impl {
   std::map<pid_t, Child> children_;
   std::vector<Slot> restarts_;  // run() thread only
   std::string host_ = detail::host_name();
+  std::uint64_t instance_ = detail::new_instance_id();  // this supervisor, named in its exit reports
   std::vector<proto::WorkerExited> exit_reports_;  // guarded by mutex_; sent by run()
   std::chrono::milliseconds last_backoff_{0};  // guarded by mutex_
 };
@@ -244,7 +261,8 @@ void Supervisor::Impl::run() {
   for (std::size_t i = 0; i < options_.processes && !stopping_.load(); ++i) {
     if (!spawn()) restarts_.push_back({Clock::now() + options_.restart_backoff, options_.restart_backoff});
   }
-  log_->info("supervisor started {} worker processes of {}", options_.processes, options_.executable);
+  log_->info("supervisor [{}] started {} worker processes of {}", detail::short_id(instance_), options_.processes,
+             options_.executable);
   while (!stopping_.load()) {
     std::vector<pollfd> fds;
     fds.push_back({wake_fd_, POLLIN, 0});

@@ -40,8 +40,20 @@ std::string join(const std::vector<std::string>& names) {
 class WorkerProcess::Impl {
  public:
   explicit Impl(WorkerOptions options)
-      : options_(std::move(options)), host_(detail::host_name()), pid_(static_cast<std::uint32_t>(::getpid())),
+      : options_(std::move(options)),
+        host_(detail::host_name()),
+        pid_(static_cast<std::uint32_t>(::getpid())),
+        instance_(detail::instance_from_environment(detail::kInstanceVariable)),
+        supervisor_(detail::instance_from_environment(detail::kSupervisorVariable)),
         log_(detail::logger("poolmap.worker")) {
+    // Our supervisor chose our instance id (it reports our exit by it); started by hand we choose.
+    // The variables are not passed on to whatever the tasks start.
+    if (instance_ == 0) instance_ = detail::new_instance_id();
+    ::unsetenv(detail::kInstanceVariable);
+    ::unsetenv(detail::kSupervisorVariable);
+    for (const auto& name : detail::TaskRegistry::instance().names()) {
+      tasks_announced_.push_back({name, detail::TaskRegistry::instance().find(name)->signature()});
+    }
     if (options_.broker.empty()) throw Error(ErrorCode::kInvalidArgument, "worker: no broker endpoint given");
     if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1) {
       throw Error(ErrorCode::kInvalidArgument, "worker: heartbeat interval and liveness must be positive");
@@ -103,6 +115,9 @@ class WorkerProcess::Impl {
   WorkerOptions options_;
   std::string host_;
   std::uint32_t pid_;
+  std::uint64_t instance_;    // this process, unique across hosts, pid namespaces and restarts
+  std::uint64_t supervisor_;  // the supervisor that started it; 0 = none
+  std::vector<proto::TaskInfo> tasks_announced_;  // what READY says we can run
   std::shared_ptr<spdlog::logger> log_;
   int wake_fd_ = -1;
 
@@ -137,7 +152,8 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   socket.set(zmq::sockopt::reconnect_ivl, 100);       // reconnect to a restarted broker with
   socket.set(zmq::sockopt::reconnect_ivl_max, 5000);  // exponential back-off, 0.1 s to 5 s
   socket.connect(options_.broker);
-  auto ready = wire::make(Command::kReady, proto::Ready{host_, pid_, 1 + options_.prefetch});
+  auto ready = wire::make(Command::kReady,
+                          proto::Ready{host_, pid_, 1 + options_.prefetch, instance_, supervisor_, tasks_announced_});
   wire::send(socket, ready, false);
   return socket;
 }
@@ -152,8 +168,8 @@ void WorkerProcess::Impl::io_loop() {
     stop();
     return;
   }
-  log_->info("worker {} pid {} connected to {} (tasks: {})", host_, pid_, options_.broker,
-             join(detail::TaskRegistry::instance().names()));
+  log_->info("worker {} pid {} [{}] connected to {} (tasks: {})", host_, pid_, detail::short_id(instance_),
+             options_.broker, join(detail::TaskRegistry::instance().names()));
   auto last_heard = Clock::now();
   auto last_sent = Clock::now();
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
@@ -185,7 +201,8 @@ void WorkerProcess::Impl::io_loop() {
       busy = running_.has_value();
     }
     for (auto& done : finished) {
-      auto frames = wire::make(Command::kWorkerResult, proto::WorkerResult{done.ticket, std::move(done.outcome)});
+      auto frames =
+          wire::make(Command::kWorkerResult, proto::WorkerResult{done.ticket, std::move(done.outcome), instance_});
       frames.push_back(wire::to_message(std::move(done.output)));
       wire::send(socket, frames, false);
       last_sent = Clock::now();
@@ -216,7 +233,8 @@ void WorkerProcess::Impl::io_loop() {
         }
         if (frames->size() != 3 && frames->size() != 4) {  // answer it, so the broker gets its credit back
           proto::Outcome outcome{ErrorCode::kMalformed, 0, {}, "TASK without a payload frame", host_, pid_};
-          auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{header.value().ticket, outcome});
+          auto reply =
+              wire::make(Command::kWorkerResult, proto::WorkerResult{header.value().ticket, outcome, instance_});
           reply.emplace_back();
           wire::send(socket, reply, false);
           continue;
@@ -296,7 +314,7 @@ void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {
                              std::to_string(pid_) + " was replaced",
                          host_, pid_};
   log_->error("{}", outcome.message);
-  auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{running.ticket, std::move(outcome)});
+  auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{running.ticket, std::move(outcome), instance_});
   reply.emplace_back();
   wire::send(socket, reply, false);
   auto bye = wire::make_empty(Command::kDisconnect);
@@ -359,8 +377,16 @@ WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task
     }
   }
   detail::TaskFailure failure;
-  const Status status = runner->run(wire::view(task.payload), task.header.count, done.output, failure,
-                                    &items_started_, context.get());
+  Status status;
+  try {  // run() reports what the task and the codec throw; anything else must not end the process
+    status = runner->run(wire::view(task.payload), task.header.count, done.output, failure, &items_started_,
+                         context.get());
+  } catch (const std::exception& e) {
+    status = Status(ErrorCode::kInternal, std::string("task '") + task.header.task + "' failed outside its items: " +
+                                              e.what());
+  } catch (...) {
+    status = Status(ErrorCode::kInternal, "task '" + task.header.task + "' failed outside its items");
+  }
   if (!status.is_ok()) {
     done.output.clear();
     done.outcome.code = status.code();

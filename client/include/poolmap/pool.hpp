@@ -103,11 +103,18 @@ struct SubmitOptions {
 
 // A snapshot of the broker, as `poolmap status` prints it.
 struct BrokerStatus {
+  struct TaskInfo {
+    std::string name;
+    std::string signature;  // e.g. "i64(i64)"
+  };
   struct Worker {
     std::string host;
     std::uint32_t pid = 0;
     std::uint32_t chunks_in_flight = 0;
     std::uint64_t chunks_done = 0;
+    std::uint64_t instance = 0;    // unique id of the process (logs and status show 8 hex digits)
+    std::uint64_t supervisor = 0;  // unique id of the supervisor that started it; 0 = none
+    std::vector<TaskInfo> tasks;   // what it announced it can run
   };
   std::vector<Worker> workers;
   std::uint32_t clients = 0;

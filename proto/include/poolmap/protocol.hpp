@@ -1,4 +1,4 @@
-// The poolmap wire protocol, version 1: message structs and their codec. docs/PROTOCOL.md is the
+// The poolmap wire protocol, version 2: message structs and their codec. docs/PROTOCOL.md is the
 // prose version of this file; keep the two in step.
 //
 // Every message is a ZeroMQ multipart message (after the ROUTER identity frame on the broker side):
@@ -25,7 +25,7 @@ namespace poolmap::proto {
 
 inline constexpr std::byte kTag0{'P'};
 inline constexpr std::byte kTag1{'M'};
-inline constexpr std::uint8_t kVersion = 1;
+inline constexpr std::uint8_t kVersion = 2;
 
 // One byte after the tag and version. Values are part of the protocol: never renumber.
 enum class Command : std::uint8_t {
@@ -146,13 +146,32 @@ struct ErrorReply {
   }
 };
 
+// A task a worker can run: its name and signature ("i64(i64)").
+struct TaskInfo {
+  std::string name;
+  std::string signature;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(name, signature);
+  }
+  friend bool operator==(const TaskInfo&, const TaskInfo&) = default;
+  friend auto operator<=>(const TaskInfo&, const TaskInfo&) = default;
+};
+
+// Most tasks one worker may announce in READY.
+inline constexpr std::size_t kMaxTasksPerWorker = 4096;
+
 struct Ready {
   std::string host;
   std::uint32_t pid = 0;
   std::uint32_t credit = 1;  // chunks the worker accepts before its first result (slots + prefetch)
+  std::uint64_t instance = 0;    // random id of this worker process, unique across hosts, pid namespaces
+                                 // and restarts; never 0. It stays the same when the process registers again.
+  std::uint64_t supervisor = 0;  // instance id of the supervisor that started it; 0 = none
+  std::vector<TaskInfo> tasks;   // what it can run (at most kMaxTasksPerWorker)
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, credit);
+    ar(host, pid, credit, instance, supervisor, tasks);
   }
 };
 
@@ -173,21 +192,24 @@ struct TaskHeader {
 struct WorkerResult {
   std::uint64_t ticket = 0;
   Outcome outcome;
+  std::uint64_t instance = 0;  // the worker process's instance id (as in its READY)
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(ticket, outcome);
+    ar(ticket, outcome, instance);
   }
 };
 
 struct WorkerExited {
   std::string host;
   std::uint32_t pid = 0;
+  std::uint64_t instance = 0;    // the process that ended (the id its supervisor gave it)
+  std::uint64_t supervisor = 0;  // the supervisor reporting it; must match the one in the process's READY
   bool crashed = false;  // killed by a signal or exited with a non-zero status
   std::string cause;     // "signal 11 (Segmentation fault)", "exit code 3"
   std::uint64_t running_ticket = 0;  // the chunk it was running (from its progress slot); 0 = idle or unknown
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, crashed, cause, running_ticket);
+    ar(host, pid, instance, supervisor, crashed, cause, running_ticket);
   }
 };
 
@@ -196,9 +218,12 @@ struct WorkerInfo {
   std::uint32_t pid = 0;
   std::uint32_t in_flight = 0;
   std::uint64_t chunks_done = 0;
+  std::uint64_t instance = 0;
+  std::uint64_t supervisor = 0;
+  std::vector<TaskInfo> tasks;
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, in_flight, chunks_done);
+    ar(host, pid, in_flight, chunks_done, instance, supervisor, tasks);
   }
 };
 

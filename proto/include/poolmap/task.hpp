@@ -133,8 +133,9 @@ class TaskRunner {
   virtual const std::string& signature() const noexcept = 0;
 
   // Decodes `count` items from `input`, calls the task on each and appends the `count` encoded
-  // results to `output`. Returns kMalformed if the input does not decode, or kTaskFailed with
-  // `failure` filled when the task throws (items before failure.offset are already in `output`).
+  // results to `output`. Returns kMalformed if the input is truncated or its size fields lie, or
+  // kTaskFailed with `failure` filled when the task throws, an argument's load() throws or the
+  // result's save() throws (items before failure.offset are already in `output`). Never throws.
   // Adds one to `items_started` (if not null) before each item, so another thread can watch for
   // an item that runs too long. With a `context` (an object from decode_context), the task's first
   // argument is that object for every item and the items hold only the other arguments.
@@ -319,30 +320,40 @@ class TaskRunnerFor final : public TaskRunner {
                    std::atomic<std::uint64_t>* items_started, Tuple args, Call call) const {
     InputArchive in(input);
     OutputArchive out(output);
+    // Fills `failure` from the exception being handled; `what` says which step threw.
+    auto failed = [&failure](std::uint32_t item, const std::string& what) {
+      failure.offset = item;
+      failure.type = current_exception_type();
+      try {
+        throw;
+      } catch (const std::exception& e) {
+        failure.message = what + e.what();
+      } catch (...) {
+        failure.message = what + "non-standard exception";
+      }
+      return Status(ErrorCode::kTaskFailed, failure.message);
+    };
     for (std::uint32_t i = 0; i < count; ++i) {
       try {
         std::apply([&in](auto&... a) { in(a...); }, args);
-      } catch (const std::exception& e) {
+      } catch (const cereal::Exception& e) {  // the payload is truncated or its sizes lie
         return Status(ErrorCode::kMalformed, "input of task '" + name_ + "' does not decode at item " +
                                                  std::to_string(i) + ": " + e.what());
+      } catch (...) {  // an argument type whose load() throws: this item fails, the process lives on
+        return failed(i, "the argument of task '" + name_ + "' cannot be decoded: ");
       }
       std::optional<std::decay_t<R>> result;
       if (items_started != nullptr) items_started->fetch_add(1, std::memory_order_relaxed);
       try {
         result.emplace(call(args));
       } catch (...) {
-        failure.offset = i;
-        failure.type = current_exception_type();
-        try {
-          throw;
-        } catch (const std::exception& e) {
-          failure.message = e.what();
-        } catch (...) {
-          failure.message = "non-standard exception";
-        }
-        return Status(ErrorCode::kTaskFailed, failure.message);
+        return failed(i, "");
       }
-      out(*result);
+      try {
+        out(*result);
+      } catch (...) {  // a result type whose save() throws: this item fails, the process lives on
+        return failed(i, "the result of task '" + name_ + "' cannot be encoded: ");
+      }
     }
     if (in.remaining() != 0) {
       return Status(ErrorCode::kMalformed, "input of task '" + name_ + "' has " +
