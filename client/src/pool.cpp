@@ -359,7 +359,6 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   core->task = request.task;
   core->total_items = request.total_items;
   if (request.chunks.empty()) {
-    core->cancel = [] { return false; };
     core->complete(JobOutcome{{}, Status::ok(), std::nullopt});
     return core;
   }
@@ -383,12 +382,7 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
     if (stopping_ || closed_) throw Error(ErrorCode::kCancelled, "the Pool is closed: it takes no new work");
     job->id = next_job_++;
     const std::uint64_t id = job->id;
-    std::weak_ptr<detail::FutureCore> weak = core;
-    core->cancel = [this, id, weak] {
-      auto alive = weak.lock();
-      if (!alive || alive->ready()) return false;
-      return cancel(id);
-    };
+    core->request_cancel = [this, id] { cancel(id); };
     ++active_jobs_;
     incoming_.push_back(std::move(job));
   }

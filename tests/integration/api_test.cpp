@@ -11,6 +11,8 @@
 #include <optional>
 #include <ranges>
 #include <set>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
 #include "poolmap/poolmap.hpp"
@@ -421,4 +423,136 @@ TEST_CASE("Api.Broadcast.ContextCrossesOncePerWorkerNotPerChunk" * doctest::time
   const auto again = pool.map(bound, iota_vector(100), {.chunksize = 1});
   CHECK(again[99] == table[99]);
   CHECK(pool.status().context_bytes_sent == status.context_bytes_sent);
+}
+
+// ---- Python conformance (ported from CPython's Pool and concurrent.futures tests) ----
+
+namespace {
+
+// The input range's own exception (Python's SayWhenError in test_imap_handle_iterable_exception).
+struct SayWhenError : std::runtime_error {
+  explicit SayWhenError(int at) : std::runtime_error("input fails at " + std::to_string(at)) {}
+};
+
+// 0, 1, ..., fail_at - 1, then throws SayWhenError (Python's exception_throwing_generator).
+auto throwing_input(int total, int fail_at) {
+  return std::views::iota(0, total) | std::views::transform([fail_at](int x) {
+           if (x == fail_at) throw SayWhenError(x);
+           return static_cast<std::int64_t>(x);
+         });
+}
+
+}  // namespace
+
+TEST_CASE("Api.Imap.InputExceptionAfterEarlierResults" * doctest::timeout(60)) {  // test_imap_handle_iterable_exception
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  struct Case {
+    int total, fail_at;
+    std::size_t chunksize;
+  };
+  for (const Case c : {Case{1, 0, 1}, Case{10, 3, 1}, Case{20, 7, 2}, Case{20, 7, 4}, Case{100, 57, 0}}) {
+    for (bool ordered : {true, false}) {
+      CAPTURE(c.fail_at);
+      CAPTURE(c.chunksize);
+      CAPTURE(ordered);
+      std::vector<std::int64_t> seen;
+      bool thrown = false;
+      try {
+        auto stream = ordered ? pool.imap(t::square, throwing_input(c.total, c.fail_at), {.chunksize = c.chunksize})
+                              : pool.imap_unordered(t::square, throwing_input(c.total, c.fail_at),
+                                                    {.chunksize = c.chunksize});
+        for (std::int64_t r : stream) seen.push_back(r);
+      } catch (const SayWhenError&) {  // the input's own exception, not a poolmap::Error
+        thrown = true;
+      }
+      CHECK(thrown);
+      std::vector<std::int64_t> expected;
+      for (std::int64_t i = 0; i < c.fail_at; ++i) expected.push_back(i * i);
+      if (!ordered) std::sort(seen.begin(), seen.end());
+      CHECK(seen == expected);  // every item before the failing one, then the exception
+    }
+  }
+  CHECK(pool.map(t::square, iota_vector(3)) == std::vector<std::int64_t>{0, 1, 4});  // the Pool is fine
+}
+
+TEST_CASE("Api.Futures.WaitAnyAndAsCompletedGiveOnlyReadyFutures" * doctest::timeout(60)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  std::size_t not_ready = 0;
+  std::size_t seen = 0;
+  auto check_ready = [&](const poolmap::Future<std::int64_t>& future) {
+    ++seen;
+    try {
+      (void)future.get(0ms);  // must not be kDeadlineExceeded
+    } catch (const poolmap::Error&) {
+      ++not_ready;
+    }
+  };
+  for (int round = 0; round < 5; ++round) {
+    std::vector<poolmap::Future<std::int64_t>> futures;
+    for (std::int64_t i = 0; i < 40; ++i) futures.push_back(pool.submit(t::square, i));
+    for (std::size_t index : poolmap::as_completed(futures)) check_ready(futures[index]);
+  }
+  for (int round = 0; round < 40; ++round) {
+    std::vector<poolmap::Future<std::int64_t>> futures{pool.submit(t::square, 1), pool.submit(t::square, 2)};
+    const auto index = poolmap::wait_any(futures, 10s);
+    REQUIRE(index.has_value());
+    check_ready(futures[*index]);
+  }
+  CHECK(seen == 240);
+  CHECK(not_ready == 0);
+}
+
+TEST_CASE("Api.Futures.ThenOnAFinishedFutureSwallowsCallbackExceptions" * doctest::timeout(30)) {
+  t::Cluster cluster;
+  poolmap::Pool pool(remote(cluster));
+  // Registered before the result arrives: logged and swallowed on the I/O thread.
+  auto later = pool.submit(t::sleep_ms, 2 * t::heartbeat().count());
+  later.then([](const std::int64_t&) { throw std::runtime_error("callback fails"); });
+  CHECK(later.get() == 2 * t::heartbeat().count());
+  // Registered after: the same, on the calling thread.
+  auto done = pool.submit(t::square, 3);
+  CHECK(done.get() == 9);
+  CHECK_NOTHROW(done.then([](const std::int64_t&) { throw std::runtime_error("callback fails"); }));
+  CHECK_NOTHROW(done.then([](const std::int64_t&) { throw 42; }));
+  auto failed = pool.submit(t::fail_at_13, 13);
+  CHECK_THROWS_AS((void)failed.get(), poolmap::TaskError);
+  CHECK_NOTHROW(failed.then({}, [](const poolmap::Error&) { throw std::runtime_error("error callback fails"); }));
+  bool called = false;
+  done.then([&](const std::int64_t& v) { called = v == 9; });  // later callbacks still run
+  CHECK(called);
+  CHECK(pool.submit(t::square, 4).get() == 16);  // the I/O thread is alive
+}
+
+TEST_CASE("Api.Futures.CancelIsImmediateAndIdempotent" * doctest::timeout(30)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  const std::int64_t ms = 3 * t::heartbeat().count();
+  for (int round = 0; round < 20; ++round) {
+    CAPTURE(round);
+    auto running = pool.submit(t::sleep_ms, ms);
+    auto queued = pool.submit(t::sleep_ms, ms);
+    REQUIRE(queued.cancel());
+    CHECK(queued.ready());  // at once, not when the I/O thread gets to it
+    try {
+      (void)queued.get(0ms);
+      FAIL("a cancelled future returned a value");
+    } catch (const poolmap::Error& e) {
+      CHECK(e.code() == poolmap::ErrorCode::kCancelled);
+    }
+    CHECK(queued.cancel());  // cancelling again: still true, as Python
+    CHECK(running.cancel());
+    CHECK(running.ready());
+  }
+  auto finished = pool.submit(t::square, 5);
+  CHECK(finished.get() == 25);
+  CHECK_FALSE(finished.cancel());
+  CHECK(finished.get() == 25);
+  auto failed = pool.submit(t::fail_at_13, 13);
+  CHECK_THROWS_AS((void)failed.get(), poolmap::TaskError);
+  CHECK_FALSE(failed.cancel());
+  CHECK_THROWS_AS((void)failed.get(), poolmap::TaskError);
 }

@@ -100,9 +100,11 @@ void decode_results(const std::vector<ChunkResult>& chunks, std::size_t expected
 // The state a Pool's I/O thread shares with the Futures of one job.
 class FutureCore {
  public:
-  // I/O thread: the job ended. Wakes waiters and runs continuations (exceptions they throw are
-  // swallowed: they must not take the I/O thread down).
-  void complete(JobOutcome outcome);
+  // The job ended (I/O thread), or was cancelled (cancel(), any thread). The first call wins:
+  // stores `outcome`, runs the on_complete() continuations (what they throw is logged and
+  // swallowed: it must not take the I/O thread down), marks the core ready and wakes waiters, then
+  // runs the on_ready() notifiers. Returns false, doing nothing, if an earlier call won.
+  bool complete(JobOutcome outcome);
   // I/O thread: `items` more inputs have their results, which took the workers `compute_us`.
   void add_progress(std::size_t items, std::uint64_t compute_us) {
     done_items_.fetch_add(items, std::memory_order_relaxed);
@@ -117,21 +119,34 @@ class FutureCore {
   std::size_t done_items() const { return done_items_.load(std::memory_order_relaxed); }
   // Microseconds the workers spent computing the results received so far.
   std::uint64_t compute_us() const { return compute_us_.load(std::memory_order_relaxed); }
-  // Runs `continuation` once the job ended: now (on this thread) if it already has.
+  // Runs `continuation` once the job ended, before the core is ready (Python's callbacks: get()
+  // returns only after them); now, on this thread, if it is ready already. What it throws is
+  // logged and swallowed in both cases.
   void on_complete(std::function<void(const JobOutcome&)> continuation);
+  // Runs `notifier` once the core is ready (after the continuations, so a waiter it wakes finds
+  // ready() true); now, on this thread, if it is ready already. REQUIRES: `notifier` does not throw.
+  void on_ready(std::function<void()> notifier);
 
-  // Set by the Pool: asks it to cancel the job. Returns false if the job had already ended.
-  std::function<bool()> cancel;
+  // Completes the core with Error(kCancelled) at once, then asks the Pool (request_cancel) to drop
+  // the job. Returns true if the core is now cancelled (by this call or an earlier one), false if
+  // the job had ended otherwise.
+  bool cancel();
+  // True if the job ended by cancellation (cancel(), terminate(), a destroyed Pool).
+  bool cancelled() const;
+
+  // Set by the Pool before the core is shared: asks it to cancel the job at the broker.
+  std::function<void()> request_cancel;
   std::string task;             // for messages
   std::size_t total_items = 0;  // inputs of the job
 
  private:
-  mutable std::mutex mutex_;  // guards done_, completing_, continuations_; outcome_ is written once, before
+  mutable std::mutex mutex_;  // guards done_, completing_, continuations_, notifiers_; outcome_ is written once, before
   mutable std::condition_variable changed_;
   bool done_ = false;
   bool completing_ = false;  // complete() is running the continuations
   JobOutcome outcome_;
   std::vector<std::function<void(const JobOutcome&)>> continuations_;
+  std::vector<std::function<void()>> notifiers_;
   std::atomic<std::size_t> done_items_{0};
   std::atomic<std::uint64_t> compute_us_{0};
 };
@@ -172,12 +187,17 @@ class Future {
     return value();
   }
 
-  // Cancels the work: queued chunks are dropped at the broker, results of running ones discarded;
-  // get() then throws Error(kCancelled). Returns false if the result was already here.
+  // Cancels the work, like concurrent.futures.Future.cancel: once it returns true the future is
+  // ready at once, get() throws Error(kCancelled), and the then() error callbacks have run (on this
+  // thread); queued chunks are dropped at the broker and results of running ones discarded.
+  // Returns true also if the future was cancelled before; false if it had ended otherwise (value
+  // or error). Unlike Python, work already running is cancelled too (see docs/API.md).
   bool cancel() { return core_->cancel(); }
 
   // Calls `on_value` with the value, or `on_error` with the error, once the work ends (Python's
-  // callback / error_callback). On the Pool's I/O thread, or at once if already ready.
+  // callback / error_callback). On the Pool's I/O thread before get() returns, on the thread of
+  // cancel() for a cancelled future, or at once on this thread if already ready. What a callback
+  // throws is logged ("poolmap.client") and swallowed, in every case; then() itself does not throw.
   void then(std::function<void(const T&)> on_value, std::function<void(const Error&)> on_error = {}) {
     auto decode = decode_;
     core_->on_complete([decode, on_value = std::move(on_value), on_error = std::move(on_error),
@@ -187,11 +207,14 @@ class Future {
         return;
       }
       if (!on_value) return;
+      std::optional<T> value;
       try {
-        on_value((*decode)(outcome, *core));
-      } catch (const Error& e) {
+        value.emplace((*decode)(outcome, *core));
+      } catch (const Error& e) {  // results that do not decode
         if (on_error) on_error(e);
+        return;
       }
+      on_value(*value);
     });
   }
 
@@ -255,7 +278,7 @@ std::optional<std::size_t> wait_any(const std::vector<Future<T>>& futures,
                                     std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) {
   auto queue = std::make_shared<detail::CompletionQueue>();
   for (std::size_t i = 0; i < futures.size(); ++i) {
-    futures[i].core()->on_complete([queue, i](const detail::JobOutcome&) { queue->push(i); });
+    futures[i].core()->on_ready([queue, i] { queue->push(i); });
   }
   const auto deadline = timeout == std::chrono::milliseconds::max()
                             ? std::chrono::steady_clock::time_point::max()
@@ -272,7 +295,7 @@ class as_completed {
   explicit as_completed(const std::vector<Future<T>>& futures)
       : queue_(std::make_shared<detail::CompletionQueue>()), remaining_(futures.size()) {
     for (std::size_t i = 0; i < futures.size(); ++i) {
-      futures[i].core()->on_complete([queue = queue_, i](const detail::JobOutcome&) { queue->push(i); });
+      futures[i].core()->on_ready([queue = queue_, i] { queue->push(i); });
     }
   }
 

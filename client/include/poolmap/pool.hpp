@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <iterator>
 #include <memory>
@@ -295,15 +296,23 @@ class Pool {
       std::optional<std::ranges::iterator_t<View>> at;
     };
     auto cursor = std::make_shared<Cursor>(std::views::all(std::forward<Range>(inputs)));
-    detail::StreamProducer producer = [cursor](std::size_t max_items, Bytes& payload) -> std::size_t {
-      if (!cursor->at) cursor->at.emplace(std::ranges::begin(cursor->view));
-      auto& at = *cursor->at;
-      OutputArchive archive(payload);
+    detail::StreamProducer producer = [cursor](std::size_t max_items, Bytes& payload,
+                                               std::exception_ptr& input_error) -> std::size_t {
       std::size_t count = 0;
-      while (count < max_items && at != std::ranges::end(cursor->view)) {
-        detail::encode_item<A...>(archive, *at);
-        ++at;
-        ++count;
+      std::size_t good_bytes = payload.size();  // the end of the last whole item
+      try {
+        if (!cursor->at) cursor->at.emplace(std::ranges::begin(cursor->view));
+        auto& at = *cursor->at;
+        OutputArchive archive(payload);
+        while (count < max_items && at != std::ranges::end(cursor->view)) {
+          detail::encode_item<A...>(archive, *at);
+          good_bytes = payload.size();
+          ++count;
+          ++at;
+        }
+      } catch (...) {  // the caller's input range threw: keep the items before it
+        input_error = std::current_exception();
+        payload.resize(good_bytes);
       }
       return count;
     };
