@@ -73,6 +73,21 @@ bool FutureCore::cancelled() const {
   return (done_ || completing_) && outcome_.error.code() == ErrorCode::kCancelled;
 }
 
+void FutureCore::wait_or_throw(std::chrono::milliseconds timeout) const {
+  if (!wait_until(deadline_after(timeout))) {
+    throw Error(ErrorCode::kDeadlineExceeded,
+                "no result from task '" + task + "' within " + std::to_string(timeout.count()) + " ms");
+  }
+}
+
+std::shared_ptr<const Error> FutureCore::exception(std::chrono::milliseconds timeout) const {
+  wait_or_throw(timeout);
+  if (outcome_.error.is_ok()) return nullptr;
+  if (outcome_.error.code() == ErrorCode::kCancelled) throw Error(outcome_.error);  // Python: CancelledError
+  if (outcome_.task_error) return std::make_shared<const TaskError>(*outcome_.task_error);
+  return std::make_shared<const Error>(outcome_.error);
+}
+
 bool FutureCore::ready() const {
   std::lock_guard lock(mutex_);
   return done_;

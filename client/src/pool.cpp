@@ -374,7 +374,13 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   job->core = core;
   if (request.job_deadline.count() > 0) job->deadline = Clock::now() + request.job_deadline;
   if (request.context) {
-    job->context.emplace(request.context->data(), request.context->size());  // one copy, then shared
+    // Zero-copy: the message refers to the caller's encoded context and keeps it alive, so the many
+    // jobs of one imap with a context share one buffer.
+    auto keep = std::make_unique<std::shared_ptr<const Bytes>>(request.context);
+    job->context.emplace(const_cast<std::byte*>(request.context->data()), request.context->size(),
+                         [](void*, void* hint) { delete static_cast<std::shared_ptr<const Bytes>*>(hint); },
+                         keep.get());
+    (void)keep.release();  // owned by the message now
     job->context_hash = request.context_hash;
   }
   {
