@@ -4,6 +4,20 @@
 
 namespace poolmap::detail {
 
+namespace {
+// Runs a user callback; what it throws is logged, never passed on (Python logs and goes on too).
+void run_callback(const std::function<void(const JobOutcome&)>& callback, const JobOutcome& outcome,
+                  const std::string& task) noexcept {
+  try {
+    callback(outcome);
+  } catch (const std::exception& e) {
+    logger("poolmap.client")->error("a Future callback of task '{}' threw: {}", task, e.what());
+  } catch (...) {
+    logger("poolmap.client")->error("a Future callback of task '{}' threw", task);
+  }
+}
+}  // namespace
+
 void throw_outcome(const JobOutcome& outcome) {
   if (outcome.task_error) throw TaskError(*outcome.task_error);
   throw Error(outcome.error);
@@ -17,36 +31,61 @@ void call_with_error(const JobOutcome& outcome, const std::function<void(const E
   }
 }
 
-void FutureCore::complete(JobOutcome outcome) {
+bool FutureCore::complete(JobOutcome outcome) {
   // Like Python's AsyncResult: the callbacks run before waiters see the result, so get() returns
   // only after them. Callbacks added meanwhile (on_complete while not done) are run here too.
+  // Notifiers (wait_any, as_completed) run after done_ is set: the index they report is ready.
   {
     std::lock_guard lock(mutex_);
-    if (done_ || completing_) return;
+    if (done_ || completing_) return false;
     completing_ = true;
     outcome_ = std::move(outcome);
   }
+  std::vector<std::function<void()>> notifiers;
   for (;;) {
     std::vector<std::function<void(const JobOutcome&)>> continuations;
     {
       std::lock_guard lock(mutex_);
       if (continuations_.empty()) {
         done_ = true;
+        notifiers.swap(notifiers_);
         break;
       }
       continuations.swap(continuations_);
     }
-    for (auto& continuation : continuations) {
-      try {
-        continuation(outcome_);
-      } catch (const std::exception& e) {
-        logger("poolmap.client")->error("a Future callback of task '{}' threw: {}", task, e.what());
-      } catch (...) {
-        logger("poolmap.client")->error("a Future callback of task '{}' threw", task);
-      }
-    }
+    for (auto& continuation : continuations) run_callback(continuation, outcome_, task);
   }
   changed_.notify_all();
+  for (auto& notifier : notifiers) notifier();
+  return true;
+}
+
+bool FutureCore::cancel() {
+  if (complete(JobOutcome{{}, Status(ErrorCode::kCancelled, "task '" + task + "' was cancelled"), std::nullopt})) {
+    if (request_cancel) request_cancel();
+    return true;
+  }
+  return cancelled();
+}
+
+bool FutureCore::cancelled() const {
+  std::lock_guard lock(mutex_);
+  return (done_ || completing_) && outcome_.error.code() == ErrorCode::kCancelled;
+}
+
+void FutureCore::wait_or_throw(std::chrono::milliseconds timeout) const {
+  if (!wait_until(deadline_after(timeout))) {
+    throw Error(ErrorCode::kDeadlineExceeded,
+                "no result from task '" + task + "' within " + std::to_string(timeout.count()) + " ms");
+  }
+}
+
+std::shared_ptr<const Error> FutureCore::exception(std::chrono::milliseconds timeout) const {
+  wait_or_throw(timeout);
+  if (outcome_.error.is_ok()) return nullptr;
+  if (outcome_.error.code() == ErrorCode::kCancelled) throw Error(outcome_.error);  // Python: CancelledError
+  if (outcome_.task_error) return std::make_shared<const TaskError>(*outcome_.task_error);
+  return std::make_shared<const Error>(outcome_.error);
 }
 
 bool FutureCore::ready() const {
@@ -76,7 +115,18 @@ void FutureCore::on_complete(std::function<void(const JobOutcome&)> continuation
       return;
     }
   }
-  continuation(outcome_);
+  run_callback(continuation, outcome_, task);
+}
+
+void FutureCore::on_ready(std::function<void()> notifier) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!done_) {
+      notifiers_.push_back(std::move(notifier));
+      return;
+    }
+  }
+  notifier();
 }
 
 }  // namespace poolmap::detail

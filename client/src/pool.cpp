@@ -359,7 +359,6 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   core->task = request.task;
   core->total_items = request.total_items;
   if (request.chunks.empty()) {
-    core->cancel = [] { return false; };
     core->complete(JobOutcome{{}, Status::ok(), std::nullopt});
     return core;
   }
@@ -375,7 +374,13 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   job->core = core;
   if (request.job_deadline.count() > 0) job->deadline = Clock::now() + request.job_deadline;
   if (request.context) {
-    job->context.emplace(request.context->data(), request.context->size());  // one copy, then shared
+    // Zero-copy: the message refers to the caller's encoded context and keeps it alive, so the many
+    // jobs of one imap with a context share one buffer.
+    auto keep = std::make_unique<std::shared_ptr<const Bytes>>(request.context);
+    job->context.emplace(const_cast<std::byte*>(request.context->data()), request.context->size(),
+                         [](void*, void* hint) { delete static_cast<std::shared_ptr<const Bytes>*>(hint); },
+                         keep.get());
+    (void)keep.release();  // owned by the message now
     job->context_hash = request.context_hash;
   }
   {
@@ -383,12 +388,7 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
     if (stopping_ || closed_) throw Error(ErrorCode::kCancelled, "the Pool is closed: it takes no new work");
     job->id = next_job_++;
     const std::uint64_t id = job->id;
-    std::weak_ptr<detail::FutureCore> weak = core;
-    core->cancel = [this, id, weak] {
-      auto alive = weak.lock();
-      if (!alive || alive->ready()) return false;
-      return cancel(id);
-    };
+    core->request_cancel = [this, id] { cancel(id); };
     ++active_jobs_;
     incoming_.push_back(std::move(job));
   }

@@ -1,5 +1,6 @@
 // poolmap::Future<T>: the result of Pool::submit or Pool::map_async, like Python's AsyncResult and
-// concurrent.futures.Future; plus as_completed, wait_all and wait_any over several of them.
+// concurrent.futures.Future; plus AnyFuture (any result type), as_completed, wait, wait_all and
+// wait_any over several of them.
 //
 //   poolmap::Future<std::int64_t> f = pool.submit(square, 7);
 //   f.then([](std::int64_t v) { ... }, [](const poolmap::Error& e) { ... });
@@ -21,8 +22,11 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ranges>
 #include <span>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "poolmap/archive.hpp"
@@ -100,9 +104,11 @@ void decode_results(const std::vector<ChunkResult>& chunks, std::size_t expected
 // The state a Pool's I/O thread shares with the Futures of one job.
 class FutureCore {
  public:
-  // I/O thread: the job ended. Wakes waiters and runs continuations (exceptions they throw are
-  // swallowed: they must not take the I/O thread down).
-  void complete(JobOutcome outcome);
+  // The job ended (I/O thread), or was cancelled (cancel(), any thread). The first call wins:
+  // stores `outcome`, runs the on_complete() continuations (what they throw is logged and
+  // swallowed: it must not take the I/O thread down), marks the core ready and wakes waiters, then
+  // runs the on_ready() notifiers. Returns false, doing nothing, if an earlier call won.
+  bool complete(JobOutcome outcome);
   // I/O thread: `items` more inputs have their results, which took the workers `compute_us`.
   void add_progress(std::size_t items, std::uint64_t compute_us) {
     done_items_.fetch_add(items, std::memory_order_relaxed);
@@ -117,21 +123,39 @@ class FutureCore {
   std::size_t done_items() const { return done_items_.load(std::memory_order_relaxed); }
   // Microseconds the workers spent computing the results received so far.
   std::uint64_t compute_us() const { return compute_us_.load(std::memory_order_relaxed); }
-  // Runs `continuation` once the job ended: now (on this thread) if it already has.
+  // Runs `continuation` once the job ended, before the core is ready (Python's callbacks: get()
+  // returns only after them); now, on this thread, if it is ready already. What it throws is
+  // logged and swallowed in both cases.
   void on_complete(std::function<void(const JobOutcome&)> continuation);
+  // Runs `notifier` once the core is ready (after the continuations, so a waiter it wakes finds
+  // ready() true); now, on this thread, if it is ready already. REQUIRES: `notifier` does not throw.
+  void on_ready(std::function<void()> notifier);
 
-  // Set by the Pool: asks it to cancel the job. Returns false if the job had already ended.
-  std::function<bool()> cancel;
+  // Completes the core with Error(kCancelled) at once, then asks the Pool (request_cancel) to drop
+  // the job. Returns true if the core is now cancelled (by this call or an earlier one), false if
+  // the job had ended otherwise.
+  bool cancel();
+  // True if the job ended by cancellation (cancel(), terminate(), a destroyed Pool).
+  bool cancelled() const;
+  // Waits up to `timeout` (max: for ever); throws Error(kDeadlineExceeded) if not ready by then.
+  void wait_or_throw(std::chrono::milliseconds timeout) const;
+  // Future::exception(): wait_or_throw(timeout), then the error of the outcome (nullptr if ok).
+  // Throws Error(kCancelled) if cancelled.
+  std::shared_ptr<const Error> exception(std::chrono::milliseconds timeout) const;
+
+  // Set by the Pool before the core is shared: asks it to cancel the job at the broker.
+  std::function<void()> request_cancel;
   std::string task;             // for messages
   std::size_t total_items = 0;  // inputs of the job
 
  private:
-  mutable std::mutex mutex_;  // guards done_, completing_, continuations_; outcome_ is written once, before
+  mutable std::mutex mutex_;  // guards done_, completing_, continuations_, notifiers_; outcome_ is written once, before
   mutable std::condition_variable changed_;
   bool done_ = false;
   bool completing_ = false;  // complete() is running the continuations
   JobOutcome outcome_;
   std::vector<std::function<void(const JobOutcome&)>> continuations_;
+  std::vector<std::function<void()>> notifiers_;
   std::atomic<std::size_t> done_items_{0};
   std::atomic<std::uint64_t> compute_us_{0};
 };
@@ -165,19 +189,33 @@ class Future {
   // Same, but throws Error(kDeadlineExceeded) if the value is not here within `timeout` (the work
   // goes on: call get again, or cancel()).
   T get(std::chrono::milliseconds timeout) const {
-    if (!wait_for(timeout)) {
-      throw Error(ErrorCode::kDeadlineExceeded, "no result from task '" + core_->task + "' within " +
-                                                    std::to_string(timeout.count()) + " ms");
-    }
+    core_->wait_or_throw(timeout);
     return value();
   }
 
-  // Cancels the work: queued chunks are dropped at the broker, results of running ones discarded;
-  // get() then throws Error(kCancelled). Returns false if the result was already here.
+  // Cancels the work, like concurrent.futures.Future.cancel: once it returns true the future is
+  // ready at once, get() throws Error(kCancelled), and the then() error callbacks have run (on this
+  // thread); queued chunks are dropped at the broker and results of running ones discarded.
+  // Returns true also if the future was cancelled before; false if it had ended otherwise (value
+  // or error). Unlike Python, work already running is cancelled too (see docs/API.md).
   bool cancel() { return core_->cancel(); }
 
+  // True if the future was cancelled (cancel(), terminate(), a destroyed Pool): Python's cancelled().
+  bool cancelled() const { return core_->cancelled(); }
+
+  // Python's Future.exception(): waits like get(), then returns the error get() would throw, or
+  // nullptr if the work succeeded. The error's dynamic type is TaskError when the task threw
+  // (dynamic_cast it for index(), remote_type() ...). Throws Error(kCancelled) if the future was
+  // cancelled (as Python raises CancelledError). Results that arrived but do not decode are not
+  // checked here: get() reports them (kMalformed).
+  std::shared_ptr<const Error> exception() const { return core_->exception(std::chrono::milliseconds::max()); }
+  // Same, but throws Error(kDeadlineExceeded) if the work does not end within `timeout`.
+  std::shared_ptr<const Error> exception(std::chrono::milliseconds timeout) const { return core_->exception(timeout); }
+
   // Calls `on_value` with the value, or `on_error` with the error, once the work ends (Python's
-  // callback / error_callback). On the Pool's I/O thread, or at once if already ready.
+  // callback / error_callback). On the Pool's I/O thread before get() returns, on the thread of
+  // cancel() for a cancelled future, or at once on this thread if already ready. What a callback
+  // throws is logged ("poolmap.client") and swallowed, in every case; then() itself does not throw.
   void then(std::function<void(const T&)> on_value, std::function<void(const Error&)> on_error = {}) {
     auto decode = decode_;
     core_->on_complete([decode, on_value = std::move(on_value), on_error = std::move(on_error),
@@ -187,15 +225,18 @@ class Future {
         return;
       }
       if (!on_value) return;
+      std::optional<T> value;
       try {
-        on_value((*decode)(outcome, *core));
-      } catch (const Error& e) {
+        value.emplace((*decode)(outcome, *core));
+      } catch (const Error& e) {  // results that do not decode
         if (on_error) on_error(e);
+        return;
       }
+      on_value(*value);
     });
   }
 
-  // For as_completed / wait_any: the shared state.
+  // For AnyFuture, as_completed, wait, wait_any: the shared state.
   const std::shared_ptr<detail::FutureCore>& core() const noexcept { return core_; }
 
  private:
@@ -209,20 +250,50 @@ class Future {
   std::shared_ptr<const Decoder> decode_;
 };
 
-// Waits until every future is ready, or `timeout` passes. Returns true if all are ready.
-template <class T>
-bool wait_all(const std::vector<Future<T>>& futures,
-              std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) {
-  const auto deadline = timeout == std::chrono::milliseconds::max()
-                            ? std::chrono::steady_clock::time_point::max()
-                            : std::chrono::steady_clock::now() + timeout;
-  for (const auto& future : futures) {
-    if (!future.core()->wait_until(deadline)) return false;
+// A Future of any result type, for waiting on futures of different types together:
+//
+//   std::vector<poolmap::AnyFuture> all{pool.submit(square, 3), pool.submit(shout, std::string("x"))};
+//   for (std::size_t i : poolmap::as_completed(all)) ...;   // then get() on the typed futures
+//
+// It shares the state of the Future it was made from (cancel() on either cancels both); it has no
+// get(): keep the typed Future for the value. Thread-safety as Future.
+class AnyFuture {
+ public:
+  AnyFuture() = default;  // not valid(): every other call is undefined
+  template <class T>
+  AnyFuture(const Future<T>& future) : core_(future.core()) {}  // NOLINT: implicit, like a base
+
+  bool valid() const noexcept { return core_ != nullptr; }
+  bool ready() const { return core_->ready(); }
+  bool wait_for(std::chrono::milliseconds timeout) const {
+    return core_->wait_until(std::chrono::steady_clock::now() + timeout);
   }
-  return true;
-}
+  void wait() const { core_->wait(); }
+  bool cancel() { return core_->cancel(); }
+  bool cancelled() const { return core_->cancelled(); }
+  std::shared_ptr<const Error> exception() const { return core_->exception(std::chrono::milliseconds::max()); }
+  std::shared_ptr<const Error> exception(std::chrono::milliseconds timeout) const { return core_->exception(timeout); }
+  const std::shared_ptr<detail::FutureCore>& core() const noexcept { return core_; }
+
+ private:
+  std::shared_ptr<detail::FutureCore> core_;
+};
+
+// What wait_all, wait_any, wait and as_completed take: a range of Future<T> or AnyFuture (a
+// std::vector, std::array, std::span ...). The functions below keep no reference to it.
+template <class Futures>
+concept FutureRange = std::ranges::forward_range<const Futures> &&
+                      requires(const std::ranges::range_value_t<Futures>& future) {
+                        { future.core() } -> std::convertible_to<std::shared_ptr<detail::FutureCore>>;
+                      };
 
 namespace detail {
+// now + timeout; time_point::max() for timeout == milliseconds::max() (no timeout).
+inline std::chrono::steady_clock::time_point deadline_after(std::chrono::milliseconds timeout) {
+  return timeout == std::chrono::milliseconds::max() ? std::chrono::steady_clock::time_point::max()
+                                                     : std::chrono::steady_clock::now() + timeout;
+}
+
 // Indices of futures in the order they become ready. Thread-safe.
 class CompletionQueue {
  public:
@@ -246,34 +317,93 @@ class CompletionQueue {
   std::condition_variable changed_;
   std::deque<std::size_t> ready_;
 };
+
+// Pushes each future's index to a new queue once it is ready (at once for those ready already).
+// Returns the queue and the number of futures.
+template <class Futures>
+std::pair<std::shared_ptr<CompletionQueue>, std::size_t> watch(const Futures& futures) {
+  auto queue = std::make_shared<CompletionQueue>();
+  std::size_t count = 0;
+  for (const auto& future : futures) {
+    future.core()->on_ready([queue, index = count] { queue->push(index); });
+    ++count;
+  }
+  return {std::move(queue), count};
+}
 }  // namespace detail
 
-// Waits until at least one future is ready, or `timeout` passes. Returns the index of a ready
-// one, or nullopt.
-template <class T>
-std::optional<std::size_t> wait_any(const std::vector<Future<T>>& futures,
-                                    std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) {
-  auto queue = std::make_shared<detail::CompletionQueue>();
-  for (std::size_t i = 0; i < futures.size(); ++i) {
-    futures[i].core()->on_complete([queue, i](const detail::JobOutcome&) { queue->push(i); });
+// Waits until every future is ready, or `timeout` passes. Returns true if all are ready.
+template <FutureRange Futures>
+bool wait_all(const Futures& futures, std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) {
+  const auto deadline = detail::deadline_after(timeout);
+  for (const auto& future : futures) {
+    if (!future.core()->wait_until(deadline)) return false;
   }
-  const auto deadline = timeout == std::chrono::milliseconds::max()
-                            ? std::chrono::steady_clock::time_point::max()
-                            : std::chrono::steady_clock::now() + timeout;
-  return queue->pop_until(deadline);
+  return true;
+}
+
+// Waits until at least one future is ready, or `timeout` passes. Returns the index of a ready
+// one (get(0ms) on it does not time out), or nullopt.
+template <FutureRange Futures>
+std::optional<std::size_t> wait_any(const Futures& futures,
+                                    std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) {
+  return detail::watch(futures).first->pop_until(detail::deadline_after(timeout));
+}
+
+// When poolmap::wait returns (concurrent.futures' FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED).
+enum class ReturnWhen {
+  kFirstCompleted,  // any future is ready
+  kFirstException,  // any future failed (not by cancellation); ALL_COMPLETED if none does
+  kAllCompleted,    // every future is ready
+};
+// Python's spellings: poolmap::wait(futures, poolmap::FIRST_COMPLETED).
+inline constexpr ReturnWhen FIRST_COMPLETED = ReturnWhen::kFirstCompleted;
+inline constexpr ReturnWhen FIRST_EXCEPTION = ReturnWhen::kFirstException;
+inline constexpr ReturnWhen ALL_COMPLETED = ReturnWhen::kAllCompleted;
+
+// What poolmap::wait returns: the indices of the futures ready and not ready when it returned,
+// each in ascending order (Python returns two sets of futures).
+struct WaitResult {
+  std::vector<std::size_t> done;
+  std::vector<std::size_t> not_done;
+};
+
+// concurrent.futures.wait: waits until `return_when` holds or `timeout` passes (no exception on
+// timeout: see not_done). Default: ALL_COMPLETED, no timeout.
+template <FutureRange Futures>
+WaitResult wait(const Futures& futures, ReturnWhen return_when = ReturnWhen::kAllCompleted,
+                std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) {
+  std::vector<detail::FutureCore*> cores;
+  for (const auto& future : futures) cores.push_back(future.core().get());
+  auto [queue, count] = detail::watch(futures);
+  const auto deadline = detail::deadline_after(timeout);
+  for (std::size_t completed = 0; completed < count; ++completed) {
+    if (return_when == ReturnWhen::kFirstCompleted && completed > 0) break;
+    const auto index = queue->pop_until(deadline);
+    if (!index) break;
+    const auto& outcome = cores[*index]->outcome();
+    if (return_when == ReturnWhen::kFirstException && !outcome.error.is_ok() &&
+        outcome.error.code() != ErrorCode::kCancelled) {
+      break;
+    }
+  }
+  WaitResult result;
+  for (std::size_t i = 0; i < cores.size(); ++i) (cores[i]->ready() ? result.done : result.not_done).push_back(i);
+  return result;
 }
 
 // The futures' indices in the order they complete, like concurrent.futures.as_completed:
 //   for (std::size_t i : poolmap::as_completed(futures)) use(futures[i].get());
-// Iterating blocks until the next one is ready. The futures must outlive the iteration.
-template <class T>
+// Iterating blocks until the next one is ready; each index is given once, when its future is
+// ready. With a timeout (counted from construction, as Python counts from the call), the iteration
+// throws Error(kDeadlineExceeded) when the next future is not ready by then (Python's
+// TimeoutError). Futures ready already come first. Default: no timeout.
 class as_completed {
  public:
-  explicit as_completed(const std::vector<Future<T>>& futures)
-      : queue_(std::make_shared<detail::CompletionQueue>()), remaining_(futures.size()) {
-    for (std::size_t i = 0; i < futures.size(); ++i) {
-      futures[i].core()->on_complete([queue = queue_, i](const detail::JobOutcome&) { queue->push(i); });
-    }
+  template <FutureRange Futures>
+  explicit as_completed(const Futures& futures, std::chrono::milliseconds timeout = std::chrono::milliseconds::max())
+      : deadline_(detail::deadline_after(timeout)), timeout_(timeout) {
+    std::tie(queue_, remaining_) = detail::watch(futures);
   }
 
   class iterator {
@@ -296,8 +426,16 @@ class as_completed {
         owner_ = nullptr;
         return;
       }
+      const auto next = owner_->queue_->pop_until(owner_->deadline_);
+      if (!next) {
+        const std::size_t left = owner_->remaining_;
+        const auto timeout = owner_->timeout_;
+        owner_ = nullptr;
+        throw Error(ErrorCode::kDeadlineExceeded, std::to_string(left) + " futures not done within " +
+                                                      std::to_string(timeout.count()) + " ms");
+      }
       --owner_->remaining_;
-      current_ = *owner_->queue_->pop_until(std::chrono::steady_clock::time_point::max());
+      current_ = *next;
     }
     as_completed* owner_ = nullptr;
     std::size_t current_ = 0;
@@ -308,7 +446,9 @@ class as_completed {
 
  private:
   std::shared_ptr<detail::CompletionQueue> queue_;
-  std::size_t remaining_;
+  std::size_t remaining_ = 0;
+  std::chrono::steady_clock::time_point deadline_;
+  std::chrono::milliseconds timeout_;
 };
 
 }  // namespace poolmap

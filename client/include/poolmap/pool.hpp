@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <iterator>
 #include <memory>
@@ -192,7 +193,10 @@ class Pool {
   Pool& operator=(const Pool&) = delete;
 
   // Applies `task` to every element of `inputs` on the workers and returns the results in input
-  // order, like Python's Pool.map. Elements convert to the task's argument type.
+  // order, like Python's Pool.map. Elements convert to the task's argument type. `inputs` is any
+  // input range, including one whose end is a sentinel of another type (a generator such as
+  // `std::views::iota(0) | std::views::take_while(p)`, an istream view); without a size and an
+  // explicit chunksize it is read to its end first, as Python's map does with a generator.
   // Throws: TaskError when the task throws on an item (the remaining chunks are cancelled);
   // Error(kUnknownTask / kSignatureMismatch) when no worker has a matching task; Error(kWorkerLost)
   // when a chunk's workers kept dying; Error(kDeadlineExceeded) when an item ran past
@@ -238,18 +242,38 @@ class Pool {
 
   // Python's imap: results in input order, lazily (see result_stream.hpp). The input range is read
   // on the thread that iterates the stream; `inputs` must outlive the stream when it is an lvalue.
-  // Throws (from the iteration) as map() does.
-  template <class R, class A, std::ranges::input_range Range>
-  ResultStream<R> imap(const Task<R(A)>& task, Range&& inputs, StreamOptions options = {}) {
-    return start_stream<R, A>(task.name(), Task<R(A)>::signature(), std::forward<Range>(inputs), options, true);
+  // For a task with several arguments each element is a tuple (or pair, or array) of arguments, as
+  // with starmap (Python has no lazy starmap; this is imap over the tuples, unpacked). Throws (from
+  // the iteration) as map() does, and what the input range throws after the results before it.
+  template <class R, class... A, std::ranges::input_range Range>
+  ResultStream<R> imap(const Task<R(A...)>& task, Range&& inputs, StreamOptions options = {}) {
+    return start_stream<R, A...>(task.name(), Task<R(A...)>::signature(), std::forward<Range>(inputs), options, true);
   }
   // Python's imap_unordered: the same, results in completion order.
-  template <class R, class A, std::ranges::input_range Range>
-  ResultStream<R> imap_unordered(const Task<R(A)>& task, Range&& inputs, StreamOptions options = {}) {
-    return start_stream<R, A>(task.name(), Task<R(A)>::signature(), std::forward<Range>(inputs), options, false);
+  template <class R, class... A, std::ranges::input_range Range>
+  ResultStream<R> imap_unordered(const Task<R(A...)>& task, Range&& inputs, StreamOptions options = {}) {
+    return start_stream<R, A...>(task.name(), Task<R(A...)>::signature(), std::forward<Range>(inputs), options,
+                                 false);
+  }
+  // imap and imap_unordered with a broadcast context (Task::with); `inputs` hold the remaining
+  // argument(s). The context reaches each worker process once, but the broker keeps a context only
+  // while chunks need it, so it is sent to the broker with every chunk of the stream: with a big
+  // context, choose a large chunksize.
+  template <class R, class First, class... A, std::ranges::input_range Range>
+  ResultStream<R> imap(const WithContext<R(First, A...)>& bound, Range&& inputs, StreamOptions options = {}) {
+    return start_stream<R, A...>(bound.task().name(), Task<R(First, A...)>::signature(), std::forward<Range>(inputs),
+                                 options, true, bound.context(), bound.context_hash());
+  }
+  template <class R, class First, class... A, std::ranges::input_range Range>
+  ResultStream<R> imap_unordered(const WithContext<R(First, A...)>& bound, Range&& inputs,
+                                 StreamOptions options = {}) {
+    return start_stream<R, A...>(bound.task().name(), Task<R(First, A...)>::signature(), std::forward<Range>(inputs),
+                                 options, false, bound.context(), bound.context_hash());
   }
 
-  // Python's apply_async / Executor.submit: runs task(args...) on a worker.
+  // Python's apply_async / Executor.submit: runs task(args...) on a worker. Arguments convert to
+  // the task's argument types; one per argument. Throws Error(kCancelled) on a closed Pool; every
+  // other error reaches the Future.
   template <class R, class... A, class... Args>
   Future<R> submit(const Task<R(A...)>& task, Args&&... args) {
     return submit(SubmitOptions{}, task, std::forward<Args>(args)...);
@@ -257,21 +281,37 @@ class Pool {
   template <class R, class... A, class... Args>
   Future<R> submit(const SubmitOptions& options, const Task<R(A...)>& task, Args&&... args) {
     static_assert(sizeof...(Args) == sizeof...(A), "submit: pass one value per task argument");
-    detail::JobRequest job{std::string(task.name()), Task<R(A...)>::signature(), {},
-                           static_cast<std::uint32_t>(options.task_deadline.count()), 0, options.deadline, 1};
-    detail::ChunkRequest chunk{0, 1, {}};
-    {
-      OutputArchive archive(chunk.payload);
-      (archive(static_cast<std::decay_t<A>>(std::forward<Args>(args))), ...);
-    }
-    job.chunks.push_back(std::move(chunk));
-    static const auto decode = std::make_shared<const typename Future<R>::Decoder>(
-        [](const detail::JobOutcome& outcome, const detail::FutureCore& core) {
-          std::vector<R> one;
-          detail::decode_results(outcome.results, 1, core.task, one);
-          return std::move(one.front());
-        });
-    return Future<R>(start(std::move(job)), decode);
+    return start_one<R, A...>(options, task.name(), Task<R(A...)>::signature(), nullptr, 0,
+                              std::forward<Args>(args)...);
+  }
+  // submit with a broadcast context (Task::with): `args` are the arguments after the first.
+  template <class R, class First, class... A, class... Args>
+  Future<R> submit(const WithContext<R(First, A...)>& bound, Args&&... args) {
+    return submit(SubmitOptions{}, bound, std::forward<Args>(args)...);
+  }
+  template <class R, class First, class... A, class... Args>
+  Future<R> submit(const SubmitOptions& options, const WithContext<R(First, A...)>& bound, Args&&... args) {
+    static_assert(sizeof...(Args) == sizeof...(A), "submit: pass one value per task argument after the context");
+    return start_one<R, A...>(options, bound.task().name(), Task<R(First, A...)>::signature(), bound.context(),
+                              bound.context_hash(), std::forward<Args>(args)...);
+  }
+
+  // Python's apply: submit(...).get(), blocking. Throws as Future::get (TaskError, Error).
+  template <class R, class... A, class... Args>
+  R apply(const Task<R(A...)>& task, Args&&... args) {
+    return submit(task, std::forward<Args>(args)...).get();
+  }
+  template <class R, class... A, class... Args>
+  R apply(const SubmitOptions& options, const Task<R(A...)>& task, Args&&... args) {
+    return submit(options, task, std::forward<Args>(args)...).get();
+  }
+  template <class R, class First, class... A, class... Args>
+  R apply(const WithContext<R(First, A...)>& bound, Args&&... args) {
+    return submit(bound, std::forward<Args>(args)...).get();
+  }
+  template <class R, class First, class... A, class... Args>
+  R apply(const SubmitOptions& options, const WithContext<R(First, A...)>& bound, Args&&... args) {
+    return submit(options, bound, std::forward<Args>(args)...).get();
   }
 
   // Python's close(): no new work is accepted (map, submit ... throw Error(kCancelled)); work
@@ -292,9 +332,32 @@ class Pool {
   BrokerStatus status(std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
 
  private:
+  // One job of one item: the arguments `args` of task(args...), after the context if there is one.
+  template <class R, class... A, class... Args>
+  Future<R> start_one(const SubmitOptions& options, std::string_view name, std::string signature,
+                      std::shared_ptr<const Bytes> context, std::uint64_t context_hash, Args&&... args) {
+    detail::JobRequest job{std::string(name), std::move(signature), {},
+                           static_cast<std::uint32_t>(options.task_deadline.count()), 0, options.deadline, 1,
+                           std::move(context), context_hash};
+    detail::ChunkRequest chunk{0, 1, {}};
+    {
+      OutputArchive archive(chunk.payload);
+      (archive(static_cast<std::decay_t<A>>(std::forward<Args>(args))), ...);
+    }
+    job.chunks.push_back(std::move(chunk));
+    static const auto decode = std::make_shared<const typename Future<R>::Decoder>(
+        [](const detail::JobOutcome& outcome, const detail::FutureCore& core) {
+          std::vector<R> one;
+          detail::decode_results(outcome.results, 1, core.task, one);
+          return std::move(one.front());
+        });
+    return Future<R>(start(std::move(job)), decode);
+  }
+
   template <class R, class... A, class Range>
   ResultStream<R> start_stream(std::string_view name, std::string signature, Range&& inputs, StreamOptions options,
-                               bool ordered) {
+                               bool ordered, std::shared_ptr<const Bytes> context = nullptr,
+                               std::uint64_t context_hash = 0) {
     using View = std::views::all_t<Range>;
     struct Cursor {
       explicit Cursor(View v) : view(std::move(v)) {}
@@ -302,20 +365,33 @@ class Pool {
       std::optional<std::ranges::iterator_t<View>> at;
     };
     auto cursor = std::make_shared<Cursor>(std::views::all(std::forward<Range>(inputs)));
-    detail::StreamProducer producer = [cursor](std::size_t max_items, Bytes& payload) -> std::size_t {
-      if (!cursor->at) cursor->at.emplace(std::ranges::begin(cursor->view));
-      auto& at = *cursor->at;
-      OutputArchive archive(payload);
+    detail::StreamProducer producer = [cursor](std::size_t max_items, Bytes& payload,
+                                               std::exception_ptr& input_error) -> std::size_t {
       std::size_t count = 0;
-      while (count < max_items && at != std::ranges::end(cursor->view)) {
-        detail::encode_item<A...>(archive, *at);
-        ++at;
-        ++count;
+      std::size_t good_bytes = payload.size();  // the end of the last whole item
+      try {
+        if (!cursor->at) cursor->at.emplace(std::ranges::begin(cursor->view));
+        auto& at = *cursor->at;
+        OutputArchive archive(payload);
+        while (count < max_items && at != std::ranges::end(cursor->view)) {
+          detail::encode_item<A...>(archive, *at);
+          good_bytes = payload.size();
+          ++count;
+          ++at;
+        }
+      } catch (...) {  // the caller's input range threw: keep the items before it
+        input_error = std::current_exception();
+        payload.resize(good_bytes);
       }
       return count;
     };
     const std::size_t window = options.window != 0 ? options.window : std::max<std::size_t>(4, 4 * workers_for_chunking());
-    return ResultStream<R>(std::move(producer), [this](detail::JobRequest job) { return start(std::move(job)); },
+    detail::JobStarter starter = [this, context = std::move(context), context_hash](detail::JobRequest job) {
+      job.context = context;  // each chunk of a stream is a job of its own
+      job.context_hash = context_hash;
+      return start(std::move(job));
+    };
+    return ResultStream<R>(std::move(producer), std::move(starter),
                            std::string(name), std::move(signature), options, window, ordered,
                            [this](const std::string& line) { log_debug(line); });
   }
@@ -333,11 +409,14 @@ class Pool {
       if (chunksize == 0 && total > 0) chunksize = default_chunksize(total, workers_for_chunking());
       job.chunks.reserve(chunk_count(total, chunksize));
       detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, job);
-    } else if (chunksize == 0) {
-      // Unsized input: materialize it first, as Python's map does with a generator.
-      std::vector<std::ranges::range_value_t<Range>> items(std::ranges::begin(inputs), std::ranges::end(inputs));
-      return start_map<R, A...>(name, std::move(job.signature), items, options, std::move(context), context_hash);
     } else {
+      if (chunksize == 0) {
+        // Unsized input (a generator, a view ending in a sentinel of another type): materialize it
+        // first, as Python's map does, to know the default chunk size.
+        std::vector<std::ranges::range_value_t<Range>> items;
+        for (auto&& item : inputs) items.push_back(std::forward<decltype(item)>(item));
+        return start_map<R, A...>(name, std::move(job.signature), items, options, std::move(context), context_hash);
+      }
       detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, job);
     }
     static const auto decode = std::make_shared<const typename Future<std::vector<R>>::Decoder>(

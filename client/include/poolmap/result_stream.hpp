@@ -11,7 +11,10 @@
 // what is left (queued chunks are dropped at the broker).
 //
 // Errors: the exception of a failed chunk (TaskError, Error) is thrown by the iterator increment
-// (or begin()) that reaches its first item; the stream then ends and cancels the rest.
+// (or begin()) that reaches its first item; the stream then ends and cancels the rest. An exception
+// thrown by the input range itself (Python's failing generator) is kept until the results of every
+// item before it have been yielded (in order for imap, as they come for imap_unordered), then
+// thrown unchanged from the iteration; the stream then ends.
 //
 // Thread-safety: one thread reads a stream. The input range is read on that thread, inside
 // begin() and ++.
@@ -22,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <iterator>
 #include <memory>
@@ -51,7 +55,9 @@ struct StreamOptions {
 
 namespace detail {
 // Encodes up to `max_items` next input items into `payload`; returns how many (0 = input ended).
-using StreamProducer = std::function<std::size_t(std::size_t max_items, Bytes& payload)>;
+// When reading the input throws, returns the items encoded before it and stores the exception in
+// `input_error` (the input then counts as ended).
+using StreamProducer = std::function<std::size_t(std::size_t max_items, Bytes& payload, std::exception_ptr& input_error)>;
 // Starts one job (Pool::start).
 using JobStarter = std::function<std::shared_ptr<FutureCore>(JobRequest)>;
 // Writes a debug line to the Pool's logger.
@@ -135,6 +141,7 @@ class ResultStream {
     std::uint64_t next_index = 0;
     bool input_done = false;
     bool failed = false;
+    std::exception_ptr input_error;  // the input range threw: thrown once every earlier result is out
     std::deque<Chunk> in_order;                     // ordered: chunks in input order
     std::unordered_map<std::size_t, Chunk> by_seq;  // unordered: chunks by sequence number
     std::shared_ptr<detail::CompletionQueue> completions = std::make_shared<detail::CompletionQueue>();
@@ -147,7 +154,8 @@ class ResultStream {
       while (!input_done && in_flight() < window) {
         detail::ChunkRequest chunk;
         chunk.first_index = next_index;
-        const std::size_t count = producer(chunksize, chunk.payload);
+        const std::size_t count = producer(chunksize, chunk.payload, input_error);
+        if (input_error) input_done = true;
         if (count == 0) {
           input_done = true;
           break;
@@ -164,7 +172,7 @@ class ResultStream {
           in_order.push_back(std::move(sent));
         } else {
           const std::size_t seq = next_seq++;
-          sent.core->on_complete([queue = completions, seq](const detail::JobOutcome&) { queue->push(seq); });
+          sent.core->on_ready([queue = completions, seq] { queue->push(seq); });
           by_seq.emplace(seq, std::move(sent));
         }
       }
@@ -207,7 +215,13 @@ class ResultStream {
       while (ready.empty()) {
         if (failed) return std::nullopt;
         top_up();
-        if (in_flight() == 0) return std::nullopt;
+        if (in_flight() == 0) {
+          if (input_error) {
+            failed = true;
+            std::rethrow_exception(std::exchange(input_error, nullptr));
+          }
+          return std::nullopt;
+        }
         if (ordered) {
           Chunk chunk = std::move(in_order.front());
           in_order.pop_front();
