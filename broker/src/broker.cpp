@@ -101,7 +101,9 @@ class Broker::Impl {
     std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
     struct SharedContext {
       zmq::message_t payload;
-      std::size_t live_chunks = 0;  // dropped when no chunk needs it any more
+      std::size_t live_chunks = 0;  // chunks not yet answered that use it
+      Clock::time_point idle_since;  // live_chunks == 0 since then (or since the client sent it);
+                                     // freed a liveness period later
     };
     std::unordered_map<std::uint64_t, SharedContext> contexts;  // broadcast contexts by hash
   };
@@ -147,11 +149,13 @@ class Broker::Impl {
   void dispatch();
   void heartbeat_tick();
   void announce_workers();
-  // One chunk no longer needs its broadcast context (hash 0: none); the last one frees it.
+  // One chunk no longer needs its broadcast context (hash 0: none). A context no chunk uses is
+  // kept for a liveness period (the client's next chunks may be on their way), then freed by
+  // heartbeat_tick(); a chunk naming a freed context is answered kContextMissing and resent.
   static void release_context(ClientState& client, std::uint64_t hash) {
     const auto context = client.contexts.find(hash);
-    if (hash == 0 || context == client.contexts.end()) return;
-    if (--context->second.live_chunks == 0) client.contexts.erase(context);
+    if (hash == 0 || context == client.contexts.end() || context->second.live_chunks == 0) return;
+    if (--context->second.live_chunks == 0) context->second.idle_since = Clock::now();
   }
 
   ClientState& touch_client(const std::string& identity);
@@ -341,13 +345,10 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       if (unknown_client()) return;
       ClientState& client = touch_client(identity);
       if (stop_requested_.load()) return;  // draining: the client resends it to the next broker
-      if (const std::uint64_t hash = submit.value().context_hash; hash != 0) {
-        const auto context = client.contexts.find(hash);
-        if (context == client.contexts.end()) {
-          return reply_error(clients_, identity, Status(ErrorCode::kMalformed, "SUBMIT names a context never sent"));
-        }
-        ++context->second.live_chunks;
-      }
+      const std::uint64_t hash = submit.value().context_hash;
+      const auto context = hash == 0 ? client.contexts.end() : client.contexts.find(hash);
+      const bool context_missing = hash != 0 && context == client.contexts.end();
+      if (hash != 0 && !context_missing) ++context->second.live_chunks;
       const std::uint64_t ticket = next_ticket_++;
       const auto kind = scheduler_.kind(submit.value().task, submit.value().signature);
       client.jobs[submit.value().job].insert(ticket);
@@ -356,6 +357,11 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       chunk.header = std::move(submit.value());
       chunk.payload = std::move(frames[3]);
       chunk.kind = kind;
+      if (context_missing) {  // never sent, or freed after it went unused: the client sends it again
+        chunk.header.context_hash = 0;  // holds no reference
+        return answer_with_error(ticket, ErrorCode::kContextMissing,
+                                 "the broker does not hold context " + std::to_string(hash) + "; send it again");
+      }
       const auto runnable = scheduler_.runnable(kind, Clock::now());
       switch (runnable.verdict) {
         case detail::Scheduler::Verdict::kUnknownTask:
@@ -379,6 +385,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       context_bytes_received_ += frames[3].size();
       auto [entry, added] = client.contexts.try_emplace(context.value().hash);
       if (added) entry->second.payload = std::move(frames[3]);
+      entry->second.idle_since = Clock::now();
       return;
     }
     case Command::kCancel: {
@@ -632,8 +639,11 @@ void Broker::Impl::answer_with_error(std::uint64_t ticket, ErrorCode code, const
   outcome.message = message;
   // One line per interval, not one per chunk: a map of an unknown task refuses every chunk.
   const auto now = Clock::now();
-  const auto level = now - last_refusal_logged_ >= options_.heartbeat_interval ? spdlog::level::warn : spdlog::level::debug;
-  if (level == spdlog::level::warn) last_refusal_logged_ = now;
+  auto level = spdlog::level::debug;
+  if (code != ErrorCode::kContextMissing && now - last_refusal_logged_ >= options_.heartbeat_interval) {
+    level = spdlog::level::warn;
+    last_refusal_logged_ = now;
+  }
   log_->log(level, "refused chunk {} of job {}: {}", chunk->second.header.chunk, chunk->second.header.job, message);
   zmq::message_t empty;
   forward_result(ticket, std::move(outcome), empty);
@@ -868,6 +878,11 @@ void Broker::Impl::heartbeat_tick() {
     }
   }
   for (const auto& id : gone) drop_client(id, "no heartbeat");
+  for (auto& [id, client] : clients_by_id_) {
+    std::erase_if(client.contexts, [&](const auto& entry) {
+      return entry.second.live_chunks == 0 && now - entry.second.idle_since >= expiry;
+    });
+  }
 
   // Chunks no registered worker can run (the capable ones left, or never came) fail now.
   for (auto& [ticket, runnable] : scheduler_.take_unrunnable(now)) {
@@ -913,6 +928,9 @@ proto::StatusReply Broker::Impl::status_reply() const {
   reply.bad_messages = bad_messages_;
   reply.context_bytes_received = context_bytes_received_;
   reply.context_bytes_sent = context_bytes_sent_;
+  for (const auto& [id, client] : clients_by_id_) {
+    for (const auto& [hash, context] : client.contexts) reply.context_bytes_held += context.payload.size();
+  }
   return reply;
 }
 

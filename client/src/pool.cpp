@@ -135,9 +135,10 @@ class Pool::Impl {
     std::vector<bool> have;
     std::shared_ptr<detail::FutureCore> core;
     std::optional<Clock::time_point> deadline;  // of the whole job
-    std::optional<zmq::message_t> context;      // broadcast context, sent once per broker session
+    std::optional<zmq::message_t> context;      // broadcast context (see contexts_sent_)
     std::uint64_t context_hash = 0;
-    std::uint64_t context_session = 0;  // session_ in which the broker got the context
+    std::size_t context_resends = 0;  // chunks the broker answered with kContextMissing
+    std::vector<std::uint64_t> submitted;  // per chunk: submits_ when last sent (contexts only)
   };
 
   void start_embedded();
@@ -192,6 +193,15 @@ class Pool::Impl {
   std::size_t in_flight_ = 0;
   Clock::time_point last_sent_;
   Clock::time_point last_heard_;
+  // Broadcast contexts the broker has (as far as we know), by hash, with the session_ they were
+  // sent in: sent once per broker session, not per job. The broker frees a context no chunk has
+  // used for a while and then answers a chunk naming it with kContextMissing: we send it again.
+  struct ContextSent {
+    std::uint64_t session = 0;
+    std::uint64_t at = 0;  // submits_ when sent
+  };
+  std::unordered_map<std::uint64_t, ContextSent> contexts_sent_;
+  std::uint64_t submits_ = 0;  // SUBMITs and CONTEXTs sent, to order them
   bool session_welcomed_ = false;                   // WELCOME received on the current socket
   std::uint64_t session_ = 0;                       // counts sockets opened (broker sessions)
   std::optional<Clock::time_point> broker_lost_at_;  // set while trying to reach the broker again
@@ -558,12 +568,17 @@ void Pool::Impl::io_loop() {
 }
 
 void Pool::Impl::send_chunk(Job& job, std::size_t index) {
-  if (job.context && job.context_session != session_) {  // the broker needs the context first
-    auto frames = wire::make(Command::kContext, proto::ContextHeader{job.context_hash});
-    frames.emplace_back();
-    frames.back().copy(*job.context);
-    send(frames);
-    job.context_session = session_;
+  if (job.context) {  // the broker needs the context before the chunk
+    const auto sent = contexts_sent_.find(job.context_hash);
+    if (sent == contexts_sent_.end() || sent->second.session != session_) {
+      auto frames = wire::make(Command::kContext, proto::ContextHeader{job.context_hash});
+      frames.emplace_back();
+      frames.back().copy(*job.context);
+      send(frames);
+      contexts_sent_[job.context_hash] = ContextSent{session_, ++submits_};
+    }
+    if (job.submitted.size() != job.chunks.size()) job.submitted.resize(job.chunks.size());
+    job.submitted[index] = ++submits_;
   }
   detail::ChunkRequest& chunk = job.chunks[index];
   auto& payload = job.payloads[index];
@@ -665,6 +680,7 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       status.bad_messages = reply.value().bad_messages;
       status.context_bytes_received = reply.value().context_bytes_received;
       status.context_bytes_sent = reply.value().context_bytes_sent;
+      status.context_bytes_held = reply.value().context_bytes_held;
       status_waiting_.front().set_value(Result<BrokerStatus>(std::move(status)));
       status_waiting_.pop_front();
       return;
@@ -696,6 +712,17 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   Job& job = *found->second;
   if (result.chunk >= job.chunks.size() || job.have[result.chunk]) return;  // duplicate
   const proto::Outcome& outcome = result.outcome;
+  // The broker had freed the chunk's context (no chunk used it for a while): send both again, a
+  // bounded number of times per job (twice per chunk), so a broker that keeps refusing cannot make
+  // us loop: past that the job fails with kContextMissing.
+  if (outcome.code == ErrorCode::kContextMissing && job.context && job.context_resends < 2 * job.chunks.size() + 8) {
+    ++job.context_resends;
+    // Send the context again unless that already happened after this chunk was submitted.
+    const auto sent = contexts_sent_.find(job.context_hash);
+    if (sent != contexts_sent_.end() && sent->second.at < job.submitted[result.chunk]) contexts_sent_.erase(sent);
+    send_chunk(job, result.chunk);
+    return;
+  }
   if (outcome.code == ErrorCode::kTaskFailed && job.retries_left[result.chunk] > 0) {
     --job.retries_left[result.chunk];  // the caller asked for task retries: run the chunk again
     send_chunk(job, result.chunk);

@@ -749,14 +749,29 @@ TEST_CASE("Api.Imap.MultipleArgumentsAndBoundContexts" * doctest::timeout(60)) {
   CHECK(pool.status().context_bytes_sent <= 2 * size);  // once per worker process, not per chunk
 }
 
-// KNOWN BROKER BUG (not client code): the broker frees a client's context as soon as no chunk of it
-// is queued or running, and a CONTEXT for a hash it still holds does not pin it. A stream sends
-// CONTEXT + SUBMIT per chunk; when the last live chunk of that context finishes between the two
-// (they can fall in different receive batches of the broker loop), the SUBMIT is refused with
-// "SUBMIT names a context never sent" and every job of the client fails. With a window above 1
-// this happens within a few hundred chunks. Marked may_fail until the broker keeps a context for
-// its client (or answers context-missing per chunk); then remove may_fail.
-TEST_CASE("Api.Imap.BoundContextWithAWindow" * doctest::timeout(60) * doctest::may_fail()) {
+// Regression: the broker used to free a context the moment no chunk of it was live, so a SUBMIT
+// right behind its last result was refused ("SUBMIT names a context never sent") and every job of
+// the client failed. Now the broker keeps an unused context for a liveness period and answers a
+// chunk naming a freed one with kContextMissing; the client sends the context again.
+TEST_CASE("Api.Broadcast.AContextTheBrokerFreedIsSentAgain" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  std::vector<std::uint8_t> table(10'000);
+  for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<std::uint8_t>(i % 199);
+  const auto bound = t::lookup.with(table);
+  const std::uint64_t size = bound.context()->size();
+  const auto indices = iota_vector(100);
+  CHECK(pool.map(bound, indices).size() == 100);
+  // Unused for a liveness period, the broker frees it; the client still believes it is there.
+  REQUIRE(t::eventually([&] { return pool.status().context_bytes_held == 0; }, 20 * t::heartbeat() + 5s));
+  const auto values = pool.map(bound, indices, {.chunksize = 10});
+  REQUIRE(values.size() == 100);
+  for (std::size_t k = 0; k < values.size(); ++k) CHECK(values[k] == table[k]);
+  CHECK(pool.status().context_bytes_received == 2 * size);  // sent again once, not per chunk
+}
+
+TEST_CASE("Api.Imap.BoundContextWithAWindow" * doctest::timeout(60)) {
   t::Cluster cluster({.workers = 2});
   poolmap::Pool pool(remote(cluster));
   REQUIRE(pool.wait_for_workers(2, 10s));

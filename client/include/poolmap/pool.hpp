@@ -127,6 +127,7 @@ struct BrokerStatus {
   std::uint64_t bad_messages = 0;
   std::uint64_t context_bytes_received = 0;  // broadcast contexts received from clients
   std::uint64_t context_bytes_sent = 0;      // broadcast contexts sent to workers
+  std::uint64_t context_bytes_held = 0;      // broadcast contexts the broker keeps now
 };
 
 namespace detail {

@@ -238,10 +238,11 @@ struct StatusReply {
   std::uint64_t bad_messages = 0;
   std::uint64_t context_bytes_received = 0;  // broadcast contexts, from clients
   std::uint64_t context_bytes_sent = 0;      // broadcast contexts, to workers
+  std::uint64_t context_bytes_held = 0;      // broadcast contexts the broker keeps now
   template <class Archive>
   void serialize(Archive& ar) {
     ar(workers, clients, chunks_queued, chunks_in_flight, chunks_done, chunks_failed,
-       chunks_redispatched, bad_messages, context_bytes_received, context_bytes_sent);
+       chunks_redispatched, bad_messages, context_bytes_received, context_bytes_sent, context_bytes_held);
   }
 };
 
