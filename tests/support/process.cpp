@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -43,6 +44,21 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, std::vector<std::strin
   const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   // Everything the child needs is prepared before fork: between fork and exec only
   // async-signal-safe calls are allowed (the test process has threads).
+  // A bare program name ("ip", "unshare") is looked up in PATH here, not in the child.
+  if (!argv.empty() && argv[0].find('/') == std::string::npos) {
+    const char* path = std::getenv("PATH");
+    std::string dirs = path != nullptr ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    std::size_t start = 0;
+    while (start <= dirs.size()) {
+      const std::size_t end = std::min(dirs.find(':', start), dirs.size());
+      const std::string candidate = dirs.substr(start, end - start) + "/" + argv[0];
+      if (end > start && ::access(candidate.c_str(), X_OK) == 0) {
+        argv[0] = candidate;
+        break;
+      }
+      start = end + 1;
+    }
+  }
   std::vector<char*> args;
   for (auto& arg : argv) args.push_back(arg.data());
   args.push_back(nullptr);
