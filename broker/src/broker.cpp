@@ -844,6 +844,12 @@ void Broker::Impl::dispatch() {
     }
     worker.tickets.insert(assignment->ticket);
     worker.dispatch_order.push_back(assignment->ticket);
+    if (chunk.attempt == 1 && (chunk.header.flags & proto::kNotifyStarted) != 0) {
+      if (const auto client = clients_by_id_.find(chunk.client); client != clients_by_id_.end()) {
+        auto started = wire::make(Command::kStarted, proto::Started{chunk.header.job, chunk.header.chunk});
+        send_to_client(client->second, started);  // last: it may drop the client and its chunks
+      }
+    }
   }
 }
 

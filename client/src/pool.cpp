@@ -583,8 +583,10 @@ void Pool::Impl::send_chunk(Job& job, std::size_t index) {
   detail::ChunkRequest& chunk = job.chunks[index];
   auto& payload = job.payloads[index];
   if (!payload) payload = wire::to_message(std::move(chunk.payload));
-  auto frames = wire::make(Command::kSubmit, proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task,
-                                                           job.signature, job.deadline_ms, job.context_hash});
+  // The first chunk asks the broker to say when it reaches a worker (Future::running()).
+  auto frames = wire::make(Command::kSubmit,
+                           proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task, job.signature,
+                                         job.deadline_ms, job.context_hash, index == 0 ? proto::kNotifyStarted : 0});
   frames.emplace_back();
   frames.back().copy(*payload);  // reference-counted: the payload stays here until answered
   send(frames);
@@ -655,6 +657,13 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
         return;
       }
       on_result(result.value(), frames[2]);
+      return;
+    }
+    case Command::kStarted: {
+      auto started = proto::decode<proto::Started>(header);
+      if (!started) return;
+      const auto job = jobs_.find(started.value().job);
+      if (job != jobs_.end()) job->second->core->mark_started();
       return;
     }
     case Command::kStatusReply: {

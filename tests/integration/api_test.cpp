@@ -628,6 +628,25 @@ TEST_CASE("Api.Futures.CancelledAndException" * doctest::timeout(30)) {  // test
   CHECK(good.exception(0ms) == nullptr);
 }
 
+TEST_CASE("Api.Futures.RunningWhileOnAWorkerOnly" * doctest::timeout(60)) {  // test_running
+  // One worker process without prefetch: the second submit waits in the broker's queue while the
+  // first runs.
+  t::Cluster cluster({.workers = 1, .worker_args = {"--prefetch", "0"}});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  const auto hold = 10 * t::heartbeat().count();
+  auto first = pool.submit(t::sleep_ms, hold);
+  auto second = pool.submit(t::sleep_ms, std::int64_t{1});
+  CHECK(t::eventually([&] { return first.running(); }, 20 * t::heartbeat()));
+  CHECK_FALSE(second.running());  // queued behind the first, not on a worker
+  CHECK_FALSE(second.ready());
+  CHECK(first.get() == hold);
+  CHECK_FALSE(first.running());  // finished is not running
+  CHECK(second.get() == 1);
+  CHECK_FALSE(second.running());
+  CHECK_FALSE(poolmap::AnyFuture(second).running());
+}
+
 TEST_CASE("Api.Futures.AsCompletedTimeoutAndWait" * doctest::timeout(60)) {  // test_as_completed, test_wait
   t::Cluster cluster({.workers = 3});
   poolmap::Pool pool(remote(cluster));

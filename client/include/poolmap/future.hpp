@@ -115,6 +115,11 @@ class FutureCore {
     compute_us_.fetch_add(compute_us, std::memory_order_relaxed);
   }
 
+  // I/O thread: the broker sent the job's first chunk to a worker.
+  void mark_started() { started_.store(true, std::memory_order_release); }
+  // A chunk of the job is (or was) on a worker.
+  bool started() const { return started_.load(std::memory_order_acquire); }
+
   bool ready() const;
   void wait() const;
   bool wait_until(std::chrono::steady_clock::time_point deadline) const;
@@ -156,6 +161,7 @@ class FutureCore {
   JobOutcome outcome_;
   std::vector<std::function<void(const JobOutcome&)>> continuations_;
   std::vector<std::function<void()>> notifiers_;
+  std::atomic<bool> started_{false};
   std::atomic<std::size_t> done_items_{0};
   std::atomic<std::uint64_t> compute_us_{0};
 };
@@ -202,6 +208,11 @@ class Future {
 
   // True if the future was cancelled (cancel(), terminate(), a destroyed Pool): Python's cancelled().
   bool cancelled() const { return core_->cancelled(); }
+
+  // Python's running(): true while the work is on a worker (the broker sent its first chunk to a
+  // worker process, which may hold it behind the chunk it runs) and not yet ready. False while
+  // it waits in the queue, and once it is ready.
+  bool running() const { return core_->started() && !core_->ready(); }
 
   // Python's Future.exception(): waits like get(), then returns the error get() would throw, or
   // nullptr if the work succeeded. The error's dynamic type is TaskError when the task threw
@@ -271,6 +282,7 @@ class AnyFuture {
   void wait() const { core_->wait(); }
   bool cancel() { return core_->cancel(); }
   bool cancelled() const { return core_->cancelled(); }
+  bool running() const { return core_->started() && !core_->ready(); }
   std::shared_ptr<const Error> exception() const { return core_->exception(std::chrono::milliseconds::max()); }
   std::shared_ptr<const Error> exception(std::chrono::milliseconds timeout) const { return core_->exception(timeout); }
   const std::shared_ptr<detail::FutureCore>& core() const noexcept { return core_; }

@@ -40,6 +40,7 @@ enum class Command : std::uint8_t {
   kResult = 0x12,       // ClientResult + payload
   kStatusReply = 0x13,  // StatusReply
   kError = 0x14,        // ErrorReply: the broker refused a message (also sent to workers)
+  kStarted = 0x15,      // Started: a chunk that asked for it (kNotifyStarted) went to a worker
   // worker -> broker
   kReady = 0x21,         // Ready: registration with initial credit
   kWorkerResult = 0x22,  // WorkerResult + payload; returns one credit
@@ -103,9 +104,21 @@ struct Submit {
   std::string signature;          // task signature, e.g. "i64(i64)"
   std::uint32_t deadline_ms = 0;  // per item; 0 = none
   std::uint64_t context_hash = 0; // the job's broadcast context (a CONTEXT sent before); 0 = none
+  std::uint32_t flags = 0;        // kNotifyStarted
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(job, chunk, first_index, count, task, signature, deadline_ms, context_hash);
+    ar(job, chunk, first_index, count, task, signature, deadline_ms, context_hash, flags);
+  }
+};
+// Submit::flags: answer with STARTED when the chunk is first sent to a worker (Future::running()).
+inline constexpr std::uint32_t kNotifyStarted = 1;
+
+struct Started {
+  std::uint64_t job = 0;
+  std::uint64_t chunk = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(job, chunk);
   }
 };
 
