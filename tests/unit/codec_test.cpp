@@ -155,3 +155,20 @@ TEST_CASE("Codec.Archive.StandardTypesRoundTrip" * doctest::timeout(10)) {
   CHECK(tuple_back == tuple);
   CHECK(in.remaining() == 0);
 }
+
+TEST_CASE("Codec.Example.SubmitMatchesDocsProtocolSection9" * doctest::timeout(10)) {
+  // docs/PROTOCOL.md section 9 shows these bytes; keep the two in step.
+  const Bytes header = proto::encode(proto::Submit{.job = 1, .chunk = 2, .first_index = 6, .count = 3,
+                                                   .task = "square", .signature = "i64(i64)"});
+  std::string hex;
+  for (const std::byte b : header) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    hex += kDigits[std::to_integer<int>(b) >> 4];
+    hex += kDigits[std::to_integer<int>(b) & 15];
+  }
+  CHECK(hex ==
+        "0100000000000000020000000000000006000000000000000300000006000000000000007371756172650800000000000000"
+        "693634286936342900000000000000000000000000000000");
+  const auto signature = proto::signature_frame(proto::Command::kSubmit);
+  CHECK(signature == std::array<std::byte, 4>{std::byte{0x50}, std::byte{0x4d}, std::byte{0x02}, std::byte{0x02}});
+}
