@@ -171,9 +171,35 @@ TEST_CASE("Faults.Worker.StoppedWorkerIsReplacedLateResultDiscarded" * doctest::
   check_hashes(*run.results, 60);
   CHECK(observer.status().chunks_redispatched >= 1);
   REQUIRE(::kill(*victim, SIGCONT) == 0);
-  // It wakes, finishes its old chunk (whose result the broker ignores) and registers again.
+  // It wakes, finishes its old chunk (answered by the other worker already, so its result is
+  // dropped) and registers again.
   CHECK(t::eventually([&] { return registered(observer, *victim); }, 10s));
   check_hashes(pool.map(t::slow_hash, slow_items(100, 0)), 100);
+}
+
+TEST_CASE("Faults.Worker.BusyNotDeadGetsItsRetryBackAndItsLateAnswerCounts" * doctest::timeout(60)) {
+  // A worker that is silent past liveness (here: SIGSTOP, as an overloaded host would look) and
+  // then speaks again was busy, not dead. With --max-retries 0 a single silent loss used to fail
+  // the map with worker-lost at once; now the chunk's retry is given back when the worker returns,
+  // and the map completes with every item exactly once.
+  t::Cluster cluster({.workers = 1, .broker_args = {"--max-retries", "0"}});
+  poolmap::Pool pool(remote(cluster));
+  poolmap::Pool observer(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  const auto item_us = static_cast<std::int32_t>(std::chrono::microseconds(2 * t::heartbeat()).count());
+  MapRun run;
+  run.start(pool, t::slow_hash, slow_items(6, item_us), {.chunksize = 1});
+  std::optional<pid_t> victim;
+  REQUIRE(t::eventually([&] { return (victim = busy_worker(observer)).has_value(); }, 10s));
+  REQUIRE(::kill(*victim, SIGSTOP) == 0);
+  const bool dropped = t::eventually([&] { return !registered(observer, *victim); }, 10s);
+  REQUIRE(::kill(*victim, SIGCONT) == 0);
+  REQUIRE(dropped);
+  run.join();
+  INFO("map error: " << run.message);
+  REQUIRE_FALSE(run.code.has_value());
+  check_hashes(*run.results, 6);
+  CHECK(cluster.broker().stderr_text().find("busy, not dead") != std::string::npos);
 }
 
 TEST_CASE("Faults.Worker.DeadlineReplacesTheHungProcess" * doctest::timeout(60)) {

@@ -165,6 +165,20 @@ TEST_CASE("Daemons.Cli.StatusShowsWorkers" * doctest::timeout(30)) {
   CHECK(WEXITSTATUS(*status) == 0);
   CHECK(out.find("workers    2") != std::string::npos);
   CHECK(out.find("done 3") != std::string::npos);
+  CHECK(out.find("TASKS") != std::string::npos);
+  CHECK(out.find("test.square") == std::string::npos);  // names only with --verbose
+
+  t::ChildProcess verbose({t::cli_binary(), "status", "--broker", cluster.client_endpoint(), "--verbose"});
+  const std::string listed = verbose.read_all(10s);
+  CHECK(verbose.wait(10s).has_value());
+  CHECK(listed.find("test.square " + poolmap::Task<std::int64_t(std::int64_t)>::signature()) != std::string::npos);
+
+  t::ChildProcess json({t::cli_binary(), "status", "--broker", cluster.client_endpoint(), "--json"});
+  const std::string object = json.read_all(10s);
+  CHECK(json.wait(10s).has_value());
+  CHECK(object.rfind("{\"broker\":", 0) == 0);
+  CHECK(object.find("{\"name\":\"test.square\",\"signature\":") != std::string::npos);
+  CHECK(object.find("\"chunks_done\":3,\"chunks_failed\":0") != std::string::npos);
 }
 
 TEST_CASE("Daemons.Broker.AnswersGarbageAndKeepsServing" * doctest::timeout(30)) {
