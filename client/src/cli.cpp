@@ -8,14 +8,9 @@
 #include <CLI/CLI.hpp>
 
 #include "poolmap/poolmap.hpp"
+#include "process_info.hpp"
 
 namespace {
-
-std::string hex_id(std::uint64_t id, int digits) {
-  char buffer[17] = {};
-  std::snprintf(buffer, sizeof(buffer), "%016llx", static_cast<unsigned long long>(id));
-  return std::string(buffer, static_cast<std::size_t>(digits));
-}
 
 // A JSON string literal (the broker already made peer strings printable; quote and escape anyway).
 std::string json_string(const std::string& text) {
@@ -42,7 +37,7 @@ void print_json(const std::string& broker, const poolmap::BrokerStatus& status) 
     const auto& worker = status.workers[i];
     out += (i == 0 ? "" : ",");
     out += "{\"host\":" + json_string(worker.host) + ",\"pid\":" + std::to_string(worker.pid) +
-           ",\"id\":\"" + hex_id(worker.instance, 16) + "\",\"supervisor\":\"" + hex_id(worker.supervisor, 16) +
+           ",\"id\":\"" + poolmap::detail::full_id(worker.instance) + "\",\"supervisor\":\"" + poolmap::detail::full_id(worker.supervisor) +
            "\",\"chunks_in_flight\":" + std::to_string(worker.chunks_in_flight) +
            ",\"chunks_done\":" + std::to_string(worker.chunks_done) + ",\"tasks\":[";
     for (std::size_t t = 0; t < worker.tasks.size(); ++t) {
@@ -82,7 +77,7 @@ int print_status(const std::string& broker, int timeout_ms, bool verbose, bool j
     std::printf("\n%-32s %8s %-8s %10s %12s %6s\n", "HOST", "PID", "ID", "IN FLIGHT", "CHUNKS DONE", "TASKS");
     for (const auto& worker : status.workers) {
       std::printf("%-32s %8u %-8s %10u %12llu %6zu\n", worker.host.c_str(), worker.pid,
-                  hex_id(worker.instance, 8).c_str(), worker.chunks_in_flight,
+                  poolmap::detail::short_id(worker.instance).c_str(), worker.chunks_in_flight,
                   static_cast<unsigned long long>(worker.chunks_done), worker.tasks.size());
       if (verbose) {
         for (const auto& task : worker.tasks) std::printf("    %s %s\n", task.name.c_str(), task.signature.c_str());
