@@ -132,6 +132,7 @@ class Broker::Impl {
     kCrash,     // its supervisor saw it die: the running chunk is blamed, the others are not
     kLost,      // silent or unreachable: every chunk it held uses one retry
     kHandback,  // it said goodbye (drain): its chunks go back without penalty
+    kBroken,    // it answered a chunk wrongly: like kLost, but no retry comes back if it returns
   };
 
   static std::string bind(zmq::socket_t& socket, const std::string& endpoint, const char* what) {
@@ -168,8 +169,9 @@ class Broker::Impl {
   void refund(std::uint64_t instance, const char* how);
   // The result of `ticket` from a process it is no longer assigned to: accepted when the chunk is
   // still open and was sent to that process (first answer wins). Returns true if forwarded.
-  bool accept_late_result(std::uint64_t ticket, std::uint64_t instance, proto::Outcome& outcome,
-                          zmq::message_t& payload);
+  bool accept_late_result(proto::WorkerResult& result, zmq::message_t& payload);
+  // Why an ok result cannot be the chunk's (its count differs), or nullopt when it can.
+  static std::optional<std::string> wrong_count(const proto::WorkerResult& result, const Chunk& chunk);
   // Forwards a worker's answer for a chunk to its client and forgets the chunk.
   void forward_result(std::uint64_t ticket, proto::Outcome&& outcome, zmq::message_t& payload);
   void drop_client(const std::string& identity, const char* why);
@@ -513,7 +515,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
       auto result = proto::decode<proto::WorkerResult>(header);
       if (result) {
         refund(result.value().instance, "answered");
-        accept_late_result(result.value().ticket, result.value().instance, result.value().outcome, frames[3]);
+        accept_late_result(result.value(), frames[3]);
       }
     }
     if (command.value() != Command::kDisconnect) {
@@ -539,7 +541,8 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
       }
       if (worker.tickets.erase(ticket) == 0) {
         // Not a chunk this registration holds: perhaps one it ran before it registered again.
-        if (!accept_late_result(ticket, worker.instance, result.value().outcome, frames[3])) {
+        result.value().instance = worker.instance;  // this registration's process, whatever it says
+        if (!accept_late_result(result.value(), frames[3])) {
           log_->debug("worker {} pid {} [{}] returned ticket {} it does not hold", worker.host, worker.pid,
                       detail::short_id(worker.instance), ticket);
         }
@@ -549,6 +552,15 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
       const auto chunk = chunks_.find(ticket);
       if (chunk == chunks_.end()) return;  // cancelled while running, or answered by another worker
       if (chunk->second.worker != identity) return;  // put back and sent elsewhere; that copy answers
+      if (const auto wrong = wrong_count(result.value(), chunk->second)) {
+        // Never delivered: a failed attempt of this chunk on this worker, which is dropped.
+        ++bad_messages_;
+        const std::string described = *wrong + " (worker " + worker.host + " pid " + std::to_string(worker.pid) +
+                                      " [" + detail::short_id(worker.instance) + "])";
+        requeue(ticket, described, false, true);
+        lose_worker(identity, *wrong, Loss::kBroken);
+        return;
+      }
       if (result.value().outcome.code == ErrorCode::kContextMissing) {
         // The worker evicted the chunk's context: send the chunk again, with the context.
         worker.contexts.erase(chunk->second.header.context_hash);
@@ -592,13 +604,22 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   send_to_client(client->second, out);
 }
 
-bool Broker::Impl::accept_late_result(std::uint64_t ticket, std::uint64_t instance, proto::Outcome& outcome,
-                                      zmq::message_t& payload) {
+std::optional<std::string> Broker::Impl::wrong_count(const proto::WorkerResult& result, const Chunk& chunk) {
+  if (result.outcome.code != ErrorCode::kOk || result.count == chunk.header.count) return std::nullopt;
+  return "returned " + std::to_string(result.count) + " results for a chunk of " + std::to_string(chunk.header.count) +
+         " items";
+}
+
+bool Broker::Impl::accept_late_result(proto::WorkerResult& result, zmq::message_t& payload) {
+  const std::uint64_t ticket = result.ticket;
+  const std::uint64_t instance = result.instance;
+  proto::Outcome& outcome = result.outcome;
   const auto chunk = chunks_.find(ticket);
   if (chunk == chunks_.end() || instance == 0) return false;
   const auto& holders = chunk->second.holders;
   if (std::find(holders.begin(), holders.end(), instance) == holders.end()) return false;
   if (outcome.code == ErrorCode::kContextMissing) return false;  // the current holder will answer
+  if (wrong_count(result, chunk->second)) return false;
   log_->info("accepted a late result for chunk {} of job {} from worker [{}] (first answer wins)",
              chunk->second.header.chunk, chunk->second.header.job, detail::short_id(instance));
   // If the chunk was sent again, that worker keeps its ticket: it gets its credit back when it
@@ -785,7 +806,7 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause, L
   for (const std::uint64_t ticket : worker.dispatch_order) {
     if (!worker.tickets.contains(ticket)) continue;
     const bool blamed = loss == Loss::kCrash && running != 0 && running == ticket;
-    const bool counted = loss == Loss::kLost;
+    const bool counted = loss == Loss::kLost || loss == Loss::kBroken;
     requeue(ticket, blamed ? described : (loss == Loss::kCrash ? "prefetched by a crashed " + described : described),
             blamed, counted);
   }

@@ -751,7 +751,7 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   --in_flight_;
   job.payloads[result.chunk].reset();
   auto owned = std::make_shared<zmq::message_t>(std::move(payload));
-  job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned};
+  job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned, job.chunks[result.chunk].count};
   job.have[result.chunk] = true;
   job.core->add_progress(job.chunks[result.chunk].count, outcome.compute_us);
   if (++job.answered == job.chunks.size()) {

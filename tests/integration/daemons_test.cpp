@@ -304,3 +304,99 @@ TEST_CASE("Daemons.Client.UnreadableResultFailsTheMapInsteadOfHanging" * doctest
   REQUIRE(code.has_value());
   CHECK(*code == poolmap::ErrorCode::kMalformed);
 }
+
+namespace {
+
+// A hand-made worker that speaks the protocol on a raw socket and lies about results.
+class LyingWorker {
+ public:
+  LyingWorker(const std::string& endpoint, std::uint32_t credit) : socket_(context_, zmq::socket_type::dealer) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.set(zmq::sockopt::rcvtimeo, 10000);
+    socket_.connect(endpoint);
+    poolmap::proto::Ready ready{"liar", 1, credit, 0x1dea, 0,
+                                {{"test.square", poolmap::Task<std::int64_t(std::int64_t)>::signature()}}};
+    send(poolmap::proto::Command::kReady, poolmap::proto::encode(ready), std::nullopt);
+  }
+  // The next TASK's header (skipping heartbeats), or nullopt on timeout.
+  std::optional<poolmap::proto::TaskHeader> next_task() {
+    for (;;) {
+      std::vector<zmq::message_t> frames;
+      if (!zmq::recv_multipart(socket_, std::back_inserter(frames))) return std::nullopt;
+      if (frames.size() < 3) continue;
+      const auto command = poolmap::proto::parse_signature(view(frames[0]));
+      if (!command.is_ok() || command.value() != poolmap::proto::Command::kTask) continue;
+      auto header = poolmap::proto::decode<poolmap::proto::TaskHeader>(view(frames[1]));
+      if (header.is_ok()) return header.value();
+    }
+  }
+  // Answers `task` as ok, claiming `claimed` results, with `actual` results (all 999) as payload.
+  void answer(const poolmap::proto::TaskHeader& task, std::uint32_t claimed, std::uint32_t actual) {
+    poolmap::Bytes payload;
+    {
+      poolmap::OutputArchive archive(payload);
+      for (std::uint32_t i = 0; i < actual; ++i) archive(std::int64_t{999});
+    }
+    poolmap::proto::WorkerResult result;
+    result.ticket = task.ticket;
+    result.instance = 0x1dea;
+    result.count = claimed;
+    send(poolmap::proto::Command::kWorkerResult, poolmap::proto::encode(result), payload);
+  }
+
+ private:
+  static std::span<const std::byte> view(const zmq::message_t& m) {
+    return {static_cast<const std::byte*>(m.data()), m.size()};
+  }
+  void send(poolmap::proto::Command command, const poolmap::Bytes& header, const std::optional<poolmap::Bytes>& payload) {
+    const auto signature = poolmap::proto::signature_frame(command);
+    socket_.send(zmq::buffer(signature.data(), signature.size()), zmq::send_flags::sndmore);
+    socket_.send(zmq::buffer(header.data(), header.size()), payload ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    if (payload) socket_.send(zmq::buffer(payload->data(), payload->size()), zmq::send_flags::none);
+  }
+  zmq::context_t context_;
+  zmq::socket_t socket_;
+};
+
+}  // namespace
+
+TEST_CASE("Daemons.Broker.AResultWithTheWrongCountIsNeverDelivered" * doctest::timeout(60)) {
+  // Issue: a worker answering a chunk of 2 with 3 results had them accepted. Now the broker drops
+  // that worker and sends the chunk to another; the caller gets only correct values.
+  t::Cluster cluster({.workers = 0});
+  LyingWorker liar(cluster.worker_endpoint(), 1);
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  auto squares = pool.map_async(t::square, std::vector<std::int64_t>{1, 2, 3, 4}, {.chunksize = 2});
+  const auto task = liar.next_task();
+  REQUIRE(task.has_value());
+  liar.answer(*task, task->count + 1, task->count + 1);
+  cluster.add_workers(1);
+  CHECK(squares.get(30s) == std::vector<std::int64_t>{1, 4, 9, 16});
+  CHECK(cluster.broker().stderr_text().find("returned 3 results for a chunk of 2 items") != std::string::npos);
+  CHECK(pool.status().bad_messages >= 1);
+}
+
+TEST_CASE("Daemons.Client.ResultsThatDoNotMatchTheirChunkFailInsteadOfShifting" * doctest::timeout(60)) {
+  // A worker that claims the right counts but sends 3 results for one chunk of 2 and 1 for the
+  // next: the total matches, and before the client checked each chunk, every result after the
+  // first chunk was shifted by one. Now the map fails with kMalformed.
+  t::Cluster cluster({.workers = 0});
+  LyingWorker liar(cluster.worker_endpoint(), 2);
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  auto squares = pool.map_async(t::square, std::vector<std::int64_t>{1, 2, 3, 4}, {.chunksize = 2});
+  const auto first = liar.next_task();
+  const auto second = liar.next_task();
+  REQUIRE(first.has_value());
+  REQUIRE(second.has_value());
+  liar.answer(*first, first->count, first->count + 1);
+  liar.answer(*second, second->count, second->count - 1);
+  try {
+    (void)squares.get(30s);
+    FAIL("shifted results were accepted");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kMalformed);
+    CHECK(std::string(e.what()).find("do not match its 2 items") != std::string::npos);
+  }
+}

@@ -92,6 +92,7 @@ class WorkerProcess::Impl {
     std::uint64_t ticket = 0;
     proto::Outcome outcome;
     Bytes output;
+    std::uint32_t count = 0;  // results in `output`
   };
   // The chunk the task thread is running, for the deadline watch (guarded by mutex_).
   struct Running {
@@ -202,7 +203,8 @@ void WorkerProcess::Impl::io_loop() {
     }
     for (auto& done : finished) {
       auto frames =
-          wire::make(Command::kWorkerResult, proto::WorkerResult{done.ticket, std::move(done.outcome), instance_});
+          wire::make(Command::kWorkerResult,
+                     proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count});
       frames.push_back(wire::to_message(std::move(done.output)));
       wire::send(socket, frames, false);
       last_sent = Clock::now();
@@ -387,7 +389,9 @@ WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task
   } catch (...) {
     status = Status(ErrorCode::kInternal, "task '" + task.header.task + "' failed outside its items");
   }
-  if (!status.is_ok()) {
+  if (status.is_ok()) {
+    done.count = task.header.count;
+  } else {
     done.output.clear();
     done.outcome.code = status.code();
     done.outcome.message = status.message();

@@ -60,6 +60,7 @@ struct JobRequest {
 struct ChunkResult {
   std::span<const std::byte> bytes;
   std::shared_ptr<const void> owner;
+  std::uint32_t count = 0;  // results it must hold: the items the chunk sent
 };
 
 // How a job ended. Errors travel as data between threads and become exceptions in the thread that
@@ -76,27 +77,35 @@ struct JobOutcome {
 // Calls `on_error` with the exception a failed outcome stands for.
 void call_with_error(const JobOutcome& outcome, const std::function<void(const Error&)>& on_error);
 
-// Decodes every result of every chunk into `out`. Throws Error(kMalformed) when a chunk does not
-// decode or the total is not `expected`.
+// Decodes every result of every chunk into `out`: exactly `count` of each chunk, so a worker that
+// answers a chunk with too few or too many results cannot shift the results of the next one.
+// Throws Error(kMalformed) when a chunk does not decode, holds another number of results than its
+// count, or the total is not `expected`.
 template <class R>
 void decode_results(const std::vector<ChunkResult>& chunks, std::size_t expected, std::string_view task,
                     std::vector<R>& out) {
   out.reserve(out.size() + expected);
+  const std::size_t first = out.size();
   for (std::size_t c = 0; c < chunks.size(); ++c) {
     try {
       InputArchive decoder(chunks[c].bytes);
-      while (decoder.remaining() > 0) {
+      for (std::uint32_t i = 0; i < chunks[c].count; ++i) {
         R value{};
         decoder(value);
         out.push_back(std::move(value));
       }
+      if (decoder.remaining() != 0) {
+        throw cereal::Exception(std::to_string(decoder.remaining()) + " bytes left after " +
+                                std::to_string(chunks[c].count) + " results");
+      }
     } catch (const cereal::Exception& e) {
       throw Error(ErrorCode::kMalformed, "results of task '" + std::string(task) + "' chunk " + std::to_string(c) +
-                                             " do not decode: " + e.what());
+                                             " do not match its " + std::to_string(chunks[c].count) +
+                                             " items: " + e.what());
     }
   }
-  if (out.size() != expected) {
-    throw Error(ErrorCode::kMalformed, "task '" + std::string(task) + "' returned " + std::to_string(out.size()) +
+  if (out.size() - first != expected) {
+    throw Error(ErrorCode::kMalformed, "task '" + std::string(task) + "' returned " + std::to_string(out.size() - first) +
                                            " results for " + std::to_string(expected) + " inputs");
   }
 }

@@ -206,9 +206,10 @@ struct WorkerResult {
   std::uint64_t ticket = 0;
   Outcome outcome;
   std::uint64_t instance = 0;  // the worker process's instance id (as in its READY)
+  std::uint32_t count = 0;     // results in the payload: the chunk's item count when ok, else 0
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(ticket, outcome, instance);
+    ar(ticket, outcome, instance, count);
   }
 };
 
