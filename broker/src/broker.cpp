@@ -209,6 +209,8 @@ class Broker::Impl {
   std::unordered_map<std::uint64_t, Clock::time_point> over_budget_;
   std::uint64_t next_ticket_ = 1;
   Clock::time_point last_refusal_logged_{};
+  Clock::time_point bad_message_logged_{};
+  std::uint64_t bad_messages_unlogged_ = 0;
 
   std::uint64_t chunks_done_ = 0;
   std::uint64_t chunks_failed_ = 0;
@@ -282,7 +284,17 @@ void Broker::Impl::disconnect_everyone() {
 
 void Broker::Impl::reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status) {
   ++bad_messages_;
-  log_->warn("bad message from peer {}: {}", detail::printable_identity(identity), status.to_string());
+  // At most one line per interval, with the count since the last line: a peer sending garbage
+  // must not flood the log.
+  ++bad_messages_unlogged_;
+  const auto now = Clock::now();
+  if (now - bad_message_logged_ >= options_.heartbeat_interval) {
+    log_->warn("{} bad message{} since the last report; latest from peer {}: {}", bad_messages_unlogged_,
+               bad_messages_unlogged_ == 1 ? "" : "s", detail::printable_identity(identity).substr(0, 32),
+               detail::printable(status.to_string(), 200));
+    bad_messages_unlogged_ = 0;
+    bad_message_logged_ = now;
+  }
   auto frames = wire::make(Command::kError, proto::ErrorReply{status.code(), status.message()});
   (void)wire::send_to(socket, identity, frames);
 }
@@ -327,7 +339,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       auto hello = proto::decode<proto::Hello>(header);
       if (!hello) return reply_error(clients_, identity, hello.status());
       ClientState& client = touch_client(identity);
-      client.host = hello.value().client_host;
+      client.host = detail::printable(hello.value().client_host);
       client.pid = hello.value().client_pid;
       log_->info("client {} pid {} said hello", client.host, client.pid);
       auto reply = wire::make(Command::kWelcome,

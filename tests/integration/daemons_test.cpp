@@ -310,11 +310,12 @@ namespace {
 // A hand-made worker that speaks the protocol on a raw socket and lies about results.
 class LyingWorker {
  public:
-  LyingWorker(const std::string& endpoint, std::uint32_t credit) : socket_(context_, zmq::socket_type::dealer) {
+  LyingWorker(const std::string& endpoint, std::uint32_t credit, const std::string& host = "liar")
+      : socket_(context_, zmq::socket_type::dealer) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::rcvtimeo, 10000);
     socket_.connect(endpoint);
-    poolmap::proto::Ready ready{"liar", 1, credit, 0x1dea, 0,
+    poolmap::proto::Ready ready{host, 1, credit, 0x1dea, 0,
                                 {{"test.square", poolmap::Task<std::int64_t(std::int64_t)>::signature()}}};
     send(poolmap::proto::Command::kReady, poolmap::proto::encode(ready), std::nullopt);
   }
@@ -399,4 +400,29 @@ TEST_CASE("Daemons.Client.ResultsThatDoNotMatchTheirChunkFailInsteadOfShifting" 
     CHECK(e.code() == poolmap::ErrorCode::kMalformed);
     CHECK(std::string(e.what()).find("do not match its 2 items") != std::string::npos);
   }
+}
+
+TEST_CASE("Daemons.Broker.PeerStringsCannotForgeOrFloodTheLog" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 0});
+  // A host name with a newline and a forged log line after it, padded to 1 MiB.
+  const std::string forged = "2026-01-01T00:00:00.000 critical poolmap.broker[1] forged";
+  LyingWorker evil(cluster.worker_endpoint(), 1, "evil\n" + forged + std::string(1 << 20, 'x'));
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  // 2,000 garbage messages from one peer.
+  zmq::context_t context;
+  zmq::socket_t raw(context, zmq::socket_type::dealer);
+  raw.set(zmq::sockopt::linger, 0);
+  raw.connect(cluster.client_endpoint());
+  for (int i = 0; i < 2000; ++i) raw.send(zmq::str_buffer("XXXX"), zmq::send_flags::none);
+  REQUIRE(t::eventually([&] { return pool.status().bad_messages >= 2000; }, 20s));
+  const std::string log = cluster.broker().stderr_text();
+  CHECK(log.find("\n" + forged) == std::string::npos);  // no line starts with the forgery
+  CHECK(log.find("evil\\x0a2026") != std::string::npos);  // shown escaped
+  CHECK(log.size() < 64 * 1024);                            // the 1 MiB name was cut
+  std::size_t bad_lines = 0;
+  for (std::size_t at = log.find("bad message"); at != std::string::npos; at = log.find("bad message", at + 1)) {
+    ++bad_lines;
+  }
+  CHECK(bad_lines < 100);  // one line per interval with the count, not 2,000
 }
