@@ -426,9 +426,14 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       return;
     }
     case Command::kStatusRequest: {
-      ClientState& client = touch_client(identity);
       auto reply = wire::make(Command::kStatusReply, status_reply());
-      send_to_client(client, reply);
+      const auto known = clients_by_id_.find(identity);
+      if (known == clients_by_id_.end()) {  // answered, but a peer that never said HELLO leaves no state
+        (void)wire::send_to(clients_, identity, reply);
+        return;
+      }
+      touch_client(identity);
+      send_to_client(known->second, reply);
       return;
     }
     case Command::kHeartbeat:

@@ -426,3 +426,24 @@ TEST_CASE("Daemons.Broker.PeerStringsCannotForgeOrFloodTheLog" * doctest::timeou
   }
   CHECK(bad_lines < 100);  // one line per interval with the count, not 2,000
 }
+
+TEST_CASE("Daemons.Broker.StatusRequestWithoutHelloLeavesNoState" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  zmq::context_t context;
+  int answered = 0;
+  for (int i = 0; i < 50; ++i) {
+    zmq::socket_t raw(context, zmq::socket_type::dealer);
+    raw.set(zmq::sockopt::linger, 0);
+    raw.set(zmq::sockopt::rcvtimeo, 10000);
+    raw.connect(cluster.client_endpoint());
+    const auto signature = poolmap::proto::signature_frame(poolmap::proto::Command::kStatusRequest);
+    raw.send(zmq::buffer(signature.data(), signature.size()), zmq::send_flags::sndmore);
+    raw.send(zmq::str_buffer(""), zmq::send_flags::none);
+    std::vector<zmq::message_t> reply;
+    if (zmq::recv_multipart(raw, std::back_inserter(reply)) && !reply.empty()) ++answered;
+  }
+  CHECK(answered == 50);
+  CHECK(pool.status().clients == 1);  // only the Pool: the 50 askers were not recorded
+}
