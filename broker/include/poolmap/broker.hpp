@@ -3,12 +3,15 @@
 // The broker binds two ROUTER sockets, one for clients and one for workers, and runs a single-threaded
 // event loop over them. It reads only the small header frame of each message; payload frames move
 // from one socket to the other untouched. Workers pull: each announces credit (how many chunks it
-// accepts), and the next chunk goes to the least-recently-served worker that has credit. Clients are
-// served round-robin so that several clients share the workers fairly. The broker remembers which
+// accepts) and the tasks it has, and the next chunk goes to the least-recently-served worker with
+// credit that has the chunk's task with the same signature (a chunk no registered worker can run
+// fails with kUnknownTask / kSignatureMismatch). Clients are served round-robin so that several
+// clients share the workers fairly. The broker remembers which
 // chunk each worker holds: when a worker is lost (its supervisor reports its exit, it is silent for
 // heartbeat_interval × heartbeat_liveness, or it says goodbye), its chunks are queued again. A chunk
 // fails with kWorkerLost when it was running in poison_kills crashed workers, or after max_retries
-// other losses. stop() drains: no new dispatch, chunks in flight answered (up to drain_timeout),
+// other losses; a worker lost for silence that speaks again was busy, not dead, gives those
+// retries back, and its late answer to a chunk still unanswered is taken (first answer wins). stop() drains: no new dispatch, chunks in flight answered (up to drain_timeout),
 // then every peer is told to go (clients resend what is left to the next broker).
 //
 // Thread-safety: construct anywhere; run() blocks the thread that calls it and is the only thread

@@ -1,14 +1,19 @@
 // poolmap's worker side: the process that runs tasks, and the supervisor that keeps N of them alive.
 //
-// A WorkerProcess connects one socket to the broker, registers with some credit, and runs the
-// chunks it is sent with the tasks registered in this process (POOLMAP_TASK, or task libraries
-// loaded with load_task_library). A task that throws produces an error result; the process keeps
-// serving. Heartbeats flow both ways while a task runs (a second thread owns the socket, so a long
+// A WorkerProcess connects one socket to the broker, registers with some credit and the tasks
+// registered in this process when it was constructed (POOLMAP_TASK, or task libraries loaded with
+// load_task_library; the broker sends it only chunks of those), and runs the chunks it is sent. It
+// registers under a random instance id (the one its supervisor gave it in POOLMAP_WORKER_INSTANCE,
+// else its own) that tells it apart from every other process, whatever its host and pid. A task
+// that throws, a result that cannot be encoded or an argument that cannot be decoded produces an
+// error result for that item; the process keeps serving. Heartbeats flow both ways while a task runs (a second thread owns the socket, so a long
 // task never looks like a dead worker). If the broker is silent for heartbeat_interval ×
 // heartbeat_liveness, or says it does not know this worker, the process registers again.
 //
 // A Supervisor starts `processes` copies of a command (normally this executable in its child role)
-// and restarts any that exit, with a back-off, until stop(). It can report each exit to the broker.
+// and restarts any that exit, with a back-off, until stop(); a copy that ends with status 0 (max
+// tasks per child) is replaced at once. It gives each copy an instance id and can report each exit
+// to the broker by that id.
 //
 // Thread-safety: run() blocks the calling thread; stop() may be called from any thread.
 #pragma once
