@@ -17,6 +17,7 @@
 int main(int argc, char** argv) {
   poolmap::detail::SignalWaiter signals;
   CLI::App app{"poolmap-broker: hands chunks of work from poolmap clients to poolmap workers"};
+  app.set_version_flag("--version", std::string("poolmap-broker ") + POOLMAP_VERSION);
   poolmap::BrokerOptions options;
   int heartbeat_ms = 1000;
   std::string log_level = "info";

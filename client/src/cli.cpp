@@ -91,11 +91,14 @@ int print_status(const std::string& broker, int timeout_ms, bool verbose, bool j
 
 int main(int argc, char** argv) {
   CLI::App app{"poolmap: command-line tool for a poolmap cluster"};
+  app.set_version_flag("--version", std::string("poolmap ") + POOLMAP_VERSION);
   app.require_subcommand(1);
   std::string broker = "tcp://127.0.0.1:5555";
   int timeout_ms = 5000;
   auto* status = app.add_subcommand("status", "show a broker's workers, queue and counters");
-  status->add_option("--broker", broker, "broker client endpoint")->default_val("tcp://127.0.0.1:5555");
+  status->add_option("--broker", broker, "broker client endpoint")
+      ->envname("POOLMAP_BROKER")
+      ->default_val("tcp://127.0.0.1:5555");
   status->add_option("--timeout-ms", timeout_ms, "how long to wait for the broker")->default_val(5000);
   bool verbose = false;
   bool json = false;

@@ -168,6 +168,15 @@ TEST_CASE("Daemons.Cli.StatusShowsWorkers" * doctest::timeout(30)) {
   CHECK(out.find("TASKS") != std::string::npos);
   CHECK(out.find("test.square") == std::string::npos);  // names only with --verbose
 
+  // POOLMAP_BROKER stands in for --broker, as it does for the library.
+  t::ChildProcess from_env({t::cli_binary(), "status"}, {"POOLMAP_BROKER=" + cluster.client_endpoint()});
+  const std::string env_out = from_env.read_all(10s);
+  const auto env_status = from_env.wait(10s);
+  REQUIRE(env_status.has_value());
+  CHECK(WEXITSTATUS(*env_status) == 0);
+  CHECK(env_out.find("broker     " + cluster.client_endpoint()) != std::string::npos);
+  CHECK(env_out.find("workers    2") != std::string::npos);
+
   t::ChildProcess verbose({t::cli_binary(), "status", "--broker", cluster.client_endpoint(), "--verbose"});
   const std::string listed = verbose.read_all(10s);
   CHECK(verbose.wait(10s).has_value());

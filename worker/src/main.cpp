@@ -35,6 +35,7 @@ void exit_with_parent(pid_t expected_parent) {
 int main(int argc, char** argv) {
   poolmap::detail::SignalWaiter signals;
   CLI::App app{"poolmap-worker: runs poolmap tasks for a broker, one process per core"};
+  app.set_version_flag("--version", std::string("poolmap-worker ") + POOLMAP_VERSION);
   std::string broker;
   std::size_t processes = 0;
   std::vector<std::string> task_libraries;
