@@ -83,6 +83,7 @@ class Broker::Impl {
     std::uint32_t pid = 0;
     std::uint64_t instance = 0;    // the process, unique across hosts, pid namespaces and restarts
     std::uint64_t supervisor = 0;  // the supervisor that started it (its exit reports name it)
+    std::uint32_t generation = 0;  // its connection number, from READY
     std::vector<proto::TaskInfo> tasks;
     detail::Scheduler::WorkerHandle handle = 0;
     Clock::time_point last_heard;
@@ -125,6 +126,7 @@ class Broker::Impl {
     Clock::time_point when;
     std::string host;
     std::uint32_t pid = 0;
+    std::uint32_t generation = 0;  // of the registration that was lost
     std::vector<std::uint64_t> tickets;
   };
   // How a worker went away, for its chunks.
@@ -497,12 +499,24 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
                          Status(ErrorCode::kMalformed, "READY needs an instance id and at most " +
                                                            std::to_string(proto::kMaxTasksPerWorker) + " tasks"));
     }
-    if (workers_by_id_.contains(identity)) lose_worker(identity, "registered again", Loss::kLost);
     const std::uint64_t instance = ready.value().instance;
-    if (const auto earlier = identity_by_instance_.find(instance); earlier != identity_by_instance_.end()) {
-      // The same process on a new connection (it thought we were gone): its old registration's
-      // chunks go back without penalty; the one it is running may still answer (late result).
-      lose_worker(earlier->second, "registered again on a new connection", Loss::kHandback);
+    const std::uint32_t generation = ready.value().generation;
+    // A process registers again on a new connection when it thought we were gone. Its READY from
+    // an older connection can arrive after the newer one (ZeroMQ orders messages per connection
+    // only): that one is stale, and its connection is closed.
+    const auto earlier = identity_by_instance_.find(instance);
+    const auto silent = silenced_.find(instance);
+    if ((earlier != identity_by_instance_.end() && earlier->second != identity &&
+         workers_by_id_.at(earlier->second).generation >= generation) ||
+        (silent != silenced_.end() && silent->second.generation >= generation)) {
+      log_->debug("ignored a stale READY (connection {}) from worker [{}]", generation, detail::short_id(instance));
+      return;
+    }
+    if (workers_by_id_.contains(identity)) lose_worker(identity, "registered again", Loss::kLost);
+    if (const auto older = identity_by_instance_.find(instance); older != identity_by_instance_.end()) {
+      // The same process on a new connection: its old registration's chunks go back without
+      // penalty; the one it is running may still answer (late result).
+      lose_worker(older->second, "registered again on a new connection", Loss::kHandback);
     }
     refund(instance, "registered again");
     WorkerState& worker = workers_by_id_[identity];
@@ -511,6 +525,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     worker.pid = ready.value().pid;
     worker.instance = instance;
     worker.supervisor = ready.value().supervisor;
+    worker.generation = generation;
     for (const auto& task : ready.value().tasks) {  // shown by `poolmap status`: printable and short
       worker.tasks.push_back({detail::printable(task.name, 256), detail::printable(task.signature, 256)});
     }
@@ -814,6 +829,7 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause, L
     silent.when = now;
     silent.host = worker.host;
     silent.pid = worker.pid;
+    silent.generation = worker.generation;
     silent.tickets.assign(worker.tickets.begin(), worker.tickets.end());
   }
   const std::string described =

@@ -119,6 +119,7 @@ class WorkerProcess::Impl {
   std::uint64_t instance_;    // this process, unique across hosts, pid namespaces and restarts
   std::uint64_t supervisor_;  // the supervisor that started it; 0 = none
   std::vector<proto::TaskInfo> tasks_announced_;  // what READY says we can run
+  std::uint32_t connections_ = 0;                 // I/O thread: sockets opened (READY's generation)
   std::shared_ptr<spdlog::logger> log_;
   int wake_fd_ = -1;
 
@@ -154,7 +155,8 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   socket.set(zmq::sockopt::reconnect_ivl_max, 5000);  // exponential back-off, 0.1 s to 5 s
   socket.connect(options_.broker);
   auto ready = wire::make(Command::kReady,
-                          proto::Ready{host_, pid_, 1 + options_.prefetch, instance_, supervisor_, tasks_announced_});
+                          proto::Ready{host_, pid_, 1 + options_.prefetch, instance_, supervisor_, tasks_announced_,
+                                       ++connections_});
   wire::send(socket, ready, false);
   return socket;
 }

@@ -182,9 +182,11 @@ struct Ready {
                                  // and restarts; never 0. It stays the same when the process registers again.
   std::uint64_t supervisor = 0;  // instance id of the supervisor that started it; 0 = none
   std::vector<TaskInfo> tasks;   // what it can run (at most kMaxTasksPerWorker)
+  std::uint32_t generation = 0;  // counts this process's connections (1, 2, ...): a READY from an
+                                 // older connection that arrives late is stale and ignored
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, credit, instance, supervisor, tasks);
+    ar(host, pid, credit, instance, supervisor, tasks, generation);
   }
 };
 
