@@ -319,13 +319,15 @@ namespace {
 // A hand-made worker that speaks the protocol on a raw socket and lies about results.
 class LyingWorker {
  public:
-  LyingWorker(const std::string& endpoint, std::uint32_t credit, const std::string& host = "liar")
+  LyingWorker(const std::string& endpoint, std::uint32_t credit, const std::string& host = "liar",
+              std::uint32_t generation = 1)
       : socket_(context_, zmq::socket_type::dealer) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::rcvtimeo, 10000);
     socket_.connect(endpoint);
     poolmap::proto::Ready ready{host, 1, credit, 0x1dea, 0,
-                                {{"test.square", poolmap::Task<std::int64_t(std::int64_t)>::signature()}}};
+                                {{"test.square", poolmap::Task<std::int64_t(std::int64_t)>::signature()}},
+                                generation};
     send(poolmap::proto::Command::kReady, poolmap::proto::encode(ready), std::nullopt);
   }
   // The next TASK's header (skipping heartbeats), or nullopt on timeout.
@@ -455,4 +457,23 @@ TEST_CASE("Daemons.Broker.StatusRequestWithoutHelloLeavesNoState" * doctest::tim
   }
   CHECK(answered == 50);
   CHECK(pool.status().clients == 1);  // only the Pool: the 50 askers were not recorded
+}
+
+TEST_CASE("Daemons.Broker.ALateReadyFromAnOlderConnectionIsIgnored" * doctest::timeout(60)) {
+  // One process (one instance id) registered on its second connection; the READY of its first
+  // connection arrives late. It must not replace the live registration (found under TSan: the
+  // broker then dropped the live one and sent everything to the other worker).
+  t::Cluster cluster({.workers = 0});
+  LyingWorker second(cluster.worker_endpoint(), 1, "same-process", 2);
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  LyingWorker first(cluster.worker_endpoint(), 1, "same-process", 1);
+  REQUIRE(t::eventually([&] { return cluster.broker().stderr_text().find("ignored a stale READY") != std::string::npos; },
+                        10s));
+  // The connection-2 registration is still the one chunks go to.
+  auto squares = pool.map_async(t::square, std::vector<std::int64_t>{5}, {.chunksize = 1});
+  const auto task = second.next_task();
+  REQUIRE(task.has_value());
+  CHECK(pool.status().workers.size() == 1);
+  squares.cancel();
 }
