@@ -174,6 +174,10 @@ void WorkerProcess::Impl::io_loop() {
   log_->info("worker {} pid {} [{}] connected to {} (tasks: {})", host_, pid_, detail::short_id(instance_),
              options_.broker, join(detail::TaskRegistry::instance().names()));
   auto last_heard = Clock::now();
+  // Silence counts only after the broker has answered on this socket: before that the connection
+  // may still be forming (a slow or loaded host), and a new socket would only start over. A
+  // broker that lost us says so (DISCONNECT) when our heartbeats reach it.
+  bool heard = false;
   auto last_sent = Clock::now();
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
 
@@ -222,6 +226,7 @@ void WorkerProcess::Impl::io_loop() {
     bool forget_tasks = false;
     while (auto frames = wire::receive(socket)) {
       last_heard = Clock::now();
+      heard = true;
       if (frames->size() < 2) continue;
       auto command = proto::parse_signature(wire::view((*frames)[0]));
       if (!command) {
@@ -269,7 +274,7 @@ void WorkerProcess::Impl::io_loop() {
     }
 
     const auto now = Clock::now();
-    if (forget_tasks || now - last_heard > expiry) {
+    if (forget_tasks || (heard && now - last_heard > expiry)) {
       if (!forget_tasks) {
         log_->warn("worker heard nothing from broker {} for {} ms; registering again", options_.broker,
                    std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard).count());
@@ -283,6 +288,7 @@ void WorkerProcess::Impl::io_loop() {
       socket.close();
       socket = connect(context);
       last_heard = last_sent = Clock::now();
+      heard = false;
       continue;
     }
     if (now - last_sent >= options_.heartbeat_interval) {
