@@ -15,10 +15,12 @@
 #include <vector>
 
 #include "log.hpp"
+#include "poolmap/curve.hpp"
 #include "poolmap/error.hpp"
 #include "poolmap/protocol.hpp"
 #include "process_info.hpp"
 #include "scheduler.hpp"
+#include "security.hpp"
 #include "wire.hpp"
 
 namespace poolmap {
@@ -33,6 +35,23 @@ constexpr int kReceiveBatch = 256;
 std::chrono::milliseconds since(Clock::time_point then, Clock::time_point now) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(now - then);
 }
+
+// Not in the non-draft zmq.h of libzmq 4.3, but honoured by it: a CURVE handshake fails when no
+// ZAP handler answers, instead of letting every key in.
+#ifndef ZMQ_ZAP_ENFORCE_DOMAIN
+#define ZMQ_ZAP_ENFORCE_DOMAIN 93
+#endif
+constexpr const char* kZapEndpoint = "inproc://zeromq.zap.01";
+
+// The name of the key a message's connection authenticated with ("" without CURVE).
+std::string key_name(zmq::message_t& frame) {
+  const char* user = zmq_msg_gets(frame.handle(), "User-Id");
+  return user == nullptr ? std::string() : std::string(user);
+}
+
+detail::KeyRing read_key_ring(const BrokerOptions& options) {
+  return {read_curve_public_dir(options.client_keys_dir), read_curve_public_dir(options.worker_keys_dir)};
+}
 }  // namespace
 
 class Broker::Impl {
@@ -40,6 +59,7 @@ class Broker::Impl {
   Impl(BrokerOptions options, Context context)
       : options_(std::move(options)),
         context_(std::move(context)),
+        zap_(context_.impl().zmq, zmq::socket_type::rep),
         clients_(context_.impl().zmq, zmq::socket_type::router),
         workers_(context_.impl().zmq, zmq::socket_type::router),
         log_(detail::logger("poolmap.broker")),
@@ -56,6 +76,7 @@ class Broker::Impl {
                                     .max_message_bytes = options_.max_message_bytes};
     wire::configure(clients_, limits, true);
     wire::configure(workers_, limits, true);
+    set_up_security();
     client_endpoint_ = bind(clients_, options_.client_endpoint, "client");
     worker_endpoint_ = bind(workers_, options_.worker_endpoint, "worker");
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -69,8 +90,11 @@ class Broker::Impl {
   void run();
   void stop() noexcept {
     if (stop_requested_.exchange(true)) stop_now_.store(true);
-    const std::uint64_t one = 1;
-    [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof(one));
+    wake();
+  }
+  void reload_keys() noexcept {
+    reload_requested_.store(true);
+    wake();
   }
 
   std::string client_endpoint_;
@@ -79,6 +103,7 @@ class Broker::Impl {
  private:
   struct WorkerState {
     std::string identity;
+    std::string key;    // the name of its CURVE key ("" without CURVE)
     std::string host;   // as the worker said, made printable
     std::uint32_t pid = 0;
     std::uint64_t instance = 0;    // the process, unique across hosts, pid namespaces and restarts
@@ -95,6 +120,7 @@ class Broker::Impl {
   };
   struct ClientState {
     std::string identity;
+    std::string key;  // the name of its CURVE key ("" without CURVE)
     std::string host;
     std::uint32_t pid = 0;
     Clock::time_point last_heard;
@@ -136,6 +162,17 @@ class Broker::Impl {
     kHandback,  // it said goodbye (drain): its chunks go back without penalty
     kBroken,    // it answered a chunk wrongly: like kLost, but no retry comes back if it returns
   };
+
+  void wake() noexcept {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto written = ::write(wake_fd_, &one, sizeof(one));
+  }
+  bool curve() const { return !options_.curve_secret_file.empty(); }
+  // CURVE on both sockets with the ZAP handler bound first, or the loopback-only rule.
+  void set_up_security();
+  // Answers one ZAP request (the handshake of a connection waits for it).
+  void serve_zap();
+  void apply_reload();
 
   static std::string bind(zmq::socket_t& socket, const std::string& endpoint, const char* what) {
     try {
@@ -192,6 +229,11 @@ class Broker::Impl {
 
   BrokerOptions options_;
   Context context_;
+  // Declared before the endpoints' sockets: bound before them, closed after them, so no handshake
+  // ever finds it missing.
+  zmq::socket_t zap_;
+  detail::KeyRing keys_;
+  std::atomic<bool> reload_requested_{false};
   zmq::socket_t clients_;
   zmq::socket_t workers_;
   std::shared_ptr<spdlog::logger> log_;
@@ -212,6 +254,9 @@ class Broker::Impl {
   std::uint64_t next_ticket_ = 1;
   Clock::time_point last_refusal_logged_{};
   Clock::time_point bad_message_logged_{};
+  std::uint64_t refused_connections_ = 0;
+  std::uint64_t refusals_unlogged_ = 0;
+  Clock::time_point refusal_logged_{};
   std::uint64_t bad_messages_unlogged_ = 0;
 
   std::uint64_t chunks_done_ = 0;
@@ -222,13 +267,112 @@ class Broker::Impl {
   std::uint64_t context_bytes_sent_ = 0;
 };
 
+void Broker::Impl::set_up_security() {
+  const bool any_curve_option = !options_.curve_secret_file.empty() || !options_.client_keys_dir.empty() ||
+                                !options_.worker_keys_dir.empty();
+  if (!curve()) {
+    if (any_curve_option) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "broker: CURVE needs the secret key file (--curve-secret) as well as --client-keys and --worker-keys");
+    }
+    for (const auto& endpoint : {options_.client_endpoint, options_.worker_endpoint}) {
+      if (detail::is_loopback_endpoint(endpoint)) continue;
+      if (!options_.insecure) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "broker: refusing to bind '" + endpoint +
+                        "' without CURVE: anyone who can reach it could run tasks and read every input. Give "
+                        "--curve-secret, --client-keys and --worker-keys (see docs/SECURITY.md), bind a loopback "
+                        "address such as tcp://127.0.0.1:5555, or pass --insecure on a network you trust");
+      }
+    }
+    if (options_.insecure && !(detail::is_loopback_endpoint(options_.client_endpoint) &&
+                               detail::is_loopback_endpoint(options_.worker_endpoint))) {
+      log_->warn("INSECURE: no CURVE; anyone who can reach {} or {} can submit work, register as a worker and read "
+                 "every input and result",
+                 options_.client_endpoint, options_.worker_endpoint);
+    }
+    return;
+  }
+  if (options_.client_keys_dir.empty() || options_.worker_keys_dir.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "broker: CURVE needs both --client-keys and --worker-keys directories");
+  }
+  const CurveKeyPair own = read_curve_secret_file(options_.curve_secret_file);
+  keys_ = read_key_ring(options_);
+  if (keys_.clients.empty()) log_->warn("no client keys in {}: no client can connect", options_.client_keys_dir.string());
+  if (keys_.workers.empty()) log_->warn("no worker keys in {}: no worker can connect", options_.worker_keys_dir.string());
+  try {
+    zap_.bind(kZapEndpoint);
+  } catch (const zmq::error_t& e) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("broker: cannot start the ZAP handler (another CURVE broker in this context?): ") + e.what());
+  }
+  const std::pair<zmq::socket_t*, std::string_view> sockets[] = {{&clients_, detail::kClientDomain},
+                                                                  {&workers_, detail::kWorkerDomain}};
+  for (const auto& [socket, domain] : sockets) {
+    socket->set(zmq::sockopt::curve_server, 1);
+    socket->set(zmq::sockopt::curve_secretkey, own.secret_key);
+    socket->set(zmq::sockopt::zap_domain, std::string(domain));
+    const int enforce = 1;
+    if (zmq_setsockopt(socket->handle(), ZMQ_ZAP_ENFORCE_DOMAIN, &enforce, sizeof(enforce)) != 0) {
+      throw Error(ErrorCode::kInternal, std::string("broker: cannot set ZMQ_ZAP_ENFORCE_DOMAIN: ") +
+                                            zmq_strerror(zmq_errno()));
+    }
+  }
+  log_->info("CURVE on: broker key {}, {} client keys, {} worker keys", own.public_key, keys_.clients.size(),
+             keys_.workers.size());
+}
+
+void Broker::Impl::serve_zap() {
+  for (int i = 0; i < kReceiveBatch; ++i) {
+    auto frames = wire::receive(zap_);
+    if (!frames) return;
+    std::vector<std::string> request;
+    request.reserve(frames->size());
+    for (const auto& frame : *frames) request.push_back(wire::to_string(frame));
+    const detail::ZapReply reply = detail::decide_zap(request, keys_);
+    if (reply.status_code != "200") {
+      // Counted like bad messages: at most one line per interval.
+      const std::string domain = request.size() > 2 ? detail::printable(request[2], 32) : "";
+      const std::string address = request.size() > 3 ? detail::printable(request[3], 64) : "";
+      ++refused_connections_;
+      ++refusals_unlogged_;
+      const auto now = Clock::now();
+      if (now - refusal_logged_ >= options_.heartbeat_interval) {
+        log_->warn("refused {} connection{} since the last report; latest from {} on {}: {}", refusals_unlogged_,
+                   refusals_unlogged_ == 1 ? "" : "s", address, domain, reply.status_text);
+        refusals_unlogged_ = 0;
+        refusal_logged_ = now;
+      }
+    }
+    std::vector<zmq::message_t> out;
+    for (const std::string_view part : {std::string_view("1.0"), std::string_view(reply.request_id),
+                                        std::string_view(reply.status_code), std::string_view(reply.status_text),
+                                        std::string_view(reply.user_id), std::string_view()}) {
+      out.emplace_back(part.data(), part.size());
+    }
+    (void)wire::send(zap_, out, false);
+  }
+}
+
+void Broker::Impl::apply_reload() {
+  if (!reload_requested_.exchange(false) || !curve()) return;
+  try {
+    keys_ = read_key_ring(options_);
+    log_->info("keys reloaded: {} client keys, {} worker keys (connections already made stay)", keys_.clients.size(),
+               keys_.workers.size());
+  } catch (const std::exception& e) {
+    log_->error("keys not reloaded, the old ones stay in use: {}", e.what());
+  }
+}
+
 void Broker::Impl::run() {
   log_->info("broker serving clients={} workers={} heartbeat={}ms x{}", client_endpoint_, worker_endpoint_,
              options_.heartbeat_interval.count(), options_.heartbeat_liveness);
-  std::array<zmq::pollitem_t, 3> items{{
+  std::array<zmq::pollitem_t, 4> items{{
       {clients_.handle(), 0, ZMQ_POLLIN, 0},
       {workers_.handle(), 0, ZMQ_POLLIN, 0},
       {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+      {zap_.handle(), 0, ZMQ_POLLIN, 0},
   }};
   auto next_tick = Clock::now() + options_.heartbeat_interval;
   std::optional<Clock::time_point> drain_deadline;
@@ -250,6 +394,8 @@ void Broker::Impl::run() {
       std::uint64_t value = 0;
       [[maybe_unused]] const auto got = ::read(wake_fd_, &value, sizeof(value));
     }
+    apply_reload();
+    serve_zap();
     for (int i = 0; i < kReceiveBatch; ++i) {
       auto frames = wire::receive(workers_);
       if (!frames) break;
@@ -343,7 +489,9 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       ClientState& client = touch_client(identity);
       client.host = detail::printable(hello.value().client_host);
       client.pid = hello.value().client_pid;
-      log_->info("client {} pid {} said hello", client.host, client.pid);
+      client.key = key_name(frames[1]);
+      log_->info("client {} pid {}{} said hello", client.host, client.pid,
+                 client.key.empty() ? "" : " (key " + client.key + ")");
       auto reply = wire::make(Command::kWelcome,
                               proto::Welcome{worker_count(), static_cast<std::uint32_t>(options_.heartbeat_interval.count())});
       send_to_client(client, reply);
@@ -478,7 +626,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     const auto registered = identity_by_instance_.find(report.instance);
     if (registered == identity_by_instance_.end()) return;  // said goodbye already, or never registered
     const WorkerState& worker = workers_by_id_.at(registered->second);
-    if (report.supervisor == 0 || worker.supervisor != report.supervisor) {
+    if (report.supervisor == 0 || worker.supervisor != report.supervisor || worker.key != key_name(frames[1])) {
       ++bad_messages_;
       log_->warn("ignored an exit report for worker {} pid {} [{}] from a peer that is not its supervisor", worker.host,
                  worker.pid, detail::short_id(worker.instance));
@@ -522,6 +670,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     WorkerState& worker = workers_by_id_[identity];
     worker.identity = identity;
     worker.host = detail::printable(ready.value().host);
+    worker.key = key_name(frames[1]);
     worker.pid = ready.value().pid;
     worker.instance = instance;
     worker.supervisor = ready.value().supervisor;
@@ -534,8 +683,9 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     worker.handle = scheduler_.add_worker(ready.value().credit, ready.value().tasks, now);
     identity_by_handle_[worker.handle] = identity;
     identity_by_instance_[instance] = identity;
-    log_->info("worker {} pid {} [{}] ready (credit {}, {} tasks, {} workers)", worker.host, worker.pid,
-               detail::short_id(instance), ready.value().credit, worker.tasks.size(), workers_by_id_.size());
+    log_->info("worker {} pid {} [{}]{} ready (credit {}, {} tasks, {} workers)", worker.host, worker.pid,
+               detail::short_id(instance), worker.key.empty() ? "" : " (key " + worker.key + ")",
+               ready.value().credit, worker.tasks.size(), workers_by_id_.size());
     announce_workers();
     return;
   }
@@ -1001,5 +1151,6 @@ const std::string& Broker::client_endpoint() const noexcept { return impl_->clie
 const std::string& Broker::worker_endpoint() const noexcept { return impl_->worker_endpoint_; }
 void Broker::run() { impl_->run(); }
 void Broker::stop() noexcept { impl_->stop(); }
+void Broker::reload_keys() noexcept { impl_->reload_keys(); }
 
 }  // namespace poolmap

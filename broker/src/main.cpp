@@ -1,7 +1,11 @@
 // poolmap-broker: the daemon between clients and workers.
 //
-//   poolmap-broker --clients tcp://*:5555 --workers tcp://*:5556
+//   poolmap-broker --curve-secret broker.key --client-keys clients/ --worker-keys workers/
+//   poolmap-broker --clients tcp://127.0.0.1:5555 --workers tcp://127.0.0.1:5556   (no CURVE: loopback)
 //
+// With CURVE the endpoints default to every interface (tcp://*:5555, tcp://*:5556); without it to
+// loopback, and binding anything else without CURVE needs --insecure. SIGHUP reloads the key
+// directories.
 // Runs in the foreground. Once both endpoints are bound it prints one line on stdout,
 //   poolmap-broker ready clients=<endpoint> workers=<endpoint>
 // with wildcard ports resolved, so scripts and tests can bind port 0 (tcp://127.0.0.1:*) and read
@@ -21,8 +25,19 @@ int main(int argc, char** argv) {
   poolmap::BrokerOptions options;
   int heartbeat_ms = 1000;
   std::string log_level = "info";
-  app.add_option("--clients", options.client_endpoint, "endpoint clients connect to")->default_val("tcp://*:5555");
-  app.add_option("--workers", options.worker_endpoint, "endpoint workers connect to")->default_val("tcp://*:5556");
+  auto* clients = app.add_option("--clients", options.client_endpoint, "endpoint clients connect to")
+                      ->default_str("tcp://*:5555 with CURVE, tcp://127.0.0.1:5555 without");
+  auto* workers = app.add_option("--workers", options.worker_endpoint, "endpoint workers connect to")
+                      ->default_str("tcp://*:5556 with CURVE, tcp://127.0.0.1:5556 without");
+  app.add_option("--curve-secret", options.curve_secret_file,
+                 "this broker's CURVE secret key file (from `poolmap keygen`); turns CURVE on")
+      ->check(CLI::ExistingFile);
+  app.add_option("--client-keys", options.client_keys_dir, "directory of *.pub files: the clients allowed (CURVE)")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--worker-keys", options.worker_keys_dir, "directory of *.pub files: the workers allowed (CURVE)")
+      ->check(CLI::ExistingDirectory);
+  app.add_flag("--insecure", options.insecure,
+               "without CURVE, allow binding endpoints other hosts can reach (anyone there can run tasks)");
   app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval in milliseconds")
       ->default_val(1000)
       ->check(CLI::PositiveNumber);
@@ -45,6 +60,9 @@ int main(int argc, char** argv) {
       ->default_val(1LL << 30);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   CLI11_PARSE(app, argc, argv);
+  const bool curve = !options.curve_secret_file.empty();
+  if (clients->count() == 0) options.client_endpoint = curve ? "tcp://*:5555" : "tcp://127.0.0.1:5555";
+  if (workers->count() == 0) options.worker_endpoint = curve ? "tcp://*:5556" : "tcp://127.0.0.1:5556";
   options.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   options.drain_timeout = std::chrono::milliseconds(drain_ms);
 
@@ -58,7 +76,11 @@ int main(int argc, char** argv) {
     std::cout << "poolmap-broker ready clients=" << broker.client_endpoint() << " workers=" << broker.worker_endpoint()
               << std::endl;
     signals.on_signal([&broker, &log](int signo) {
-      if (signo == SIGHUP) return;
+      if (signo == SIGHUP) {
+        log->info("SIGHUP: reloading the key directories");
+        broker.reload_keys();
+        return;
+      }
       log->info("signal {}: draining (a second signal stops at once)", signo);
       broker.stop();
     });

@@ -1,8 +1,11 @@
 // poolmap: the command-line tool.
 //
-//   poolmap status --broker tcp://HOST:5555 [--verbose] [--json]
+//   poolmap status --broker tcp://HOST:5555 [--verbose] [--json] [--curve-secret FILE --broker-key FILE]
 //       workers (with their tasks), queue depth and counters of a broker
+//   poolmap keygen PATH [--if-missing]
+//       writes a CURVE key pair: PATH.key (secret, mode 0600) and PATH.pub (public)
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -57,8 +60,25 @@ void print_json(const std::string& broker, const poolmap::BrokerStatus& status) 
   std::printf("%s\n", out.c_str());
 }
 
-int print_status(const std::string& broker, int timeout_ms, bool verbose, bool json) {
-  poolmap::Pool pool({.broker = broker, .start_timeout = std::chrono::milliseconds(timeout_ms)});
+int keygen(const std::string& base, bool if_missing) {
+  const std::filesystem::path secret_file = base + ".key";
+  const std::filesystem::path public_file = base + ".pub";
+  if (if_missing && std::filesystem::exists(secret_file) && std::filesystem::exists(public_file)) return 0;
+  if (const auto parent = std::filesystem::path(base).parent_path(); !parent.empty()) {
+    std::filesystem::create_directories(parent);
+  }
+  poolmap::write_curve_keypair(base, poolmap::generate_curve_keypair());
+  std::cout << "wrote " << secret_file.string() << " (secret, keep it on this host) and " << public_file.string()
+            << " (public)\n";
+  return 0;
+}
+
+int print_status(const std::string& broker, int timeout_ms, bool verbose, bool json, const std::string& curve_secret,
+                 const std::string& broker_key) {
+  poolmap::Pool pool({.broker = broker,
+                      .start_timeout = std::chrono::milliseconds(timeout_ms),
+                      .curve_secret_file = curve_secret,
+                      .broker_key_file = broker_key});
   const poolmap::BrokerStatus status = pool.status(std::chrono::milliseconds(timeout_ms));
   if (json) {
     print_json(broker, status);
@@ -104,9 +124,21 @@ int main(int argc, char** argv) {
   bool json = false;
   status->add_flag("-v,--verbose", verbose, "list each worker's tasks (name and signature)");
   status->add_flag("--json", json, "print one JSON object instead of the table");
+  std::string curve_secret;
+  std::string broker_key;
+  status->add_option("--curve-secret", curve_secret, "this client's CURVE secret key file")
+      ->envname("POOLMAP_CURVE_SECRET");
+  status->add_option("--broker-key", broker_key, "the broker's CURVE public key file")->envname("POOLMAP_BROKER_KEY");
+
+  auto* keygen_command = app.add_subcommand("keygen", "write a CURVE key pair: PATH.key (secret, 0600) and PATH.pub");
+  std::string key_base;
+  bool if_missing = false;
+  keygen_command->add_option("PATH", key_base, "where to write, without the extension")->required();
+  keygen_command->add_flag("--if-missing", if_missing, "do nothing when PATH.key and PATH.pub exist (for scripts)");
   CLI11_PARSE(app, argc, argv);
   try {
-    if (status->parsed()) return print_status(broker, timeout_ms, verbose, json);
+    if (status->parsed()) return print_status(broker, timeout_ms, verbose, json, curve_secret, broker_key);
+    if (keygen_command->parsed()) return keygen(key_base, if_missing);
   } catch (const std::exception& e) {
     std::cerr << "poolmap: " << e.what() << "\n";
     return 1;

@@ -205,6 +205,8 @@ class Pool::Impl {
   bool session_welcomed_ = false;                   // WELCOME received on the current socket
   std::uint64_t session_ = 0;                       // counts sockets opened (broker sessions)
   std::optional<Clock::time_point> broker_lost_at_;  // set while trying to reach the broker again
+  std::optional<wire::CurveClientKeys> curve_;        // remote mode with keys
+  bool send_failed_ = false;                          // a message of a welcomed session was not sent
   std::thread io_thread_;
 };
 
@@ -214,13 +216,21 @@ Pool::Impl::Impl(PoolOptions options)
     throw Error(ErrorCode::kInvalidArgument,
                 "Pool options: max_chunks_in_flight, heartbeat_interval and heartbeat_liveness must be positive");
   }
-  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "Pool: eventfd failed");
   if (options_.broker.empty()) {
     if (const char* from_environment = std::getenv("POOLMAP_BROKER"); from_environment != nullptr) {
       options_.broker = from_environment;  // set by the PBS/Slurm launch scripts
     }
   }
+  if (!options_.broker.empty()) {
+    for (auto [option, variable] : {std::pair{&options_.curve_secret_file, "POOLMAP_CURVE_SECRET"},
+                                    std::pair{&options_.broker_key_file, "POOLMAP_BROKER_KEY"}}) {
+      const char* from_environment = std::getenv(variable);
+      if (option->empty() && from_environment != nullptr) *option = from_environment;
+    }
+    curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
+  }
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "Pool: eventfd failed");
   if (options_.broker.empty()) {
     start_embedded();
   } else {
@@ -336,6 +346,7 @@ void Pool::Impl::open_socket() {
   wire::configure(*socket_, {.high_water_mark = 10000, .linger = std::chrono::milliseconds(200)}, false);
   socket_->set(zmq::sockopt::reconnect_ivl, 100);
   socket_->set(zmq::sockopt::reconnect_ivl_max, 5000);
+  if (curve_) wire::apply_curve_client(*socket_, *curve_);
   socket_->connect(endpoint_);
   auto hello = wire::make(Command::kHello, proto::Hello{detail::host_name(), static_cast<std::uint32_t>(::getpid())});
   wire::send(*socket_, hello, false);
@@ -476,8 +487,15 @@ BrokerStatus Pool::Impl::status(std::chrono::milliseconds timeout) {
 }
 
 void Pool::Impl::send(std::vector<zmq::message_t>& frames) {
-  wire::send(*socket_, frames, false);
-  last_sent_ = Clock::now();
+  // Never blocks: a socket whose handshake failed (a CURVE key the broker refused) has no pipe, and
+  // a blocking send would hang this thread and every caller. What could not be sent in a welcomed
+  // session is sent again on a new one (every chunk not yet answered is); before the WELCOME only
+  // HELLO, heartbeats and status requests go out, which need no resending.
+  if (wire::send(*socket_, frames, true)) {
+    last_sent_ = Clock::now();
+  } else if (session_welcomed_) {
+    send_failed_ = true;
+  }
 }
 
 void Pool::Impl::io_loop() {
@@ -563,6 +581,11 @@ void Pool::Impl::io_loop() {
     if (Clock::now() - last_sent_ >= options_.heartbeat_interval) {
       auto beat = wire::make_empty(Command::kHeartbeat);
       send(beat);
+      last_sent_ = Clock::now();  // sent or not, the next try is an interval away
+    }
+    if (send_failed_) {
+      send_failed_ = false;
+      lost_broker("cannot send to it");
     }
   }
 }

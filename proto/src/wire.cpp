@@ -3,6 +3,9 @@
 #include <cerrno>
 #include <memory>
 
+#include "poolmap/curve.hpp"
+#include "poolmap/error.hpp"
+
 namespace poolmap {
 Context::Context() : impl_(std::make_shared<Impl>()) {}
 }  // namespace poolmap
@@ -15,6 +18,25 @@ void configure(zmq::socket_t& socket, const SocketLimits& limits, bool is_router
   socket.set(zmq::sockopt::linger, static_cast<int>(limits.linger.count()));
   socket.set(zmq::sockopt::maxmsgsize, limits.max_message_bytes);
   if (is_router) socket.set(zmq::sockopt::router_mandatory, 1);
+}
+
+std::optional<CurveClientKeys> load_curve_client(const std::filesystem::path& secret_file,
+                                                 const std::filesystem::path& broker_key_file) {
+  if (secret_file.empty() && broker_key_file.empty()) return std::nullopt;
+  if (secret_file.empty() || broker_key_file.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "CURVE needs both a secret key file (--curve-secret, POOLMAP_CURVE_SECRET) and the broker's public "
+                "key file (--broker-key, POOLMAP_BROKER_KEY); only the " +
+                    std::string(secret_file.empty() ? "broker key" : "secret key") + " was given");
+  }
+  const CurveKeyPair own = read_curve_secret_file(secret_file);
+  return CurveClientKeys{own.public_key, own.secret_key, read_curve_public_file(broker_key_file)};
+}
+
+void apply_curve_client(zmq::socket_t& socket, const CurveClientKeys& keys) {
+  socket.set(zmq::sockopt::curve_serverkey, keys.server_key);
+  socket.set(zmq::sockopt::curve_publickey, keys.public_key);
+  socket.set(zmq::sockopt::curve_secretkey, keys.secret_key);
 }
 
 zmq::message_t to_message(Bytes&& bytes) {

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <filesystem>
 #include <optional>
 #include <span>
 #include <string>
@@ -35,6 +36,20 @@ struct SocketLimits {
 
 // Sets HWMs, linger and max message size; on ROUTER sockets also ZMQ_ROUTER_MANDATORY.
 void configure(zmq::socket_t& socket, const SocketLimits& limits, bool is_router);
+
+// The CURVE keys of a socket that connects to a broker: its own pair and the broker's public key
+// (Z85 text).
+struct CurveClientKeys {
+  std::string public_key;
+  std::string secret_key;
+  std::string server_key;
+};
+// Reads them from the two files. Both paths empty: no CURVE (nullopt). Throws poolmap::Error
+// (kInvalidArgument) when only one is given or a file is not a usable key.
+std::optional<CurveClientKeys> load_curve_client(const std::filesystem::path& secret_file,
+                                                 const std::filesystem::path& broker_key_file);
+// Makes `socket` a CURVE client with these keys (before connect()).
+void apply_curve_client(zmq::socket_t& socket, const CurveClientKeys& keys);
 
 // Wraps an encoded buffer into a message without copying it (ownership moves to ZeroMQ).
 zmq::message_t to_message(Bytes&& bytes);

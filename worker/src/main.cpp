@@ -1,6 +1,7 @@
 // poolmap-worker: starts N worker processes that take chunks from a broker and run them.
 //
 //   poolmap-worker --broker tcp://HOST:5556 [--processes N] [--tasks LIB.so ...]
+//                  [--curve-secret worker.key --broker-key broker.pub]
 //
 // The process started by the user is a supervisor: it detects the worker count (physical cores,
 // CPU affinity, cgroup quota, SLURM/PBS allocation), starts that many copies of itself in the
@@ -63,6 +64,12 @@ int main(int argc, char** argv) {
       ->default_val(0);
   app.add_option("--init-arg", init_args, "argument for the task libraries' POOLMAP_WORKER_INIT; repeat for several");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
+  std::string curve_secret;
+  std::string broker_key;
+  app.add_option("--curve-secret", curve_secret, "this worker's CURVE secret key file (from `poolmap keygen`)")
+      ->envname("POOLMAP_CURVE_SECRET");
+  app.add_option("--broker-key", broker_key, "the broker's CURVE public key file (its .pub)")
+      ->envname("POOLMAP_BROKER_KEY");
   app.add_flag("--child", child, "internal: run one worker process (started by the supervisor)")->group("");
   app.add_option("--parent-pid", parent_pid, "internal")->group("");
   CLI11_PARSE(app, argc, argv);
@@ -95,7 +102,9 @@ int main(int argc, char** argv) {
                                      .heartbeat_interval = std::chrono::milliseconds(heartbeat_ms),
                                      .heartbeat_liveness = liveness,
                                      .max_tasks_per_child = max_tasks_per_child,
-                                     .init_args = init_args});
+                                     .init_args = init_args,
+                                     .curve_secret_file = curve_secret,
+                                     .broker_key_file = broker_key});
       signals.on_signal([&worker](int signo) {
         if (signo != SIGHUP) worker.stop();
       });
@@ -110,7 +119,11 @@ int main(int argc, char** argv) {
     }
 
     // Refuse a malformed endpoint here, not in every child of a restart loop.
-    { poolmap::WorkerProcess check({.broker = broker, .prefetch = prefetch}); }
+    // Bad key files too.
+    {
+      poolmap::WorkerProcess check(
+          {.broker = broker, .prefetch = prefetch, .curve_secret_file = curve_secret, .broker_key_file = broker_key});
+    }
     if (processes == 0) {
       const auto detected = poolmap::detect_worker_count();
       processes = detected.count;
@@ -133,6 +146,8 @@ int main(int argc, char** argv) {
       child_args.push_back("--init-arg");
       child_args.push_back(arg);
     }
+    if (!curve_secret.empty()) child_args.insert(child_args.end(), {"--curve-secret", curve_secret});
+    if (!broker_key.empty()) child_args.insert(child_args.end(), {"--broker-key", broker_key});
     std::vector<std::pair<std::string, std::string>> environment;
     for (const char* name : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {
       if (std::getenv(name) == nullptr) environment.emplace_back(name, "1");
@@ -141,7 +156,9 @@ int main(int argc, char** argv) {
                                     .arguments = child_args,
                                     .environment = environment,
                                     .processes = processes,
-                                    .report_endpoint = broker});
+                                    .report_endpoint = broker,
+                                    .curve_secret_file = curve_secret,
+                                    .broker_key_file = broker_key});
     signals.on_signal([&supervisor, &log](int signo) {
       if (signo == SIGHUP) return;
       log->info("signal {}: stopping worker processes", signo);

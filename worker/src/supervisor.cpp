@@ -45,6 +45,7 @@ class Supervisor::Impl {
     if (options_.executable.empty()) throw Error(ErrorCode::kInvalidArgument, "supervisor: no executable given");
     if (options_.processes == 0) throw Error(ErrorCode::kInvalidArgument, "supervisor: processes must be >= 1");
     if (options_.arguments.empty()) options_.arguments.push_back(options_.executable);
+    curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "supervisor: eventfd failed");
     build_environment();
@@ -228,6 +229,7 @@ class Supervisor::Impl {
   std::string host_ = detail::host_name();
   std::uint64_t instance_ = detail::new_instance_id();  // this supervisor, named in its exit reports
   std::vector<proto::WorkerExited> exit_reports_;  // guarded by mutex_; sent by run()
+  std::optional<wire::CurveClientKeys> curve_;     // for the report connection
   std::chrono::milliseconds last_backoff_{0};  // guarded by mutex_
 };
 
@@ -240,6 +242,7 @@ void Supervisor::Impl::run() {
     reporter.emplace(report_context->impl().zmq, zmq::socket_type::dealer);
     wire::configure(*reporter, {.high_water_mark = 1000, .linger = std::chrono::milliseconds(200)}, false);
     try {
+      if (curve_) wire::apply_curve_client(*reporter, *curve_);
       reporter->connect(options_.report_endpoint);
     } catch (const zmq::error_t& e) {
       log_->error("supervisor cannot report exits to '{}': {}", options_.report_endpoint, e.what());

@@ -68,6 +68,7 @@ class WorkerProcess::Impl {
     } catch (const zmq::error_t& e) {
       throw Error(ErrorCode::kInvalidArgument, "worker: bad broker endpoint '" + options_.broker + "': " + e.what());
     }
+    curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "worker: eventfd failed");
   }
@@ -120,6 +121,7 @@ class WorkerProcess::Impl {
   std::uint64_t supervisor_;  // the supervisor that started it; 0 = none
   std::vector<proto::TaskInfo> tasks_announced_;  // what READY says we can run
   std::uint32_t connections_ = 0;                 // I/O thread: sockets opened (READY's generation)
+  std::optional<wire::CurveClientKeys> curve_;    // read once, at construction
   std::shared_ptr<spdlog::logger> log_;
   int wake_fd_ = -1;
 
@@ -153,6 +155,7 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
                   false);
   socket.set(zmq::sockopt::reconnect_ivl, 100);       // reconnect to a restarted broker with
   socket.set(zmq::sockopt::reconnect_ivl_max, 5000);  // exponential back-off, 0.1 s to 5 s
+  if (curve_) wire::apply_curve_client(socket, *curve_);
   socket.connect(options_.broker);
   auto ready = wire::make(Command::kReady,
                           proto::Ready{host_, pid_, 1 + options_.prefetch, instance_, supervisor_, tasks_announced_,

@@ -14,12 +14,20 @@
 // retries back, and its late answer to a chunk still unanswered is taken (first answer wins). stop() drains: no new dispatch, chunks in flight answered (up to drain_timeout),
 // then every peer is told to go (clients resend what is left to the next broker).
 //
+// Security: with CURVE (curve_secret_file and both key directories set) every connection is
+// encrypted and authenticated: a ZAP handler, bound before either endpoint and served by run(),
+// admits a client only if its public key is in client_keys_dir and a worker only if its key is in
+// worker_keys_dir. Without CURVE the broker binds only loopback endpoints (127.0.0.0/8, [::1],
+// localhost, ipc://, inproc://) unless `insecure` is set. See docs/SECURITY.md.
+//
 // Thread-safety: construct anywhere; run() blocks the thread that calls it and is the only thread
-// touching the sockets; stop() and the endpoint accessors may be called from any thread.
+// touching the sockets; stop(), reload_keys() and the endpoint accessors may be called from any
+// thread.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -51,12 +59,22 @@ struct BrokerOptions {
   std::int64_t max_message_bytes = 1LL << 30;
   // ZMQ_SNDHWM/ZMQ_RCVHWM of both sockets, in messages. Default: 10000.
   int high_water_mark = 10000;
+  // CURVE: the broker's secret key file (`poolmap keygen`), and the directories of *.pub files
+  // allowed to connect as clients and as workers. All three or none. Default: none (no CURVE).
+  std::filesystem::path curve_secret_file{};
+  std::filesystem::path client_keys_dir{};
+  std::filesystem::path worker_keys_dir{};
+  // Without CURVE, allow endpoints other hosts can reach (a warning is logged at every start).
+  // Default: false (loopback only).
+  bool insecure = false;
 };
 
 class Broker {
  public:
-  // Binds both endpoints. Share `context` with in-process clients that connect over inproc://.
-  // Throws poolmap::Error (kInvalidArgument) when an endpoint cannot be bound.
+  // Reads the keys, starts the ZAP handler, then binds both endpoints. Share `context` with
+  // in-process clients that connect over inproc://. Throws poolmap::Error (kInvalidArgument) when
+  // an endpoint cannot be bound, a key file or directory is bad, or an endpoint is not loopback
+  // without CURVE or `insecure`.
   explicit Broker(BrokerOptions options, Context context = Context());
   ~Broker();
   Broker(const Broker&) = delete;
@@ -73,6 +91,11 @@ class Broker {
   // return without waiting for chunks in flight. Thread-safe; not async-signal-safe (call it from
   // a signal-waiting thread, not from a signal handler).
   void stop() noexcept;
+
+  // Reads the key directories again (keys added or removed take effect for new connections; the
+  // daemon calls it on SIGHUP). If a directory cannot be read, the keys in use stay and an error
+  // is logged. Does nothing without CURVE. Thread-safe.
+  void reload_keys() noexcept;
 
  private:
   class Impl;

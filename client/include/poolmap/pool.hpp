@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <iterator>
 #include <memory>
@@ -72,6 +73,11 @@ struct PoolOptions {
   // ErrorCode::kUnavailable. When it comes back, every chunk not yet answered is sent again and
   // each result still reaches the caller exactly once. Default: 60 s.
   std::chrono::milliseconds reconnect_timeout{60000};
+  // Remote mode, CURVE: this client's secret key file and the broker's public key file (`poolmap
+  // keygen`; see docs/SECURITY.md). Both or neither. Default: "" = the POOLMAP_CURVE_SECRET and
+  // POOLMAP_BROKER_KEY environment variables if set, else no CURVE. Embedded mode needs no keys.
+  std::filesystem::path curve_secret_file{};
+  std::filesystem::path broker_key_file{};
 };
 
 struct MapOptions {

@@ -5,6 +5,7 @@
 //   std::vector<std::int64_t> squares = pool.map(square, inputs);
 #pragma once
 
+#include "poolmap/curve.hpp"
 #include "poolmap/error.hpp"
 #include "poolmap/pool.hpp"
 #include "poolmap/status.hpp"

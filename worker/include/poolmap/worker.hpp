@@ -20,6 +20,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <utility>
@@ -48,12 +49,16 @@ struct WorkerOptions {
   std::uint64_t max_tasks_per_child = 0;
   // Passed to the POOLMAP_WORKER_INIT initializers, which run() calls first. Default: none.
   std::vector<std::string> init_args{};
+  // CURVE: this worker's secret key file and the broker's public key file (`poolmap keygen`).
+  // Both or neither. Default: none (the broker must then be on loopback or --insecure).
+  std::filesystem::path curve_secret_file{};
+  std::filesystem::path broker_key_file{};
 };
 
 class WorkerProcess {
  public:
   // Does not connect yet. Throws poolmap::Error (kInvalidArgument) for an empty or malformed broker
-  // endpoint, non-positive heartbeat settings or too much prefetch.
+  // endpoint, non-positive heartbeat settings, too much prefetch or bad key files.
   explicit WorkerProcess(WorkerOptions options);
   ~WorkerProcess();
   WorkerProcess(const WorkerProcess&) = delete;
@@ -92,11 +97,15 @@ struct SupervisorOptions {
   // A broker worker endpoint to tell when a child exits (host, pid, signal or exit code), so that
   // the broker re-dispatches its chunks at once and knows which chunk killed it. Default: "" = none.
   std::string report_endpoint{};
+  // CURVE keys for the report connection (the same as the workers'). Both or neither.
+  std::filesystem::path curve_secret_file{};
+  std::filesystem::path broker_key_file{};
 };
 
 class Supervisor {
  public:
-  // Throws poolmap::Error (kInvalidArgument) for an empty executable or zero processes.
+  // Throws poolmap::Error (kInvalidArgument) for an empty executable, zero processes or bad key
+  // files.
   explicit Supervisor(SupervisorOptions options);
   ~Supervisor();  // stops and reaps every child if run() is not running
   Supervisor(const Supervisor&) = delete;

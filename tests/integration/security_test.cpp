@@ -1,0 +1,294 @@
+// CURVE from outside: a broker with keys lets in only the clients and workers whose public keys it
+// holds, each on its own socket; strangers (no security, PLAIN, an unknown key, a key on the wrong
+// socket) get no message through while a good client keeps completing maps; SIGHUP picks up new
+// keys; a broker without CURVE will not bind a non-loopback address.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <numeric>
+#include <thread>
+#include <zmq.hpp>
+
+#include "poolmap/poolmap.hpp"
+#include "poolmap/protocol.hpp"
+#include "process.hpp"
+#include "test_tasks.hpp"
+#include "wire.hpp"
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+namespace t = poolmap::test;
+namespace proto = poolmap::proto;
+namespace wire = poolmap::wire;
+
+namespace {
+
+// A CURVE deployment in a temporary directory, as docs/SECURITY.md lays it out: the broker's pair,
+// clients/ with alice's pair, workers/ with node1's pair. Removed at the end of the test.
+struct Keys {
+  fs::path dir;
+  Keys() {
+    std::string pattern = (fs::temp_directory_path() / "poolmap-curve-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    dir = pattern;
+    fs::create_directories(dir / "clients");
+    fs::create_directories(dir / "workers");
+    poolmap::write_curve_keypair(dir / "broker", poolmap::generate_curve_keypair());
+    poolmap::write_curve_keypair(dir / "clients" / "alice", poolmap::generate_curve_keypair());
+    poolmap::write_curve_keypair(dir / "workers" / "node1", poolmap::generate_curve_keypair());
+  }
+  ~Keys() { fs::remove_all(dir); }
+  Keys(const Keys&) = delete;
+  Keys& operator=(const Keys&) = delete;
+
+  std::vector<std::string> broker_args() const {
+    return {"--curve-secret", (dir / "broker.key").string(), "--client-keys", (dir / "clients").string(),
+            "--worker-keys", (dir / "workers").string()};
+  }
+  std::vector<std::string> worker_args() const {
+    return {"--curve-secret", (dir / "workers" / "node1.key").string(), "--broker-key", (dir / "broker.pub").string()};
+  }
+  poolmap::PoolOptions client(const t::Cluster& cluster, const fs::path& secret) const {
+    return {.broker = cluster.client_endpoint(),
+            .heartbeat_interval = t::heartbeat(),
+            .curve_secret_file = secret,
+            .broker_key_file = dir / "broker.pub"};
+  }
+  poolmap::PoolOptions alice(const t::Cluster& cluster) const { return client(cluster, dir / "clients" / "alice.key"); }
+};
+
+// A raw peer that tries to talk to the broker without the right credentials. It watches its own
+// handshakes through a socket monitor, so the test waits for the refusal instead of sleeping.
+class Stranger {
+ public:
+  enum class Kind { kNull, kPlain, kUnknownCurveKey, kCurveKey };
+  Stranger(zmq::context_t& context, const std::string& endpoint, Kind kind, const poolmap::CurveKeyPair& own = {},
+           const std::string& server_key = {})
+      : socket_(context, zmq::socket_type::dealer), monitor_(context, zmq::socket_type::pair) {
+    static std::atomic<int> number{0};
+    const std::string monitor_endpoint = "inproc://stranger-monitor-" + std::to_string(number++);
+    REQUIRE(zmq_socket_monitor(socket_.handle(), monitor_endpoint.c_str(),
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0);
+    monitor_.connect(monitor_endpoint);
+    socket_.set(zmq::sockopt::linger, 0);
+    switch (kind) {
+      case Kind::kNull:
+        break;
+      case Kind::kPlain:
+        socket_.set(zmq::sockopt::plain_username, "admin");
+        socket_.set(zmq::sockopt::plain_password, "admin");
+        break;
+      case Kind::kUnknownCurveKey:
+      case Kind::kCurveKey: {
+        const auto keys = kind == Kind::kCurveKey ? own : poolmap::generate_curve_keypair();
+        socket_.set(zmq::sockopt::curve_serverkey, server_key);
+        socket_.set(zmq::sockopt::curve_publickey, keys.public_key);
+        socket_.set(zmq::sockopt::curve_secretkey, keys.secret_key);
+        break;
+      }
+    }
+    socket_.connect(endpoint);
+  }
+
+  // Queues a message; it can only leave once a handshake succeeds.
+  template <class Header>
+  void send(proto::Command command, const Header& header, bool with_payload = false) {
+    auto frames = wire::make(command, header);
+    if (with_payload) frames.emplace_back(std::string(64, 'x'));
+    (void)wire::send(socket_, frames, true);
+  }
+
+  void send_empty(proto::Command command) {
+    auto frames = wire::make_empty(command);
+    (void)wire::send(socket_, frames, true);
+  }
+
+  // The first handshake outcome: true if refused, false if it succeeded or nothing happened in time.
+  bool refused(std::chrono::milliseconds timeout) {
+    zmq::pollitem_t item{monitor_.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, timeout) <= 0) return false;
+    zmq::message_t event;
+    zmq::message_t address;
+    (void)monitor_.recv(event);
+    (void)monitor_.recv(address);
+    std::uint16_t id = 0;
+    std::memcpy(&id, event.data(), sizeof(id));
+    return id != ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+  }
+
+  // Whether anything at all arrives from the broker within `window`.
+  bool heard_anything(std::chrono::milliseconds window) {
+    zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+    return zmq::poll(&item, 1, window) > 0;
+  }
+
+ private:
+  zmq::socket_t socket_;
+  zmq::socket_t monitor_;
+};
+
+std::vector<std::int64_t> iota(std::int64_t n) {
+  std::vector<std::int64_t> items(static_cast<std::size_t>(n));
+  std::iota(items.begin(), items.end(), 0);
+  return items;
+}
+
+}  // namespace
+
+TEST_CASE("Security.Curve.AClusterWithKeysRunsMaps" * doctest::timeout(60)) {
+  Keys keys;
+  t::Cluster cluster({.workers = 2, .broker_args = keys.broker_args(), .worker_args = keys.worker_args()});
+  poolmap::Pool pool(keys.alice(cluster));
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  const auto items = iota(1000);
+  const auto squares = pool.map(t::square, items);
+  REQUIRE(squares.size() == items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) CHECK(squares[i] == items[i] * items[i]);
+  // The broker names each peer by its key file.
+  CHECK(t::eventually([&] { return cluster.broker().stderr_text().find("(key node1) ready") != std::string::npos; }, 5s));
+  CHECK(cluster.broker().stderr_text().find("(key alice) said hello") != std::string::npos);
+}
+
+TEST_CASE("Security.Curve.StrangersGetNothingInWhileAGoodClientWorks" * doctest::timeout(120)) {
+  Keys keys;
+  t::Cluster cluster({.workers = 2, .broker_args = keys.broker_args(), .worker_args = keys.worker_args()});
+  poolmap::Pool pool(keys.alice(cluster));
+  REQUIRE(pool.wait_for_workers(2, 20s));
+
+  // The good client keeps mapping during the attacks; every map must succeed.
+  std::atomic<bool> attacking{true};
+  std::atomic<int> maps_ok{0};
+  std::atomic<int> maps_failed{0};
+  std::thread good_client([&] {
+    const auto items = iota(200);
+    while (attacking.load()) {
+      try {
+        const auto squares = pool.map(t::square, items);
+        bool right = squares.size() == items.size();
+        for (std::size_t i = 0; right && i < items.size(); ++i) right = squares[i] == items[i] * items[i];
+        (right ? maps_ok : maps_failed)++;
+      } catch (const std::exception&) {
+        ++maps_failed;
+      }
+    }
+  });
+
+  zmq::context_t context;
+  const std::string broker_public = poolmap::read_curve_public_file(keys.dir / "broker.pub");
+  const auto alice = poolmap::read_curve_secret_file(keys.dir / "clients" / "alice.key");
+  const auto node1 = poolmap::read_curve_secret_file(keys.dir / "workers" / "node1.key");
+  const proto::Ready ready{"evil-host", 4242, 8, 0x5eed, 0, {{"test.square", "i64(i64)"}}, 1};
+  const proto::Hello hello{"evil-host", 4242};
+  const proto::Submit submit{.job = 1, .chunk = 0, .first_index = 0, .count = 1, .task = "test.square",
+                             .signature = "i64(i64)"};
+  struct Attempt {
+    const char* who;
+    Stranger::Kind kind;
+    bool on_worker_socket;
+    poolmap::CurveKeyPair key;
+  };
+  const std::vector<Attempt> attempts{
+      {"NULL peer on the worker socket", Stranger::Kind::kNull, true, {}},
+      {"NULL peer on the client socket", Stranger::Kind::kNull, false, {}},
+      {"PLAIN peer on the worker socket", Stranger::Kind::kPlain, true, {}},
+      {"PLAIN peer on the client socket", Stranger::Kind::kPlain, false, {}},
+      {"unknown CURVE key on the worker socket", Stranger::Kind::kUnknownCurveKey, true, {}},
+      {"unknown CURVE key on the client socket", Stranger::Kind::kUnknownCurveKey, false, {}},
+      {"a client key on the worker socket", Stranger::Kind::kCurveKey, true, alice},
+      {"a worker key on the client socket", Stranger::Kind::kCurveKey, false, node1},
+  };
+  std::vector<std::unique_ptr<Stranger>> strangers;
+  for (const auto& attempt : attempts) {
+    CAPTURE(attempt.who);
+    const auto& endpoint = attempt.on_worker_socket ? cluster.worker_endpoint() : cluster.client_endpoint();
+    auto stranger = std::make_unique<Stranger>(context, endpoint, attempt.kind, attempt.key, broker_public);
+    if (attempt.on_worker_socket) {
+      stranger->send(proto::Command::kReady, ready);
+    } else {
+      stranger->send(proto::Command::kHello, hello);
+      stranger->send(proto::Command::kSubmit, submit, true);
+      stranger->send_empty(proto::Command::kStatusRequest);
+    }
+    CHECK(stranger->refused(10s));
+    strangers.push_back(std::move(stranger));
+  }
+  for (std::size_t i = 0; i < strangers.size(); ++i) {
+    CAPTURE(attempts[i].who);
+    CHECK_FALSE(strangers[i]->heard_anything(t::heartbeat()));
+  }
+  attacking = false;
+  good_client.join();
+
+  // Nothing registered, nothing delivered: the broker never even saw a message from them.
+  const auto status = pool.status();
+  CHECK(status.workers.size() == 2);
+  for (const auto& worker : status.workers) CHECK(worker.host != "evil-host");
+  CHECK(status.clients == 1);
+  CHECK(status.bad_messages == 0);
+  CHECK(maps_ok.load() >= 1);
+  CHECK(maps_failed.load() == 0);
+  CHECK(cluster.broker().stderr_text().find("refused") != std::string::npos);
+}
+
+TEST_CASE("Security.Curve.SighupPicksUpANewClientKey" * doctest::timeout(60)) {
+  Keys keys;
+  t::Cluster cluster({.workers = 1, .broker_args = keys.broker_args(), .worker_args = keys.worker_args()});
+  // bob's key is made but not yet in clients/: the broker does not answer him.
+  const fs::path bob = keys.dir / "bob";
+  poolmap::write_curve_keypair(bob, poolmap::generate_curve_keypair());
+  {
+    poolmap::Pool refused(keys.client(cluster, keys.dir / "bob.key"));
+    CHECK_THROWS_AS(refused.status(5 * t::heartbeat()), poolmap::Error);
+  }
+  fs::copy_file(keys.dir / "bob.pub", keys.dir / "clients" / "bob.pub");
+  REQUIRE(::kill(cluster.broker().pid(), SIGHUP) == 0);
+  REQUIRE(t::eventually([&] { return cluster.broker().stderr_text().find("keys reloaded: 2 client keys") != std::string::npos; },
+                        10s));
+  poolmap::Pool pool(keys.client(cluster, keys.dir / "bob.key"));
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  CHECK(pool.map(t::square, std::vector<std::int64_t>{7}) == std::vector<std::int64_t>{49});
+}
+
+TEST_CASE("Security.Broker.WithoutCurveItBindsOnlyLoopback" * doctest::timeout(30)) {
+  // Refused before anything is bound.
+  t::ChildProcess exposed({t::broker_binary(), "--clients", "tcp://0.0.0.0:0", "--workers", "tcp://127.0.0.1:*"});
+  const auto status = exposed.wait(10s);
+  REQUIRE(status.has_value());
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 1);
+  CHECK(exposed.stderr_text().find("--insecure") != std::string::npos);
+  CHECK(exposed.stderr_text().find("CURVE") != std::string::npos);
+
+  // Half a CURVE setup is an error too, not a broker without keys.
+  Keys keys;
+  t::ChildProcess half({t::broker_binary(), "--curve-secret", (keys.dir / "broker.key").string(), "--clients",
+                        "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*"});
+  const auto half_status = half.wait(10s);
+  REQUIRE(half_status.has_value());
+  CHECK(WEXITSTATUS(*half_status) == 1);
+  CHECK(half.stderr_text().find("--client-keys") != std::string::npos);
+}
+
+TEST_CASE("Security.Cli.KeygenWritesAPairAndNeverReplacesIt" * doctest::timeout(30)) {
+  Keys keys;
+  const fs::path base = keys.dir / "new" / "carol";
+  t::ChildProcess first({t::cli_binary(), "keygen", base.string()});
+  REQUIRE(first.wait(10s).value_or(-1) == 0);
+  const auto secret = poolmap::read_curve_secret_file(base.string() + ".key");
+  CHECK(poolmap::read_curve_public_file(base.string() + ".pub") == secret.public_key);
+
+  t::ChildProcess again({t::cli_binary(), "keygen", base.string()});
+  const auto again_status = again.wait(10s);
+  REQUIRE(again_status.has_value());
+  CHECK(WEXITSTATUS(*again_status) == 1);
+  CHECK(again.stderr_text().find("exists already") != std::string::npos);
+  t::ChildProcess if_missing({t::cli_binary(), "keygen", "--if-missing", base.string()});
+  CHECK(if_missing.wait(10s).value_or(-1) == 0);
+  CHECK(poolmap::read_curve_secret_file(base.string() + ".key").secret_key == secret.secret_key);
+}
