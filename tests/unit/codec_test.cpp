@@ -1,10 +1,17 @@
 // Codec: round trips of every header, and malformed input that must be an error, never a crash
-// or a huge allocation.
+// or a huge allocation. (fuzz/ fuzzes the same decoders; what it found is pinned down here.)
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
 
+#include "poolmap/future.hpp"
 #include "poolmap/protocol.hpp"
 
 namespace proto = poolmap::proto;
@@ -21,6 +28,32 @@ Bytes bytes_of(std::initializer_list<int> values) {
   for (int v : values) out.push_back(static_cast<std::byte>(v));
   return out;
 }
+
+// The largest allocation a CountingAllocator made since it was last reset to 0.
+std::size_t largest_allocation = 0;
+
+template <class T>
+struct CountingAllocator {
+  using value_type = T;
+  CountingAllocator() = default;
+  template <class U>
+  CountingAllocator(const CountingAllocator<U>&) noexcept {}  // NOLINT: rebinding is implicit
+  T* allocate(std::size_t n) {
+    largest_allocation = std::max(largest_allocation, n * sizeof(T));
+    return std::allocator<T>{}.allocate(n);
+  }
+  void deallocate(T* p, std::size_t n) noexcept { std::allocator<T>{}.deallocate(p, n); }
+  friend bool operator==(const CountingAllocator&, const CountingAllocator&) = default;
+};
+
+// 128 bytes in memory and on the wire.
+struct Wide {
+  std::array<std::uint64_t, 16> words{};
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(words);
+  }
+};
 }  // namespace
 
 TEST_CASE("Codec.RoundTrip.EveryHeader" * doctest::timeout(10)) {
@@ -110,6 +143,89 @@ TEST_CASE("Codec.Malformed.HugeSizeFieldDoesNotAllocate" * doctest::timeout(10))
   const std::uint64_t huge = std::numeric_limits<std::uint64_t>::max();
   std::memcpy(submit.data() + task_length_at, &huge, sizeof(huge));
   CHECK_FALSE(proto::decode<proto::Submit>(submit).is_ok());
+}
+
+// Found by fuzz/protocol_fuzz.cpp: a WorkerInfo of 183 bytes whose task list claimed 157 elements
+// held 7 KiB, because the vector was sized from its size field (64 bytes of TaskInfo per byte left;
+// a 1 GiB READY could have asked for 64 GiB). Vectors now grow as their elements decode.
+TEST_CASE("Codec.Malformed.ForgedVectorSizeAllocatesOnlyWhatTheBytesHold" * doctest::timeout(10)) {
+  // 1000 elements claimed, 1000 bytes present: room for 7 of these 128-byte elements.
+  Bytes wide_bytes(8 + 1000, std::byte{0});
+  const std::uint64_t claimed = 1000;
+  std::memcpy(wide_bytes.data(), &claimed, sizeof(claimed));
+  largest_allocation = 0;
+  std::vector<Wide, CountingAllocator<Wide>> wide;
+  poolmap::InputArchive wide_in(wide_bytes);
+  CHECK_THROWS_AS(wide_in(wide), cereal::Exception);
+  CHECK(largest_allocation > 0);
+  CHECK(largest_allocation <= 2 * wide_bytes.size());  // was 1000 * 128 bytes
+
+  // Numbers are read in one piece: 1000 claimed 8-byte numbers in 1000 bytes are refused before
+  // anything is allocated.
+  largest_allocation = 0;
+  std::vector<std::uint64_t, CountingAllocator<std::uint64_t>> numbers;
+  poolmap::InputArchive numbers_in(wide_bytes);
+  CHECK_THROWS_AS(numbers_in(numbers), cereal::Exception);
+  CHECK(largest_allocation == 0);  // was 8000 bytes
+
+  // Honest vectors still decode, into vectors that held something before too.
+  std::vector<Wide, CountingAllocator<Wide>> two(2);
+  two[1].words[3] = 42;
+  std::vector<std::uint64_t, CountingAllocator<std::uint64_t>> three{1, 2, 3};
+  Bytes honest;
+  {
+    poolmap::OutputArchive out(honest);
+    out(two, three);
+  }
+  std::vector<Wide, CountingAllocator<Wide>> two_back(5);
+  std::vector<std::uint64_t, CountingAllocator<std::uint64_t>> three_back(9);
+  poolmap::InputArchive honest_in(honest);
+  honest_in(two_back, three_back);
+  REQUIRE(two_back.size() == 2);
+  CHECK(two_back[1].words[3] == 42);
+  CHECK(three_back == three);
+  CHECK(honest_in.remaining() == 0);
+}
+
+// Found by fuzz/task_args_fuzz.cpp and fuzz/results_fuzz.cpp: a bool byte of 2 or 168 was copied
+// into a bool as it was (undefined behaviour when read: UBSan "load of value 168, which is not a
+// valid value for type 'bool'"), in task arguments, results, optionals and headers alike.
+TEST_CASE("Codec.Malformed.BoolIsZeroOrOne" * doctest::timeout(10)) {
+  proto::WorkerExited exited{.host = "h", .pid = 1, .instance = 2, .supervisor = 3, .crashed = true, .cause = "c"};
+  Bytes bytes = proto::encode(exited);
+  const std::size_t crashed_at = 8 + 1 + 4 + 8 + 8;
+  REQUIRE(bytes[crashed_at] == std::byte{1});
+  bytes[crashed_at] = std::byte{2};
+  const auto decoded = proto::decode<proto::WorkerExited>(bytes);
+  REQUIRE_FALSE(decoded.is_ok());
+  CHECK(decoded.status().code() == ErrorCode::kMalformed);
+  CHECK(decoded.status().message().find("bool") != std::string::npos);
+  bytes[crashed_at] = std::byte{0};
+  REQUIRE(proto::decode<proto::WorkerExited>(bytes).is_ok());
+  CHECK_FALSE(proto::decode<proto::WorkerExited>(bytes).value().crashed);
+
+  // An optional's "empty" flag is a bool too.
+  const Bytes optional_bytes = bytes_of({2, 0, 0, 0, 0, 0, 0, 0, 0});
+  std::optional<std::string> maybe;
+  poolmap::InputArchive optional_in(optional_bytes);
+  CHECK_THROWS_AS(optional_in(maybe), cereal::Exception);
+
+  // And each element of a vector<bool>.
+  const Bytes flags_bytes = bytes_of({2, 0, 0, 0, 0, 0, 0, 0, 1, 3});
+  std::vector<bool> flags;
+  poolmap::InputArchive flags_in(flags_bytes);
+  CHECK_THROWS_AS(flags_in(flags), cereal::Exception);
+
+  // A client decoding bool results: kMalformed, not a bool that is neither true nor false.
+  const Bytes results = bytes_of({1, 0, 2});
+  std::vector<poolmap::detail::ChunkResult> chunks{{.bytes = results, .owner = nullptr, .count = 3}};
+  std::vector<bool> values;
+  try {
+    poolmap::detail::decode_results(chunks, 3, "flags", values);
+    FAIL("a result byte of 2 decoded as a bool");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == ErrorCode::kMalformed);
+  }
 }
 
 TEST_CASE("Codec.Signature.TagVersionAndCommand" * doctest::timeout(10)) {

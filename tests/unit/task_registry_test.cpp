@@ -30,6 +30,8 @@ POOLMAP_TASK(picky, [](std::int64_t x) -> std::int64_t {
   if (x < 0) throw std::out_of_range("negative: " + std::to_string(x));
   return x;
 });
+inline constexpr poolmap::Task<bool(bool)> flip{"unit.flip"};
+POOLMAP_TASK(flip, [](bool b) { return !b; });
 // Registering the same name again with another signature is refused and recorded.
 POOLMAP_TASK(triple_as_double, [](double x) { return x; });
 
@@ -114,4 +116,20 @@ TEST_CASE("Task.Runner.MalformedInputIsAnError" * doctest::timeout(10)) {
   poolmap::Bytes evil = encode_items(std::uint64_t{1} << 40);
   output.clear();
   CHECK(repeat_runner->run(evil, 1, output, failure).code() == poolmap::ErrorCode::kMalformed);
+}
+
+// Found by fuzz/task_args_fuzz.cpp: an argument byte of 168 for a bool parameter reached the task
+// as a bool that is neither true nor false (undefined behaviour). It is malformed input.
+TEST_CASE("Task.Runner.BoolArgumentThatIsNeitherZeroNorOneIsMalformed" * doctest::timeout(10)) {
+  const auto* runner = poolmap::detail::TaskRegistry::instance().find("unit.flip");
+  REQUIRE(runner != nullptr);
+  poolmap::detail::TaskFailure failure;
+  poolmap::Bytes output;
+  const poolmap::Bytes input{std::byte{1}, std::byte{168}};
+  const auto status = runner->run(input, 2, output, failure);
+  CHECK(status.code() == poolmap::ErrorCode::kMalformed);
+  CHECK(status.message().find("item 1") != std::string::npos);
+  output.clear();
+  REQUIRE(runner->run(poolmap::Bytes{std::byte{1}, std::byte{0}}, 2, output, failure).is_ok());
+  CHECK(output == poolmap::Bytes{std::byte{0}, std::byte{1}});
 }

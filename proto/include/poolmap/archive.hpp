@@ -7,6 +7,8 @@
 // checks every size tag against the bytes still unread and throws cereal::Exception before any
 // allocation when a sequence claims more elements than there are bytes left. The consequence for
 // users: a serialized element must take at least one byte (a vector of empty structs is refused).
+// A vector is not sized from its size field: it grows as its elements decode, so the memory a
+// message costs follows the bytes it holds, not what it claims. A bool must be the byte 0 or 1.
 //
 // Any type with a Cereal `serialize`/`save`/`load` function works, as do the standard types from
 // <cereal/types/...> (string, vector, map, tuple, optional, ...), which this header includes.
@@ -14,6 +16,7 @@
 // Thread-safety: an archive is used by one thread at a time.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -115,7 +118,16 @@ std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_SAVE_FUNCTION_NAME(OutputArchiv
 
 template <class T>
 std::enable_if_t<std::is_arithmetic_v<T>> CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, T& t) {
-  ar.load_bytes(std::addressof(t), sizeof(T), sizeof(T));
+  if constexpr (std::is_same_v<T, bool>) {
+    // A bool is one byte, 0 or 1. Copying any other byte into a bool makes a value that is
+    // neither true nor false (undefined behaviour once it is read), so it is refused.
+    std::uint8_t byte = 0;
+    ar.load_bytes(&byte, 1, 1);
+    if (byte > 1) throw cereal::Exception("a bool holds " + std::to_string(byte) + ", not 0 or 1");
+    t = byte == 1;
+  } else {
+    ar.load_bytes(std::addressof(t), sizeof(T), sizeof(T));
+  }
 }
 
 template <class Archive, class T>
@@ -136,6 +148,45 @@ void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, cereal::SizeTag<T>& t) {
   ar(size);
   ar.check_sequence(size);
   t.size = static_cast<std::remove_reference_t<T>>(size);
+}
+
+// Vectors. Cereal's own load resizes a vector to its size field before reading an element: the
+// size is at most the bytes left (check_sequence), but each element takes sizeof(T) bytes of
+// memory, so a forged size cost up to sizeof(T) times the message (64 for a TaskInfo: a 1 GiB
+// READY would have asked for 64 GiB). This load reserves up front only what the bytes left can
+// hold and grows the vector as elements actually decode, so memory follows the data present.
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::vector<T, A>& vector) {
+  cereal::size_type size = 0;
+  ar(cereal::make_size_tag(size));
+  if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) {
+    if (size > ar.remaining() / sizeof(T)) {
+      throw cereal::Exception("size field claims " + std::to_string(size) + " elements of " +
+                              std::to_string(sizeof(T)) + " bytes but only " + std::to_string(ar.remaining()) +
+                              " bytes are left");
+    }
+    vector.resize(static_cast<std::size_t>(size));
+    ar(cereal::binary_data(vector.data(), static_cast<std::size_t>(size) * sizeof(T)));
+  } else {
+    vector.clear();
+    vector.reserve(std::min(static_cast<std::size_t>(size), ar.remaining() / sizeof(T)));
+    for (cereal::size_type i = 0; i < size; ++i) {
+      ar(vector.emplace_back());
+    }
+  }
+}
+
+template <class A>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::vector<bool, A>& vector) {
+  cereal::size_type size = 0;
+  ar(cereal::make_size_tag(size));
+  vector.clear();
+  vector.reserve(static_cast<std::size_t>(size));  // a bit per element, a byte each on the wire
+  for (cereal::size_type i = 0; i < size; ++i) {
+    bool value = false;
+    ar(value);
+    vector.push_back(value);
+  }
 }
 
 template <class T>
