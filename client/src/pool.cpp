@@ -152,6 +152,8 @@ class Pool::Impl {
   void on_result(const proto::ClientResult& result, zmq::message_t& payload);
   void fail_job(std::uint64_t id, JobOutcome outcome);
   void fail_all(const Status& error);
+  // The handshake watch reported something: a refusal fails what waits, with the reason.
+  void on_handshake_event();
   void finish(std::unique_ptr<Job> job, JobOutcome outcome);  // completes its Futures
   void check_deadlines();
   void send_chunks();
@@ -207,6 +209,8 @@ class Pool::Impl {
   std::optional<Clock::time_point> broker_lost_at_;  // set while trying to reach the broker again
   std::optional<wire::CurveClientKeys> curve_;        // remote mode with keys
   bool send_failed_ = false;                          // a message of a welcomed session was not sent
+  std::optional<wire::HandshakeWatch> handshakes_;    // I/O thread: the current socket's handshakes
+  std::optional<Status> refused_;                     // guarded by mutex_: why the broker refused us
   std::thread io_thread_;
 };
 
@@ -324,6 +328,7 @@ void Pool::Impl::shutdown() {
     io_thread_.join();
   }
   socket_.reset();
+  handshakes_.reset();
   if (supervisor_thread_.joinable()) {
     supervisor_->stop();
     supervisor_thread_.join();
@@ -347,6 +352,8 @@ void Pool::Impl::open_socket() {
   socket_->set(zmq::sockopt::reconnect_ivl, 100);
   socket_->set(zmq::sockopt::reconnect_ivl_max, 5000);
   if (curve_) wire::apply_curve_client(*socket_, *curve_);
+  handshakes_.reset();
+  if (!endpoint_.starts_with("inproc://")) handshakes_.emplace(context_.impl().zmq, *socket_);
   socket_->connect(endpoint_);
   auto hello = wire::make(Command::kHello, proto::Hello{detail::host_name(), static_cast<std::uint32_t>(::getpid())});
   wire::send(*socket_, hello, false);
@@ -368,10 +375,11 @@ void Pool::Impl::lost_broker(const std::string& why) {
 
 std::size_t Pool::Impl::workers_for_chunking() const {
   std::unique_lock lock(mutex_);
-  if (!changed_.wait_for(lock, options_.start_timeout, [&] { return welcomed_; })) {
+  if (!changed_.wait_for(lock, options_.start_timeout, [&] { return welcomed_ || refused_; })) {
     throw Error(ErrorCode::kUnavailable, "no answer from the poolmap broker at " + endpoint_ + " within " +
                                              std::to_string(options_.start_timeout.count()) + " ms");
   }
+  if (!welcomed_ && refused_) throw Error(*refused_);
   return workers_;
 }
 
@@ -474,6 +482,7 @@ BrokerStatus Pool::Impl::status(std::chrono::milliseconds timeout) {
   auto future = promise.get_future();
   {
     std::lock_guard lock(mutex_);
+    if (refused_) throw Error(*refused_);
     status_requests_.push_back(std::move(promise));
   }
   wake();
@@ -500,7 +509,9 @@ void Pool::Impl::send(std::vector<zmq::message_t>& frames) {
 
 void Pool::Impl::io_loop() {
   for (;;) {
-    std::array<zmq::pollitem_t, 2> items{{{socket_->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}}};
+    std::array<zmq::pollitem_t, 3> items{{{socket_->handle(), 0, ZMQ_POLLIN, 0},
+                                          {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+                                          {handshakes_ ? handshakes_->socket().handle() : nullptr, -1, ZMQ_POLLIN, 0}}};
     auto wake_at = last_sent_ + options_.heartbeat_interval;
     for (const auto& [id, job] : jobs_) {
       if (job->deadline) wake_at = std::min(wake_at, *job->deadline);
@@ -508,6 +519,7 @@ void Pool::Impl::io_loop() {
     const auto wait = std::max(std::chrono::milliseconds(0),
                                std::chrono::ceil<std::chrono::milliseconds>(wake_at - Clock::now()));
     zmq::poll(items.data(), items.size(), wait);
+    if ((items[2].revents & ZMQ_POLLIN) != 0) on_handshake_event();
     if ((items[1].revents & ZMQ_POLLIN) != 0) {
       std::uint64_t value = 0;
       [[maybe_unused]] const auto got = ::read(wake_fd_, &value, sizeof(value));
@@ -646,6 +658,7 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
         std::lock_guard lock(mutex_);
         workers_ = welcome.value().workers;
         welcomed_ = true;
+        refused_.reset();
       }
       changed_.notify_all();
       if (!session_welcomed_) {
@@ -797,6 +810,24 @@ void Pool::Impl::fail_job(std::uint64_t id, JobOutcome outcome) {
   auto done = std::move(found->second);
   jobs_.erase(found);
   finish(std::move(done), std::move(outcome));
+}
+
+void Pool::Impl::on_handshake_event() {
+  const auto failure = handshakes_->failure(endpoint_, curve_.has_value());
+  if (!failure) return;
+  // A refused key or a mismatched mechanism does not mend itself: say so at once and fail what
+  // waits, instead of letting every call run into its timeout. (ZeroMQ keeps retrying, so a broker
+  // that admits the key later, after a SIGHUP, serves the next calls.)
+  const Status refused(ErrorCode::kUnavailable, *failure);
+  bool first = false;
+  {
+    std::lock_guard lock(mutex_);
+    first = !refused_ || refused_->message() != refused.message();
+    refused_ = refused;
+  }
+  changed_.notify_all();
+  if (first) log_->error("{}", *failure);
+  fail_all(refused);
 }
 
 void Pool::Impl::fail_all(const Status& error) {

@@ -1,6 +1,8 @@
 #include "wire.hpp"
 
+#include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <memory>
 
 #include "poolmap/curve.hpp"
@@ -37,6 +39,38 @@ void apply_curve_client(zmq::socket_t& socket, const CurveClientKeys& keys) {
   socket.set(zmq::sockopt::curve_serverkey, keys.server_key);
   socket.set(zmq::sockopt::curve_publickey, keys.public_key);
   socket.set(zmq::sockopt::curve_secretkey, keys.secret_key);
+}
+
+HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched)
+    : monitor_(context, zmq::socket_type::pair) {
+  static std::atomic<std::uint64_t> number{0};
+  const std::string endpoint = "inproc://poolmap-handshake-watch-" + std::to_string(number.fetch_add(1));
+  if (zmq_socket_monitor(watched.handle(), endpoint.c_str(),
+                         ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0) {
+    throw Error(ErrorCode::kInternal, std::string("cannot watch a socket: ") + zmq_strerror(zmq_errno()));
+  }
+  monitor_.set(zmq::sockopt::linger, 0);
+  monitor_.connect(endpoint);
+}
+
+std::optional<std::string> HandshakeWatch::failure(const std::string& endpoint, bool curve) {
+  auto frames = receive(monitor_);
+  if (!frames || frames->size() < 2 || frames->front().size() < 2) return std::nullopt;
+  std::uint16_t event = 0;
+  std::memcpy(&event, frames->front().data(), sizeof(event));
+  if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+    return "the broker at " + endpoint +
+           " refused this peer's CURVE key: its .pub file is not in the broker's key directory for this socket "
+           "(--client-keys for clients and `poolmap status`, --worker-keys for workers)";
+  }
+  if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+    return "the handshake with " + endpoint + " failed: " +
+           (curve ? std::string("the broker there does not use CURVE (started without --curve-secret?), or it is "
+                                "not a poolmap broker")
+                  : std::string("the broker there requires CURVE keys (set --curve-secret and --broker-key, or "
+                                "POOLMAP_CURVE_SECRET and POOLMAP_BROKER_KEY), or it is not a poolmap broker"));
+  }
+  return std::nullopt;
 }
 
 zmq::message_t to_message(Bytes&& bytes) {

@@ -51,6 +51,20 @@ std::optional<CurveClientKeys> load_curve_client(const std::filesystem::path& se
 // Makes `socket` a CURVE client with these keys (before connect()).
 void apply_curve_client(zmq::socket_t& socket, const CurveClientKeys& keys);
 
+// Watches the handshakes of one connecting socket (a ZeroMQ socket monitor over inproc), so that a
+// peer the broker refuses learns why instead of waiting in silence. Poll socket() for POLLIN, then
+// call failure(). Owned by the thread that owns the watched socket.
+class HandshakeWatch {
+ public:
+  HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched);
+  zmq::socket_t& socket() { return monitor_; }
+  // A sentence for the handshake failure that was reported, or nullopt (none, or another event).
+  std::optional<std::string> failure(const std::string& endpoint, bool curve);
+
+ private:
+  zmq::socket_t monitor_;
+};
+
 // Wraps an encoded buffer into a message without copying it (ownership moves to ZeroMQ).
 zmq::message_t to_message(Bytes&& bytes);
 

@@ -98,8 +98,9 @@ TEST_CASE("Faults.Network.CutLinkWorkerIsReplacedAndComesBack" * doctest::timeou
   }
   // The broker's client socket is an ipc:// file, so this test (outside the namespaces) can reach it.
   const std::string ipc = "ipc:///tmp/poolmap-netns-" + std::to_string(::getpid());
+  // --insecure: the worker socket's address exists only inside this test's own namespaces.
   t::ChildProcess broker(hosts.in_broker({t::broker_binary(), "--clients", ipc, "--workers", "tcp://10.213.0.1:*",
-                                          "--heartbeat-ms", std::to_string(t::heartbeat().count()),
+                                          "--insecure", "--heartbeat-ms", std::to_string(t::heartbeat().count()),
                                           "--log-level", "debug"}));
   const auto ready = broker.read_line(10s);
   REQUIRE(ready.has_value());

@@ -255,6 +255,48 @@ TEST_CASE("Security.Curve.SighupPicksUpANewClientKey" * doctest::timeout(60)) {
   CHECK(pool.map(t::square, std::vector<std::int64_t>{7}) == std::vector<std::int64_t>{49});
 }
 
+TEST_CASE("Security.Curve.RefusedPeersAreToldWhyAtOnce" * doctest::timeout(60)) {
+  Keys keys;
+  t::Cluster cluster({.workers = 1, .broker_args = keys.broker_args(), .worker_args = keys.worker_args()});
+  auto what_fails = [](auto&& call) -> std::string {
+    try {
+      call();
+    } catch (const poolmap::Error& e) {
+      return e.what();
+    }
+    return "nothing failed";
+  };
+  // A client key the broker does not hold: the map fails long before its 30 s start timeout.
+  poolmap::write_curve_keypair(keys.dir / "mallory", poolmap::generate_curve_keypair());
+  const auto started = std::chrono::steady_clock::now();
+  {
+    poolmap::Pool pool(keys.client(cluster, keys.dir / "mallory.key"));
+    CHECK(what_fails([&] { (void)pool.map(t::square, std::vector<std::int64_t>{1, 2}); })
+              .find("refused this peer's CURVE key") != std::string::npos);
+  }
+  // No keys at all against a CURVE broker.
+  {
+    poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+    CHECK(what_fails([&] { (void)pool.map(t::square, std::vector<std::int64_t>{1, 2}); })
+              .find("requires CURVE keys") != std::string::npos);
+  }
+  CHECK(std::chrono::steady_clock::now() - started < 20s);
+  // A worker holding a client key is not registered and says why in its log.
+  t::ChildProcess wrong({t::worker_binary(), "--broker", cluster.worker_endpoint(), "--tasks", t::test_tasks_library(),
+                         "--processes", "1", "--heartbeat-ms", std::to_string(t::heartbeat().count()),
+                         "--curve-secret", (keys.dir / "clients" / "alice.key").string(), "--broker-key",
+                         (keys.dir / "broker.pub").string()});
+  CHECK(t::eventually([&] { return wrong.stderr_text().find("refused this peer's CURVE key") != std::string::npos; },
+                      20s));
+  poolmap::Pool alice(keys.alice(cluster));
+  REQUIRE(alice.wait_for_workers(1, 20s));
+  CHECK(alice.status().workers.size() == 1);
+  // Only one of the two files is a clear error, never a silent fallback to no CURVE.
+  CHECK(what_fails([&] {
+          poolmap::Pool half({.broker = cluster.client_endpoint(), .curve_secret_file = keys.dir / "mallory.key"});
+        }).find("only the secret key was given") != std::string::npos);
+}
+
 TEST_CASE("Security.Broker.WithoutCurveItBindsOnlyLoopback" * doctest::timeout(30)) {
   // Refused before anything is bound.
   t::ChildProcess exposed({t::broker_binary(), "--clients", "tcp://0.0.0.0:0", "--workers", "tcp://127.0.0.1:*"});

@@ -122,6 +122,8 @@ class WorkerProcess::Impl {
   std::vector<proto::TaskInfo> tasks_announced_;  // what READY says we can run
   std::uint32_t connections_ = 0;                 // I/O thread: sockets opened (READY's generation)
   std::optional<wire::CurveClientKeys> curve_;    // read once, at construction
+  std::optional<wire::HandshakeWatch> handshakes_;  // I/O thread: the current socket's handshakes
+  bool refusal_logged_ = false;                     // I/O thread: for the current socket
   std::shared_ptr<spdlog::logger> log_;
   int wake_fd_ = -1;
 
@@ -156,6 +158,9 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   socket.set(zmq::sockopt::reconnect_ivl, 100);       // reconnect to a restarted broker with
   socket.set(zmq::sockopt::reconnect_ivl_max, 5000);  // exponential back-off, 0.1 s to 5 s
   if (curve_) wire::apply_curve_client(socket, *curve_);
+  handshakes_.reset();
+  refusal_logged_ = false;
+  if (!options_.broker.starts_with("inproc://")) handshakes_.emplace(context, socket);
   socket.connect(options_.broker);
   auto ready = wire::make(Command::kReady,
                           proto::Ready{host_, pid_, 1 + options_.prefetch, instance_, supervisor_, tasks_announced_,
@@ -185,7 +190,9 @@ void WorkerProcess::Impl::io_loop() {
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
 
   for (;;) {
-    std::array<zmq::pollitem_t, 2> items{{{socket.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_fd_, ZMQ_POLLIN, 0}}};
+    std::array<zmq::pollitem_t, 3> items{{{socket.handle(), 0, ZMQ_POLLIN, 0},
+                                          {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+                                          {handshakes_ ? handshakes_->socket().handle() : nullptr, -1, ZMQ_POLLIN, 0}}};
     const auto next_beat = last_sent + options_.heartbeat_interval;
     auto wait = std::max(std::chrono::milliseconds(0),
                          std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()));
@@ -196,6 +203,13 @@ void WorkerProcess::Impl::io_loop() {
       }
     }
     zmq::poll(items.data(), items.size(), wait);
+    if ((items[2].revents & ZMQ_POLLIN) != 0) {
+      // ZeroMQ retries by itself (a broker may admit the key after a SIGHUP); say why once.
+      if (const auto failure = handshakes_->failure(options_.broker, curve_.has_value()); failure && !refusal_logged_) {
+        log_->error("worker {} pid {} [{}]: {}; retrying", host_, pid_, detail::short_id(instance_), *failure);
+        refusal_logged_ = true;
+      }
+    }
 
     if ((items[1].revents & ZMQ_POLLIN) != 0) {
       std::uint64_t value = 0;
@@ -333,6 +347,7 @@ void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {
   auto bye = wire::make_empty(Command::kDisconnect);
   wire::send(socket, bye, false);
   socket.close();                       // lingers until both messages are out (bounded)
+  handshakes_.reset();                  // its monitor socket would keep the context open
   options_.context.impl().zmq.close();  // waits for that
   std::_Exit(detail::kDeadlineExitCode);
 }
