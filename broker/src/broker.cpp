@@ -1074,9 +1074,12 @@ void Broker::Impl::heartbeat_tick() {
     const auto silent = found == workers_by_id_.end() ? std::chrono::milliseconds(0) : since(found->second.last_heard, now);
     lose_worker(id, "no heartbeat for " + std::to_string(silent.count()) + " ms", Loss::kLost);
   }
+  // A client holds no chunk that anyone waits for, and its heartbeats queue behind the large
+  // messages it sends (a 50 MB context on a loaded host takes a while): give it four times as long.
+  const auto client_expiry = 4 * expiry;
   std::vector<std::string> gone;
   for (auto& [id, client] : clients_by_id_) {
-    if (now - client.last_heard > expiry) {
+    if (now - client.last_heard > client_expiry) {
       gone.push_back(id);
     } else if (now - client.last_sent >= options_.heartbeat_interval) {
       auto frames = wire::make_empty(Command::kHeartbeat);

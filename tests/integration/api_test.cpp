@@ -401,8 +401,12 @@ TEST_CASE("Api.Worker.EmbeddedInitArgsAndMaxTasks" * doctest::timeout(60)) {
 }
 
 TEST_CASE("Api.Broadcast.ContextCrossesOncePerWorkerNotPerChunk" * doctest::timeout(120)) {
-  t::Cluster cluster({.workers = 2});
-  poolmap::Pool pool(remote(cluster));
+  // Once per worker *registration*: a peer that waits for a 50 MB message longer than the liveness
+  // window (a loaded host at the 100 ms test heartbeat) registers again and gets the context
+  // again. This test is about caching, not liveness, so its window is wider than that transfer.
+  const auto heartbeat = 5 * t::heartbeat();
+  t::Cluster cluster({.workers = 2, .heartbeat_ms = static_cast<int>(heartbeat.count())});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = heartbeat});
   REQUIRE(pool.wait_for_workers(2, 10s));
   std::vector<std::uint8_t> table(50'000'000);
   for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<std::uint8_t>((i * 7) % 251);
