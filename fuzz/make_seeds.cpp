@@ -3,7 +3,7 @@
 //
 //   build-fuzz/fuzz/poolmap_fuzz_seeds fuzz/corpus
 //
-// writes fuzz/corpus/<target>/<name> for the targets protocol, task_args and results. The seeds
+// writes fuzz/corpus/<target>/<name> for the targets protocol, task_args, results and zap. The seeds
 // are committed; run this again after changing a message struct, a fuzz task or an input layout.
 // The files named found_* there are not written here: they are inputs that once made a target
 // fail (each with a unit test in tests/unit/), kept so that every replay tries them again.
@@ -69,6 +69,7 @@ void protocol_seeds() {
                         .context_hash = 0x1234567890abcdefULL,
                         .flags = proto::kNotifyStarted});
   message("cancel", C::kCancel, proto::Cancel{.job = 9});
+  message("abandon", C::kAbandon, proto::Abandon{.ticket = 77, .grace_ms = 1000});
   message("context", C::kContext, proto::ContextHeader{.hash = 0xfeedfacecafebeefULL});
   message("welcome", C::kWelcome, proto::Welcome{.workers = 8, .heartbeat_interval_ms = 1000});
   message("result", C::kResult,
@@ -231,6 +232,30 @@ void results_seeds() {
 
 }  // namespace
 
+// ---- zap ----
+
+void zap_request(const std::string& name, const std::vector<std::string>& frames, const std::string& endpoint) {
+  fz::FuzzInputWriter input;
+  input.u8(static_cast<std::uint8_t>(frames.size()));
+  for (const auto& frame : frames) {
+    input.u8(static_cast<std::uint8_t>(frame.size()));
+    input.bytes(std::as_bytes(std::span(frame.data(), frame.size())));
+  }
+  input.bytes(std::as_bytes(std::span(endpoint.data(), endpoint.size())));
+  save("zap", name, input);
+}
+
+void zap_seeds() {
+  const std::string zero_key(32, '\0');  // the target's client key, 40 '0's in Z85
+  zap_request("client_curve", {"1.0", "1", "poolmap-clients", "127.0.0.1", "", "CURVE", zero_key},
+              "tcp://127.0.0.1:5555");
+  zap_request("worker_socket_client_key", {"1.0", "2", "poolmap-workers", "10.0.0.2", "", "CURVE", zero_key},
+              "tcp://*:5556");
+  zap_request("null", {"1.0", "3", "poolmap-clients", "127.0.0.1", "", "NULL"}, "ipc:///tmp/poolmap.sock");
+  zap_request("plain", {"1.0", "4", "poolmap-workers", "127.0.0.1", "", "PLAIN", "admin", "secret"},
+              "tcp://[::1]:5556");
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: %s CORPUS_DIR (e.g. fuzz/corpus)\n", argv[0]);
@@ -240,5 +265,6 @@ int main(int argc, char** argv) {
   protocol_seeds();
   task_args_seeds();
   results_seeds();
+  zap_seeds();
   return 0;
 }

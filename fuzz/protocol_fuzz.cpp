@@ -53,6 +53,7 @@ void check_message(proto::Command command, const Bytes& header) {
     case C::kWorkerResult: return check_header<proto::WorkerResult>(header);
     case C::kWorkerExited: return check_header<proto::WorkerExited>(header);
     case C::kTask: return check_header<proto::TaskHeader>(header);
+    case C::kAbandon: return check_header<proto::Abandon>(header);
     case C::kStatusRequest:
     case C::kHeartbeat:
     case C::kDisconnect:

@@ -218,6 +218,9 @@ class Broker::Impl {
   void lose_worker(std::string identity, const std::string& cause, Loss loss,
                    std::uint64_t running = 0);  // by value: callers pass keys it erases
   void finish_chunk(std::uint64_t ticket);
+  // Nobody waits for `ticket` any more: its worker, if it holds it, drops it or (running) ends
+  // after a grace of one heartbeat interval, so abandoned work does not hold workers.
+  void abandon(std::uint64_t ticket, const Chunk& chunk);
   void requeue(std::uint64_t ticket, const std::string& cause, bool blamed, bool counted);
   void fail_chunk(std::uint64_t ticket, const std::string& why);
   void disconnect_everyone();
@@ -564,7 +567,9 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
         const auto chunk = chunks_.find(ticket);
         if (chunk == chunks_.end()) continue;
         // A running chunk stays in its worker's tickets: the worker gets its credit back when it
-        // answers, and the answer is then ignored. The scheduler forgets the queued ones.
+        // answers, and the answer is then ignored; told to abandon it, it answers soon. The
+        // scheduler forgets the queued ones.
+        abandon(ticket, chunk->second);
         release_context(client, chunk->second.header.context_hash);
         scheduler_.forget(ticket);
         over_budget_.erase(ticket);
@@ -895,6 +900,7 @@ void Broker::Impl::drop_client(const std::string& identity, const char* why) {
       const auto chunk = chunks_.find(ticket);
       if (chunk == chunks_.end()) continue;
       over_budget_.erase(ticket);
+      abandon(ticket, chunk->second);
       chunks_.erase(chunk);  // a worker running it gets its credit back when it answers
       ++dropped;
     }
@@ -905,6 +911,15 @@ void Broker::Impl::drop_client(const std::string& identity, const char* why) {
   // Dropped payloads were freed into malloc's arenas; hand that memory back to the system now
   // rather than keeping the peak of a client that is gone.
   if (dropped > 0) ::malloc_trim(0);
+}
+
+void Broker::Impl::abandon(std::uint64_t ticket, const Chunk& chunk) {
+  if (chunk.worker.empty()) return;
+  const auto worker = workers_by_id_.find(chunk.worker);
+  if (worker == workers_by_id_.end()) return;
+  auto frames = wire::make(Command::kAbandon,
+                           proto::Abandon{ticket, static_cast<std::uint32_t>(options_.heartbeat_interval.count())});
+  (void)send_to_worker(worker->second, frames);  // one that is gone is dealt with by liveness
 }
 
 void Broker::Impl::fail_chunk(std::uint64_t ticket, const std::string& why) {

@@ -56,8 +56,10 @@ int main(int argc, char** argv) {
   app.add_option("--drain-ms", drain_ms, "on SIGTERM, how long to wait for chunks in flight")
       ->default_val(5000)
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--max-message-bytes", options.max_message_bytes, "largest message accepted")
-      ->default_val(1LL << 30);
+  app.add_option("--max-message-bytes", options.max_message_bytes,
+                 "largest message accepted, in bytes; keep equal on clients and workers")
+      ->default_val(64LL << 20)
+      ->check(CLI::Range(std::int64_t{4096}, std::int64_t{1} << 40));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   CLI11_PARSE(app, argc, argv);
   const bool curve = !options.curve_secret_file.empty();

@@ -36,6 +36,8 @@ constexpr const char* kParentPidVar = "POOLMAP_PARENT_PID";
 constexpr const char* kHeartbeatVar = "POOLMAP_HEARTBEAT_MS";
 constexpr const char* kLivenessVar = "POOLMAP_LIVENESS";
 constexpr const char* kMaxTasksVar = "POOLMAP_MAX_TASKS_PER_CHILD";
+constexpr const char* kMaxMessageVar = "POOLMAP_MAX_MESSAGE_BYTES";
+constexpr std::int64_t kMinMessageBytes = 4096;  // room for any header
 constexpr const char* kInitArgsVar = "POOLMAP_INIT_ARGS";  // separated by kInitArgsSeparator
 constexpr char kInitArgsSeparator = '\x1f';
 
@@ -76,6 +78,7 @@ long env_number(const char* name, long fallback) {
     WorkerProcess worker({.broker = endpoint,
                           .heartbeat_interval = std::chrono::milliseconds(env_number(kHeartbeatVar, 1000)),
                           .heartbeat_liveness = static_cast<int>(env_number(kLivenessVar, 3)),
+                          .max_message_bytes = static_cast<std::int64_t>(env_number(kMaxMessageVar, 64L << 20)),
                           .max_tasks_per_child = static_cast<std::uint64_t>(env_number(kMaxTasksVar, 0)),
                           .init_args = init_args});
     worker.run();  // until SIGTERM, or max tasks per child
@@ -118,6 +121,7 @@ class Pool::Impl {
     return changed_.wait_for(lock, timeout, [&] { return workers_ >= count; });
   }
   std::size_t workers_for_chunking() const;
+  std::size_t max_payload_bytes() const noexcept { return static_cast<std::size_t>(options_.max_message_bytes); }
   BrokerStatus status(std::chrono::milliseconds timeout);
 
  private:
@@ -216,9 +220,11 @@ class Pool::Impl {
 
 Pool::Impl::Impl(PoolOptions options)
     : options_(std::move(options)), log_(detail::logger("poolmap.client")) {
-  if (options_.max_chunks_in_flight == 0 || options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1) {
+  if (options_.max_chunks_in_flight == 0 || options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 ||
+      options_.max_message_bytes < kMinMessageBytes) {
     throw Error(ErrorCode::kInvalidArgument,
-                "Pool options: max_chunks_in_flight, heartbeat_interval and heartbeat_liveness must be positive");
+                "Pool options: max_chunks_in_flight, heartbeat_interval and heartbeat_liveness must be positive, "
+                "max_message_bytes at least " + std::to_string(kMinMessageBytes));
   }
   if (options_.broker.empty()) {
     if (const char* from_environment = std::getenv("POOLMAP_BROKER"); from_environment != nullptr) {
@@ -287,7 +293,8 @@ void Pool::Impl::start_embedded() {
       BrokerOptions{.client_endpoint = "inproc://poolmap-pool-" + std::to_string(pool_number.fetch_add(1)),
                     .worker_endpoint = "tcp://127.0.0.1:*",
                     .heartbeat_interval = options_.heartbeat_interval,
-                    .heartbeat_liveness = options_.heartbeat_liveness},
+                    .heartbeat_liveness = options_.heartbeat_liveness,
+                    .max_message_bytes = options_.max_message_bytes},
       context_);
   endpoint_ = broker_->client_endpoint();
   broker_thread_ = std::thread([this] { broker_->run(); });
@@ -297,7 +304,8 @@ void Pool::Impl::start_embedded() {
       {kParentPidVar, std::to_string(::getpid())},
       {kHeartbeatVar, std::to_string(options_.heartbeat_interval.count())},
       {kLivenessVar, std::to_string(options_.heartbeat_liveness)},
-      {kMaxTasksVar, std::to_string(options_.max_tasks_per_child)}};
+      {kMaxTasksVar, std::to_string(options_.max_tasks_per_child)},
+      {kMaxMessageVar, std::to_string(options_.max_message_bytes)}};
   if (!options_.init_args.empty()) {
     std::string joined;
     for (const auto& arg : options_.init_args) joined += (joined.empty() ? "" : std::string(1, kInitArgsSeparator)) + arg;
@@ -348,7 +356,11 @@ void Pool::Impl::shutdown() {
 void Pool::Impl::open_socket() {
   if (socket_) socket_->set(zmq::sockopt::linger, 0);  // what is queued for a lost broker is resent anyway
   socket_ = std::make_unique<zmq::socket_t>(context_.impl().zmq, zmq::socket_type::dealer);
-  wire::configure(*socket_, {.high_water_mark = 10000, .linger = std::chrono::milliseconds(200)}, false);
+  wire::configure(*socket_,
+                  {.high_water_mark = 10000,
+                   .linger = std::chrono::milliseconds(200),
+                   .max_message_bytes = options_.max_message_bytes},
+                  false);
   socket_->set(zmq::sockopt::reconnect_ivl, 100);
   socket_->set(zmq::sockopt::reconnect_ivl_max, 5000);
   if (curve_) wire::apply_curve_client(*socket_, *curve_);
@@ -390,6 +402,17 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   if (request.chunks.empty()) {
     core->complete(JobOutcome{{}, Status::ok(), std::nullopt});
     return core;
+  }
+  // Every path (map, imap, submit, apply) ends here: nothing too large for a message leaves.
+  const std::size_t limit = max_payload_bytes();
+  if (request.context && request.context->size() > limit) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the broadcast context encodes to " + std::to_string(request.context->size()) +
+                    " bytes, more than max_message_bytes (" + std::to_string(limit) +
+                    "): raise PoolOptions::max_message_bytes and the daemons' --max-message-bytes together");
+  }
+  for (const auto& chunk : request.chunks) {
+    if (chunk.payload.size() > limit) throw detail::item_too_large(chunk.first_index, chunk.payload.size(), limit);
   }
   auto job = std::make_unique<Job>();
   job->task = std::move(request.task);
@@ -850,6 +873,7 @@ void Pool::close() { impl_->close(); }
 void Pool::join() { impl_->join(); }
 void Pool::terminate() { impl_->terminate(); }
 std::size_t Pool::workers_for_chunking() const { return impl_->workers_for_chunking(); }
+std::size_t Pool::max_payload_bytes() const noexcept { return impl_->max_payload_bytes(); }
 std::size_t Pool::workers() const { return impl_->workers(); }
 bool Pool::wait_for_workers(std::size_t count, std::chrono::milliseconds timeout) const {
   return impl_->wait_for_workers(count, timeout);

@@ -304,3 +304,57 @@ TEST_CASE("Faults.Signals.TermDrainsWorkersAndBrokerUnderLoad" * doctest::timeou
   REQUIRE_FALSE(run.code.has_value());
   check_hashes(*run.results, 300);
 }
+
+// A client that leaves (or cancels) must not hold the workers with work nobody waits for: the
+// broker tells the workers to abandon its chunks; a prefetched one is dropped, a running one gets
+// one heartbeat interval to finish and then its process is replaced.
+TEST_CASE("Faults.Abandon.WorkOfAClientThatLeftOrCancelledStopsHoldingWorkers" * doctest::timeout(120)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool observer(remote(cluster));
+  REQUIRE(observer.wait_for_workers(2, 20s));
+  auto instances = [&] {
+    std::vector<std::uint64_t> ids;
+    for (const auto& worker : observer.status().workers) ids.push_back(worker.instance);
+    std::sort(ids.begin(), ids.end());
+    return ids;
+  };
+  // Chunks the workers hold, by the broker's count per worker: a worker's count drops only when it
+  // answers (or its process goes), whether or not anyone still waits for the chunk.
+  auto busy = [&] {
+    std::uint64_t held = 0;
+    for (const auto& worker : observer.status().workers) held += worker.chunks_in_flight;
+    return held;
+  };
+  const std::vector<std::int64_t> long_sleeps(4, 60'000);  // 4 × 60 s on 2 workers: 2 running, 2 prefetched
+
+  SUBCASE("the client leaves") {
+    const auto before = instances();
+    {
+      poolmap::Pool leaving(remote(cluster));
+      auto future = leaving.map_async(t::sleep_ms, long_sleeps, {.chunksize = 1});
+      REQUIRE(t::eventually([&] { return busy() == 4; }, 20s));
+    }  // gone: its destructor cancels and says goodbye
+    // Well within the 60 s sleeps: nothing is held, and fresh processes replaced the two that ran.
+    CHECK(t::eventually([&] { return busy() == 0; }, 20s));
+    CHECK(t::eventually(
+        [&] {
+          const auto now = instances();
+          return now.size() == 2 && std::none_of(now.begin(), now.end(), [&](std::uint64_t id) {
+                   return std::find(before.begin(), before.end(), id) != before.end();
+                 });
+        },
+        20s));
+  }
+  SUBCASE("the client cancels") {
+    poolmap::Pool cancelling(remote(cluster));
+    auto future = cancelling.map_async(t::sleep_ms, long_sleeps, {.chunksize = 1});
+    REQUIRE(t::eventually([&] { return busy() == 4; }, 20s));
+    CHECK(future.cancel());
+    CHECK(t::eventually([&] { return busy() == 0; }, 20s));
+    // The same client goes on with new work, well before the 60 s sleeps would have ended.
+    auto next = cancelling.map_async(t::square, std::vector<std::int64_t>{1, 2, 3});
+    CHECK(next.get(20s) == std::vector<std::int64_t>{1, 4, 9});
+  }
+  REQUIRE(observer.wait_for_workers(2, 20s));
+  CHECK(observer.map(t::square, std::vector<std::int64_t>{5, 6}) == std::vector<std::int64_t>{25, 36});
+}

@@ -64,6 +64,11 @@ int main(int argc, char** argv) {
       ->default_val(0);
   app.add_option("--init-arg", init_args, "argument for the task libraries' POOLMAP_WORKER_INIT; repeat for several");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
+  std::int64_t max_message_bytes = 64LL << 20;
+  app.add_option("--max-message-bytes", max_message_bytes,
+                 "largest message accepted or sent, in bytes; keep equal to the broker's")
+      ->default_val(64LL << 20)
+      ->check(CLI::Range(std::int64_t{4096}, std::int64_t{1} << 40));
   std::string curve_secret;
   std::string broker_key;
   app.add_option("--curve-secret", curve_secret, "this worker's CURVE secret key file (from `poolmap keygen`)")
@@ -101,6 +106,7 @@ int main(int argc, char** argv) {
                                      .prefetch = prefetch,
                                      .heartbeat_interval = std::chrono::milliseconds(heartbeat_ms),
                                      .heartbeat_liveness = liveness,
+                                     .max_message_bytes = max_message_bytes,
                                      .max_tasks_per_child = max_tasks_per_child,
                                      .init_args = init_args,
                                      .curve_secret_file = curve_secret,
@@ -142,6 +148,8 @@ int main(int argc, char** argv) {
     }
     child_args.push_back("--max-tasks-per-child");
     child_args.push_back(std::to_string(max_tasks_per_child));
+    child_args.push_back("--max-message-bytes");
+    child_args.push_back(std::to_string(max_message_bytes));
     for (const auto& arg : init_args) {
       child_args.push_back("--init-arg");
       child_args.push_back(arg);

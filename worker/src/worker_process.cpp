@@ -112,6 +112,13 @@ class WorkerProcess::Impl {
   // Called by the I/O thread: if the running item has passed its deadline, answers its chunk with
   // kDeadlineExceeded, says goodbye and ends the process (the supervisor starts a fresh one).
   void enforce_deadline(zmq::socket_t& socket);
+  // ABANDON from the broker: a chunk not started is dropped (answered kCancelled, which returns its
+  // credit); the running one gets the grace to finish, then enforce_abandon() ends the process.
+  void on_abandon(const proto::Abandon& abandon);
+  void enforce_abandon(zmq::socket_t& socket);
+  // Answers `ticket` with `outcome`, says goodbye and ends the process with the deadline exit code
+  // (its supervisor starts a fresh one at once and does not count a crash).
+  [[noreturn]] void end_process(zmq::socket_t& socket, std::uint64_t ticket, proto::Outcome outcome);
   zmq::socket_t connect(zmq::context_t& context);
 
   WorkerOptions options_;
@@ -142,6 +149,11 @@ class WorkerProcess::Impl {
   std::uint64_t context_clock_ = 0;                  // guarded by mutex_
   bool stopping_ = false;
   std::optional<Running> running_;
+  struct Abandoned {
+    std::uint64_t ticket = 0;
+    Clock::time_point deadline;
+  };
+  std::optional<Abandoned> abandoned_;  // I/O thread: the running chunk nobody waits for
 
   detail::ProgressSlot progress_ = detail::ProgressSlot::inherited();  // tells the supervisor what runs
   std::atomic<std::uint64_t> items_started_{0};  // written by the task thread, watched by the I/O thread
@@ -202,6 +214,10 @@ void WorkerProcess::Impl::io_loop() {
         wait = std::min(wait, std::chrono::milliseconds(std::max<std::uint32_t>(1, running_->deadline_ms / 4)));
       }
     }
+    if (abandoned_) {
+      wait = std::min(wait, std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(
+                                                                       abandoned_->deadline - Clock::now())));
+    }
     zmq::poll(items.data(), items.size(), wait);
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
       // ZeroMQ retries by itself (a broker may admit the key after a SIGHUP); say why once.
@@ -239,6 +255,7 @@ void WorkerProcess::Impl::io_loop() {
       return;
     }
     enforce_deadline(socket);
+    enforce_abandon(socket);
 
     bool forget_tasks = false;
     while (auto frames = wire::receive(socket)) {
@@ -281,6 +298,9 @@ void WorkerProcess::Impl::io_loop() {
           tasks_.push_back(PendingTask{std::move(header.value()), std::move((*frames)[2])});
         }
         tasks_ready_.notify_one();
+      } else if (command.value() == Command::kAbandon) {
+        auto abandon = proto::decode<proto::Abandon>(wire::view((*frames)[1]));
+        if (abandon) on_abandon(abandon.value());
       } else if (command.value() == Command::kDisconnect) {
         forget_tasks = true;  // the broker does not know us (restarted, or declared us lost)
       } else if (command.value() == Command::kError) {
@@ -341,15 +361,54 @@ void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {
                              std::to_string(pid_) + " was replaced",
                          host_, pid_};
   log_->error("{}", outcome.message);
-  auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{running.ticket, std::move(outcome), instance_});
+  end_process(socket, running.ticket, std::move(outcome));
+}
+
+void WorkerProcess::Impl::end_process(zmq::socket_t& socket, std::uint64_t ticket, proto::Outcome outcome) {
+  auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{ticket, std::move(outcome), instance_});
   reply.emplace_back();
-  wire::send(socket, reply, false);
+  (void)wire::send(socket, reply, true);
   auto bye = wire::make_empty(Command::kDisconnect);
-  wire::send(socket, bye, false);
+  (void)wire::send(socket, bye, true);
   socket.close();                       // lingers until both messages are out (bounded)
   handshakes_.reset();                  // its monitor socket would keep the context open
   options_.context.impl().zmq.close();  // waits for that
   std::_Exit(detail::kDeadlineExitCode);
+}
+
+void WorkerProcess::Impl::on_abandon(const proto::Abandon& abandon) {
+  std::lock_guard lock(mutex_);
+  const auto queued = std::find_if(tasks_.begin(), tasks_.end(),
+                                   [&](const PendingTask& task) { return task.header.ticket == abandon.ticket; });
+  if (queued != tasks_.end()) {
+    tasks_.erase(queued);
+    FinishedTask dropped;
+    dropped.ticket = abandon.ticket;
+    dropped.outcome = proto::Outcome{ErrorCode::kCancelled, 0, {}, "abandoned before it started", host_, pid_};
+    finished_.push_back(std::move(dropped));
+    wake_io();  // sent on the next turn of the loop
+    return;
+  }
+  if (running_ && running_->ticket == abandon.ticket) {
+    abandoned_ = Abandoned{abandon.ticket, Clock::now() + std::chrono::milliseconds(abandon.grace_ms)};
+  }
+}
+
+void WorkerProcess::Impl::enforce_abandon(zmq::socket_t& socket) {
+  if (!abandoned_) return;
+  {
+    std::lock_guard lock(mutex_);
+    if (!running_ || running_->ticket != abandoned_->ticket) {  // it finished in time
+      abandoned_.reset();
+      return;
+    }
+  }
+  if (Clock::now() < abandoned_->deadline) return;
+  log_->info("worker {} pid {} [{}]: the chunk it runs was abandoned by its client and is still running; "
+             "ending this process (a fresh one takes its place)",
+             host_, pid_, detail::short_id(instance_));
+  end_process(socket, abandoned_->ticket,
+              proto::Outcome{ErrorCode::kCancelled, 0, {}, "abandoned by its client", host_, pid_});
 }
 
 WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task) {
@@ -414,6 +473,16 @@ WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task
                                               e.what());
   } catch (...) {
     status = Status(ErrorCode::kInternal, "task '" + task.header.task + "' failed outside its items");
+  }
+  if (status.is_ok() && done.output.size() > static_cast<std::size_t>(options_.max_message_bytes)) {
+    // Sent, it would get this worker disconnected and the chunk re-run elsewhere, again and again.
+    status = Status(ErrorCode::kInvalidArgument,
+                    "the results of items " + std::to_string(task.header.first_index) + ".." +
+                        std::to_string(task.header.first_index + task.header.count - 1) + " of task '" +
+                        task.header.task + "' encode to " + std::to_string(done.output.size()) +
+                        " bytes, more than --max-message-bytes (" + std::to_string(options_.max_message_bytes) +
+                        "): use a smaller chunksize, or raise max_message_bytes on every peer");
+    failure = {};
   }
   if (status.is_ok()) {
     done.count = task.header.count;

@@ -55,8 +55,9 @@ struct BrokerOptions {
   // On stop(): how long to wait for the chunks in flight to be answered before disconnecting
   // everyone (clients resend what was not answered to the next broker). Default: 5 s.
   std::chrono::milliseconds drain_timeout{5000};
-  // Largest message accepted on either socket, in bytes. Default: 1 GiB.
-  std::int64_t max_message_bytes = 1LL << 30;
+  // Largest message (frame) accepted on either socket, in bytes; a peer that sends a larger one is
+  // disconnected by ZeroMQ before it is read. Keep it equal on every peer. Default: 64 MiB.
+  std::int64_t max_message_bytes = 64LL << 20;
   // ZMQ_SNDHWM/ZMQ_RCVHWM of both sockets, in messages. Default: 10000.
   int high_water_mark = 10000;
   // CURVE: the broker's secret key file (`poolmap keygen`), and the directories of *.pub files

@@ -78,6 +78,11 @@ struct PoolOptions {
   // POOLMAP_BROKER_KEY environment variables if set, else no CURVE. Embedded mode needs no keys.
   std::filesystem::path curve_secret_file{};
   std::filesystem::path broker_key_file{};
+  // Largest message this client sends or accepts, in bytes; keep it equal to the daemons'
+  // --max-message-bytes. map() splits chunks so that each fits; an item (or a broadcast context)
+  // that alone is larger fails the call with kInvalidArgument before anything is sent. Embedded
+  // mode uses it for its broker and workers too. Default: 64 MiB.
+  std::int64_t max_message_bytes = 64LL << 20;
 };
 
 struct MapOptions {
@@ -157,9 +162,20 @@ void encode_item(OutputArchive& archive, const Item& item) {
   }
 }
 
-// Splits `inputs` into chunks of `chunksize` encoded items (chunksize 0: all in one chunk).
+// The error for an item that alone encodes to more bytes than a message may hold.
+inline Error item_too_large(std::size_t index, std::size_t bytes, std::size_t limit) {
+  return Error(ErrorCode::kInvalidArgument,
+               "item " + std::to_string(index) + " encodes to " + std::to_string(bytes) +
+                   " bytes, more than max_message_bytes (" + std::to_string(limit) +
+                   "): raise PoolOptions::max_message_bytes and the daemons' --max-message-bytes together, or "
+                   "split the item");
+}
+
+// Splits `inputs` into chunks of `chunksize` encoded items (chunksize 0: all in one chunk), each
+// at most `max_bytes` long: a chunk that would grow past it ends before the item that does not fit.
+// Throws item_too_large() for an item that fits in no chunk.
 template <class... Args, class Range>
-void encode_chunks(Range&& inputs, std::size_t chunksize, JobRequest& job) {
+void encode_chunks(Range&& inputs, std::size_t chunksize, std::size_t max_bytes, JobRequest& job) {
   ChunkRequest current;
   std::optional<OutputArchive> archive;  // writes into current.payload
   auto flush = [&] {
@@ -173,7 +189,17 @@ void encode_chunks(Range&& inputs, std::size_t chunksize, JobRequest& job) {
       current.first_index = index;
       archive.emplace(current.payload);
     }
+    const std::size_t before = current.payload.size();
     encode_item<Args...>(*archive, item);
+    if (current.payload.size() > max_bytes) {
+      if (current.count == 0) throw item_too_large(index, current.payload.size(), max_bytes);
+      current.payload.resize(before);  // the chunk ends before this item, which starts the next
+      flush();
+      current.first_index = index;
+      archive.emplace(current.payload);
+      encode_item<Args...>(*archive, item);
+      if (current.payload.size() > max_bytes) throw item_too_large(index, current.payload.size(), max_bytes);
+    }
     ++current.count;
     ++index;
     if (current.count == chunksize || current.count == UINT32_MAX) flush();
@@ -370,10 +396,12 @@ class Pool {
       explicit Cursor(View v) : view(std::move(v)) {}
       View view;
       std::optional<std::ranges::iterator_t<View>> at;
+      std::size_t index = 0;  // of the item `at` points to
     };
     auto cursor = std::make_shared<Cursor>(std::views::all(std::forward<Range>(inputs)));
-    detail::StreamProducer producer = [cursor](std::size_t max_items, Bytes& payload,
-                                               std::exception_ptr& input_error) -> std::size_t {
+    detail::StreamProducer producer = [cursor, max_bytes = max_payload_bytes()](
+                                           std::size_t max_items, Bytes& payload,
+                                           std::exception_ptr& input_error) -> std::size_t {
       std::size_t count = 0;
       std::size_t good_bytes = payload.size();  // the end of the last whole item
       try {
@@ -382,8 +410,15 @@ class Pool {
         OutputArchive archive(payload);
         while (count < max_items && at != std::ranges::end(cursor->view)) {
           detail::encode_item<A...>(archive, *at);
+          if (payload.size() > max_bytes) {
+            // This item starts the next chunk (encoded again then), or fits in none.
+            if (count == 0) throw detail::item_too_large(cursor->index, payload.size(), max_bytes);
+            payload.resize(good_bytes);
+            break;
+          }
           good_bytes = payload.size();
           ++count;
+          ++cursor->index;
           ++at;
         }
       } catch (...) {  // the caller's input range threw: keep the items before it
@@ -415,7 +450,7 @@ class Pool {
       const auto total = static_cast<std::size_t>(std::ranges::size(inputs));
       if (chunksize == 0 && total > 0) chunksize = default_chunksize(total, workers_for_chunking());
       job.chunks.reserve(chunk_count(total, chunksize));
-      detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, job);
+      detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, max_payload_bytes(), job);
     } else {
       if (chunksize == 0) {
         // Unsized input (a generator, a view ending in a sentinel of another type): materialize it
@@ -424,7 +459,7 @@ class Pool {
         for (auto&& item : inputs) items.push_back(std::forward<decltype(item)>(item));
         return start_map<R, A...>(name, std::move(job.signature), items, options, std::move(context), context_hash);
       }
-      detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, job);
+      detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, max_payload_bytes(), job);
     }
     static const auto decode = std::make_shared<const typename Future<std::vector<R>>::Decoder>(
         [](const detail::JobOutcome& outcome, const detail::FutureCore& core) {
@@ -452,6 +487,8 @@ class Pool {
   // Hands a job to the I/O thread (a job with no chunks completes at once).
   std::shared_ptr<detail::FutureCore> start(detail::JobRequest job);
   std::size_t workers_for_chunking() const;
+  // PoolOptions::max_message_bytes: the largest chunk payload.
+  std::size_t max_payload_bytes() const noexcept;
 
   class Impl;
   std::unique_ptr<Impl> impl_;

@@ -1,4 +1,4 @@
-// The poolmap wire protocol, version 2: message structs and their codec. docs/PROTOCOL.md is the
+// The poolmap wire protocol, version 3: message structs and their codec. docs/PROTOCOL.md is the
 // prose version of this file; keep the two in step.
 //
 // Every message is a ZeroMQ multipart message (after the ROUTER identity frame on the broker side):
@@ -25,7 +25,7 @@ namespace poolmap::proto {
 
 inline constexpr std::byte kTag0{'P'};
 inline constexpr std::byte kTag1{'M'};
-inline constexpr std::uint8_t kVersion = 2;
+inline constexpr std::uint8_t kVersion = 3;
 
 // One byte after the tag and version. Values are part of the protocol: never renumber.
 enum class Command : std::uint8_t {
@@ -47,7 +47,8 @@ enum class Command : std::uint8_t {
   // worker supervisor -> broker (no registration needed)
   kWorkerExited = 0x23,  // WorkerExited: a worker process of this host ended
   // broker -> worker
-  kTask = 0x31,  // TaskHeader + payload
+  kTask = 0x31,     // TaskHeader + payload
+  kAbandon = 0x32,  // Abandon: nobody waits for this chunk any more (its client left or cancelled)
   // both directions, all peers
   kHeartbeat = 0x40,   // (empty)
   kDisconnect = 0x41,  // (empty): "forget me" / "I do not know you, register again"
@@ -135,6 +136,18 @@ struct Cancel {
   template <class Archive>
   void serialize(Archive& ar) {
     ar(job);
+  }
+};
+
+// Broker -> worker: drop chunk `ticket` if it has not started (answer it kCancelled, which returns
+// its credit); if it is running, give it `grace_ms` to finish, then end the process (its
+// supervisor starts a fresh one), so that abandoned work does not hold the worker.
+struct Abandon {
+  std::uint64_t ticket = 0;
+  std::uint32_t grace_ms = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(ticket, grace_ms);
   }
 };
 

@@ -39,8 +39,9 @@ struct WorkerOptions {
   // Heartbeat interval and liveness; keep them equal to the broker's. Default: 1 s × 3.
   std::chrono::milliseconds heartbeat_interval{1000};
   int heartbeat_liveness = 3;
-  // Largest message accepted, in bytes. Default: 1 GiB.
-  std::int64_t max_message_bytes = 1LL << 30;
+  // Largest message accepted or sent, in bytes (keep it equal to the broker's). A chunk whose
+  // results encode to more fails with kInvalidArgument instead of being sent. Default: 64 MiB.
+  std::int64_t max_message_bytes = 64LL << 20;
   // The context to open the socket in (share it with an in-process broker for inproc://).
   // Default: a private context.
   Context context{};
