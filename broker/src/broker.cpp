@@ -225,6 +225,11 @@ class Broker::Impl {
   void fail_chunk(std::uint64_t ticket, const std::string& why);
   void disconnect_everyone();
   void reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status);
+  // Answers ERROR kUnavailable to a peer over a cap; logged at most once per interval.
+  void refuse_peer(zmq::socket_t& socket, const std::string& identity, const std::string& why);
+  // Sends the pending worker-count announcement (at most one per turn of the event loop, however
+  // many workers came and went in it).
+  void flush_announcement();
   void send_to_client(ClientState& client, std::vector<zmq::message_t>& frames);
   bool send_to_worker(WorkerState& worker, std::vector<zmq::message_t>& frames);
   std::uint32_t worker_count() const { return static_cast<std::uint32_t>(workers_by_id_.size()); }
@@ -257,6 +262,10 @@ class Broker::Impl {
   std::uint64_t next_ticket_ = 1;
   Clock::time_point last_refusal_logged_{};
   Clock::time_point bad_message_logged_{};
+  bool announcement_pending_ = false;
+  Clock::time_point cap_refusal_logged_{};
+  std::uint64_t cap_refusals_unlogged_ = 0;
+  std::unordered_map<std::string, std::uint64_t> bad_by_peer_;  // since the last report
   std::uint64_t refused_connections_ = 0;
   std::uint64_t refusals_unlogged_ = 0;
   Clock::time_point refusal_logged_{};
@@ -410,6 +419,7 @@ void Broker::Impl::run() {
       on_client_message(*frames);
     }
     if (!drain_deadline) dispatch();
+    flush_announcement();
     if (Clock::now() >= next_tick) {
       heartbeat_tick();
       next_tick = Clock::now() + options_.heartbeat_interval;
@@ -435,18 +445,37 @@ void Broker::Impl::disconnect_everyone() {
 
 void Broker::Impl::reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status) {
   ++bad_messages_;
-  // At most one line per interval, with the count since the last line: a peer sending garbage
-  // must not flood the log.
+  // At most one line per interval, with the counts since the last line, per peer: a peer sending
+  // garbage must not flood the log, and the one that sends most is named.
   ++bad_messages_unlogged_;
+  if (bad_by_peer_.size() < 1024 || bad_by_peer_.contains(identity)) ++bad_by_peer_[identity];
   const auto now = Clock::now();
   if (now - bad_message_logged_ >= options_.heartbeat_interval) {
-    log_->warn("{} bad message{} since the last report; latest from peer {}: {}", bad_messages_unlogged_,
-               bad_messages_unlogged_ == 1 ? "" : "s", detail::printable_identity(identity).substr(0, 32),
-               detail::printable(status.to_string(), 200));
+    const auto worst = std::max_element(bad_by_peer_.begin(), bad_by_peer_.end(),
+                                        [](const auto& a, const auto& b) { return a.second < b.second; });
+    log_->warn("{} bad message{} since the last report from {} peer{}, most ({}) from peer {}; latest from peer {}: {}",
+               bad_messages_unlogged_, bad_messages_unlogged_ == 1 ? "" : "s", bad_by_peer_.size(),
+               bad_by_peer_.size() == 1 ? "" : "s", worst == bad_by_peer_.end() ? 0 : worst->second,
+               worst == bad_by_peer_.end() ? std::string("?") : detail::printable_identity(worst->first).substr(0, 32),
+               detail::printable_identity(identity).substr(0, 32), detail::printable(status.to_string(), 200));
     bad_messages_unlogged_ = 0;
+    bad_by_peer_.clear();
     bad_message_logged_ = now;
   }
   auto frames = wire::make(Command::kError, proto::ErrorReply{status.code(), status.message()});
+  (void)wire::send_to(socket, identity, frames);
+}
+
+void Broker::Impl::refuse_peer(zmq::socket_t& socket, const std::string& identity, const std::string& why) {
+  ++cap_refusals_unlogged_;
+  const auto now = Clock::now();
+  if (now - cap_refusal_logged_ >= options_.heartbeat_interval) {
+    log_->warn("refused {} peer{} since the last report: {}", cap_refusals_unlogged_,
+               cap_refusals_unlogged_ == 1 ? "" : "s", why);
+    cap_refusals_unlogged_ = 0;
+    cap_refusal_logged_ = now;
+  }
+  auto frames = wire::make(Command::kError, proto::ErrorReply{ErrorCode::kUnavailable, why});
   (void)wire::send_to(socket, identity, frames);
 }
 
@@ -489,6 +518,11 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
     case Command::kHello: {
       auto hello = proto::decode<proto::Hello>(header);
       if (!hello) return reply_error(clients_, identity, hello.status());
+      if (!clients_by_id_.contains(identity) && clients_by_id_.size() >= options_.max_clients) {
+        return refuse_peer(clients_, identity,
+                           "the broker serves its maximum of " + std::to_string(options_.max_clients) +
+                               " clients (--max-clients)");
+      }
       ClientState& client = touch_client(identity);
       client.host = detail::printable(hello.value().client_host);
       client.pid = hello.value().client_pid;
@@ -664,6 +698,12 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
         (silent != silenced_.end() && silent->second.generation >= generation)) {
       log_->debug("ignored a stale READY (connection {}) from worker [{}]", generation, detail::short_id(instance));
       return;
+    }
+    if (!workers_by_id_.contains(identity) && !identity_by_instance_.contains(instance) &&
+        workers_by_id_.size() >= options_.max_workers) {
+      return refuse_peer(workers_, identity,
+                         "the broker has its maximum of " + std::to_string(options_.max_workers) +
+                             " workers registered (--max-workers)");
     }
     if (workers_by_id_.contains(identity)) lose_worker(identity, "registered again", Loss::kLost);
     if (const auto older = identity_by_instance_.find(instance); older != identity_by_instance_.end()) {
@@ -1011,8 +1051,14 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause, L
   announce_workers();
 }
 
-void Broker::Impl::announce_workers() {
-  // Clients size their chunks by the worker count: tell them whenever it changes.
+void Broker::Impl::announce_workers() { announcement_pending_ = true; }
+
+void Broker::Impl::flush_announcement() {
+  // Clients size their chunks by the worker count: tell them when it changed. Once per turn of
+  // the loop: workers that register and vanish by the thousand must not cost a message to every
+  // client each time.
+  if (!announcement_pending_) return;
+  announcement_pending_ = false;
   std::vector<std::string> unreachable;
   for (auto& [id, client] : clients_by_id_) {
     auto frames = wire::make(Command::kWelcome, proto::Welcome{worker_count(), static_cast<std::uint32_t>(

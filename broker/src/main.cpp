@@ -60,6 +60,12 @@ int main(int argc, char** argv) {
                  "largest message accepted, in bytes; keep equal on clients and workers")
       ->default_val(64LL << 20)
       ->check(CLI::Range(std::int64_t{4096}, std::int64_t{1} << 40));
+  app.add_option("--max-workers", options.max_workers, "most worker processes registered at once")
+      ->default_val(10000)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-clients", options.max_clients, "most clients connected at once")
+      ->default_val(1000)
+      ->check(CLI::PositiveNumber);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   CLI11_PARSE(app, argc, argv);
   const bool curve = !options.curve_secret_file.empty();

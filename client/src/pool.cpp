@@ -757,7 +757,16 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       auto error = proto::decode<proto::ErrorReply>(header);
       const std::string text = error ? error.value().message : "unreadable error";
       log_->error("the broker refused a message: {}", text);
-      fail_all(Status(error ? error.value().code : ErrorCode::kMalformed, "the poolmap broker refused a request: " + text));
+      const Status refused(error ? error.value().code : ErrorCode::kMalformed,
+                           "the poolmap broker refused a request: " + text);
+      if (!session_welcomed_) {  // it refused our HELLO (e.g. --max-clients): calls fail now, not at start_timeout
+        {
+          std::lock_guard lock(mutex_);
+          refused_ = refused;
+        }
+        changed_.notify_all();
+      }
+      fail_all(refused);
       return;
     }
     case Command::kDisconnect:

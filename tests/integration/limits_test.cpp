@@ -111,3 +111,26 @@ TEST_CASE("Limits.Messages.ResultsTooLargeFailTheirChunkNotTheWorker" * doctest:
   REQUIRE(before.size() == 1);
   CHECK(after[0].instance == before[0].instance);
 }
+
+TEST_CASE("Limits.Peers.TheBrokerCapsWorkersAndClients" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2, .broker_args = {"--max-workers", "2", "--max-clients", "2"}});
+  poolmap::Pool first({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(first.wait_for_workers(2, 20s));
+  // A third worker process is refused, says why, and leaves no registration.
+  auto& third = cluster.add_workers(1);
+  CHECK(t::eventually([&] { return third.stderr_text().find("--max-workers") != std::string::npos; }, 20s));
+  CHECK(first.status().workers.size() == 2);
+  // A second client is served; a third is refused at once, with the reason.
+  poolmap::Pool second({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  CHECK(second.map(t::square, std::vector<std::int64_t>{4}) == std::vector<std::int64_t>{16});
+  poolmap::Pool third_client({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  std::string refused;
+  try {
+    (void)third_client.map(t::square, std::vector<std::int64_t>{4});
+  } catch (const poolmap::Error& e) {
+    refused = e.what();
+  }
+  CHECK(refused.find("--max-clients") != std::string::npos);
+  CHECK(first.status().clients == 2);
+  CHECK(first.map(t::square, std::vector<std::int64_t>{5}) == std::vector<std::int64_t>{25});
+}

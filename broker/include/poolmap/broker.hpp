@@ -26,6 +26,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -60,6 +61,10 @@ struct BrokerOptions {
   std::int64_t max_message_bytes = 64LL << 20;
   // ZMQ_SNDHWM/ZMQ_RCVHWM of both sockets, in messages. Default: 10000.
   int high_water_mark = 10000;
+  // Most worker processes and clients registered at once; READY or HELLO beyond that is answered
+  // with ERROR kUnavailable and leaves no state. Default: 10000 workers, 1000 clients.
+  std::size_t max_workers = 10000;
+  std::size_t max_clients = 1000;
   // CURVE: the broker's secret key file (`poolmap keygen`), and the directories of *.pub files
   // allowed to connect as clients and as workers. All three or none. Default: none (no CURVE).
   std::filesystem::path curve_secret_file{};
