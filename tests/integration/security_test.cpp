@@ -4,12 +4,18 @@
 // keys; a broker without CURVE will not bind a non-loopback address.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <numeric>
 #include <thread>
 #include <zmq.hpp>
@@ -333,4 +339,102 @@ TEST_CASE("Security.Cli.KeygenWritesAPairAndNeverReplacesIt" * doctest::timeout(
   t::ChildProcess if_missing({t::cli_binary(), "keygen", "--if-missing", base.string()});
   CHECK(if_missing.wait(10s).value_or(-1) == 0);
   CHECK(poolmap::read_curve_secret_file(base.string() + ".key").secret_key == secret.secret_key);
+}
+
+namespace {
+
+// The resident set of a process, from /proc/PID/status, in bytes (0 if unreadable).
+std::uint64_t resident_bytes(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // "VmRSS:  1234 kB"
+  }
+  return 0;
+}
+
+// A raw TCP peer that speaks just enough ZMTP 3.0 (NULL mechanism) to get past the handshake,
+// then declares one frame of `declared` bytes and sends `sent` bytes of it; `before_close` runs
+// before it closes the connection. Returns false if the broker closed the connection first.
+bool send_forged_frame(const std::string& endpoint, std::uint64_t declared, std::size_t sent,
+                       const std::function<void()>& before_close = {}) {
+  const auto colon = endpoint.rfind(':');
+  const int port = std::stoi(endpoint.substr(colon + 1));
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+  auto write_all = [&](const std::string& bytes) {
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const auto n = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      done += static_cast<std::size_t>(n);
+    }
+    return true;
+  };
+  // Greeting: signature, version 3.0, mechanism "NULL", as-server 0, filler.
+  std::string greeting(64, '\0');
+  greeting[0] = '\xff';
+  greeting[9] = '\x7f';
+  greeting[10] = 3;
+  greeting.replace(12, 4, "NULL");
+  bool open = write_all(greeting);
+  std::string peer(64, '\0');
+  for (std::size_t got = 0; open && got < peer.size();) {
+    const auto n = ::recv(fd, peer.data() + got, peer.size() - got, 0);
+    if (n <= 0) open = false;
+    got += n > 0 ? static_cast<std::size_t>(n) : 0;
+  }
+  // READY command with Socket-Type DEALER.
+  const std::string ready_body = std::string("\x05READY\x0bSocket-Type", 18) + std::string("\0\0\0\x06", 4) + "DEALER";
+  open = open && write_all(std::string("\x04", 1) + static_cast<char>(ready_body.size()) + ready_body);
+  // A long message frame: flags 0x02, 8-byte big-endian size.
+  std::string header(9, '\0');
+  header[0] = 0x02;
+  for (int i = 0; i < 8; ++i) header[1 + i] = static_cast<char>((declared >> (56 - 8 * i)) & 0xff);
+  open = open && write_all(header);
+  for (std::size_t written = 0; open && written < sent; written += 1 << 20) open = write_all(std::string(1 << 20, 'x'));
+  if (before_close) before_close();
+  ::close(fd);
+  return open;
+}
+
+}  // namespace
+
+TEST_CASE("Security.Broker.AForgedOneGibibyteFrameCostsTheBrokerNothing" * doctest::timeout(60)) {
+  // No CURVE here: a raw peer on loopback, the worst case (with CURVE it would not get past the
+  // handshake at all).
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  CHECK(pool.map(t::square, std::vector<std::int64_t>{1, 2}) == std::vector<std::int64_t>{1, 4});
+  // Control: the raw peer does get past the handshake; a frame within the limit is read (and
+  // counted as a bad message: it is no poolmap message).
+  bool read = false;
+  CHECK(send_forged_frame(cluster.client_endpoint(), 1 << 20, 1 << 20, [&] {
+    read = t::eventually([&] { return pool.status().bad_messages == 1; }, 10s);
+  }));
+  CHECK(read);
+  const std::uint64_t before = resident_bytes(cluster.broker().pid());
+  REQUIRE(before > 0);
+  std::uint64_t peak = before;
+  for (int attacker = 0; attacker < 4; ++attacker) {
+    // 1 GiB declared on the client socket, 8 MiB of it sent: refused at the size field
+    // (--max-message-bytes, 64 MiB), so the connection is cut before the bytes are buffered.
+    (void)send_forged_frame(cluster.client_endpoint(), 1ULL << 30, 8 << 20);
+    (void)send_forged_frame(cluster.worker_endpoint(), 1ULL << 30, 8 << 20);
+    peak = std::max(peak, resident_bytes(cluster.broker().pid()));
+  }
+  MESSAGE("broker RSS before " << before / 1024 << " KiB, peak during 8 forged 1 GiB frames " << peak / 1024 << " KiB");
+  CHECK(peak - before < (8ULL << 20));
+  // The good client goes on, and none of the forged frames was read.
+  CHECK(pool.map(t::square, std::vector<std::int64_t>{3, 4}) == std::vector<std::int64_t>{9, 16});
+  CHECK(pool.status().bad_messages == 1);
 }
