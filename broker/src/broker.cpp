@@ -43,6 +43,25 @@ std::chrono::milliseconds since(Clock::time_point then, Clock::time_point now) {
 #endif
 constexpr const char* kZapEndpoint = "inproc://zeromq.zap.01";
 
+// Counts events that are logged at most once per interval, each line saying how many happened
+// since the last one: a peer sending garbage must not flood the log.
+class LogThrottle {
+ public:
+  // Counts one event. Returns how many to report when a line is due now, else 0.
+  std::uint64_t count(Clock::time_point now, Clock::duration interval) {
+    ++unlogged_;
+    if (now - logged_ < interval) return 0;
+    logged_ = now;
+    return std::exchange(unlogged_, 0);
+  }
+
+ private:
+  std::uint64_t unlogged_ = 0;
+  Clock::time_point logged_{};
+};
+
+const char* plural(std::uint64_t n) { return n == 1 ? "" : "s"; }
+
 // The name of the key a message's connection authenticated with ("" without CURVE).
 std::string key_name(zmq::message_t& frame) {
   const char* user = zmq_msg_gets(frame.handle(), "User-Id");
@@ -261,15 +280,11 @@ class Broker::Impl {
   std::unordered_map<std::uint64_t, Clock::time_point> over_budget_;
   std::uint64_t next_ticket_ = 1;
   Clock::time_point last_refusal_logged_{};
-  Clock::time_point bad_message_logged_{};
+  LogThrottle bad_message_log_;
+  LogThrottle handshake_refusals_;
+  LogThrottle cap_refusals_;
   bool announcement_pending_ = false;
-  Clock::time_point cap_refusal_logged_{};
-  std::uint64_t cap_refusals_unlogged_ = 0;
   std::unordered_map<std::string, std::uint64_t> bad_by_peer_;  // since the last report
-  std::uint64_t refused_connections_ = 0;
-  std::uint64_t refusals_unlogged_ = 0;
-  Clock::time_point refusal_logged_{};
-  std::uint64_t bad_messages_unlogged_ = 0;
 
   std::uint64_t chunks_done_ = 0;
   std::uint64_t chunks_failed_ = 0;
@@ -343,17 +358,11 @@ void Broker::Impl::serve_zap() {
     for (const auto& frame : *frames) request.push_back(wire::to_string(frame));
     const detail::ZapReply reply = detail::decide_zap(request, keys_);
     if (reply.status_code != "200") {
-      // Counted like bad messages: at most one line per interval.
-      const std::string domain = request.size() > 2 ? detail::printable(request[2], 32) : "";
-      const std::string address = request.size() > 3 ? detail::printable(request[3], 64) : "";
-      ++refused_connections_;
-      ++refusals_unlogged_;
-      const auto now = Clock::now();
-      if (now - refusal_logged_ >= options_.heartbeat_interval) {
-        log_->warn("refused {} connection{} since the last report; latest from {} on {}: {}", refusals_unlogged_,
-                   refusals_unlogged_ == 1 ? "" : "s", address, domain, reply.status_text);
-        refusals_unlogged_ = 0;
-        refusal_logged_ = now;
+      if (const auto refused = handshake_refusals_.count(Clock::now(), options_.heartbeat_interval)) {
+        const std::string domain = request.size() > 2 ? detail::printable(request[2], 32) : "";
+        const std::string address = request.size() > 3 ? detail::printable(request[3], 64) : "";
+        log_->warn("refused {} connection{} since the last report; latest from {} on {}: {}", refused,
+                   plural(refused), address, domain, reply.status_text);
       }
     }
     std::vector<zmq::message_t> out;
@@ -445,35 +454,24 @@ void Broker::Impl::disconnect_everyone() {
 
 void Broker::Impl::reply_error(zmq::socket_t& socket, const std::string& identity, const Status& status) {
   ++bad_messages_;
-  // At most one line per interval, with the counts since the last line, per peer: a peer sending
-  // garbage must not flood the log, and the one that sends most is named.
-  ++bad_messages_unlogged_;
+  // Counted per peer too (up to 1024 peers per report), so that the line names the worst one.
   if (bad_by_peer_.size() < 1024 || bad_by_peer_.contains(identity)) ++bad_by_peer_[identity];
-  const auto now = Clock::now();
-  if (now - bad_message_logged_ >= options_.heartbeat_interval) {
+  if (const auto bad = bad_message_log_.count(Clock::now(), options_.heartbeat_interval)) {
     const auto worst = std::max_element(bad_by_peer_.begin(), bad_by_peer_.end(),
                                         [](const auto& a, const auto& b) { return a.second < b.second; });
     log_->warn("{} bad message{} since the last report from {} peer{}, most ({}) from peer {}; latest from peer {}: {}",
-               bad_messages_unlogged_, bad_messages_unlogged_ == 1 ? "" : "s", bad_by_peer_.size(),
-               bad_by_peer_.size() == 1 ? "" : "s", worst == bad_by_peer_.end() ? 0 : worst->second,
-               worst == bad_by_peer_.end() ? std::string("?") : detail::printable_identity(worst->first).substr(0, 32),
+               bad, plural(bad), bad_by_peer_.size(), plural(bad_by_peer_.size()), worst->second,
+               detail::printable_identity(worst->first).substr(0, 32),
                detail::printable_identity(identity).substr(0, 32), detail::printable(status.to_string(), 200));
-    bad_messages_unlogged_ = 0;
     bad_by_peer_.clear();
-    bad_message_logged_ = now;
   }
   auto frames = wire::make(Command::kError, proto::ErrorReply{status.code(), status.message()});
   (void)wire::send_to(socket, identity, frames);
 }
 
 void Broker::Impl::refuse_peer(zmq::socket_t& socket, const std::string& identity, const std::string& why) {
-  ++cap_refusals_unlogged_;
-  const auto now = Clock::now();
-  if (now - cap_refusal_logged_ >= options_.heartbeat_interval) {
-    log_->warn("refused {} peer{} since the last report: {}", cap_refusals_unlogged_,
-               cap_refusals_unlogged_ == 1 ? "" : "s", why);
-    cap_refusals_unlogged_ = 0;
-    cap_refusal_logged_ = now;
+  if (const auto refused = cap_refusals_.count(Clock::now(), options_.heartbeat_interval)) {
+    log_->warn("refused {} peer{} since the last report: {}", refused, plural(refused), why);
   }
   auto frames = wire::make(Command::kError, proto::ErrorReply{ErrorCode::kUnavailable, why});
   (void)wire::send_to(socket, identity, frames);
