@@ -62,6 +62,12 @@ class LogThrottle {
 
 const char* plural(std::uint64_t n) { return n == 1 ? "" : "s"; }
 
+// The address of the peer a message came from ("" where the transport has none).
+std::string peer_address(zmq::message_t& frame) {
+  const char* address = zmq_msg_gets(frame.handle(), "Peer-Address");
+  return address == nullptr ? std::string() : std::string(address);
+}
+
 // The name of the key a message's connection authenticated with ("" without CURVE).
 std::string key_name(zmq::message_t& frame) {
   const char* user = zmq_msg_gets(frame.handle(), "User-Id");
@@ -88,6 +94,10 @@ class Broker::Impl {
       throw Error(ErrorCode::kInvalidArgument,
                   "broker options: heartbeat_interval, heartbeat_liveness and poison_kills must be positive, "
                   "max_retries not negative");
+    }
+    if (options_.max_client_chunks == 0 || options_.max_client_bytes < 1 || options_.max_client_jobs == 0 ||
+        options_.max_client_contexts == 0 || options_.max_client_context_bytes < 1 || options_.max_ready_per_second == 0) {
+      throw Error(ErrorCode::kInvalidArgument, "broker options: the per-client quotas and max_ready_per_second must be positive");
     }
     // Linger long enough for the goodbyes sent on shutdown to leave, short enough not to hang.
     const wire::SocketLimits limits{.high_water_mark = options_.high_water_mark,
@@ -152,6 +162,14 @@ class Broker::Impl {
                                      // freed a liveness period later
     };
     std::unordered_map<std::uint64_t, SharedContext> contexts;  // broadcast contexts by hash
+    // What it holds, against its quotas (BrokerOptions::max_client_*).
+    std::size_t chunks = 0;  // not yet answered
+    std::int64_t chunk_bytes = 0;
+    std::int64_t context_bytes = 0;
+    // Contexts not kept for lack of quota, by hash (true: larger than the whole quota). A SUBMIT
+    // naming one is answered kResourceExhausted (kInvalidArgument) rather than kContextMissing,
+    // so that its Pool waits (fails) instead of sending the context straight back.
+    std::unordered_map<std::uint64_t, bool> refused_contexts;
   };
   struct Chunk {
     std::string client;
@@ -218,6 +236,15 @@ class Broker::Impl {
   }
 
   ClientState& touch_client(const std::string& identity);
+  // Why a SUBMIT of `bytes` for `job` does not fit in the client's quotas now (kResourceExhausted)
+  // or ever (kInvalidArgument), or nullopt when it fits.
+  std::optional<Status> over_quota(const ClientState& client, std::uint64_t job, std::int64_t bytes) const;
+  // Stores a CONTEXT if it fits in the client's quotas, freeing contexts no chunk uses (oldest
+  // first) to make room; else remembers it as refused.
+  void keep_context(ClientState& client, std::uint64_t hash, zmq::message_t& payload);
+  // A READY from `peer` (its address, or its key with CURVE): false when that peer is over its
+  // rate (BrokerOptions::max_ready_per_second).
+  bool ready_allowed(const std::string& peer, Clock::time_point now);
   // Queues a chunk for dispatch (`front`: it was put back after a loss) and lets the client know
   // nothing (it waits for the result).
   void queue_chunk(std::uint64_t ticket, bool front);
@@ -285,6 +312,11 @@ class Broker::Impl {
   LogThrottle cap_refusals_;
   bool announcement_pending_ = false;
   std::unordered_map<std::string, std::uint64_t> bad_by_peer_;  // since the last report
+  struct ReadyBudget {
+    double tokens = 0;
+    Clock::time_point refilled{};
+  };
+  std::unordered_map<std::string, ReadyBudget> ready_budgets_;  // by peer; idle ones dropped each tick
 
   std::uint64_t chunks_done_ = 0;
   std::uint64_t chunks_failed_ = 0;
@@ -490,6 +522,84 @@ Broker::Impl::ClientState& Broker::Impl::touch_client(const std::string& identit
   return client;
 }
 
+std::optional<Status> Broker::Impl::over_quota(const ClientState& client, std::uint64_t job, std::int64_t bytes) const {
+  if (bytes > options_.max_client_bytes) {
+    return Status(ErrorCode::kInvalidArgument, "a chunk of " + std::to_string(bytes) +
+                                                   " bytes is larger than the broker's per-client quota of " +
+                                                   std::to_string(options_.max_client_bytes) +
+                                                   " bytes (--max-client-bytes); use a smaller chunksize");
+  }
+  std::string what;
+  if (client.chunks >= options_.max_client_chunks) {
+    what = std::to_string(client.chunks) + " chunks (--max-client-chunks " + std::to_string(options_.max_client_chunks) + ")";
+  } else if (client.chunk_bytes + bytes > options_.max_client_bytes) {
+    what = std::to_string(client.chunk_bytes) + " bytes of chunks (--max-client-bytes " +
+           std::to_string(options_.max_client_bytes) + ")";
+  } else if (!client.jobs.contains(job) && client.jobs.size() >= options_.max_client_jobs) {
+    what = std::to_string(client.jobs.size()) + " jobs (--max-client-jobs " + std::to_string(options_.max_client_jobs) + ")";
+  } else {
+    return std::nullopt;
+  }
+  return Status(ErrorCode::kResourceExhausted, "client " + client.host + " pid " + std::to_string(client.pid) +
+                                                   " holds its quota at the broker, " + what +
+                                                   "; send it again when earlier chunks are answered");
+}
+
+void Broker::Impl::keep_context(ClientState& client, std::uint64_t hash, zmq::message_t& payload) {
+  const auto now = Clock::now();
+  if (const auto held = client.contexts.find(hash); held != client.contexts.end()) {
+    held->second.idle_since = now;
+    return;
+  }
+  const auto bytes = static_cast<std::int64_t>(payload.size());
+  auto remember_refused = [&](bool never) {
+    if (client.refused_contexts.size() >= 256) client.refused_contexts.clear();  // bounded; they are resent
+    client.refused_contexts[hash] = never;
+    log_->log(never ? spdlog::level::warn : spdlog::level::debug,
+              "client {} pid {}: not keeping a broadcast context of {} bytes ({} contexts, {} bytes held; quota {} "
+              "contexts, {} bytes)",
+              client.host, client.pid, bytes, client.contexts.size(), client.context_bytes,
+              options_.max_client_contexts, options_.max_client_context_bytes);
+  };
+  if (bytes > options_.max_client_context_bytes) return remember_refused(true);
+  auto fits = [&] {
+    return client.contexts.size() < options_.max_client_contexts &&
+           client.context_bytes + bytes <= options_.max_client_context_bytes;
+  };
+  while (!fits()) {  // free the context unused for longest, if any
+    auto oldest = client.contexts.end();
+    for (auto it = client.contexts.begin(); it != client.contexts.end(); ++it) {
+      if (it->second.live_chunks == 0 && (oldest == client.contexts.end() || it->second.idle_since < oldest->second.idle_since)) {
+        oldest = it;
+      }
+    }
+    if (oldest == client.contexts.end()) return remember_refused(false);
+    client.context_bytes -= static_cast<std::int64_t>(oldest->second.payload.size());
+    client.contexts.erase(oldest);
+  }
+  ClientState::SharedContext& kept = client.contexts[hash];
+  kept.payload = std::move(payload);
+  kept.idle_since = now;
+  client.context_bytes += bytes;
+  client.refused_contexts.erase(hash);
+}
+
+bool Broker::Impl::ready_allowed(const std::string& peer, Clock::time_point now) {
+  const double rate = options_.max_ready_per_second;
+  if (ready_budgets_.size() >= 65536 && !ready_budgets_.contains(peer)) ready_budgets_.clear();  // bounded
+  auto [entry, added] = ready_budgets_.try_emplace(peer);
+  ReadyBudget& budget = entry->second;
+  if (added) {
+    budget.tokens = rate;
+  } else {
+    budget.tokens = std::min(rate, budget.tokens + rate * std::chrono::duration<double>(now - budget.refilled).count());
+  }
+  budget.refilled = now;
+  if (budget.tokens < 1) return false;
+  budget.tokens -= 1;
+  return true;
+}
+
 void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
   if (frames.size() < 2) return;  // nothing but an identity: cannot even answer
   const std::string identity = wire::to_string(frames[0]);
@@ -547,7 +657,8 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       const std::uint64_t hash = submit.value().context_hash;
       const auto context = hash == 0 ? client.contexts.end() : client.contexts.find(hash);
       const bool context_missing = hash != 0 && context == client.contexts.end();
-      if (hash != 0 && !context_missing) ++context->second.live_chunks;
+      const auto over = over_quota(client, submit.value().job, static_cast<std::int64_t>(frames[3].size()));
+      if (hash != 0 && !context_missing && !over) ++context->second.live_chunks;
       const std::uint64_t ticket = next_ticket_++;
       const auto kind = scheduler_.kind(submit.value().task, submit.value().signature);
       client.jobs[submit.value().job].insert(ticket);
@@ -556,8 +667,26 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       chunk.header = std::move(submit.value());
       chunk.payload = std::move(frames[3]);
       chunk.kind = kind;
-      if (context_missing) {  // never sent, or freed after it went unused: the client sends it again
-        chunk.header.context_hash = 0;  // holds no reference
+      ++client.chunks;
+      client.chunk_bytes += static_cast<std::int64_t>(chunk.payload.size());
+      if (context_missing || over) chunk.header.context_hash = 0;  // holds no reference
+      if (over) return answer_with_error(ticket, over->code(), over->message());
+      if (context_missing) {
+        if (const auto refused = client.refused_contexts.find(hash); refused != client.refused_contexts.end()) {
+          return refused->second
+                     ? answer_with_error(ticket, ErrorCode::kInvalidArgument,
+                                         "the broadcast context is larger than the broker's per-client quota of " +
+                                             std::to_string(options_.max_client_context_bytes) +
+                                             " bytes (--max-client-context-bytes)")
+                     : answer_with_error(ticket, ErrorCode::kResourceExhausted,
+                                         "client " + client.host + " pid " + std::to_string(client.pid) +
+                                             " holds its quota of broadcast contexts at the broker (" +
+                                             std::to_string(client.contexts.size()) + " contexts, " +
+                                             std::to_string(client.context_bytes) +
+                                             " bytes; --max-client-contexts, --max-client-context-bytes); "
+                                             "send it again when earlier work is answered");
+        }
+        // Never sent, or freed after it went unused: the client sends it again.
         return answer_with_error(ticket, ErrorCode::kContextMissing,
                                  "the broker does not hold context " + std::to_string(hash) + "; send it again");
       }
@@ -582,9 +711,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       if (unknown_client()) return;
       ClientState& client = touch_client(identity);
       context_bytes_received_ += frames[3].size();
-      auto [entry, added] = client.contexts.try_emplace(context.value().hash);
-      if (added) entry->second.payload = std::move(frames[3]);
-      entry->second.idle_since = Clock::now();
+      keep_context(client, context.value().hash, frames[3]);
       return;
     }
     case Command::kCancel: {
@@ -603,6 +730,8 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
         // scheduler forgets the queued ones.
         abandon(ticket, chunk->second);
         release_context(client, chunk->second.header.context_hash);
+        --client.chunks;
+        client.chunk_bytes -= static_cast<std::int64_t>(chunk->second.payload.size());
         scheduler_.forget(ticket);
         over_budget_.erase(ticket);
         chunks_.erase(chunk);
@@ -696,6 +825,13 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
         (silent != silenced_.end() && silent->second.generation >= generation)) {
       log_->debug("ignored a stale READY (connection {}) from worker [{}]", generation, detail::short_id(instance));
       return;
+    }
+    if (const std::string key = key_name(frames[1]), peer = key.empty() ? peer_address(frames[1]) : "key " + key;
+        !ready_allowed(peer, now)) {
+      return refuse_peer(workers_, identity,
+                         "too many registrations from " + detail::printable(peer, 64) + " (more than " +
+                             std::to_string(options_.max_ready_per_second) +
+                             " per second, --max-ready-per-second); try again later");
     }
     if (!workers_by_id_.contains(identity) && !identity_by_instance_.contains(instance) &&
         workers_by_id_.size() >= options_.max_workers) {
@@ -818,8 +954,8 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   }
   if (outcome.code == ErrorCode::kOk) {
     ++chunks_done_;
-  } else {
-    ++chunks_failed_;
+  } else if (outcome.code != ErrorCode::kContextMissing && outcome.code != ErrorCode::kResourceExhausted) {
+    ++chunks_failed_;  // those two are sent again, not failed
   }
   const proto::ClientResult forward{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
                                     std::move(outcome), worker_count()};
@@ -887,7 +1023,7 @@ void Broker::Impl::answer_with_error(std::uint64_t ticket, ErrorCode code, const
   const auto now = Clock::now();
   auto level = spdlog::level::debug;
   if (code != ErrorCode::kContextMissing && now - last_refusal_logged_ >= options_.heartbeat_interval) {
-    level = spdlog::level::warn;
+    level = code == ErrorCode::kResourceExhausted ? spdlog::level::info : spdlog::level::warn;  // backpressure
     last_refusal_logged_ = now;
   }
   log_->log(level, "refused chunk {} of job {}: {}", chunk->second.header.chunk, chunk->second.header.job, message);
@@ -901,6 +1037,8 @@ void Broker::Impl::finish_chunk(std::uint64_t ticket) {
   const auto client = clients_by_id_.find(chunk->second.client);
   if (client != clients_by_id_.end()) {
     release_context(client->second, chunk->second.header.context_hash);
+    --client->second.chunks;
+    client->second.chunk_bytes -= static_cast<std::int64_t>(chunk->second.payload.size());
     const auto job = client->second.jobs.find(chunk->second.header.job);
     if (job != client->second.jobs.end()) {
       job->second.erase(ticket);
@@ -1152,9 +1290,13 @@ void Broker::Impl::heartbeat_tick() {
   for (const auto& id : gone) drop_client(id, "no heartbeat");
   for (auto& [id, client] : clients_by_id_) {
     std::erase_if(client.contexts, [&](const auto& entry) {
-      return entry.second.live_chunks == 0 && now - entry.second.idle_since >= expiry;
+      const bool unused = entry.second.live_chunks == 0 && now - entry.second.idle_since >= expiry;
+      if (unused) client.context_bytes -= static_cast<std::int64_t>(entry.second.payload.size());
+      return unused;
     });
   }
+  // A peer whose budget has filled up again needs no entry.
+  std::erase_if(ready_budgets_, [&](const auto& entry) { return now - entry.second.refilled >= std::chrono::seconds(1); });
 
   // Chunks no registered worker can run (the capable ones left, or never came) fail now.
   for (auto& [ticket, runnable] : scheduler_.take_unrunnable(now)) {

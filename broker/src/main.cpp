@@ -66,6 +66,28 @@ int main(int argc, char** argv) {
   app.add_option("--max-clients", options.max_clients, "most clients connected at once")
       ->default_val(1000)
       ->check(CLI::PositiveNumber);
+  app.add_option("--max-client-chunks", options.max_client_chunks,
+                 "per-client quota: chunks queued or running (more wait in the client)")
+      ->default_val(4096)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-client-bytes", options.max_client_bytes,
+                 "per-client quota: payload bytes of those chunks (a larger chunk fails)")
+      ->default_val(1LL << 30)
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 50));
+  app.add_option("--max-client-jobs", options.max_client_jobs, "per-client quota: jobs with a chunk queued or running")
+      ->default_val(1024)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-client-contexts", options.max_client_contexts, "per-client quota: broadcast contexts held")
+      ->default_val(64)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-client-context-bytes", options.max_client_context_bytes,
+                 "per-client quota: bytes of those contexts (a larger context fails)")
+      ->default_val(256LL << 20)
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 50));
+  app.add_option("--max-ready-per-second", options.max_ready_per_second,
+                 "worker registrations (READY) accepted per second from one address or key")
+      ->default_val(1000)
+      ->check(CLI::PositiveNumber);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   CLI11_PARSE(app, argc, argv);
   const bool curve = !options.curve_secret_file.empty();

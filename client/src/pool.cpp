@@ -161,6 +161,10 @@ class Pool::Impl {
   void finish(std::unique_ptr<Job> job, JobOutcome outcome);  // completes its Futures
   void check_deadlines();
   void send_chunks();
+  // Sends again chunks the broker had no room for (kResourceExhausted): one per chunk of ours
+  // answered since, so what we hold there stays at its quota, and one per heartbeat interval in
+  // any case (room also frees as contexts expire).
+  void send_deferred();
   void send_chunk(Job& job, std::size_t index);
   void send(std::vector<zmq::message_t>& frames);
   void open_socket();
@@ -197,6 +201,10 @@ class Pool::Impl {
   std::deque<std::uint64_t> send_order_;  // jobs with chunks left to send, round-robin
   std::deque<std::promise<Result<BrokerStatus>>> status_waiting_;
   std::size_t in_flight_ = 0;
+  std::deque<std::pair<std::uint64_t, std::size_t>> deferred_;  // (job, chunk) over the broker's quota
+  std::size_t room_ = 0;             // chunks of ours answered since the broker last said it had no room
+  Clock::time_point deferred_sent_;  // when a deferred chunk was last sent
+  bool quota_logged_ = false;        // said once per Pool that the broker applies backpressure
   Clock::time_point last_sent_;
   Clock::time_point last_heard_;
   // Broadcast contexts the broker has (as far as we know), by hash, with the session_ they were
@@ -539,6 +547,7 @@ void Pool::Impl::io_loop() {
     for (const auto& [id, job] : jobs_) {
       if (job->deadline) wake_at = std::min(wake_at, *job->deadline);
     }
+    if (!deferred_.empty()) wake_at = std::min(wake_at, deferred_sent_ + options_.heartbeat_interval);
     const auto wait = std::max(std::chrono::milliseconds(0),
                                std::chrono::ceil<std::chrono::milliseconds>(wake_at - Clock::now()));
     zmq::poll(items.data(), items.size(), wait);
@@ -612,6 +621,7 @@ void Pool::Impl::io_loop() {
       broker_lost_at_ = Clock::now();  // later calls get a full reconnect_timeout of their own
     }
     check_deadlines();
+    send_deferred();
     send_chunks();
     if (Clock::now() - last_sent_ >= options_.heartbeat_interval) {
       auto beat = wire::make_empty(Command::kHeartbeat);
@@ -648,6 +658,19 @@ void Pool::Impl::send_chunk(Job& job, std::size_t index) {
   frames.emplace_back();
   frames.back().copy(*payload);  // reference-counted: the payload stays here until answered
   send(frames);
+}
+
+void Pool::Impl::send_deferred() {
+  if (!session_welcomed_) return;
+  while (!deferred_.empty() && (room_ > 0 || Clock::now() - deferred_sent_ >= options_.heartbeat_interval)) {
+    if (room_ > 0) --room_;
+    deferred_sent_ = Clock::now();
+    const auto [id, index] = deferred_.front();
+    deferred_.pop_front();
+    const auto job = jobs_.find(id);
+    if (job == jobs_.end() || job->second->have[index]) continue;  // ended meanwhile
+    send_chunk(*job->second, index);
+  }
 }
 
 void Pool::Impl::send_chunks() {
@@ -687,6 +710,8 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       if (!session_welcomed_) {
         session_welcomed_ = true;
         if (broker_lost_at_) {
+          deferred_.clear();  // every unanswered chunk is sent again now
+          room_ = 0;
           std::size_t resent = 0;
           for (auto& [id, job] : jobs_) {
             for (std::size_t i = 0; i < job->next_to_send; ++i) {
@@ -789,6 +814,25 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   Job& job = *found->second;
   if (result.chunk >= job.chunks.size() || job.have[result.chunk]) return;  // duplicate
   const proto::Outcome& outcome = result.outcome;
+  if (outcome.code == ErrorCode::kResourceExhausted) {
+    // The broker holds as much of our work as its per-client quotas allow: keep this chunk (it
+    // still counts against our window) and send it again as room frees (send_deferred).
+    if (!quota_logged_) {
+      quota_logged_ = true;
+      log_->info("the broker at {} holds as much of this client's work as its quotas allow; sending the rest as "
+                 "earlier chunks are answered ({})",
+                 endpoint_, outcome.message);
+    }
+    if (job.context) {  // the broker did not keep the context either, perhaps: send it with the chunk
+      const auto sent = contexts_sent_.find(job.context_hash);
+      if (sent != contexts_sent_.end() && sent->second.at < job.submitted[result.chunk]) contexts_sent_.erase(sent);
+    }
+    if (deferred_.empty()) deferred_sent_ = Clock::now();
+    deferred_.emplace_back(result.job, static_cast<std::size_t>(result.chunk));
+    room_ = 0;
+    return;
+  }
+  ++room_;
   // The broker had freed the chunk's context (no chunk used it for a while): send both again, a
   // bounded number of times per job (twice per chunk), so a broker that keeps refusing cannot make
   // us loop: past that the job fails with kContextMissing.

@@ -27,6 +27,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::kInternal: return "internal";
     case ErrorCode::kDeadlineExceeded: return "deadline-exceeded";
     case ErrorCode::kContextMissing: return "context-missing";
+    case ErrorCode::kResourceExhausted: return "resource-exhausted";
   }
   return "unknown-error-code";
 }

@@ -226,6 +226,48 @@ TEST_CASE("Faults.Worker.DeadlineReplacesTheHungProcess" * doctest::timeout(60))
   check_hashes(pool.map(t::slow_hash, slow_items(50, 0), {.task_deadline = 300ms}), 50);
 }
 
+// A process that is gone or a zombie (its new parent may never reap it).
+bool running(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const auto after_name = line.rfind(')');
+  return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] != 'Z' &&
+         line[after_name + 2] != 'X';
+}
+
+TEST_CASE("Faults.Worker.HungChildOfAKilledSupervisorEndsItself" * doctest::timeout(90)) {
+  // The supervisor's death asks its child to stop (PR_SET_PDEATHSIG), which means finishing the
+  // running chunk; a hung chunk never finishes and no SIGKILL follows. The child must end itself
+  // after its stop timeout (10 s) and hand the chunk back.
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  const auto children = cluster.worker_pids();
+  REQUIRE(children.size() == 1);
+  auto hung = pool.map_async(t::hang_at_7, slow_items(8, 0), {.chunksize = 1});
+  // Items 0..6 are answered; item 7 runs for ever.
+  REQUIRE(t::eventually(
+      [&] {
+        const auto status = pool.status();
+        return status.chunks_done >= 7 && status.chunks_in_flight == 1;
+      },
+      20s));
+  REQUIRE(::kill(cluster.workers().pid(), SIGKILL) == 0);
+  REQUIRE(cluster.workers().wait(10s).has_value());
+  const auto killed_at = Clock::now();
+  CHECK(t::eventually([&] { return !running(children[0]); }, 10s + 20 * t::heartbeat()));
+  CHECK(Clock::now() - killed_at >= 9s);  // it did wait for its chunk first
+  CHECK(t::eventually(
+      [&] {
+        return cluster.broker().stderr_text().find("chunks handed back=1") != std::string::npos;
+      },
+      10s));
+  CHECK(cluster.workers().stderr_text().find("its chunk is still running; handing it back") != std::string::npos);
+  pool.terminate();
+  CHECK_THROWS_AS(hung.get(), poolmap::Error);
+}
+
 TEST_CASE("Faults.Broker.KilledAndRestartedMapCompletesExactlyOnce" * doctest::timeout(60)) {
   t::Cluster cluster({.workers = 2});
   poolmap::Pool pool(remote(cluster));

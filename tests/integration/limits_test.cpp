@@ -1,18 +1,26 @@
 // Bounded messages, end to end: every peer's --max-message-bytes (64 MiB by default; 1 MiB here)
 // is respected by the client, which splits chunks to fit and refuses, before sending anything,
 // an item that fits in no message; and by the worker, which fails a chunk whose results would not
-// fit instead of sending it (which would get it disconnected).
+// fit instead of sending it (which would get it disconnected). Bounded peers: the broker caps
+// workers, clients and registrations per address, and holds per-client quotas, against which the
+// Pool applies backpressure.
 #include <doctest/doctest.h>
 
+#include <future>
 #include <string>
 #include <vector>
+#include <zmq.hpp>
 
 #include "poolmap/poolmap.hpp"
+#include "poolmap/protocol.hpp"
 #include "process.hpp"
 #include "test_tasks.hpp"
+#include "wire.hpp"
 
 using namespace std::chrono_literals;
 namespace t = poolmap::test;
+namespace proto = poolmap::proto;
+namespace wire = poolmap::wire;
 
 namespace {
 
@@ -133,4 +141,127 @@ TEST_CASE("Limits.Peers.TheBrokerCapsWorkersAndClients" * doctest::timeout(60)) 
   CHECK(refused.find("--max-clients") != std::string::npos);
   CHECK(first.status().clients == 2);
   CHECK(first.map(t::square, std::vector<std::int64_t>{5}) == std::vector<std::int64_t>{25});
+}
+
+TEST_CASE("Limits.Peers.RegistrationChurnFromOneAddressIsRateLimited" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 1, .broker_args = {"--max-ready-per-second", "5"}});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  // 40 raw peers on 127.0.0.1 register at once, as a churning or hostile host would.
+  zmq::context_t context;
+  std::vector<zmq::socket_t> peers;
+  const auto started = std::chrono::steady_clock::now();
+  for (std::uint32_t i = 0; i < 40; ++i) {
+    zmq::socket_t& peer = peers.emplace_back(context, zmq::socket_type::dealer);
+    peer.set(zmq::sockopt::linger, 0);
+    peer.connect(cluster.worker_endpoint());
+    proto::Ready ready;
+    ready.host = "churn";
+    ready.pid = i + 1;
+    ready.instance = 1000 + i;
+    ready.generation = 1;
+    auto frames = wire::make(proto::Command::kReady, ready);
+    REQUIRE(wire::send(peer, frames, true));
+  }
+  // A refused peer hears ERROR naming the flag; a registered one hears a heartbeat.
+  std::size_t refused = 0;
+  std::size_t registered = 0;
+  for (auto& peer : peers) {
+    zmq::pollitem_t item{peer.handle(), 0, ZMQ_POLLIN, 0};
+    REQUIRE(zmq::poll(&item, 1, 10s) == 1);
+    auto frames = wire::receive(peer);
+    REQUIRE(frames.has_value());
+    const auto command = proto::parse_signature(wire::view(frames->at(0)));
+    REQUIRE(command);
+    if (command.value() == proto::Command::kError) {
+      const auto error = proto::decode<proto::ErrorReply>(wire::view(frames->at(1)));
+      REQUIRE(error);
+      CHECK(error.value().code == poolmap::ErrorCode::kUnavailable);
+      CHECK(error.value().message.find("--max-ready-per-second") != std::string::npos);
+      ++refused;
+    } else {
+      ++registered;
+    }
+  }
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  MESSAGE(registered << " of 40 registered, " << refused << " refused in " << elapsed << " s");
+  CHECK(registered + refused == 40);
+  // A burst of 5, then 5 per second.
+  CHECK(static_cast<double>(registered) <= 5 + 5 * elapsed + 1);
+  CHECK(refused > 0);
+  // The real worker still serves.
+  CHECK(pool.map(t::square, std::vector<std::int64_t>{1, 2, 3}) == std::vector<std::int64_t>{1, 4, 9});
+}
+
+TEST_CASE("Limits.Quotas.AClientOverItsQuotaWaitsInsteadOfFailing" * doctest::timeout(90)) {
+  t::Cluster cluster({.workers = 2, .broker_args = {"--max-client-chunks", "4", "--max-client-jobs", "3"}});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  // 300 one-item chunks against a quota of 4 at the broker: the Pool holds the rest back.
+  std::vector<std::int64_t> items(300);
+  for (std::size_t i = 0; i < items.size(); ++i) items[i] = static_cast<std::int64_t>(i);
+  const auto squares = pool.map(t::square, items, {.chunksize = 1});
+  REQUIRE(squares.size() == items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) CHECK(squares[i] == items[i] * items[i]);
+  // 20 jobs at once against a quota of 3 jobs.
+  std::vector<poolmap::Future<std::int64_t>> futures;
+  for (std::int64_t i = 0; i < 20; ++i) futures.push_back(pool.submit(t::square, i));
+  for (std::int64_t i = 0; i < 20; ++i) CHECK(futures[static_cast<std::size_t>(i)].get() == i * i);
+  const auto status = pool.status();
+  CHECK(status.chunks_failed == 0);  // held back, never failed
+  CHECK(status.chunks_done == 320);
+  CHECK(cluster.broker().stderr_text().find("--max-client-chunks 4") != std::string::npos);
+}
+
+TEST_CASE("Limits.Quotas.ContextsBeyondTheQuotaWaitTheirTurn" * doctest::timeout(90)) {
+  t::Cluster cluster({.workers = 2,
+                      .broker_args = {"--max-client-contexts", "1", "--max-client-context-bytes", "100000"}});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  // Three maps, each with its own context, at once: the broker keeps one context at a time.
+  std::vector<std::vector<std::uint8_t>> tables;
+  for (int k = 0; k < 3; ++k) {
+    auto& table = tables.emplace_back(10'000);
+    for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<std::uint8_t>((i * (k + 3)) % 251);
+  }
+  std::vector<std::int64_t> indices(60);
+  for (std::size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<std::int64_t>(i * 97);
+  std::vector<poolmap::Future<std::vector<std::uint8_t>>> maps;
+  for (const auto& table : tables) maps.push_back(pool.map_async(t::lookup.with(table), indices, {.chunksize = 1}));
+  for (std::size_t k = 0; k < maps.size(); ++k) {
+    const auto values = maps[k].get();
+    REQUIRE(values.size() == indices.size());
+    for (std::size_t i = 0; i < indices.size(); ++i) {
+      CHECK(values[i] == tables[k][static_cast<std::size_t>(indices[i]) % tables[k].size()]);
+    }
+  }
+  CHECK(pool.status().context_bytes_held <= 100000);
+  // A context larger than the whole quota can never be kept: the map fails and says which flag.
+  const std::vector<std::uint8_t> huge(200'000, 7);
+  try {
+    (void)pool.map(t::lookup.with(huge), std::vector<std::int64_t>{1, 2});
+    FAIL("a context over the quota was accepted");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kInvalidArgument);
+    CHECK(std::string(e.what()).find("--max-client-context-bytes") != std::string::npos);
+  }
+}
+
+TEST_CASE("Limits.Quotas.AChunkLargerThanTheByteQuotaFailsAndSaysWhy" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 1, .broker_args = {"--max-client-bytes", "100000"}});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  const std::string big(200'000, 'a');
+  try {
+    (void)pool.map(t::shout, std::vector<std::string>{big});
+    FAIL("a chunk over the byte quota was accepted");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kInvalidArgument);
+    CHECK(std::string(e.what()).find("--max-client-bytes") != std::string::npos);
+  }
+  // Items that fit go through, held back where they exceed the quota together.
+  std::vector<std::string> items(20, std::string(30'000, 'b'));
+  const auto shouted = pool.map(t::shout, items, {.chunksize = 1});
+  REQUIRE(shouted.size() == items.size());
+  for (const auto& s : shouted) CHECK(s == expected_shout(items[0]));
 }

@@ -438,3 +438,50 @@ TEST_CASE("Security.Broker.AForgedOneGibibyteFrameCostsTheBrokerNothing" * docte
   CHECK(pool.map(t::square, std::vector<std::int64_t>{3, 4}) == std::vector<std::int64_t>{9, 16});
   CHECK(pool.status().bad_messages == 1);
 }
+
+TEST_CASE("Security.Broker.HoardedContextsStayWithinTheClientQuota" * doctest::timeout(60)) {
+  // A client that sends broadcast contexts and never uses them. Unused contexts are freed after a
+  // liveness period anyway; the heartbeat here is long (2 s, so 6 s) so that what bounds the
+  // broker's memory in this test is the per-client quota alone.
+  constexpr std::int64_t kQuota = 16 << 20;
+  constexpr std::size_t kContext = 4 << 20;
+  constexpr int kContexts = 40;  // 160 MiB offered
+  t::Cluster cluster(
+      {.workers = 1, .heartbeat_ms = 2000, .broker_args = {"--max-client-context-bytes", std::to_string(kQuota)}});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = 2000ms});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  const std::uint64_t before = resident_bytes(cluster.broker().pid());
+  REQUIRE(before > 0);
+  zmq::context_t context;
+  zmq::socket_t hoarder(context, zmq::socket_type::dealer);
+  hoarder.set(zmq::sockopt::linger, 0);
+  hoarder.connect(cluster.client_endpoint());
+  auto hello = wire::make(proto::Command::kHello, proto::Hello{"hoarder", 1});
+  REQUIRE(wire::send(hoarder, hello, true));
+  zmq::pollitem_t item{hoarder.handle(), 0, ZMQ_POLLIN, 0};
+  REQUIRE(zmq::poll(&item, 1, 10s) == 1);  // WELCOME
+  const std::string payload(kContext, 'h');
+  std::uint64_t peak = before;
+  for (int i = 0; i < kContexts; ++i) {
+    auto frames = wire::make(proto::Command::kContext, proto::ContextHeader{static_cast<std::uint64_t>(i + 1)});
+    frames.emplace_back(payload.data(), payload.size());
+    REQUIRE(wire::send(hoarder, frames, true));
+    peak = std::max(peak, resident_bytes(cluster.broker().pid()));
+  }
+  // The broker read every byte offered and kept no more than the quota.
+  poolmap::BrokerStatus status;
+  REQUIRE(t::eventually(
+      [&] {
+        peak = std::max(peak, resident_bytes(cluster.broker().pid()));
+        status = pool.status();
+        return status.context_bytes_received == kContexts * kContext;
+      },
+      20s));
+  peak = std::max(peak, resident_bytes(cluster.broker().pid()));
+  MESSAGE("offered " << kContexts * kContext / (1 << 20) << " MiB; broker holds " << status.context_bytes_held
+                     << " bytes; RSS before " << before / 1024 << " KiB, peak " << peak / 1024 << " KiB");
+  CHECK(status.context_bytes_held <= static_cast<std::uint64_t>(kQuota));
+  CHECK(peak - before < static_cast<std::uint64_t>(kQuota) + (32ULL << 20));
+  // The good client is served meanwhile.
+  CHECK(pool.map(t::square, std::vector<std::int64_t>{3, 4}) == std::vector<std::int64_t>{9, 16});
+}

@@ -55,8 +55,9 @@ class WorkerProcess::Impl {
       tasks_announced_.push_back({name, detail::TaskRegistry::instance().find(name)->signature()});
     }
     if (options_.broker.empty()) throw Error(ErrorCode::kInvalidArgument, "worker: no broker endpoint given");
-    if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1) {
-      throw Error(ErrorCode::kInvalidArgument, "worker: heartbeat interval and liveness must be positive");
+    if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 || options_.stop_timeout.count() < 0) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "worker: heartbeat interval and liveness must be positive, stop_timeout not negative");
     }
     if (options_.prefetch > kMaxPrefetch) {
       throw Error(ErrorCode::kInvalidArgument, "worker: prefetch must be at most " + std::to_string(kMaxPrefetch));
@@ -116,6 +117,9 @@ class WorkerProcess::Impl {
   // credit); the running one gets the grace to finish, then enforce_abandon() ends the process.
   void on_abandon(const proto::Abandon& abandon);
   void enforce_abandon(zmq::socket_t& socket);
+  // Called by the I/O thread while stopping with a chunk running: past stop_timeout, says goodbye
+  // (the broker hands the chunk to another worker without penalty) and ends the process.
+  void enforce_stop_timeout(zmq::socket_t& socket);
   // Answers `ticket` with `outcome`, says goodbye and ends the process with the deadline exit code
   // (its supervisor starts a fresh one at once and does not count a crash).
   [[noreturn]] void end_process(zmq::socket_t& socket, std::uint64_t ticket, proto::Outcome outcome);
@@ -154,6 +158,7 @@ class WorkerProcess::Impl {
     Clock::time_point deadline;
   };
   std::optional<Abandoned> abandoned_;  // I/O thread: the running chunk nobody waits for
+  std::optional<Clock::time_point> stop_seen_;  // I/O thread: when it first saw stop() with a chunk running
 
   detail::ProgressSlot progress_ = detail::ProgressSlot::inherited();  // tells the supervisor what runs
   std::atomic<std::uint64_t> items_started_{0};  // written by the task thread, watched by the I/O thread
@@ -218,6 +223,11 @@ void WorkerProcess::Impl::io_loop() {
       wait = std::min(wait, std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(
                                                                        abandoned_->deadline - Clock::now())));
     }
+    if (stop_seen_) {
+      wait = std::min(wait, std::max(std::chrono::milliseconds(0),
+                                     std::chrono::ceil<std::chrono::milliseconds>(*stop_seen_ + options_.stop_timeout -
+                                                                                  Clock::now())));
+    }
     zmq::poll(items.data(), items.size(), wait);
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
       // ZeroMQ retries by itself (a broker may admit the key after a SIGHUP); say why once.
@@ -254,6 +264,7 @@ void WorkerProcess::Impl::io_loop() {
       (void)wire::send(socket, bye, true);
       return;
     }
+    if (stopping) enforce_stop_timeout(socket);
     enforce_deadline(socket);
     enforce_abandon(socket);
 
@@ -409,6 +420,25 @@ void WorkerProcess::Impl::enforce_abandon(zmq::socket_t& socket) {
              host_, pid_, detail::short_id(instance_));
   end_process(socket, abandoned_->ticket,
               proto::Outcome{ErrorCode::kCancelled, 0, {}, "abandoned by its client", host_, pid_});
+}
+
+void WorkerProcess::Impl::enforce_stop_timeout(zmq::socket_t& socket) {
+  const auto now = Clock::now();
+  if (!stop_seen_) {
+    stop_seen_ = now;
+    return;
+  }
+  if (now - *stop_seen_ < options_.stop_timeout) return;
+  log_->warn("worker {} pid {} [{}]: asked to stop {} ms ago and its chunk is still running; handing it back and "
+             "ending this process",
+             host_, pid_, detail::short_id(instance_),
+             std::chrono::duration_cast<std::chrono::milliseconds>(now - *stop_seen_).count());
+  auto bye = wire::make_empty(Command::kDisconnect);
+  (void)wire::send(socket, bye, true);
+  socket.close();                       // lingers until the goodbye is out (bounded)
+  handshakes_.reset();                  // its monitor socket would keep the context open
+  options_.context.impl().zmq.close();  // waits for that
+  std::_Exit(detail::kDeadlineExitCode);
 }
 
 WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task) {

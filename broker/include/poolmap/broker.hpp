@@ -65,6 +65,23 @@ struct BrokerOptions {
   // with ERROR kUnavailable and leaves no state. Default: 10000 workers, 1000 clients.
   std::size_t max_workers = 10000;
   std::size_t max_clients = 1000;
+  // Per-client quotas: what one client may hold at the broker at once. A chunk (or job, or
+  // broadcast context) beyond them is answered kResourceExhausted and its Pool sends it again as
+  // its earlier chunks are answered (backpressure); one that could never fit (a chunk larger than
+  // max_client_bytes, a context larger than max_client_context_bytes) fails with kInvalidArgument.
+  // A context no chunk uses is freed a liveness period after its last chunk, or at once when the
+  // client needs room for another. The defaults leave a Pool with its default window
+  // (max_chunks_in_flight 512) room to spare: 4096 chunks, 1 GiB of chunk payload, 1024 jobs,
+  // 64 contexts, 256 MiB of contexts.
+  std::size_t max_client_chunks = 4096;  // queued or running
+  std::int64_t max_client_bytes = 1LL << 30;
+  std::size_t max_client_jobs = 1024;  // with a chunk queued or running
+  std::size_t max_client_contexts = 64;
+  std::int64_t max_client_context_bytes = 256LL << 20;
+  // READY messages accepted per second from one peer (its IP address, or its CURVE key), with a
+  // burst of the same size; more are answered ERROR kUnavailable and register nothing (the worker
+  // tries again a heartbeat later). Bounds registration churn. Default: 1000.
+  std::uint32_t max_ready_per_second = 1000;
   // CURVE: the broker's secret key file (`poolmap keygen`), and the directories of *.pub files
   // allowed to connect as clients and as workers. All three or none. Default: none (no CURVE).
   std::filesystem::path curve_secret_file{};

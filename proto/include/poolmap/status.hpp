@@ -32,6 +32,7 @@ enum class ErrorCode : std::uint8_t {
   kInternal = 11,          // a bug or an environment failure (bind, spawn)
   kDeadlineExceeded = 12,  // the work did not finish in time
   kContextMissing = 13,    // a worker no longer has a chunk's broadcast context (broker-internal)
+  kResourceExhausted = 14, // over a per-client quota at the broker now; send it again later
 };
 
 // A readable name for an error code, e.g. "unknown-task". Never empty.

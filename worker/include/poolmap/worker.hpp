@@ -54,6 +54,10 @@ struct WorkerOptions {
   // Both or neither. Default: none (the broker must then be on loopback or --insecure).
   std::filesystem::path curve_secret_file{};
   std::filesystem::path broker_key_file{};
+  // After stop(), how long the running chunk may still take. Past it the process says goodbye
+  // (the broker gives the chunk to another worker without counting it against the chunk) and
+  // ends at once, so a hung task cannot keep a process alive whose supervisor is gone. Default: 10 s.
+  std::chrono::milliseconds stop_timeout{10000};
 };
 
 class WorkerProcess {
@@ -68,7 +72,8 @@ class WorkerProcess {
   // Runs the POOLMAP_WORKER_INIT initializers, connects, registers and runs tasks until stop() or
   // max_tasks_per_child. The calling thread runs the tasks. Throws what an initializer throws.
   void run();
-  // Makes run() return after the task in progress, if any. Thread-safe.
+  // Makes run() return after the task in progress, if any; if that task is still running after
+  // stop_timeout, ends the process (exit code 75) without waiting for it. Thread-safe.
   void stop() noexcept;
 
  private:
