@@ -231,6 +231,8 @@ TEST_CASE("Security.Curve.StrangersGetNothingInWhileAGoodClientWorks" * doctest:
   attacking = false;
   good_client.join();
 
+  MESSAGE("good client during the attacks: " << maps_ok.load() << " maps right, " << maps_failed.load()
+                                              << " wrong or failed; " << strangers.size() << " strangers");
   // Nothing registered, nothing delivered: the broker never even saw a message from them.
   const auto status = pool.status();
   CHECK(status.workers.size() == 2);
@@ -240,6 +242,113 @@ TEST_CASE("Security.Curve.StrangersGetNothingInWhileAGoodClientWorks" * doctest:
   CHECK(maps_ok.load() >= 1);
   CHECK(maps_failed.load() == 0);
   CHECK(cluster.broker().stderr_text().find("refused") != std::string::npos);
+}
+
+TEST_CASE("Security.Curve.AnAdmittedWorkerCannotSpoofExitsDeliverLiesOrForgeLogLines" * doctest::timeout(120)) {
+  // The insider holds an allowed worker key (node2) but is none of the running workers (node1).
+  Keys keys;
+  const auto node2 = poolmap::generate_curve_keypair();
+  poolmap::write_curve_keypair(keys.dir / "workers" / "node2", node2);
+  t::Cluster cluster({.workers = 2, .broker_args = keys.broker_args(), .worker_args = keys.worker_args()});
+  poolmap::Pool pool(keys.alice(cluster));
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  const auto honest = pool.status().workers;
+  REQUIRE(honest.size() == 2);
+
+  std::atomic<bool> attacking{true};
+  std::atomic<int> maps_ok{0};
+  std::atomic<int> maps_failed{0};
+  std::thread good_client([&] {
+    const auto items = iota(200);
+    while (attacking.load()) {
+      try {
+        const auto squares = pool.map(t::square, items, {.chunksize = 10});
+        bool right = squares.size() == items.size();
+        for (std::size_t i = 0; right && i < items.size(); ++i) right = squares[i] == items[i] * items[i];
+        (right ? maps_ok : maps_failed)++;
+      } catch (const std::exception&) {
+        ++maps_failed;
+      }
+    }
+  });
+
+  zmq::context_t context;
+  zmq::socket_t insider(context, zmq::socket_type::dealer);
+  insider.set(zmq::sockopt::linger, 0);
+  insider.set(zmq::sockopt::curve_serverkey, poolmap::read_curve_public_file(keys.dir / "broker.pub"));
+  insider.set(zmq::sockopt::curve_publickey, node2.public_key);
+  insider.set(zmq::sockopt::curve_secretkey, node2.secret_key);
+  insider.connect(cluster.worker_endpoint());
+  // 1. Exit reports for the honest workers: with a made-up supervisor id, then with the real one
+  //    (which `poolmap status` shows), over the insider's own connection.
+  for (const auto& worker : honest) {
+    for (const std::uint64_t supervisor : {std::uint64_t{0x5eed}, worker.supervisor}) {
+      auto frames = wire::make(proto::Command::kWorkerExited,
+                               proto::WorkerExited{worker.host, worker.pid, worker.instance, supervisor, true,
+                                                   "signal 9 (Killed)", 0});
+      REQUIRE(wire::send(insider, frames, false));
+    }
+  }
+  REQUIRE(t::eventually(
+      [&] {
+        const std::string log = cluster.broker().stderr_text();
+        std::size_t ignored = 0;
+        for (auto at = log.find("ignored an exit report"); at != std::string::npos; at = log.find("ignored an exit report", at + 1)) {
+          ++ignored;
+        }
+        return ignored == 4;
+      },
+      20s));
+  // 2. It registers under a host name that carries a forged log line, and answers the first chunk
+  //    it is sent with one result too many.
+  const std::string forged = "2026-01-01T00:00:00.000 critical poolmap.broker[1] forged";
+  const proto::Ready ready{"evil\n" + forged, 4242, 4, 0x1dea, 0, {{"test.square", "i64(i64)"}}, 1};
+  auto register_frames = wire::make(proto::Command::kReady, ready);
+  REQUIRE(wire::send(insider, register_frames, false));
+  std::optional<proto::TaskHeader> task;
+  zmq::pollitem_t item{insider.handle(), 0, ZMQ_POLLIN, 0};
+  const auto give_up = std::chrono::steady_clock::now() + 30s;
+  while (!task && std::chrono::steady_clock::now() < give_up && zmq::poll(&item, 1, 1s) >= 0) {
+    while (auto frames = wire::receive(insider)) {
+      if (frames->size() < 3) continue;
+      const auto command = proto::parse_signature(wire::view(frames->at(0)));
+      if (!command || command.value() != proto::Command::kTask) continue;
+      auto header = proto::decode<proto::TaskHeader>(wire::view(frames->at(1)));
+      if (header) task = header.value();
+      break;
+    }
+  }
+  REQUIRE(task.has_value());
+  poolmap::Bytes lies;
+  {
+    poolmap::OutputArchive archive(lies);
+    for (std::uint32_t i = 0; i <= task->count; ++i) archive(std::int64_t{999});
+  }
+  proto::WorkerResult result;
+  result.ticket = task->ticket;
+  result.instance = 0x1dea;
+  result.count = task->count + 1;
+  auto answer = wire::make(proto::Command::kWorkerResult, result);
+  answer.emplace_back(lies.data(), lies.size());
+  REQUIRE(wire::send(insider, answer, false));
+  REQUIRE(t::eventually(
+      [&] { return cluster.broker().stderr_text().find("results for a chunk of") != std::string::npos; }, 20s));
+  // A few more maps after the attacks, then stop.
+  const int after = maps_ok.load();
+  CHECK(t::eventually([&] { return maps_ok.load() >= after + 2; }, 30s));
+  attacking = false;
+  good_client.join();
+
+  MESSAGE("good client during the attacks: " << maps_ok.load() << " maps right, " << maps_failed.load()
+                                              << " wrong or failed");
+  CHECK(maps_failed.load() == 0);
+  // The honest workers are still the ones registered: no exit report was taken.
+  const auto now = pool.status().workers;
+  REQUIRE(now.size() == 2);
+  for (std::size_t i = 0; i < now.size(); ++i) CHECK(now[i].instance == honest[i].instance);
+  const std::string log = cluster.broker().stderr_text();
+  CHECK(log.find("\n" + forged) == std::string::npos);  // no line starts with the forgery
+  CHECK(log.find("evil\\x0a2026") != std::string::npos);  // shown escaped
 }
 
 TEST_CASE("Security.Curve.SighupPicksUpANewClientKey" * doctest::timeout(60)) {
