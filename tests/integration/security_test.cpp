@@ -590,7 +590,12 @@ TEST_CASE("Security.Broker.HoardedContextsStayWithinTheClientQuota" * doctest::t
   MESSAGE("offered " << kContexts * kContext / (1 << 20) << " MiB; broker holds " << status.context_bytes_held
                      << " bytes; RSS before " << before / 1024 << " KiB, peak " << peak / 1024 << " KiB");
   CHECK(status.context_bytes_held <= static_cast<std::uint64_t>(kQuota));
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps freed memory in quarantine: the refused contexts stay in RSS under it.
+  MESSAGE("RSS check skipped under AddressSanitizer (freed memory stays in its quarantine)");
+#else
   CHECK(peak - before < static_cast<std::uint64_t>(kQuota) + (32ULL << 20));
+#endif
   // The good client is served meanwhile.
   CHECK(pool.map(t::square, std::vector<std::int64_t>{3, 4}) == std::vector<std::int64_t>{9, 16});
 }
