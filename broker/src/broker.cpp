@@ -62,6 +62,19 @@ class LogThrottle {
 
 const char* plural(std::uint64_t n) { return n == 1 ? "" : "s"; }
 
+// What a peer that connected to the wrong endpoint is told (the likely mistake, in its words).
+constexpr std::string_view kWorkerEndpointMistake =
+    "this is the poolmap broker's worker endpoint (poolmap-broker --workers, port 5556 by default); clients "
+    "connect to its client endpoint (--clients, port 5555 by default)";
+constexpr std::string_view kClientEndpointMistake =
+    "this is the poolmap broker's client endpoint (poolmap-broker --clients, port 5555 by default); workers "
+    "connect to its worker endpoint (--workers, port 5556 by default)";
+
+bool is_client_command(Command command) {
+  return command == Command::kHello || command == Command::kSubmit || command == Command::kCancel ||
+         command == Command::kStatusRequest || command == Command::kContext;
+}
+
 // The address of the peer a message came from ("" where the transport has none).
 std::string peer_address(zmq::message_t& frame) {
   const char* address = zmq_msg_gets(frame.handle(), "Peer-Address");
@@ -759,6 +772,12 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
     case Command::kDisconnect:
       drop_client(identity, "said goodbye");
       return;
+    case Command::kReady:
+    case Command::kWorkerResult:
+    case Command::kWorkerExited:
+      reply_error(clients_, identity,
+                  Status(ErrorCode::kUnknownCommand, std::string(kClientEndpointMistake)));
+      return;
     default:
       reply_error(clients_, identity,
                   Status(ErrorCode::kUnknownCommand,
@@ -878,6 +897,9 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
         refund(result.value().instance, "answered");
         accept_late_result(result.value(), frames[3]);
       }
+    }
+    if (is_client_command(command.value())) {  // a client pointed at the worker endpoint
+      return reply_error(workers_, identity, Status(ErrorCode::kUnknownCommand, std::string(kWorkerEndpointMistake)));
     }
     if (command.value() != Command::kDisconnect) {
       // A worker we do not know (we restarted, or we declared it lost): ask it to register again.
@@ -1257,20 +1279,16 @@ void Broker::Impl::dispatch() {
 void Broker::Impl::heartbeat_tick() {
   const auto now = Clock::now();
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
-  std::vector<std::string> lost;
+  std::vector<std::pair<std::string, std::string>> lost;  // identity, cause
   for (auto& [id, worker] : workers_by_id_) {
     if (now - worker.last_heard > expiry) {
-      lost.push_back(id);
+      lost.emplace_back(id, "no heartbeat for " + std::to_string(since(worker.last_heard, now).count()) + " ms");
     } else if (now - worker.last_sent >= options_.heartbeat_interval) {
       auto frames = wire::make_empty(Command::kHeartbeat);
-      if (!send_to_worker(worker, frames)) lost.push_back(id);
+      if (!send_to_worker(worker, frames)) lost.emplace_back(id, "unreachable (its connection is gone)");
     }
   }
-  for (const auto& id : lost) {
-    const auto found = workers_by_id_.find(id);
-    const auto silent = found == workers_by_id_.end() ? std::chrono::milliseconds(0) : since(found->second.last_heard, now);
-    lose_worker(id, "no heartbeat for " + std::to_string(silent.count()) + " ms", Loss::kLost);
-  }
+  for (const auto& [id, cause] : lost) lose_worker(id, cause, Loss::kLost);
   // A client holds no chunk that anyone waits for, and its heartbeats queue behind the large
   // messages it sends (a 50 MB context on a loaded host takes a while): give it four times as long.
   const auto client_expiry = 4 * expiry;

@@ -205,6 +205,8 @@ class Pool::Impl {
   std::size_t room_ = 0;             // chunks of ours answered since the broker last said it had no room
   Clock::time_point deferred_sent_;  // when a deferred chunk was last sent
   bool quota_logged_ = false;        // said once per Pool that the broker applies backpressure
+  bool ever_welcomed_ = false;       // a broker has answered this Pool at least once
+  bool unanswered_logged_ = false;   // warned that no broker answers at the endpoint
   Clock::time_point last_sent_;
   Clock::time_point last_heard_;
   // Broadcast contexts the broker has (as far as we know), by hash, with the session_ they were
@@ -388,7 +390,8 @@ void Pool::Impl::lost_broker(const std::string& why) {
   // before the loss, once after) still reaches the caller once.
   if (!broker_lost_at_) {
     broker_lost_at_ = Clock::now();
-    log_->warn("lost the broker at {} ({}); reconnecting", endpoint_, why);
+    // A broker never reached was not lost: the "no answer" warning has said so already.
+    if (ever_welcomed_) log_->warn("lost the broker at {} ({}); reconnecting", endpoint_, why);
   }
   open_socket();
 }
@@ -608,6 +611,12 @@ void Pool::Impl::io_loop() {
     }
     const bool waiting = !jobs_.empty() || !status_waiting_.empty();
     const auto silent = Clock::now() - last_heard_;
+    if (!ever_welcomed_ && !unanswered_logged_ && silent > options_.heartbeat_interval) {
+      unanswered_logged_ = true;
+      log_->warn("no answer from a poolmap broker at {} after {} ms: is one running there, and is this its client "
+                 "endpoint (poolmap-broker --clients, port 5555 by default)? Still trying",
+                 endpoint_, std::chrono::duration_cast<std::chrono::milliseconds>(silent).count());
+    }
     if (waiting && silent > options_.heartbeat_interval * options_.heartbeat_liveness) {
       lost_broker("no word for " + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()) +
                   " ms");
@@ -707,6 +716,7 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
         refused_.reset();
       }
       changed_.notify_all();
+      ever_welcomed_ = true;
       if (!session_welcomed_) {
         session_welcomed_ = true;
         if (broker_lost_at_) {
@@ -781,9 +791,9 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
     case Command::kError: {
       auto error = proto::decode<proto::ErrorReply>(header);
       const std::string text = error ? error.value().message : "unreadable error";
-      log_->error("the broker refused a message: {}", text);
+      log_->error("the poolmap broker at {} refused a message: {}", endpoint_, text);
       const Status refused(error ? error.value().code : ErrorCode::kMalformed,
-                           "the poolmap broker refused a request: " + text);
+                           "the poolmap broker at " + endpoint_ + " refused this client: " + text);
       if (!session_welcomed_) {  // it refused our HELLO (e.g. --max-clients): calls fail now, not at start_timeout
         {
           std::lock_guard lock(mutex_);

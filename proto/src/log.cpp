@@ -11,6 +11,8 @@ namespace poolmap::detail {
 
 namespace {
 std::atomic<bool> program_configured{false};
+// "2026-12-02T11:10:20.256 info poolmap.broker[9609] broker serving ...", for daemons and library.
+constexpr const char* kLinePattern = "%Y-%m-%dT%H:%M:%S.%e %^%l%$ %n[%P] %v";
 }  // namespace
 
 std::shared_ptr<spdlog::logger> logger(const std::string& name) {
@@ -27,6 +29,7 @@ std::shared_ptr<spdlog::logger> logger(const std::string& name) {
     // The library inside a user's program: stderr, warnings and up, unless POOLMAP_LOG_LEVEL says.
     created = std::make_shared<spdlog::logger>(name, std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
     spdlog::initialize_logger(created);
+    created->set_pattern(kLinePattern);  // the daemons' shape, pid included
     const char* level = std::getenv("POOLMAP_LOG_LEVEL");
     created->set_level(level != nullptr ? spdlog::level::from_str(level) : spdlog::level::warn);
   }
@@ -39,7 +42,7 @@ bool configure_program_logging(const std::string& level, const std::string& prog
   program_configured.store(true);
   auto stderr_logger = spdlog::stderr_color_mt(program);
   spdlog::set_default_logger(stderr_logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %n[%P] %v");
+  spdlog::set_pattern(kLinePattern);
   spdlog::set_level(parsed);
   return true;
 }

@@ -1,8 +1,12 @@
 // The daemons as an operator sees them: supervision, liveness, signals, bad input, the CLI.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <numeric>
@@ -476,4 +480,89 @@ TEST_CASE("Daemons.Broker.ALateReadyFromAnOlderConnectionIsIgnored" * doctest::t
   REQUIRE(task.has_value());
   CHECK(pool.status().workers.size() == 1);
   squares.cancel();
+}
+
+namespace {
+
+// A loopback port nothing listens on: bound (so nobody else takes it) but not listening, so a
+// connection to it is refused. Closed with the object.
+class RefusingPort {
+ public:
+  RefusingPort() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    REQUIRE(fd_ >= 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+    socklen_t length = sizeof(address);
+    REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length) == 0);
+    endpoint_ = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+  }
+  ~RefusingPort() { ::close(fd_); }
+  RefusingPort(const RefusingPort&) = delete;
+  RefusingPort& operator=(const RefusingPort&) = delete;
+  const std::string& endpoint() const { return endpoint_; }
+
+ private:
+  int fd_;
+  std::string endpoint_;
+};
+
+std::size_t occurrences(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("Daemons.Endpoints.AClientOnTheWorkerEndpointIsToldAtOnce" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool({.broker = cluster.worker_endpoint(), .heartbeat_interval = t::heartbeat()});
+  const auto started = std::chrono::steady_clock::now();
+  std::string message;
+  try {
+    (void)pool.map(t::square, std::vector<std::int64_t>{1, 2});
+  } catch (const poolmap::Error& e) {
+    message = e.what();
+  }
+  INFO(message);
+  CHECK(message.find("this is the poolmap broker's worker endpoint") != std::string::npos);
+  CHECK(message.find("client endpoint (--clients") != std::string::npos);
+  // At once: well before the 30 s start timeout.
+  CHECK(std::chrono::steady_clock::now() - started < 10s);
+}
+
+TEST_CASE("Daemons.Endpoints.AWorkerOnTheClientEndpointSaysWhyOnce" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 0});
+  t::ChildProcess worker({t::worker_binary(), "--broker", cluster.client_endpoint(), "-n", "1", "--tasks",
+                          t::test_tasks_library(), "--heartbeat-ms", std::to_string(t::heartbeat().count())});
+  const std::string why = "this is the poolmap broker's client endpoint";
+  REQUIRE(t::eventually([&] { return worker.stderr_text().find(why) != std::string::npos; }, 20s));
+  // It keeps trying (the operator may fix the broker), but says it once, not every heartbeat.
+  poolmap::Pool observer({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  const auto bad_before = observer.status().bad_messages;
+  REQUIRE(t::eventually([&] { return observer.status().bad_messages >= bad_before + 3; }, 20s + 20 * t::heartbeat()));
+  const std::string log = worker.stderr_text();
+  CHECK(occurrences(log, why) == 1);
+  CHECK(occurrences(log, "register again") == 0);
+}
+
+TEST_CASE("Daemons.Endpoints.NothingListeningIsSaidBeforeTheTimeout" * doctest::timeout(60)) {
+  RefusingPort nobody;
+  t::ChildProcess cli({t::cli_binary(), "status", "--broker", nobody.endpoint(), "--timeout-ms", "4000"});
+  (void)cli.read_all(20s);
+  const auto status = cli.wait(20s);
+  REQUIRE(status.has_value());
+  CHECK(WEXITSTATUS(*status) != 0);
+  const std::string log = cli.stderr_text();
+  INFO(log);
+  const auto warned = log.find("no answer from a poolmap broker at " + nobody.endpoint());
+  const auto gave_up = log.find("no status from the poolmap broker");
+  CHECK(warned != std::string::npos);
+  CHECK(gave_up != std::string::npos);
+  CHECK(warned < gave_up);
+  CHECK(log.find("lost the broker") == std::string::npos);  // it never had one
+  // The library's log lines have the daemons' shape: time, level, logger[pid].
+  CHECK(log.find(" warning poolmap.client[" + std::to_string(cli.pid()) + "] no answer") != std::string::npos);
 }

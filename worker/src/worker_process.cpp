@@ -158,7 +158,9 @@ class WorkerProcess::Impl {
     Clock::time_point deadline;
   };
   std::optional<Abandoned> abandoned_;  // I/O thread: the running chunk nobody waits for
-  std::optional<Clock::time_point> stop_seen_;  // I/O thread: when it first saw stop() with a chunk running
+  std::optional<Clock::time_point> stop_seen_;
+  std::optional<Clock::time_point> lost_since_;  // I/O thread: last heard from a broker it then lost
+  std::string last_refusal_;                     // I/O thread: the broker's last ERROR, logged once  // I/O thread: when it first saw stop() with a chunk running
 
   detail::ProgressSlot progress_ = detail::ProgressSlot::inherited();  // tells the supervisor what runs
   std::atomic<std::uint64_t> items_started_{0};  // written by the task thread, watched by the I/O thread
@@ -272,6 +274,12 @@ void WorkerProcess::Impl::io_loop() {
     while (auto frames = wire::receive(socket)) {
       last_heard = Clock::now();
       heard = true;
+      if (lost_since_) {
+        log_->info("worker {} pid {} [{}] hears the broker at {} again after {} ms", host_, pid_,
+                   detail::short_id(instance_), options_.broker,
+                   std::chrono::duration_cast<std::chrono::milliseconds>(last_heard - *lost_since_).count());
+        lost_since_.reset();
+      }
       if (frames->size() < 2) continue;
       auto command = proto::parse_signature(wire::view((*frames)[0]));
       if (!command) {
@@ -279,6 +287,7 @@ void WorkerProcess::Impl::io_loop() {
         continue;
       }
       if (command.value() == Command::kTask) {
+        last_refusal_.clear();  // registered after all
         if (stopping) continue;  // draining: the broker gets it back with our goodbye
         auto header = proto::decode<proto::TaskHeader>(wire::view((*frames)[1]));
         if (!header) {
@@ -316,7 +325,13 @@ void WorkerProcess::Impl::io_loop() {
         forget_tasks = true;  // the broker does not know us (restarted, or declared us lost)
       } else if (command.value() == Command::kError) {
         auto error = proto::decode<proto::ErrorReply>(wire::view((*frames)[1]));
-        log_->warn("broker refused a message: {}", error ? error.value().message : error.status().to_string());
+        // Said once per reason: a refused registration is tried again every heartbeat interval.
+        std::string reason = error ? error.value().message : error.status().to_string();
+        if (reason != last_refusal_) {
+          log_->error("worker {} pid {} [{}]: the broker at {} refused a message: {}", host_, pid_,
+                      detail::short_id(instance_), options_.broker, reason);
+          last_refusal_ = std::move(reason);
+        }
       }
       // kHeartbeat: nothing to do; hearing anything is what counts.
     }
@@ -324,10 +339,14 @@ void WorkerProcess::Impl::io_loop() {
     const auto now = Clock::now();
     if (forget_tasks || (heard && now - last_heard > expiry)) {
       if (!forget_tasks) {
-        log_->warn("worker heard nothing from broker {} for {} ms; registering again", options_.broker,
+        log_->warn("worker {} pid {} [{}] heard nothing from the broker at {} for {} ms; registering again", host_,
+                   pid_, detail::short_id(instance_), options_.broker,
                    std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard).count());
+        if (!lost_since_) lost_since_ = last_heard;
       } else {
-        log_->info("broker asked worker pid {} to register again", pid_);
+        // After a refusal this repeats every heartbeat interval: the refusal was said once.
+        log_->log(last_refusal_.empty() ? spdlog::level::info : spdlog::level::debug,
+                  "broker asked worker pid {} to register again", pid_);
       }
       {
         std::lock_guard lock(mutex_);
