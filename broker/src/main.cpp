@@ -6,20 +6,27 @@
 // With CURVE the endpoints default to every interface (tcp://*:5555, tcp://*:5556); without it to
 // loopback, and binding anything else without CURVE needs --insecure. SIGHUP reloads the key
 // directories.
-// Runs in the foreground. Once both endpoints are bound it prints one line on stdout,
+// Runs in the foreground (--daemon: in the background, see daemon.hpp). Once both endpoints are
+// bound it prints one line on stdout,
 //   poolmap-broker ready clients=<endpoint> workers=<endpoint>
 // with wildcard ports resolved, so scripts and tests can bind port 0 (tcp://127.0.0.1:*) and read
-// the real endpoints back. Logs go to stderr. SIGINT/SIGTERM stop it cleanly.
+// the real endpoints back. Logs go to stderr, or to --log-file (reopened on SIGHUP). SIGINT/SIGTERM
+// stop it cleanly. Every flag can also be given as an environment variable, POOLMAP_BROKER_ and
+// the flag's name in upper case with '_' for '-' (POOLMAP_BROKER_HEARTBEAT_MS=500).
+#include <unistd.h>
+
+#include <cctype>
 #include <iostream>
+#include <optional>
 
 #include <CLI/CLI.hpp>
 
+#include "daemon.hpp"
 #include "log.hpp"
 #include "poolmap/broker.hpp"
 #include "signals.hpp"
 
 int main(int argc, char** argv) {
-  poolmap::detail::SignalWaiter signals;
   CLI::App app{"poolmap-broker: hands chunks of work from poolmap clients to poolmap workers"};
   app.set_version_flag("--version", std::string("poolmap-broker ") + POOLMAP_VERSION);
   poolmap::BrokerOptions options;
@@ -89,7 +96,24 @@ int main(int argc, char** argv) {
       ->default_val(1000)
       ->check(CLI::PositiveNumber);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
+  bool daemon = false;
+  std::string pidfile;
+  std::string log_file;
+  app.add_flag("--daemon", daemon, "run in the background (needs --log-file); exits once the broker is ready");
+  app.add_option("--pidfile", pidfile, "write the broker's pid to this file (removed at exit)");
+  app.add_option("--log-file", log_file, "append the log to this file instead of stderr (reopened on SIGHUP)");
+  for (CLI::Option* option : app.get_options()) {  // POOLMAP_BROKER_HEARTBEAT_MS for --heartbeat-ms, ...
+    const std::string name = option->get_single_name();
+    if (name == "help" || name == "version") continue;
+    std::string variable = "POOLMAP_BROKER_" + name;
+    for (char& c : variable) c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    option->envname(variable);
+  }
   CLI11_PARSE(app, argc, argv);
+  if (daemon && log_file.empty()) {
+    std::cerr << "poolmap-broker: --daemon needs --log-file (a daemon has no terminal to log to)\n";
+    return 2;
+  }
   const bool curve = !options.curve_secret_file.empty();
   if (clients->count() == 0) options.client_endpoint = curve ? "tcp://*:5555" : "tcp://127.0.0.1:5555";
   if (workers->count() == 0) options.worker_endpoint = curve ? "tcp://*:5556" : "tcp://127.0.0.1:5556";
@@ -100,13 +124,41 @@ int main(int argc, char** argv) {
     std::cerr << "poolmap-broker: unknown --log-level '" << log_level << "'\n";
     return 2;
   }
+  // Forked before the log moves, so that the waiting command can still say why a daemon failed.
+  std::optional<poolmap::detail::Daemon> background;
+  if (daemon) background.emplace(poolmap::detail::Daemon::start());  // before any thread exists
+  if (!log_file.empty()) {
+    try {
+      poolmap::detail::redirect_stderr(log_file);
+    } catch (const std::exception& e) {
+      std::cerr << "poolmap-broker: " << e.what() << '\n';
+      return 1;
+    }
+  }
+  poolmap::detail::SignalWaiter signals;
   auto log = poolmap::detail::logger("poolmap.broker");
   try {
+    std::optional<poolmap::detail::PidFile> pid_file;
+    if (!pidfile.empty()) pid_file.emplace(pidfile);
     poolmap::Broker broker(options);
-    std::cout << "poolmap-broker ready clients=" << broker.client_endpoint() << " workers=" << broker.worker_endpoint()
-              << std::endl;
-    signals.on_signal([&broker, &log](int signo) {
+    const std::string ready =
+        "poolmap-broker ready clients=" + broker.client_endpoint() + " workers=" + broker.worker_endpoint();
+    if (background) {
+      log->info("{} (pid {}, in the background)", ready, ::getpid());
+      background->ready(ready);
+    } else {
+      std::cout << ready << std::endl;
+    }
+    signals.on_signal([&broker, &log, &log_file](int signo) {
       if (signo == SIGHUP) {
+        if (!log_file.empty()) {
+          try {
+            poolmap::detail::redirect_stderr(log_file);
+            log->info("SIGHUP: log file {} reopened", log_file);
+          } catch (const std::exception& e) {
+            log->error("SIGHUP: {}; logging on to the old file", e.what());
+          }
+        }
         log->info("SIGHUP: reloading the key directories");
         broker.reload_keys();
         return;

@@ -9,7 +9,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
+#include <sstream>
 #include <optional>
 #include <thread>
 #include <zmq.hpp>
@@ -565,4 +568,118 @@ TEST_CASE("Daemons.Endpoints.NothingListeningIsSaidBeforeTheTimeout" * doctest::
   CHECK(log.find("lost the broker") == std::string::npos);  // it never had one
   // The library's log lines have the daemons' shape: time, level, logger[pid].
   CHECK(log.find(" warning poolmap.client[" + std::to_string(cli.pid()) + "] no answer") != std::string::npos);
+}
+
+namespace {
+
+// Whether a process runs (not gone, not a zombie its new parent has yet to reap).
+bool running(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const auto after_name = line.rfind(')');
+  return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] != 'Z' &&
+         line[after_name + 2] != 'X';
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+pid_t pid_in(const std::filesystem::path& pidfile) {
+  std::ifstream in(pidfile);
+  long pid = 0;
+  in >> pid;
+  return static_cast<pid_t>(pid);
+}
+
+// A temporary directory, and the daemons whose pidfiles are in it killed at the end, whatever
+// happened in the test.
+struct DaemonDir {
+  std::filesystem::path dir;
+  DaemonDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "poolmap-daemon-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    dir = pattern;
+  }
+  ~DaemonDir() {
+    for (const char* name : {"broker.pid", "worker.pid"}) {
+      const pid_t pid = pid_in(dir / name);
+      if (pid > 0 && running(pid)) ::kill(pid, SIGKILL);
+    }
+    std::filesystem::remove_all(dir);
+  }
+  std::string operator/(const char* name) const { return (dir / name).string(); }
+};
+
+}  // namespace
+
+TEST_CASE("Daemons.Background.PidfileLogFileAndSighupReopen" * doctest::timeout(120)) {
+  DaemonDir d;
+  const std::string heartbeat = std::to_string(t::heartbeat().count());
+  // The broker: the command returns once it is ready, printing the ready line.
+  t::ChildProcess start_broker({t::broker_binary(), "--daemon", "--pidfile", d / "broker.pid", "--log-file",
+                                d / "broker.log", "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*",
+                                "--heartbeat-ms", heartbeat});
+  const auto line = start_broker.read_line(30s);
+  REQUIRE(line.has_value());
+  const auto started = start_broker.wait(30s);
+  REQUIRE(started.has_value());
+  CHECK(WEXITSTATUS(*started) == 0);
+  const auto clients = line->substr(line->find("clients=") + 8, line->find(" workers=") - line->find("clients=") - 8);
+  const auto workers = line->substr(line->find(" workers=") + 9);
+  const pid_t broker = pid_in(d.dir / "broker.pid");
+  REQUIRE(broker > 0);
+  CHECK(broker != start_broker.pid());
+  CHECK(running(broker));
+  // The worker supervisor, the same way; its flags from the environment this time.
+  t::ChildProcess start_worker({t::worker_binary(), "--daemon"},
+                               {"POOLMAP_WORKER_PIDFILE=" + d / "worker.pid", "POOLMAP_WORKER_LOG_FILE=" + d / "worker.log",
+                                "POOLMAP_WORKER_BROKER=" + workers, "POOLMAP_WORKER_PROCESSES=2",
+                                "POOLMAP_WORKER_TASKS=" + t::test_tasks_library(), "POOLMAP_WORKER_HEARTBEAT_MS=" + heartbeat});
+  const auto worker_line = start_worker.read_line(30s);
+  REQUIRE(worker_line.has_value());
+  CHECK(worker_line->find("poolmap-worker ready pid=") == 0);
+  REQUIRE(start_worker.wait(30s).has_value());
+  const pid_t supervisor = pid_in(d.dir / "worker.pid");
+  REQUIRE(supervisor > 0);
+  CHECK(running(supervisor));
+
+  poolmap::Pool pool({.broker = clients, .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(2, 30s));
+  CHECK(pool.map(t::square, std::vector<std::int64_t>{1, 2, 3}) == std::vector<std::int64_t>{1, 4, 9});
+  const auto before = worker_pids(pool);
+  CHECK(read_file(d.dir / "broker.log").find("ready (credit") != std::string::npos);
+  CHECK(occurrences(read_file(d.dir / "worker.log"), "connected to " + workers) == 2);  // the children log there too
+
+  // Rotation: move the logs away, SIGHUP, and the daemons write to new files.
+  std::filesystem::rename(d.dir / "broker.log", d.dir / "broker.log.1");
+  std::filesystem::rename(d.dir / "worker.log", d.dir / "worker.log.1");
+  REQUIRE(::kill(broker, SIGHUP) == 0);
+  REQUIRE(::kill(supervisor, SIGHUP) == 0);
+  CHECK(t::eventually([&] { return read_file(d.dir / "broker.log").find("log file") != std::string::npos; }, 20s));
+  CHECK(t::eventually([&] { return read_file(d.dir / "worker.log").find("log file") != std::string::npos; }, 20s));
+  CHECK(worker_pids(pool) == before);  // the children took SIGHUP in their stride
+  CHECK(pool.map(t::square, std::vector<std::int64_t>{4}) == std::vector<std::int64_t>{16});
+
+  // A second broker with the same pidfile refuses to start, and says why in its log.
+  t::ChildProcess again({t::broker_binary(), "--daemon", "--pidfile", d / "broker.pid", "--log-file",
+                         d / "again.log", "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*"});
+  const auto refused = again.wait(30s);
+  REQUIRE(refused.has_value());
+  CHECK(WEXITSTATUS(*refused) == 1);
+  CHECK(again.stderr_text().find("ended before it was ready") != std::string::npos);
+  CHECK(read_file(d.dir / "again.log").find("running already") != std::string::npos);
+  CHECK(pid_in(d.dir / "broker.pid") == broker);
+
+  // SIGTERM stops both; each removes its pidfile.
+  REQUIRE(::kill(supervisor, SIGTERM) == 0);
+  REQUIRE(::kill(broker, SIGTERM) == 0);
+  CHECK(t::eventually([&] { return !running(broker) && !running(supervisor); }, 30s));
+  CHECK(t::eventually(
+      [&] { return !std::filesystem::exists(d.dir / "broker.pid") && !std::filesystem::exists(d.dir / "worker.pid"); },
+      10s));
 }

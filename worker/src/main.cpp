@@ -5,16 +5,24 @@
 //
 // The process started by the user is a supervisor: it detects the worker count (physical cores,
 // CPU affinity, cgroup quota, SLURM/PBS allocation), starts that many copies of itself in the
-// hidden --child role and restarts any that die. SIGINT/SIGTERM stop everything.
+// hidden --child role and restarts any that die. SIGINT/SIGTERM stop everything. --daemon,
+// --pidfile and --log-file (reopened on SIGHUP, by the children too) as for the broker. Every flag
+// can also be given as an environment variable, POOLMAP_WORKER_ and the flag's name in upper case
+// with '_' for '-' (POOLMAP_WORKER_PREFETCH=4), except the keys (POOLMAP_CURVE_SECRET,
+// POOLMAP_BROKER_KEY, shared with the client library).
+#include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <climits>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 
 #include <CLI/CLI.hpp>
 
+#include "daemon.hpp"
 #include "log.hpp"
 #include "process_info.hpp"
 #include "poolmap/cpu_count.hpp"
@@ -34,7 +42,6 @@ void exit_with_parent(pid_t expected_parent) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  poolmap::detail::SignalWaiter signals;
   CLI::App app{"poolmap-worker: runs poolmap tasks for a broker, one process per core"};
   app.set_version_flag("--version", std::string("poolmap-worker ") + POOLMAP_VERSION);
   std::string broker;
@@ -75,16 +82,58 @@ int main(int argc, char** argv) {
       ->envname("POOLMAP_CURVE_SECRET");
   app.add_option("--broker-key", broker_key, "the broker's CURVE public key file (its .pub)")
       ->envname("POOLMAP_BROKER_KEY");
+  bool daemon = false;
+  std::string pidfile;
+  std::string log_file;
+  app.add_flag("--daemon", daemon, "run in the background (needs --log-file); exits once it runs");
+  app.add_option("--pidfile", pidfile, "write the supervisor's pid to this file (removed at exit)");
+  app.add_option("--log-file", log_file, "append the log to this file instead of stderr (reopened on SIGHUP)");
+  for (CLI::Option* option : app.get_options()) {  // POOLMAP_WORKER_PREFETCH for --prefetch, ...
+    const std::string name = option->get_single_name();
+    if (name == "help" || name == "version" || !option->get_envname().empty()) continue;
+    std::string variable = "POOLMAP_WORKER_" + name;
+    for (char& c : variable) c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    option->envname(variable);
+  }
   app.add_flag("--child", child, "internal: run one worker process (started by the supervisor)")->group("");
   app.add_option("--parent-pid", parent_pid, "internal")->group("");
   CLI11_PARSE(app, argc, argv);
+  if (child) {  // the supervisor's business, even when the environment says otherwise
+    daemon = false;
+    pidfile.clear();
+  }
+  if (daemon && log_file.empty()) {
+    std::cerr << "poolmap-worker: --daemon needs --log-file (a daemon has no terminal to log to)\n";
+    return 2;
+  }
 
   if (!poolmap::detail::configure_program_logging(log_level, child ? "worker" : "supervisor")) {
     std::cerr << "poolmap-worker: unknown --log-level '" << log_level << "'\n";
     return 2;
   }
+  // Forked before the log moves, so that the waiting command can still say why a daemon failed.
+  std::optional<poolmap::detail::Daemon> background;
+  if (daemon) background.emplace(poolmap::detail::Daemon::start());  // before any thread exists
+  if (!log_file.empty() && !child) {  // the children inherit it
+    try {
+      poolmap::detail::redirect_stderr(log_file);
+    } catch (const std::exception& e) {
+      std::cerr << "poolmap-worker: " << e.what() << '\n';
+      return 1;
+    }
+  }
+  poolmap::detail::SignalWaiter signals;
   auto log = poolmap::detail::logger("poolmap.worker");
   if (child && parent_pid > 0) exit_with_parent(static_cast<pid_t>(parent_pid));
+  // SIGHUP: a rotated log file is reopened.
+  auto reopen_log = [&log, &log_file] {
+    if (log_file.empty()) return;
+    try {
+      poolmap::detail::redirect_stderr(log_file);
+    } catch (const std::exception& e) {
+      log->error("SIGHUP: {}; logging on to the old file", e.what());
+    }
+  };
 
   try {
     for (const auto& library : task_libraries) {
@@ -111,8 +160,9 @@ int main(int argc, char** argv) {
                                      .init_args = init_args,
                                      .curve_secret_file = curve_secret,
                                      .broker_key_file = broker_key});
-      signals.on_signal([&worker](int signo) {
-        if (signo != SIGHUP) worker.stop();
+      signals.on_signal([&worker, &reopen_log](int signo) {
+        if (signo == SIGHUP) return reopen_log();
+        worker.stop();
       });
       try {
         worker.run();
@@ -155,6 +205,7 @@ int main(int argc, char** argv) {
       child_args.push_back(arg);
     }
     if (!curve_secret.empty()) child_args.insert(child_args.end(), {"--curve-secret", curve_secret});
+    if (!log_file.empty()) child_args.insert(child_args.end(), {"--log-file", log_file});
     if (!broker_key.empty()) child_args.insert(child_args.end(), {"--broker-key", broker_key});
     std::vector<std::pair<std::string, std::string>> environment;
     for (const char* name : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {
@@ -167,11 +218,24 @@ int main(int argc, char** argv) {
                                     .report_endpoint = broker,
                                     .curve_secret_file = curve_secret,
                                     .broker_key_file = broker_key});
-    signals.on_signal([&supervisor, &log](int signo) {
-      if (signo == SIGHUP) return;
+    std::optional<poolmap::detail::PidFile> pid_file;
+    if (!pidfile.empty()) pid_file.emplace(pidfile);
+    signals.on_signal([&supervisor, &log, &log_file, &reopen_log](int signo) {
+      if (signo == SIGHUP) {
+        reopen_log();
+        if (!log_file.empty()) log->info("SIGHUP: log file {} reopened", log_file);
+        for (const int pid : supervisor.pids()) ::kill(pid, SIGHUP);  // they reopen it too
+        return;
+      }
       log->info("signal {}: stopping worker processes", signo);
       supervisor.stop();
     });
+    if (background) {
+      const std::string ready = "poolmap-worker ready pid=" + std::to_string(::getpid()) +
+                                " processes=" + std::to_string(processes) + " broker=" + broker;
+      log->info("{} (in the background)", ready);
+      background->ready(ready);
+    }
     supervisor.run();
     signals.on_signal(nullptr);
     return 0;
