@@ -34,11 +34,11 @@ check() {
   missing=$(comm -13 <(echo "$documented") <(echo "$shown"))
   extra=$(comm -23 <(echo "$documented") <(echo "$shown"))
   if [[ -n "$missing" ]]; then
-    echo "FAIL: $program --help has flags its table in docs/OPERATIONS.md lacks:" $missing
+    echo "FAIL: $program --help has flags its table in docs/OPERATIONS.md lacks:" "$(tr '\n' ' ' <<< "$missing")"
     failed=1
   fi
   if [[ -n "$extra" ]]; then
-    echo "FAIL: docs/OPERATIONS.md documents $program flags its --help does not have:" $extra
+    echo "FAIL: docs/OPERATIONS.md documents $program flags its --help does not have:" "$(tr '\n' ' ' <<< "$extra")"
     failed=1
   fi
   local without_env
