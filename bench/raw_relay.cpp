@@ -1,0 +1,156 @@
+// poolmap-bench-relay: the raw ZeroMQ ceiling for poolmap's pattern, printed as one JSON line.
+//
+//   poolmap-bench-relay [--items 50000] [--window 512] [--workers 2] [--credit 2] [--payload 8]
+//
+// A client DEALER keeps `window` requests in flight to a relay (a ROUTER for clients and a ROUTER
+// for workers, one thread, like poolmap-broker); the relay hands each request to a worker DEALER
+// with credit (least recently served first, `credit` requests each, like poolmap's prefetch) and
+// the reply back to the client. Each request is poolmap's three frames (4-byte signature, a
+// 48-byte header, `payload` bytes); each worker answers at once with the same sizes. All over TCP
+// on 127.0.0.1, each role with its own ZeroMQ context (as separate processes would have). Nothing
+// is decoded or checked beyond counting: this is what the transport allows, the figure poolmap's
+// fine-grained rate is read against.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+namespace {
+
+std::string bound_endpoint(zmq::socket_t& socket) {
+  socket.bind("tcp://127.0.0.1:*");
+  return socket.get(zmq::sockopt::last_endpoint);
+}
+
+void run_worker(const std::string& endpoint, int credit) {
+  zmq::context_t context(1);
+  zmq::socket_t socket(context, zmq::socket_type::dealer);
+  socket.set(zmq::sockopt::linger, 0);
+  socket.connect(endpoint);
+  for (int i = 0; i < credit; ++i) socket.send(zmq::str_buffer("READY"), zmq::send_flags::none);
+  for (;;) {
+    std::vector<zmq::message_t> frames;
+    if (!zmq::recv_multipart(socket, std::back_inserter(frames))) return;
+    if (frames.size() == 1) return;  // "STOP"
+    // [client identity][signature][header][payload] back as they came.
+    zmq::send_multipart(socket, frames);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"poolmap-bench-relay: raw ZeroMQ client -> relay -> worker and back"};
+  std::size_t items = 50'000;
+  std::size_t window = 512;
+  int workers = 2;
+  int credit = 2;
+  std::size_t payload = 8;
+  app.add_option("--items", items)->capture_default_str();
+  app.add_option("--window", window)->capture_default_str();
+  app.add_option("--workers", workers)->capture_default_str();
+  app.add_option("--credit", credit)->capture_default_str();
+  app.add_option("--payload", payload)->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  zmq::context_t relay_context(1);
+  zmq::socket_t front(relay_context, zmq::socket_type::router);
+  zmq::socket_t back(relay_context, zmq::socket_type::router);
+  front.set(zmq::sockopt::linger, 0);
+  back.set(zmq::sockopt::linger, 0);
+  const std::string client_endpoint = bound_endpoint(front);
+  const std::string worker_endpoint = bound_endpoint(back);
+  std::vector<std::thread> worker_threads;
+  for (int i = 0; i < workers; ++i) worker_threads.emplace_back(run_worker, worker_endpoint, credit);
+
+  std::thread client([&] {
+    zmq::context_t context(1);
+    zmq::socket_t socket(context, zmq::socket_type::dealer);
+    socket.set(zmq::sockopt::linger, 0);
+    socket.connect(client_endpoint);
+    const std::string signature(4, 'S');
+    const std::string header(48, 'h');
+    const std::string body(payload, 'p');
+    std::size_t sent = 0;
+    std::size_t received = 0;
+    auto send_one = [&] {
+      socket.send(zmq::buffer(signature), zmq::send_flags::sndmore);
+      socket.send(zmq::buffer(header), zmq::send_flags::sndmore);
+      socket.send(zmq::buffer(body), zmq::send_flags::none);
+      ++sent;
+    };
+    while (sent < std::min(window, items)) send_one();
+    const auto start = std::chrono::steady_clock::now();
+    while (received < items) {
+      std::vector<zmq::message_t> frames;
+      (void)zmq::recv_multipart(socket, std::back_inserter(frames));
+      ++received;
+      if (sent < items) send_one();
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("{\"workload\": \"fine\", \"impl\": \"raw-zmq-relay\", \"processes\": %d, \"value\": %.6g, "
+                "\"unit\": \"items/s\", \"seconds\": %.6g, \"window\": %zu, \"credit\": %d}\n",
+                workers, static_cast<double>(items) / seconds, seconds, window, credit);
+    std::fflush(stdout);
+  });
+
+  // The relay: credit per worker, least recently served first.
+  std::deque<std::string> ready;
+  std::deque<std::vector<zmq::message_t>> waiting;
+  std::size_t answered = 0;
+  std::vector<std::string> seen_workers;
+  zmq::pollitem_t items_to_poll[] = {{front.handle(), 0, ZMQ_POLLIN, 0}, {back.handle(), 0, ZMQ_POLLIN, 0}};
+  while (answered < items) {
+    zmq::poll(items_to_poll, 2, std::chrono::milliseconds(100));
+    if ((items_to_poll[1].revents & ZMQ_POLLIN) != 0) {
+      for (;;) {
+        std::vector<zmq::message_t> frames;
+        if (!zmq::recv_multipart(back, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
+        std::string worker = frames[0].to_string();
+        if (frames.size() == 2) {  // READY: one unit of credit
+          if (std::find(seen_workers.begin(), seen_workers.end(), worker) == seen_workers.end()) {
+            seen_workers.push_back(worker);
+          }
+          ready.push_back(std::move(worker));
+          continue;
+        }
+        // [worker][client][sig][header][payload] -> [client][sig][header][payload]
+        frames.erase(frames.begin());
+        zmq::send_multipart(front, frames);
+        ++answered;
+        ready.push_back(std::move(worker));
+      }
+    }
+    if ((items_to_poll[0].revents & ZMQ_POLLIN) != 0) {
+      for (;;) {
+        std::vector<zmq::message_t> frames;
+        if (!zmq::recv_multipart(front, std::back_inserter(frames), zmq::recv_flags::dontwait)) break;
+        waiting.push_back(std::move(frames));
+      }
+    }
+    while (!ready.empty() && !waiting.empty()) {
+      std::vector<zmq::message_t> out;
+      out.emplace_back(ready.front().data(), ready.front().size());
+      ready.pop_front();
+      for (auto& frame : waiting.front()) out.push_back(std::move(frame));
+      waiting.pop_front();
+      zmq::send_multipart(back, out);
+    }
+  }
+  client.join();
+  for (const auto& worker : seen_workers) {
+    std::vector<zmq::message_t> stop;
+    stop.emplace_back(worker.data(), worker.size());
+    stop.emplace_back("STOP", 4);
+    zmq::send_multipart(back, stop);
+  }
+  for (auto& thread : worker_threads) thread.join();
+  return 0;
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Reads the JSON lines of scripts/bench's runs, prints the side-by-side table and writes JSON.
+
+    python3 bench/report.py RUNS.jsonl [--json OUT.json]
+
+For every (workload, implementation, process count): the median of the repeats and their range.
+Each row's ratio compares poolmap with the peer the target names (docs/BENCHMARKS.md), and says
+whether the target is met.
+"""
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def load(path):
+    runs = defaultdict(list)
+    units = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            run = json.loads(line)
+            key = (run["workload"], run["impl"], run["processes"])
+            runs[key].append(run["value"])
+            units[run["workload"]] = run["unit"]
+    return runs, units
+
+
+def summary(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("runs")
+    parser.add_argument("--json", dest="json_out")
+    args = parser.parse_args()
+    runs, units = load(args.runs)
+    stats = {key: summary(values) for key, values in runs.items()}
+
+    def med(workload, impl, processes=None):
+        for (w, i, p), s in stats.items():
+            if w == workload and i == impl and (processes is None or p == processes):
+                return s["median"]
+        return None
+
+    def cell(workload, impl, processes=None):
+        for (w, i, p), s in stats.items():
+            if w == workload and i == impl and (processes is None or p == processes):
+                return f"{s['median']:.4g} ({s['min']:.3g}-{s['max']:.3g})"
+        return "-"
+
+    rows = []
+    checks = []
+
+    def ratio(a, b):
+        return a / b if a is not None and b not in (None, 0) else None
+
+    def row(name, workload, peer_impl, processes=None, target=None, target_text=""):
+        peer = med(workload, peer_impl, processes)
+        emb = med(workload, "poolmap-embedded", processes)
+        rem = med(workload, "poolmap-remote", processes)
+        r_emb, r_rem = ratio(emb, peer), ratio(rem, peer)  # poolmap / peer, whatever the unit
+        text = " / ".join(f"{r:.2f}x" if r is not None else "-" for r in (r_emb, r_rem))
+        met = None
+        if target is not None:
+            met = all(target(r) for r in (r_emb, r_rem) if r is not None)
+        rows.append([name, f"{peer_impl}: " + cell(workload, peer_impl, processes),
+                     cell(workload, "poolmap-embedded", processes), cell(workload, "poolmap-remote", processes),
+                     text, target_text + ("" if met is None else (" met" if met else " MISSED"))])
+        checks.append({"row": name, "ratio_embedded": r_emb, "ratio_remote": r_rem, "target": target_text,
+                       "met": met})
+
+    row(f"tiny ({units.get('tiny', '')})", "tiny", "python-pool", target=lambda r: r >= 10, target_text=">= 10x")
+    row(f"fine ({units.get('fine', '')})", "fine", "python-executor", target=lambda r: r >= 25,
+        target_text=">= 25x")
+    row("fine, against Pool.map (items/s)", "fine", "python-pool", target_text="(no target)")
+    relay = med("fine", "raw-zmq-relay")
+    rem_fine = med("fine", "poolmap-remote")
+    if relay:
+        frac = rem_fine / relay if rem_fine else None
+        rows.append(["fine vs raw relay", "raw-zmq-relay: " + cell("fine", "raw-zmq-relay"), "",
+                     cell("fine", "poolmap-remote"), f"{frac:.0%}" if frac is not None else "-",
+                     ">= 50%" + ("" if frac is None else (" met" if frac >= 0.5 else " MISSED"))])
+        checks.append({"row": "fine vs raw relay", "fraction": frac, "target": ">= 50%",
+                       "met": None if frac is None else frac >= 0.5})
+    row(f"payload ({units.get('payload', '')})", "payload", "python-executor", target=lambda r: r >= 1.5,
+        target_text=">= 1.5x")
+    row(f"latency ({units.get('latency', '')}, lower is better)", "latency", "python-pool",
+        target=lambda r: r <= 1.2, target_text="<= 1.0x emb., 1.2x rem.")
+    row("sleep 24 x 100 ms, 8 workers (s)", "sleep", "python-pool")
+    sleep_ok = all(m is None or m <= 0.310 for m in (med("sleep", "poolmap-embedded"), med("sleep", "poolmap-remote")))
+    rows[-1][-1] = "<= 0.310 s" + (" met" if sleep_ok else " MISSED")
+    checks[-1]["met"] = sleep_ok
+    for impl in ("python-pool", "poolmap-embedded"):
+        one, two = med("pi", impl, 1), med("pi", impl, 2)
+        if one and two:
+            speedup = one / two
+            rows.append([f"pi speed-up 1 -> 2 workers ({impl})", "", "", "", f"{speedup:.2f}",
+                         ">= 1.90" + (" met" if speedup >= 1.9 or impl.startswith("python") else " MISSED")])
+            checks.append({"row": f"pi speed-up ({impl})", "speedup": speedup, "target": ">= 1.90",
+                           "met": None if impl.startswith("python") else speedup >= 1.9})
+    row("startup (ms, lower is better)", "startup", "python-pool",
+        target=lambda r: r <= 2, target_text="<= 2x")
+    row("uneven (x ideal)", "uneven", "python-pool")
+    uneven_ok = all(m is None or m <= 1.1 for m in (med("uneven", "poolmap-embedded"), med("uneven", "poolmap-remote")))
+    rows[-1][-1] = "<= 1.1x ideal" + (" met" if uneven_ok else " MISSED")
+    checks[-1]["met"] = uneven_ok
+    row("memory, map over 10^7 int64 (peak RSS / data)", "memory", "python-pool")
+    mem = med("memory", "poolmap-embedded")
+    rows[-1][-1] = "<= 2.5 (emb.)" + ("" if mem is None else (" met" if mem <= 2.5 else " MISSED"))
+    checks[-1]["met"] = None if mem is None else mem <= 2.5
+
+    header = ["workload", "Python peer, median (min-max)", "poolmap embedded", "poolmap remote",
+              "ratio emb. / rem.", "target"]
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+    if args.json_out:
+        out = {"runs": [{"workload": w, "impl": i, "processes": p, **s} for (w, i, p), s in sorted(stats.items())],
+               "units": units, "checks": checks}
+        with open(args.json_out, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"\n(JSON: {args.json_out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
