@@ -1,12 +1,20 @@
 // poolmap: the command-line tool.
 //
-//   poolmap status --broker tcp://HOST:5555 [--verbose] [--json] [--curve-secret FILE --broker-key FILE]
-//       workers (with their tasks), queue depth and counters of a broker
+//   poolmap status --broker tcp://HOST:5555 [--verbose] [--json] [--watch [--interval-ms MS]]
+//                  [--curve-secret FILE --broker-key FILE]
+//       workers (with their tasks), queue depth and counters of a broker; --watch: again every
+//       interval (in place on a terminal, one snapshot after another when piped) until Ctrl-C
 //   poolmap keygen PATH [--if-missing]
 //       writes a CURVE key pair: PATH.key (secret, mode 0600) and PATH.pub (public)
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <optional>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 
@@ -73,18 +81,20 @@ int keygen(const std::string& base, bool if_missing) {
   return 0;
 }
 
-int print_status(const std::string& broker, int timeout_ms, bool verbose, bool json, const std::string& curve_secret,
-                 const std::string& broker_key) {
-  poolmap::Pool pool({.broker = broker,
-                      .start_timeout = std::chrono::milliseconds(timeout_ms),
-                      .curve_secret_file = curve_secret,
-                      .broker_key_file = broker_key});
-  const poolmap::BrokerStatus status = pool.status(std::chrono::milliseconds(timeout_ms));
-  if (json) {
-    print_json(broker, status);
-    return 0;
-  }
-  std::printf("broker     %s\n", broker.c_str());
+struct StatusOptions {
+  std::string broker;
+  int timeout_ms = 5000;
+  bool verbose = false;
+  bool json = false;
+  bool watch = false;
+  int interval_ms = 1000;
+  std::string curve_secret;
+  std::string broker_key;
+};
+
+// One snapshot as a table. `rate`: chunks done per second since the previous snapshot (--watch).
+void print_table(const StatusOptions& options, const poolmap::BrokerStatus& status, std::optional<double> rate) {
+  std::printf("broker     %s\n", options.broker.c_str());
   std::printf("workers    %zu\n", status.workers.size());
   std::printf("clients    %u (including this one)\n", status.clients);
   std::printf("chunks     queued %llu, in flight %llu, done %llu, failed %llu, re-dispatched %llu\n",
@@ -93,18 +103,53 @@ int print_status(const std::string& broker, int timeout_ms, bool verbose, bool j
               static_cast<unsigned long long>(status.chunks_done), static_cast<unsigned long long>(status.chunks_failed),
               static_cast<unsigned long long>(status.chunks_redispatched));
   std::printf("bad input  %llu messages\n", static_cast<unsigned long long>(status.bad_messages));
+  if (rate) std::printf("rate       %.1f chunks/s done\n", *rate);
   if (!status.workers.empty()) {
     std::printf("\n%-32s %8s %-8s %10s %12s %6s\n", "HOST", "PID", "ID", "IN FLIGHT", "CHUNKS DONE", "TASKS");
     for (const auto& worker : status.workers) {
       std::printf("%-32s %8u %-8s %10u %12llu %6zu\n", worker.host.c_str(), worker.pid,
                   poolmap::detail::short_id(worker.instance).c_str(), worker.chunks_in_flight,
                   static_cast<unsigned long long>(worker.chunks_done), worker.tasks.size());
-      if (verbose) {
+      if (options.verbose) {
         for (const auto& task : worker.tasks) std::printf("    %s %s\n", task.name.c_str(), task.signature.c_str());
       }
     }
   }
-  return 0;
+}
+
+int print_status(const StatusOptions& options) {
+  poolmap::Pool pool({.broker = options.broker,
+                      .start_timeout = std::chrono::milliseconds(options.timeout_ms),
+                      .curve_secret_file = options.curve_secret,
+                      .broker_key_file = options.broker_key});
+  const bool terminal = ::isatty(STDOUT_FILENO) == 1;
+  std::optional<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> previous;
+  for (;;) {
+    const poolmap::BrokerStatus status = pool.status(std::chrono::milliseconds(options.timeout_ms));
+    const auto now = std::chrono::steady_clock::now();
+    std::optional<double> rate;
+    if (previous && now > previous->first) {
+      rate = static_cast<double>(status.chunks_done - previous->second) /
+             std::chrono::duration<double>(now - previous->first).count();
+    }
+    previous.emplace(now, status.chunks_done);
+    if (options.json) {
+      print_json(options.broker, status);  // with --watch: one object per line
+    } else {
+      if (options.watch) {
+        const std::time_t wall = std::time(nullptr);
+        char when[32];
+        std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", std::localtime(&wall));
+        if (terminal) std::printf("\033[H\033[2J");  // in place
+        std::printf("%s, every %d ms (Ctrl-C to stop)\n", when, options.interval_ms);
+      }
+      print_table(options, status, rate);
+      if (options.watch && !terminal) std::printf("\n");
+    }
+    std::fflush(stdout);
+    if (!options.watch) return 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(options.interval_ms));
+  }
 }
 
 }  // namespace
@@ -113,22 +158,24 @@ int main(int argc, char** argv) {
   CLI::App app{"poolmap: command-line tool for a poolmap cluster"};
   app.set_version_flag("--version", std::string("poolmap ") + POOLMAP_VERSION);
   app.require_subcommand(1);
-  std::string broker = "tcp://127.0.0.1:5555";
-  int timeout_ms = 5000;
+  StatusOptions options;
   auto* status = app.add_subcommand("status", "show a broker's workers, queue and counters");
-  status->add_option("--broker", broker, "broker client endpoint")
+  status->add_option("--broker", options.broker, "broker client endpoint")
       ->envname("POOLMAP_BROKER")
       ->default_val("tcp://127.0.0.1:5555");
-  status->add_option("--timeout-ms", timeout_ms, "how long to wait for the broker")->default_val(5000);
-  bool verbose = false;
-  bool json = false;
-  status->add_flag("-v,--verbose", verbose, "list each worker's tasks (name and signature)");
-  status->add_flag("--json", json, "print one JSON object instead of the table");
-  std::string curve_secret;
-  std::string broker_key;
-  status->add_option("--curve-secret", curve_secret, "this client's CURVE secret key file")
+  status->add_option("--timeout-ms", options.timeout_ms, "how long to wait for the broker")->default_val(5000);
+  status->add_flag("-v,--verbose", options.verbose, "list each worker's tasks (name and signature)");
+  status->add_flag("--json", options.json, "print one JSON object instead of the table");
+  status->add_flag("--watch", options.watch,
+                   "show it again every --interval-ms, in place on a terminal, until Ctrl-C (with --json: one "
+                   "object per line)");
+  status->add_option("--interval-ms", options.interval_ms, "--watch: time between snapshots")
+      ->default_val(1000)
+      ->check(CLI::PositiveNumber);
+  status->add_option("--curve-secret", options.curve_secret, "this client's CURVE secret key file")
       ->envname("POOLMAP_CURVE_SECRET");
-  status->add_option("--broker-key", broker_key, "the broker's CURVE public key file")->envname("POOLMAP_BROKER_KEY");
+  status->add_option("--broker-key", options.broker_key, "the broker's CURVE public key file")
+      ->envname("POOLMAP_BROKER_KEY");
 
   auto* keygen_command = app.add_subcommand("keygen", "write a CURVE key pair: PATH.key (secret, 0600) and PATH.pub");
   std::string key_base;
@@ -137,7 +184,7 @@ int main(int argc, char** argv) {
   keygen_command->add_flag("--if-missing", if_missing, "do nothing when PATH.key and PATH.pub exist (for scripts)");
   CLI11_PARSE(app, argc, argv);
   try {
-    if (status->parsed()) return print_status(broker, timeout_ms, verbose, json, curve_secret, broker_key);
+    if (status->parsed()) return print_status(options);
     if (keygen_command->parsed()) return keygen(key_base, if_missing);
   } catch (const std::exception& e) {
     std::cerr << "poolmap: " << e.what() << "\n";

@@ -683,3 +683,31 @@ TEST_CASE("Daemons.Background.PidfileLogFileAndSighupReopen" * doctest::timeout(
       [&] { return !std::filesystem::exists(d.dir / "broker.pid") && !std::filesystem::exists(d.dir / "worker.pid"); },
       10s));
 }
+
+TEST_CASE("Daemons.Cli.StatusWatchShowsSnapshotsWithTheRateUntilInterrupted" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  t::ChildProcess watch({t::cli_binary(), "status", "--broker", cluster.client_endpoint(), "--watch", "--interval-ms",
+                         "100"});
+  // Piped: one snapshot after another; from the second on, with the rate since the one before.
+  std::size_t snapshots = 0;
+  std::size_t rates = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while ((snapshots < 3 || rates < 2) && std::chrono::steady_clock::now() < deadline) {
+    const auto line = watch.read_line(10s);
+    REQUIRE(line.has_value());
+    if (line->starts_with("workers ")) {
+      CHECK(*line == "workers    1");
+      ++snapshots;
+    }
+    if (line->starts_with("rate ")) ++rates;
+    if (snapshots == 1) (void)pool.map(t::square, std::vector<std::int64_t>{1, 2, 3});
+  }
+  CHECK(snapshots >= 3);
+  CHECK(rates >= 2);
+  // It runs until interrupted, and then ends at once.
+  const auto status = watch.signal_and_wait(SIGINT, 10s);
+  REQUIRE(status.has_value());
+  CHECK(WIFSIGNALED(*status));
+}
