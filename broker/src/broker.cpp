@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "log.hpp"
+#include "metrics.hpp"
 #include "poolmap/curve.hpp"
 #include "poolmap/error.hpp"
 #include "poolmap/protocol.hpp"
@@ -121,6 +122,12 @@ class Broker::Impl {
     set_up_security();
     client_endpoint_ = bind(clients_, options_.client_endpoint, "client");
     worker_endpoint_ = bind(workers_, options_.worker_endpoint, "worker");
+    try {
+      metrics_ = std::make_unique<detail::Metrics>(options_.metrics_address);
+    } catch (const std::exception& e) {
+      throw Error(ErrorCode::kInvalidArgument, std::string("broker: ") + e.what());
+    }
+    metrics_url_ = metrics_->url();
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "broker: eventfd failed");
   }
@@ -141,6 +148,7 @@ class Broker::Impl {
 
   std::string client_endpoint_;
   std::string worker_endpoint_;
+  std::string metrics_url_;
 
  private:
   struct WorkerState {
@@ -186,6 +194,7 @@ class Broker::Impl {
   };
   struct Chunk {
     std::string client;
+    Clock::time_point received;  // its SUBMIT
     proto::Submit header;
     zmq::message_t payload;   // kept until answered, so the chunk can be dispatched again
     detail::Scheduler::KindId kind = 0;
@@ -304,6 +313,7 @@ class Broker::Impl {
   zmq::socket_t clients_;
   zmq::socket_t workers_;
   std::shared_ptr<spdlog::logger> log_;
+  std::unique_ptr<detail::Metrics> metrics_;  // does nothing without --metrics
   int wake_fd_ = -1;
   std::atomic<bool> stop_requested_{false};  // drain, then return
   std::atomic<bool> stop_now_{false};        // return without draining
@@ -474,6 +484,8 @@ void Broker::Impl::run() {
     }
     if (!drain_deadline) dispatch();
     flush_announcement();
+    metrics_->set_gauges(workers_by_id_.size(), clients_by_id_.size(), scheduler_.queued(),
+                         chunks_.size() - std::min(chunks_.size(), scheduler_.queued()));
     if (Clock::now() >= next_tick) {
       heartbeat_tick();
       next_tick = Clock::now() + options_.heartbeat_interval;
@@ -677,6 +689,8 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       client.jobs[submit.value().job].insert(ticket);
       Chunk& chunk = chunks_[ticket];
       chunk.client = identity;
+      chunk.received = Clock::now();
+      metrics_->bytes_received(frames[3].size());
       chunk.header = std::move(submit.value());
       chunk.payload = std::move(frames[3]);
       chunk.kind = kind;
@@ -724,6 +738,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       if (unknown_client()) return;
       ClientState& client = touch_client(identity);
       context_bytes_received_ += frames[3].size();
+      metrics_->bytes_received(frames[3].size());
       keep_context(client, context.value().hash, frames[3]);
       return;
     }
@@ -918,6 +933,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
       }
       auto result = proto::decode<proto::WorkerResult>(header);
       if (!result) return reply_error(workers_, identity, result.status());
+      metrics_->bytes_received(frames[3].size());
       const std::uint64_t ticket = result.value().ticket;
       while (!worker.dispatch_order.empty() && !worker.tickets.contains(worker.dispatch_order.front())) {
         worker.dispatch_order.pop_front();  // answered earlier
@@ -976,9 +992,12 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   }
   if (outcome.code == ErrorCode::kOk) {
     ++chunks_done_;
+    metrics_->completed(std::chrono::duration<double>(Clock::now() - chunk->second.received).count());
   } else if (outcome.code != ErrorCode::kContextMissing && outcome.code != ErrorCode::kResourceExhausted) {
     ++chunks_failed_;  // those two are sent again, not failed
+    metrics_->failed();
   }
+  metrics_->bytes_sent(payload.size());
   const proto::ClientResult forward{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
                                     std::move(outcome), worker_count()};
   auto out = wire::make(Command::kResult, forward);
@@ -1135,6 +1154,7 @@ void Broker::Impl::fail_chunk(std::uint64_t ticket, const std::string& why) {
                     std::to_string(chunk.header.first_index) + ".." +
                     std::to_string(chunk.header.first_index + chunk.header.count - 1) + ") " + why + " (" + causes + ")";
   ++chunks_failed_;
+  metrics_->failed();
   log_->warn("giving up on a chunk: {}", outcome.message);
   auto out = wire::make(Command::kResult, proto::ClientResult{chunk.header.job, chunk.header.chunk, chunk.attempt,
                                                               std::move(outcome), worker_count()});
@@ -1163,6 +1183,7 @@ void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause, bool 
     over_budget_.try_emplace(ticket, Clock::now());
   }
   ++chunks_redispatched_;
+  metrics_->redispatched();
   queue_chunk(ticket, true);
 }
 
@@ -1256,9 +1277,13 @@ void Broker::Impl::dispatch() {
       lose_worker(worker.identity, "unreachable", Loss::kLost);
       continue;
     }
+    metrics_->dispatched();
+    metrics_->bytes_sent(chunk.payload.size());
     if (send_context) {
       worker.contexts.insert(context_hash);
-      context_bytes_sent_ += clients_by_id_.at(chunk.client).contexts.at(context_hash).payload.size();
+      const auto context_bytes = clients_by_id_.at(chunk.client).contexts.at(context_hash).payload.size();
+      context_bytes_sent_ += context_bytes;
+      metrics_->bytes_sent(context_bytes);
     }
     ++chunk.attempt;
     chunk.worker = worker.identity;
@@ -1371,6 +1396,7 @@ Broker::Broker(BrokerOptions options, Context context)
 Broker::~Broker() = default;
 const std::string& Broker::client_endpoint() const noexcept { return impl_->client_endpoint_; }
 const std::string& Broker::worker_endpoint() const noexcept { return impl_->worker_endpoint_; }
+const std::string& Broker::metrics_url() const noexcept { return impl_->metrics_url_; }
 void Broker::run() { impl_->run(); }
 void Broker::stop() noexcept { impl_->stop(); }
 void Broker::reload_keys() noexcept { impl_->reload_keys(); }

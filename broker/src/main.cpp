@@ -95,6 +95,8 @@ int main(int argc, char** argv) {
                  "worker registrations (READY) accepted per second from one address or key")
       ->default_val(1000)
       ->check(CLI::PositiveNumber);
+  app.add_option("--metrics", options.metrics_address,
+                 "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (port 0: a free one)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   bool daemon = false;
   std::string pidfile;
@@ -143,6 +145,7 @@ int main(int argc, char** argv) {
     poolmap::Broker broker(options);
     const std::string ready =
         "poolmap-broker ready clients=" + broker.client_endpoint() + " workers=" + broker.worker_endpoint();
+    if (!broker.metrics_url().empty()) log->info("metrics at {}", broker.metrics_url());
     if (background) {
       log->info("{} (pid {}, in the background)", ready, ::getpid());
       background->ready(ready);

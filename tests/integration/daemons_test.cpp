@@ -711,3 +711,79 @@ TEST_CASE("Daemons.Cli.StatusWatchShowsSnapshotsWithTheRateUntilInterrupted" * d
   REQUIRE(status.has_value());
   CHECK(WIFSIGNALED(*status));
 }
+
+namespace {
+
+// GET http://127.0.0.1:PORT/PATH, the body ("" if the server cannot be reached).
+std::string http_get(const std::string& url) {
+  // "http://127.0.0.1:PORT/metrics"
+  const auto host_start = url.find("//") + 2;
+  const auto colon = url.find(':', host_start);
+  const auto slash = url.find('/', colon);
+  const int port = std::stoi(url.substr(colon + 1, slash - colon - 1));
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
+    const std::string request = "GET " + url.substr(slash) + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+      char buffer[4096];
+      for (ssize_t n; (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;) response.append(buffer, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  const auto body = response.find("\r\n\r\n");
+  return body == std::string::npos ? std::string() : response.substr(body + 4);
+}
+
+// The value of an unlabelled metric in Prometheus text ("name value" on its own line), or -1.
+double metric(const std::string& text, const std::string& name) {
+  const auto at = text.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + name.size() + 2));
+}
+
+}  // namespace
+
+TEST_CASE("Daemons.Metrics.PrometheusTextDuringAndAfterAMap" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 2, .broker_args = {"--metrics", "127.0.0.1:0"}});
+  std::string url;
+  REQUIRE(t::eventually(
+      [&] {
+        const std::string log = cluster.broker().stderr_text();
+        const auto at = log.find("metrics at ");
+        if (at == std::string::npos) return false;
+        url = log.substr(at + 11, log.find('\n', at) - at - 11);
+        return true;
+      },
+      10s));
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 10s));
+  auto naps = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(40, 20), {.chunksize = 1});
+  // During the map: two workers, one client, chunks on their way.
+  std::string during;
+  REQUIRE(t::eventually(
+      [&] {
+        during = http_get(url);
+        return metric(during, "poolmap_chunks_dispatched_total") > 0;
+      },
+      10s));
+  CHECK(metric(during, "poolmap_workers") == 2);
+  CHECK(metric(during, "poolmap_clients") == 1);
+  CHECK(naps.get(30s).size() == 40);
+  const std::string after = http_get(url);
+  INFO(after);
+  CHECK(metric(after, "poolmap_chunks_completed_total") == 40);
+  CHECK(metric(after, "poolmap_chunks_dispatched_total") >= 40);
+  CHECK(metric(after, "poolmap_chunks_failed_total") == 0);
+  CHECK(metric(after, "poolmap_chunk_seconds_count") == 40);
+  CHECK(metric(after, "poolmap_bytes_received_total") > 0);
+  CHECK(metric(after, "poolmap_bytes_sent_total") > 0);
+  CHECK(t::eventually([&] { return metric(http_get(url), "poolmap_chunks_in_flight") == 0; }, 10s));
+}

@@ -90,6 +90,9 @@ struct BrokerOptions {
   // Without CURVE, allow endpoints other hosts can reach (a warning is logged at every start).
   // Default: false (loopback only).
   bool insecure = false;
+  // Serve Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9464" (port 0: a free
+  // one, see metrics_url()). Default: "" = none.
+  std::string metrics_address{};
 };
 
 class Broker {
@@ -106,6 +109,8 @@ class Broker {
   // The endpoints actually bound, with wildcards resolved ("tcp://127.0.0.1:41523").
   const std::string& client_endpoint() const noexcept;
   const std::string& worker_endpoint() const noexcept;
+  // Where the metrics are served ("http://127.0.0.1:9464/metrics"), or "" without metrics_address.
+  const std::string& metrics_url() const noexcept;
 
   // Serves until stop() is called. Call from one thread, once.
   void run();
