@@ -3,8 +3,9 @@
 # run a real job on this machine, with the batch system replaced by local stand-ins: the
 # scheduler's variables (PBS_NODEFILE, PBS_JOBID, SLURM_JOB_ID, SLURM_JOB_NODELIST, ...) set by
 # hand, and `pbsdsh`, `srun` and `scontrol` as small scripts that run the command here. Each job
-# starts a CURVE broker bound to 127.0.0.1 (POOLMAP_BIND_HOST), a worker supervisor with 2
-# processes and the Monte Carlo pi example against them, from an installed tree. Checks the
+# starts a CURVE broker bound to 127.0.0.1 (POOLMAP_BIND_HOST) and a worker supervisor with 2
+# processes from an installed tree (with the test task library), and as its program a client that
+# maps test.square over 0..999 through the job's variables. Checks the
 # program's output and exit status, that the job's key directory is gone and that nothing it
 # started is left running. Both scripts must also pass shellcheck.
 #
@@ -49,10 +50,11 @@ STANDIN
 chmod +x "$work/bin/"*
 echo 127.0.0.1 > "$work/job/nodefile"
 
-# The job's program: the pi example against the job's cluster, through the variables the script
-# exports (POOLMAP_BROKER and the CURVE keys).
+# The job's program: a client against the job's cluster, through the variables the script exports
+# (POOLMAP_BROKER and the CURVE keys). It prints the sum of the squares of 0..999.
 # shellcheck disable=SC2016  # expanded by the job's shell, not here
-program=(bash -c 'exec "$0" --broker "$POOLMAP_BROKER" --workers 2 --wait 60' "$prefix/bin/poolmap-example-pi")
+program=(bash -c 'exec "$0" map "$POOLMAP_BROKER" 1000' "$build/tests/poolmap_test_client")
+expected=332833500
 
 run_job() {  # run_job NAME SCRIPT [VAR=VALUE...]
   local name=$1 script=$2
@@ -61,11 +63,11 @@ run_job() {  # run_job NAME SCRIPT [VAR=VALUE...]
   (
     cd "$work/job"
     env PATH="$work/bin:$PATH" POOLMAP_PREFIX="$prefix" POOLMAP_BIND_HOST=127.0.0.1 \
-        POOLMAP_TASKS="$prefix/lib/libpoolmap_examples.so" \
+        POOLMAP_TASKS="$build/tests/libpoolmap_test_tasks.so" \
         POOLMAP_WORKER_ARGS="--processes 2" POOLMAP_KEY_DIR="$work/job" TMPDIR="$work" "$@" \
         timeout 120 bash "$script" "${program[@]}"
   ) > "$out" 2>&1 || status=$?
-  if ((status != 0)) || ! grep -q 'pi ~ 3.1' "$out"; then
+  if ((status != 0)) || ! grep -qx "$expected" "$out"; then
     echo "FAIL: the $name job (exit status $status):"
     cat "$out"
     return 1
@@ -79,7 +81,7 @@ run_job() {  # run_job NAME SCRIPT [VAR=VALUE...]
     pgrep -af "$prefix/bin/poolmap-(broker|worker)"
     return 1
   fi
-  echo "$name job: $(grep 'pi ~' "$out")"
+  echo "$name job: the program printed $expected, the sum of the squares of 0..999"
 }
 
 run_job slurm "$source/deploy/slurm/poolmap.sbatch" SLURM_JOB_ID=4242 SLURM_JOB_NODELIST=127.0.0.1 \
