@@ -15,7 +15,6 @@
 // the flag's name in upper case with '_' for '-' (POOLMAP_BROKER_HEARTBEAT_MS=500).
 #include <unistd.h>
 
-#include <cctype>
 #include <iostream>
 #include <optional>
 
@@ -104,13 +103,7 @@ int main(int argc, char** argv) {
   app.add_flag("--daemon", daemon, "run in the background (needs --log-file); exits once the broker is ready");
   app.add_option("--pidfile", pidfile, "write the broker's pid to this file (removed at exit)");
   app.add_option("--log-file", log_file, "append the log to this file instead of stderr (reopened on SIGHUP)");
-  for (CLI::Option* option : app.get_options()) {  // POOLMAP_BROKER_HEARTBEAT_MS for --heartbeat-ms, ...
-    const std::string name = option->get_single_name();
-    if (name == "help" || name == "version") continue;
-    std::string variable = "POOLMAP_BROKER_" + name;
-    for (char& c : variable) c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    option->envname(variable);
-  }
+  poolmap::detail::name_environment_variables(app, "POOLMAP_BROKER_");  // POOLMAP_BROKER_HEARTBEAT_MS, ...
   CLI11_PARSE(app, argc, argv);
   if (daemon && log_file.empty()) {
     std::cerr << "poolmap-broker: --daemon needs --log-file (a daemon has no terminal to log to)\n";
@@ -154,14 +147,7 @@ int main(int argc, char** argv) {
     }
     signals.on_signal([&broker, &log, &log_file](int signo) {
       if (signo == SIGHUP) {
-        if (!log_file.empty()) {
-          try {
-            poolmap::detail::redirect_stderr(log_file);
-            log->info("SIGHUP: log file {} reopened", log_file);
-          } catch (const std::exception& e) {
-            log->error("SIGHUP: {}; logging on to the old file", e.what());
-          }
-        }
+        poolmap::detail::reopen_log_file(log_file, *log);
         log->info("SIGHUP: reloading the key directories");
         broker.reload_keys();
         return;

@@ -5,10 +5,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/logger.h>
 
 namespace poolmap::detail {
 
@@ -36,6 +40,26 @@ void redirect_stderr(const std::string& path) {
     throw std::runtime_error(why);
   }
   if (fd != STDERR_FILENO) ::close(fd);
+}
+
+void reopen_log_file(const std::string& path, spdlog::logger& log) {
+  if (path.empty()) return;
+  try {
+    redirect_stderr(path);
+    log.info("SIGHUP: log file {} reopened", path);
+  } catch (const std::exception& e) {
+    log.error("SIGHUP: {}; logging on to the old file", e.what());
+  }
+}
+
+void name_environment_variables(CLI::App& app, const std::string& prefix) {
+  for (CLI::Option* option : app.get_options()) {
+    const std::string name = option->get_single_name();
+    if (name == "help" || name == "version" || !option->get_envname().empty()) continue;
+    std::string variable = prefix + name;
+    for (char& c : variable) c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    option->envname(variable);
+  }
 }
 
 Daemon Daemon::start() {

@@ -16,11 +16,27 @@
 
 #include <string>
 
+namespace CLI {
+class App;
+}
+namespace spdlog {
+class logger;
+}
+
 namespace poolmap::detail {
 
 // Sends stderr (fd 2) to `path`, opened for appending (created 0644). Inherited by child processes.
 // Throws std::runtime_error with the reason when it cannot be opened.
 void redirect_stderr(const std::string& path);
+
+// SIGHUP: redirect_stderr(path) again, so that a rotated log file is reopened by name, and log the
+// outcome (on failure the old file stays in use). Does nothing for an empty path.
+void reopen_log_file(const std::string& path, spdlog::logger& log);
+
+// Gives every option of `app` defined so far an environment variable: `prefix` and the option's
+// name in upper case with '_' for '-' (prefix POOLMAP_BROKER_: --heartbeat-ms reads
+// POOLMAP_BROKER_HEARTBEAT_MS). Skips --help, --version and options that have a variable already.
+void name_environment_variables(CLI::App& app, const std::string& prefix);
 
 class Daemon {
  public:

@@ -226,16 +226,6 @@ TEST_CASE("Faults.Worker.DeadlineReplacesTheHungProcess" * doctest::timeout(60))
   check_hashes(pool.map(t::slow_hash, slow_items(50, 0), {.task_deadline = 300ms}), 50);
 }
 
-// A process that is gone or a zombie (its new parent may never reap it).
-bool running(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(in, line)) return false;
-  const auto after_name = line.rfind(')');
-  return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] != 'Z' &&
-         line[after_name + 2] != 'X';
-}
-
 TEST_CASE("Faults.Worker.HungChildOfAKilledSupervisorEndsItself" * doctest::timeout(90)) {
   // The supervisor's death asks its child to stop (PR_SET_PDEATHSIG), which means finishing the
   // running chunk; a hung chunk never finishes and no SIGKILL follows. The child must end itself
@@ -256,7 +246,7 @@ TEST_CASE("Faults.Worker.HungChildOfAKilledSupervisorEndsItself" * doctest::time
   REQUIRE(::kill(cluster.workers().pid(), SIGKILL) == 0);
   REQUIRE(cluster.workers().wait(10s).has_value());
   const auto killed_at = Clock::now();
-  CHECK(t::eventually([&] { return !running(children[0]); }, 10s + 20 * t::heartbeat()));
+  CHECK(t::eventually([&] { return !t::process_running(children[0]); }, 10s + 20 * t::heartbeat()));
   CHECK(Clock::now() - killed_at >= 9s);  // it did wait for its chunk first
   CHECK(t::eventually(
       [&] {

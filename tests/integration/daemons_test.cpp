@@ -572,16 +572,6 @@ TEST_CASE("Daemons.Endpoints.NothingListeningIsSaidBeforeTheTimeout" * doctest::
 
 namespace {
 
-// Whether a process runs (not gone, not a zombie its new parent has yet to reap).
-bool running(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(in, line)) return false;
-  const auto after_name = line.rfind(')');
-  return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] != 'Z' &&
-         line[after_name + 2] != 'X';
-}
-
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path);
   std::stringstream text;
@@ -608,7 +598,7 @@ struct DaemonDir {
   ~DaemonDir() {
     for (const char* name : {"broker.pid", "worker.pid"}) {
       const pid_t pid = pid_in(dir / name);
-      if (pid > 0 && running(pid)) ::kill(pid, SIGKILL);
+      if (pid > 0 && t::process_running(pid)) ::kill(pid, SIGKILL);
     }
     std::filesystem::remove_all(dir);
   }
@@ -634,7 +624,7 @@ TEST_CASE("Daemons.Background.PidfileLogFileAndSighupReopen" * doctest::timeout(
   const pid_t broker = pid_in(d.dir / "broker.pid");
   REQUIRE(broker > 0);
   CHECK(broker != start_broker.pid());
-  CHECK(running(broker));
+  CHECK(t::process_running(broker));
   // The worker supervisor, the same way; its flags from the environment this time.
   t::ChildProcess start_worker({t::worker_binary(), "--daemon"},
                                {"POOLMAP_WORKER_PIDFILE=" + d / "worker.pid", "POOLMAP_WORKER_LOG_FILE=" + d / "worker.log",
@@ -646,7 +636,7 @@ TEST_CASE("Daemons.Background.PidfileLogFileAndSighupReopen" * doctest::timeout(
   REQUIRE(start_worker.wait(30s).has_value());
   const pid_t supervisor = pid_in(d.dir / "worker.pid");
   REQUIRE(supervisor > 0);
-  CHECK(running(supervisor));
+  CHECK(t::process_running(supervisor));
 
   poolmap::Pool pool({.broker = clients, .heartbeat_interval = t::heartbeat()});
   REQUIRE(pool.wait_for_workers(2, 30s));
@@ -678,7 +668,7 @@ TEST_CASE("Daemons.Background.PidfileLogFileAndSighupReopen" * doctest::timeout(
   // SIGTERM stops both; each removes its pidfile.
   REQUIRE(::kill(supervisor, SIGTERM) == 0);
   REQUIRE(::kill(broker, SIGTERM) == 0);
-  CHECK(t::eventually([&] { return !running(broker) && !running(supervisor); }, 30s));
+  CHECK(t::eventually([&] { return !t::process_running(broker) && !t::process_running(supervisor); }, 30s));
   CHECK(t::eventually(
       [&] { return !std::filesystem::exists(d.dir / "broker.pid") && !std::filesystem::exists(d.dir / "worker.pid"); },
       10s));

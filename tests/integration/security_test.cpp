@@ -145,6 +145,41 @@ std::vector<std::int64_t> iota(std::int64_t n) {
   return items;
 }
 
+// A good client that keeps mapping test.square over 0..199 on a thread while a test attacks the
+// broker, counting the maps that came back right and those that were wrong or failed.
+class GoodClient {
+ public:
+  GoodClient(poolmap::Pool& pool, poolmap::MapOptions options)
+      : thread_([this, &pool, options] {
+          const auto items = iota(200);
+          while (mapping_.load()) {
+            try {
+              const auto squares = pool.map(t::square, items, options);
+              bool ok = squares.size() == items.size();
+              for (std::size_t i = 0; ok && i < items.size(); ++i) ok = squares[i] == items[i] * items[i];
+              ++(ok ? right : wrong);
+            } catch (const std::exception&) {
+              ++wrong;
+            }
+          }
+        }) {}
+  ~GoodClient() { stop(); }
+  GoodClient(const GoodClient&) = delete;
+  GoodClient& operator=(const GoodClient&) = delete;
+  // Lets the map in progress finish, then returns.
+  void stop() {
+    mapping_ = false;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  std::atomic<int> right{0};
+  std::atomic<int> wrong{0};
+
+ private:
+  std::atomic<bool> mapping_{true};
+  std::thread thread_;  // last: started once the counters exist
+};
+
 }  // namespace
 
 TEST_CASE("Security.Curve.AClusterWithKeysRunsMaps" * doctest::timeout(60)) {
@@ -168,22 +203,7 @@ TEST_CASE("Security.Curve.StrangersGetNothingInWhileAGoodClientWorks" * doctest:
   REQUIRE(pool.wait_for_workers(2, 20s));
 
   // The good client keeps mapping during the attacks; every map must succeed.
-  std::atomic<bool> attacking{true};
-  std::atomic<int> maps_ok{0};
-  std::atomic<int> maps_failed{0};
-  std::thread good_client([&] {
-    const auto items = iota(200);
-    while (attacking.load()) {
-      try {
-        const auto squares = pool.map(t::square, items);
-        bool right = squares.size() == items.size();
-        for (std::size_t i = 0; right && i < items.size(); ++i) right = squares[i] == items[i] * items[i];
-        (right ? maps_ok : maps_failed)++;
-      } catch (const std::exception&) {
-        ++maps_failed;
-      }
-    }
-  });
+  GoodClient good_client(pool, {});
 
   zmq::context_t context;
   const std::string broker_public = poolmap::read_curve_public_file(keys.dir / "broker.pub");
@@ -228,10 +248,9 @@ TEST_CASE("Security.Curve.StrangersGetNothingInWhileAGoodClientWorks" * doctest:
     CAPTURE(attempts[i].who);
     CHECK_FALSE(strangers[i]->heard_anything(t::heartbeat()));
   }
-  attacking = false;
-  good_client.join();
+  good_client.stop();
 
-  MESSAGE("good client during the attacks: " << maps_ok.load() << " maps right, " << maps_failed.load()
+  MESSAGE("good client during the attacks: " << good_client.right.load() << " maps right, " << good_client.wrong.load()
                                               << " wrong or failed; " << strangers.size() << " strangers");
   // Nothing registered, nothing delivered: the broker never even saw a message from them.
   const auto status = pool.status();
@@ -239,8 +258,8 @@ TEST_CASE("Security.Curve.StrangersGetNothingInWhileAGoodClientWorks" * doctest:
   for (const auto& worker : status.workers) CHECK(worker.host != "evil-host");
   CHECK(status.clients == 1);
   CHECK(status.bad_messages == 0);
-  CHECK(maps_ok.load() >= 1);
-  CHECK(maps_failed.load() == 0);
+  CHECK(good_client.right.load() >= 1);
+  CHECK(good_client.wrong.load() == 0);
   CHECK(cluster.broker().stderr_text().find("refused") != std::string::npos);
 }
 
@@ -255,22 +274,7 @@ TEST_CASE("Security.Curve.AnAdmittedWorkerCannotSpoofExitsDeliverLiesOrForgeLogL
   const auto honest = pool.status().workers;
   REQUIRE(honest.size() == 2);
 
-  std::atomic<bool> attacking{true};
-  std::atomic<int> maps_ok{0};
-  std::atomic<int> maps_failed{0};
-  std::thread good_client([&] {
-    const auto items = iota(200);
-    while (attacking.load()) {
-      try {
-        const auto squares = pool.map(t::square, items, {.chunksize = 10});
-        bool right = squares.size() == items.size();
-        for (std::size_t i = 0; right && i < items.size(); ++i) right = squares[i] == items[i] * items[i];
-        (right ? maps_ok : maps_failed)++;
-      } catch (const std::exception&) {
-        ++maps_failed;
-      }
-    }
-  });
+  GoodClient good_client(pool, {.chunksize = 10});
 
   zmq::context_t context;
   zmq::socket_t insider(context, zmq::socket_type::dealer);
@@ -334,14 +338,13 @@ TEST_CASE("Security.Curve.AnAdmittedWorkerCannotSpoofExitsDeliverLiesOrForgeLogL
   REQUIRE(t::eventually(
       [&] { return cluster.broker().stderr_text().find("results for a chunk of") != std::string::npos; }, 20s));
   // A few more maps after the attacks, then stop.
-  const int after = maps_ok.load();
-  CHECK(t::eventually([&] { return maps_ok.load() >= after + 2; }, 30s));
-  attacking = false;
-  good_client.join();
+  const int after = good_client.right.load();
+  CHECK(t::eventually([&] { return good_client.right.load() >= after + 2; }, 30s));
+  good_client.stop();
 
-  MESSAGE("good client during the attacks: " << maps_ok.load() << " maps right, " << maps_failed.load()
+  MESSAGE("good client during the attacks: " << good_client.right.load() << " maps right, " << good_client.wrong.load()
                                               << " wrong or failed");
-  CHECK(maps_failed.load() == 0);
+  CHECK(good_client.wrong.load() == 0);
   // The honest workers are still the ones registered: no exit report was taken.
   const auto now = pool.status().workers;
   REQUIRE(now.size() == 2);

@@ -179,6 +179,15 @@ std::string ChildProcess::stderr_text() const {
   return out.str();
 }
 
+bool process_running(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const auto after_name = line.rfind(')');  // "PID (COMM) STATE ...": COMM may hold anything
+  return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] != 'Z' &&
+         line[after_name + 2] != 'X';
+}
+
 std::chrono::milliseconds heartbeat() {
   const char* text = std::getenv("POOLMAP_TEST_HEARTBEAT_MS");
   const long ms = text != nullptr ? std::strtol(text, nullptr, 10) : 0;

@@ -107,6 +107,10 @@ class Cluster {
   std::string worker_endpoint_;
 };
 
+// Whether process `pid` runs: not gone, and not a zombie its new parent has yet to reap (a daemon
+// or an orphan whose parent was not this test).
+bool process_running(pid_t pid);
+
 // Polls `condition` every 10 ms until it holds or `timeout` passes; returns its last value.
 template <class Condition>
 bool eventually(Condition condition, std::chrono::milliseconds timeout) {

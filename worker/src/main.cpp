@@ -14,7 +14,6 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <climits>
 #include <cstdlib>
 #include <iostream>
@@ -88,13 +87,7 @@ int main(int argc, char** argv) {
   app.add_flag("--daemon", daemon, "run in the background (needs --log-file); exits once it runs");
   app.add_option("--pidfile", pidfile, "write the supervisor's pid to this file (removed at exit)");
   app.add_option("--log-file", log_file, "append the log to this file instead of stderr (reopened on SIGHUP)");
-  for (CLI::Option* option : app.get_options()) {  // POOLMAP_WORKER_PREFETCH for --prefetch, ...
-    const std::string name = option->get_single_name();
-    if (name == "help" || name == "version" || !option->get_envname().empty()) continue;
-    std::string variable = "POOLMAP_WORKER_" + name;
-    for (char& c : variable) c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    option->envname(variable);
-  }
+  poolmap::detail::name_environment_variables(app, "POOLMAP_WORKER_");  // POOLMAP_WORKER_PREFETCH, ...
   app.add_flag("--child", child, "internal: run one worker process (started by the supervisor)")->group("");
   app.add_option("--parent-pid", parent_pid, "internal")->group("");
   CLI11_PARSE(app, argc, argv);
@@ -125,16 +118,6 @@ int main(int argc, char** argv) {
   poolmap::detail::SignalWaiter signals;
   auto log = poolmap::detail::logger("poolmap.worker");
   if (child && parent_pid > 0) exit_with_parent(static_cast<pid_t>(parent_pid));
-  // SIGHUP: a rotated log file is reopened.
-  auto reopen_log = [&log, &log_file] {
-    if (log_file.empty()) return;
-    try {
-      poolmap::detail::redirect_stderr(log_file);
-    } catch (const std::exception& e) {
-      log->error("SIGHUP: {}; logging on to the old file", e.what());
-    }
-  };
-
   try {
     for (const auto& library : task_libraries) {
       const auto added = poolmap::load_task_library(library);
@@ -160,8 +143,8 @@ int main(int argc, char** argv) {
                                      .init_args = init_args,
                                      .curve_secret_file = curve_secret,
                                      .broker_key_file = broker_key});
-      signals.on_signal([&worker, &reopen_log](int signo) {
-        if (signo == SIGHUP) return reopen_log();
+      signals.on_signal([&worker, &log, &log_file](int signo) {
+        if (signo == SIGHUP) return poolmap::detail::reopen_log_file(log_file, *log);
         worker.stop();
       });
       try {
@@ -220,10 +203,9 @@ int main(int argc, char** argv) {
                                     .broker_key_file = broker_key});
     std::optional<poolmap::detail::PidFile> pid_file;
     if (!pidfile.empty()) pid_file.emplace(pidfile);
-    signals.on_signal([&supervisor, &log, &log_file, &reopen_log](int signo) {
+    signals.on_signal([&supervisor, &log, &log_file](int signo) {
       if (signo == SIGHUP) {
-        reopen_log();
-        if (!log_file.empty()) log->info("SIGHUP: log file {} reopened", log_file);
+        poolmap::detail::reopen_log_file(log_file, *log);
         for (const int pid : supervisor.pids()) ::kill(pid, SIGHUP);  // they reopen it too
         return;
       }

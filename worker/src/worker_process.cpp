@@ -123,6 +123,9 @@ class WorkerProcess::Impl {
   // Answers `ticket` with `outcome`, says goodbye and ends the process with the deadline exit code
   // (its supervisor starts a fresh one at once and does not count a crash).
   [[noreturn]] void end_process(zmq::socket_t& socket, std::uint64_t ticket, proto::Outcome outcome);
+  // Sends DISCONNECT (the broker takes back what this process holds), waits for what was sent to
+  // leave, and ends the process with the deadline exit code.
+  [[noreturn]] void say_goodbye_and_exit(zmq::socket_t& socket);
   zmq::socket_t connect(zmq::context_t& context);
 
   WorkerOptions options_;
@@ -398,9 +401,13 @@ void WorkerProcess::Impl::end_process(zmq::socket_t& socket, std::uint64_t ticke
   auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{ticket, std::move(outcome), instance_});
   reply.emplace_back();
   (void)wire::send(socket, reply, true);
+  say_goodbye_and_exit(socket);
+}
+
+void WorkerProcess::Impl::say_goodbye_and_exit(zmq::socket_t& socket) {
   auto bye = wire::make_empty(Command::kDisconnect);
   (void)wire::send(socket, bye, true);
-  socket.close();                       // lingers until both messages are out (bounded)
+  socket.close();                       // lingers until what was sent is out (bounded)
   handshakes_.reset();                  // its monitor socket would keep the context open
   options_.context.impl().zmq.close();  // waits for that
   std::_Exit(detail::kDeadlineExitCode);
@@ -452,12 +459,7 @@ void WorkerProcess::Impl::enforce_stop_timeout(zmq::socket_t& socket) {
              "ending this process",
              host_, pid_, detail::short_id(instance_),
              std::chrono::duration_cast<std::chrono::milliseconds>(now - *stop_seen_).count());
-  auto bye = wire::make_empty(Command::kDisconnect);
-  (void)wire::send(socket, bye, true);
-  socket.close();                       // lingers until the goodbye is out (bounded)
-  handshakes_.reset();                  // its monitor socket would keep the context open
-  options_.context.impl().zmq.close();  // waits for that
-  std::_Exit(detail::kDeadlineExitCode);
+  say_goodbye_and_exit(socket);  // the broker hands the chunk to another worker
 }
 
 WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task) {
