@@ -4,22 +4,38 @@
 //                  [--curve-secret FILE --broker-key FILE]
 //       workers (with their tasks), queue depth and counters of a broker; --watch: again every
 //       interval (in place on a terminal, one snapshot after another when piped) until Ctrl-C
+//   poolmap map TASK [FILE] [--chunksize N] [--no-progress]
+//       runs TASK over the lines of FILE (or stdin), one input per line (tab-separated fields for a
+//       task of several arguments), and prints the results in input order, one per line
+//   poolmap exec [--keep-going] [-a FILE] [--] CMD ARGS... {}
+//       runs CMD once per input line on workers started with --allow-exec ({} is the line) and
+//       prints each command's stdout and stderr in input order
 //   poolmap keygen PATH [--if-missing]
 //       writes a CURVE key pair: PATH.key (secret, mode 0600) and PATH.pub (public)
+//
+// map and exec show a progress bar on stderr when it is a terminal. Exit status: 0 done, 1 failed
+// (a task threw, a command failed, the broker is unreachable), 2 bad usage or an input line that
+// does not parse.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
+#include <set>
+#include <stdexcept>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 
+#include "poolmap/exec.hpp"
 #include "poolmap/poolmap.hpp"
 #include "process_info.hpp"
+#include "text_codec.hpp"
 
 namespace {
 
@@ -81,20 +97,45 @@ int keygen(const std::string& base, bool if_missing) {
   return 0;
 }
 
-struct StatusOptions {
+// How to reach the broker: shared by status, map and exec.
+struct Connection {
   std::string broker;
   int timeout_ms = 5000;
-  bool verbose = false;
-  bool json = false;
-  bool watch = false;
-  int interval_ms = 1000;
   std::string curve_secret;
   std::string broker_key;
 };
 
+void add_connection_options(CLI::App& command, Connection& connection) {
+  command.add_option("--broker", connection.broker, "broker client endpoint")
+      ->envname("POOLMAP_BROKER")
+      ->default_val("tcp://127.0.0.1:5555");
+  command.add_option("--timeout-ms", connection.timeout_ms, "how long to wait for the broker's first answer")
+      ->default_val(5000)
+      ->check(CLI::PositiveNumber);
+  command.add_option("--curve-secret", connection.curve_secret, "this client's CURVE secret key file")
+      ->envname("POOLMAP_CURVE_SECRET");
+  command.add_option("--broker-key", connection.broker_key, "the broker's CURVE public key file")
+      ->envname("POOLMAP_BROKER_KEY");
+}
+
+poolmap::PoolOptions pool_options(const Connection& connection) {
+  return {.broker = connection.broker,
+          .start_timeout = std::chrono::milliseconds(connection.timeout_ms),
+          .curve_secret_file = connection.curve_secret,
+          .broker_key_file = connection.broker_key};
+}
+
+struct StatusOptions {
+  Connection connection;
+  bool verbose = false;
+  bool json = false;
+  bool watch = false;
+  int interval_ms = 1000;
+};
+
 // One snapshot as a table. `rate`: chunks done per second since the previous snapshot (--watch).
 void print_table(const StatusOptions& options, const poolmap::BrokerStatus& status, std::optional<double> rate) {
-  std::printf("broker     %s\n", options.broker.c_str());
+  std::printf("broker     %s\n", options.connection.broker.c_str());
   std::printf("workers    %zu\n", status.workers.size());
   std::printf("clients    %u (including this one)\n", status.clients);
   std::printf("chunks     queued %llu, in flight %llu, done %llu, failed %llu, re-dispatched %llu\n",
@@ -118,14 +159,11 @@ void print_table(const StatusOptions& options, const poolmap::BrokerStatus& stat
 }
 
 int print_status(const StatusOptions& options) {
-  poolmap::Pool pool({.broker = options.broker,
-                      .start_timeout = std::chrono::milliseconds(options.timeout_ms),
-                      .curve_secret_file = options.curve_secret,
-                      .broker_key_file = options.broker_key});
+  poolmap::Pool pool(pool_options(options.connection));
   const bool terminal = ::isatty(STDOUT_FILENO) == 1;
   std::optional<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> previous;
   for (;;) {
-    const poolmap::BrokerStatus status = pool.status(std::chrono::milliseconds(options.timeout_ms));
+    const poolmap::BrokerStatus status = pool.status(std::chrono::milliseconds(options.connection.timeout_ms));
     const auto now = std::chrono::steady_clock::now();
     std::optional<double> rate;
     if (previous && now > previous->first) {
@@ -134,7 +172,7 @@ int print_status(const StatusOptions& options) {
     }
     previous.emplace(now, status.chunks_done);
     if (options.json) {
-      print_json(options.broker, status);  // with --watch: one object per line
+      print_json(options.connection.broker, status);  // with --watch: one object per line
     } else {
       if (options.watch) {
         const std::time_t wall = std::time(nullptr);
@@ -152,6 +190,222 @@ int print_status(const StatusOptions& options) {
   }
 }
 
+
+// A progress bar on stderr, drawn only when stderr is a terminal: bar, percentage, counts, rate and
+// time left, redrawn at most every 100 ms.
+class ProgressBar {
+ public:
+  ProgressBar(bool wanted, std::string unit) : enabled_(wanted && ::isatty(STDERR_FILENO) == 1), unit_(std::move(unit)) {}
+  ProgressBar(const ProgressBar&) = delete;
+  ProgressBar& operator=(const ProgressBar&) = delete;
+  ~ProgressBar() { clear(); }
+
+  void update(std::size_t done, std::size_t total) {
+    if (!enabled_ || total == 0) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (drawn_ && done != total && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    const double fraction = static_cast<double>(done) / static_cast<double>(total);
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(fraction * kWidth);
+    std::string bar(static_cast<std::size_t>(filled), '#');
+    bar.resize(kWidth, '.');
+    const double seconds = std::chrono::duration<double>(now - start_).count();
+    const double rate = seconds > 0 ? static_cast<double>(done) / seconds : 0;
+    char line[160];
+    if (rate > 0 && done < total) {
+      std::snprintf(line, sizeof(line), "\r[%s] %3d%% %zu/%zu %s, %.0f/s, %.0f s left\033[K", bar.c_str(),
+                    static_cast<int>(fraction * 100), done, total, unit_.c_str(), rate,
+                    static_cast<double>(total - done) / rate);
+    } else {
+      std::snprintf(line, sizeof(line), "\r[%s] %3d%% %zu/%zu %s\033[K", bar.c_str(), static_cast<int>(fraction * 100),
+                    done, total, unit_.c_str());
+    }
+    std::fputs(line, stderr);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+  // Removes the bar (before other output, and at the end).
+  void clear() {
+    if (!drawn_) return;
+    std::fputs("\r\033[K", stderr);
+    std::fflush(stderr);
+    drawn_ = false;
+  }
+
+ private:
+  bool enabled_;
+  std::string unit_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_draw_{};
+};
+
+// A usage or input error: exit status 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Every line of `file` ("" or "-" = stdin), without its line feed.
+std::vector<std::string> read_lines(const std::string& file) {
+  std::ifstream opened;
+  if (!file.empty() && file != "-") {
+    opened.open(file);
+    if (!opened) throw UsageError("cannot read " + file);
+  }
+  std::istream& in = opened.is_open() ? static_cast<std::istream&>(opened) : std::cin;
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
+  return lines;
+}
+
+// The signature the workers announce for `task`. Throws when none or several do.
+std::string announced_signature(const poolmap::BrokerStatus& status, const std::string& broker,
+                                const std::string& task) {
+  std::set<std::string> signatures;
+  std::set<std::string> names;
+  for (const auto& worker : status.workers) {
+    for (const auto& info : worker.tasks) {
+      names.insert(info.name);
+      if (info.name == task) signatures.insert(info.signature);
+    }
+  }
+  if (signatures.size() == 1) return *signatures.begin();
+  if (signatures.empty()) {
+    std::string known;
+    for (const auto& name : names) known += (known.empty() ? "" : ", ") + name;
+    throw std::runtime_error("no worker of the broker at " + broker + " has task '" + task + "'" +
+                             (status.workers.empty() ? " (no worker is connected)"
+                                                     : " (they have: " + known + ")"));
+  }
+  std::string listed;
+  for (const auto& signature : signatures) listed += (listed.empty() ? "" : ", ") + signature;
+  throw std::runtime_error("the workers disagree on task '" + task + "': " + listed);
+}
+
+struct MapCommand {
+  Connection connection;
+  std::string task;
+  std::string file;
+  std::size_t chunksize = 0;
+  bool no_progress = false;
+};
+
+int run_map(const MapCommand& command) {
+  poolmap::Pool pool(pool_options(command.connection));
+  const auto status = pool.status(std::chrono::milliseconds(command.connection.timeout_ms));
+  const std::string signature = announced_signature(status, command.connection.broker, command.task);
+  poolmap::cli::TextSignature types;
+  try {
+    types = poolmap::cli::parse_text_signature(command.task, signature);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+  const std::vector<std::string> lines = read_lines(command.file);
+  std::vector<poolmap::Bytes> items(lines.size());
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    try {
+      poolmap::OutputArchive archive(items[i]);
+      poolmap::cli::encode_line(types, lines[i], archive);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError("line " + std::to_string(i + 1) + ": " + e.what() + " (task '" + command.task + "' is " +
+                       signature + ")");
+    }
+  }
+  ProgressBar bar(!command.no_progress, "items");
+  const poolmap::Bytes results =
+      pool.map_encoded(command.task, signature, items,
+                       {.chunksize = command.chunksize,
+                        .progress = [&bar](std::size_t done, std::size_t total) { bar.update(done, total); }});
+  bar.clear();
+  poolmap::InputArchive archive(results);
+  std::string out;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    out.clear();
+    poolmap::cli::decode_result(types.result, archive, out);
+    out += '\n';
+    std::fwrite(out.data(), 1, out.size(), stdout);
+  }
+  return 0;
+}
+
+struct ExecCommand {
+  Connection connection;
+  std::vector<std::string> command;
+  std::string arg_file;
+  bool keep_going = false;
+  bool no_progress = false;
+};
+
+// For `poolmap exec`: moves the command (from its first word that is not an option of exec, or
+// after "--") into `command` and returns how many words of argv are left for the parser.
+int split_exec_command(int argc, char** argv, std::vector<std::string>& command) {
+  if (argc < 2 || std::string_view(argv[1]) != "exec") return argc;
+  static constexpr std::string_view kTakesValue[] = {"--broker", "--timeout-ms", "--curve-secret", "--broker-key",
+                                                     "-a", "--arg-file"};
+  for (int i = 2; i < argc; ++i) {
+    const std::string_view word = argv[i];
+    if (word == "--") {
+      command.assign(argv + i + 1, argv + argc);
+      return i;
+    }
+    if (!word.starts_with("-") || word == "-") {
+      command.assign(argv + i, argv + argc);
+      return i;
+    }
+    if (std::find(std::begin(kTakesValue), std::end(kTakesValue), word) != std::end(kTakesValue)) ++i;
+  }
+  return argc;
+}
+
+std::string shell_words(const std::vector<std::string>& words) {
+  std::string out;
+  for (const auto& word : words) out += (out.empty() ? "" : " ") + word;
+  return out;
+}
+
+int run_exec(const ExecCommand& command) {
+  if (command.command.empty()) throw UsageError("exec: give the command to run, e.g. poolmap exec -- gzip -k {}");
+  poolmap::Pool pool(pool_options(command.connection));
+  const auto status = pool.status(std::chrono::milliseconds(command.connection.timeout_ms));
+  bool allowed = false;
+  for (const auto& worker : status.workers) {
+    for (const auto& info : worker.tasks) allowed = allowed || info.name == poolmap::exec_task.name();
+  }
+  if (!allowed) {
+    throw std::runtime_error("no worker of the broker at " + command.connection.broker +
+                             " runs commands: start poolmap-worker with --allow-exec (anyone who may reach the "
+                             "broker can then run commands as the worker's user; see docs/SECURITY.md)");
+  }
+  const std::vector<std::string> lines = read_lines(command.arg_file);
+  ProgressBar bar(!command.no_progress, "commands");
+  std::size_t done = 0;
+  std::size_t failed = 0;
+  auto results = pool.imap(poolmap::exec_task.with(command.command), lines, {.chunksize = 1});
+  for (const auto& [code, out, err] : results) {
+    bar.clear();
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    std::fflush(stdout);
+    std::fwrite(err.data(), 1, err.size(), stderr);
+    ++done;
+    if (code != 0) {
+      ++failed;
+      if (!command.keep_going) {
+        std::fprintf(stderr, "poolmap exec: `%s` exited with status %d for input line %zu; stopping (--keep-going runs "
+                     "every line)\n", shell_words(command.command).c_str(), code, done);
+        return 1;  // the stream's destructor cancels what is still queued or running
+      }
+    }
+    bar.update(done, lines.size());
+  }
+  bar.clear();
+  if (failed > 0) {
+    std::fprintf(stderr, "poolmap exec: %zu of %zu commands failed\n", failed, lines.size());
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -160,10 +414,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   StatusOptions options;
   auto* status = app.add_subcommand("status", "show a broker's workers, queue and counters");
-  status->add_option("--broker", options.broker, "broker client endpoint")
-      ->envname("POOLMAP_BROKER")
-      ->default_val("tcp://127.0.0.1:5555");
-  status->add_option("--timeout-ms", options.timeout_ms, "how long to wait for the broker")->default_val(5000);
+  add_connection_options(*status, options.connection);
   status->add_flag("-v,--verbose", options.verbose, "list each worker's tasks (name and signature)");
   status->add_flag("--json", options.json, "print one JSON object instead of the table");
   status->add_flag("--watch", options.watch,
@@ -172,20 +423,48 @@ int main(int argc, char** argv) {
   status->add_option("--interval-ms", options.interval_ms, "--watch: time between snapshots")
       ->default_val(1000)
       ->check(CLI::PositiveNumber);
-  status->add_option("--curve-secret", options.curve_secret, "this client's CURVE secret key file")
-      ->envname("POOLMAP_CURVE_SECRET");
-  status->add_option("--broker-key", options.broker_key, "the broker's CURVE public key file")
-      ->envname("POOLMAP_BROKER_KEY");
 
+  MapCommand map;
+  auto* map_command = app.add_subcommand(
+      "map", "run TASK over the lines of FILE (or stdin) and print the results in input order, one per line");
+  add_connection_options(*map_command, map.connection);
+  map_command->add_option("TASK", map.task, "task name, as `poolmap status --verbose` lists it")->required();
+  map_command->add_option("FILE", map.file, "one input per line; tab-separated fields for several arguments "
+                                            "(default: stdin)");
+  map_command->add_option("--chunksize", map.chunksize, "items per chunk (default 0: as Python's Pool.map)")
+      ->default_val(0);
+  map_command->add_flag("--no-progress", map.no_progress, "no progress bar (there is none when stderr is not a "
+                                                          "terminal)");
+
+  ExecCommand exec;
+  auto* exec_command = app.add_subcommand(
+      "exec", "run a command once per input line on workers started with --allow-exec; {} in the command is the "
+              "line (else it is added as the last argument); stdout and stderr come back in input order");
+  add_connection_options(*exec_command, exec.connection);
+  exec_command->add_option("-a,--arg-file", exec.arg_file, "read the input lines from this file (default: stdin)");
+  exec_command->add_flag("--keep-going", exec.keep_going,
+                         "run every line even after a command failed (exit status 1 if any failed)");
+  exec_command->add_flag("--no-progress", exec.no_progress, "no progress bar");
+  exec_command->add_option("COMMAND", exec.command,
+                            "the command and its arguments: everything from the first word that is not one of "
+                            "these options (or after --) belongs to it");
   auto* keygen_command = app.add_subcommand("keygen", "write a CURVE key pair: PATH.key (secret, 0600) and PATH.pub");
   std::string key_base;
   bool if_missing = false;
   keygen_command->add_option("PATH", key_base, "where to write, without the extension")->required();
   keygen_command->add_flag("--if-missing", if_missing, "do nothing when PATH.key and PATH.pub exist (for scripts)");
-  CLI11_PARSE(app, argc, argv);
+  // `poolmap exec [OPTIONS] [--] CMD ARGS...`: CMD and every word after it go to the command as
+  // they are (its own options, a "--"), so they are split off before CLI11 sees them.
+  const int parsed_words = split_exec_command(argc, argv, exec.command);
+  CLI11_PARSE(app, parsed_words, argv);
   try {
     if (status->parsed()) return print_status(options);
+    if (map_command->parsed()) return run_map(map);
+    if (exec_command->parsed()) return run_exec(exec);
     if (keygen_command->parsed()) return keygen(key_base, if_missing);
+  } catch (const UsageError& e) {
+    std::cerr << "poolmap: " << e.what() << "\n";
+    return 2;
   } catch (const std::exception& e) {
     std::cerr << "poolmap: " << e.what() << "\n";
     return 1;

@@ -1,6 +1,6 @@
 // poolmap-worker: starts N worker processes that take chunks from a broker and run them.
 //
-//   poolmap-worker --broker tcp://HOST:5556 [--processes N] [--tasks LIB.so ...]
+//   poolmap-worker --broker tcp://HOST:5556 [--processes N] [--tasks LIB.so ...] [--allow-exec]
 //                  [--curve-secret worker.key --broker-key broker.pub]
 //
 // The process started by the user is a supervisor: it detects the worker count (physical cores,
@@ -68,6 +68,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-tasks-per-child", max_tasks_per_child,
                  "replace a worker process after it ran this many chunks (0 = never)")
       ->default_val(0);
+  bool allow_exec = false;
+  app.add_flag("--allow-exec", allow_exec,
+               "run commands for `poolmap exec` (the poolmap.exec task): anyone who may reach the broker can then "
+               "run any command as this user");
   app.add_option("--init-arg", init_args, "argument for the task libraries' POOLMAP_WORKER_INIT; repeat for several");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   std::int64_t max_message_bytes = 64LL << 20;
@@ -129,8 +133,9 @@ int main(int argc, char** argv) {
       }
       if (!child) log->info("loaded {} ({} tasks)", library, added.size());
     }
+    if (allow_exec) poolmap::enable_exec_task();
     if (poolmap::detail::TaskRegistry::instance().names().empty()) {
-      log->critical("no tasks to run: give a task library with --tasks LIB.so; refusing to start");
+      log->critical("no tasks to run: give a task library with --tasks LIB.so (or --allow-exec); refusing to start");
       return 2;
     }
     if (child) {
@@ -179,6 +184,7 @@ int main(int argc, char** argv) {
       child_args.push_back("--tasks");
       child_args.push_back(library);
     }
+    if (allow_exec) child_args.push_back("--allow-exec");
     child_args.push_back("--max-tasks-per-child");
     child_args.push_back(std::to_string(max_tasks_per_child));
     child_args.push_back("--max-message-bytes");

@@ -162,6 +162,15 @@ void encode_item(OutputArchive& archive, const Item& item) {
   }
 }
 
+// An item already encoded (Pool::map_encoded): written as its bytes, without a size tag.
+struct EncodedItem {
+  const Bytes* bytes = nullptr;
+  template <class Archive>
+  void save(Archive& archive) const {
+    archive.save_bytes(bytes->data(), bytes->size(), 1);
+  }
+};
+
 // The error for an item that alone encodes to more bytes than a message may hold.
 inline Error item_too_large(std::size_t index, std::size_t bytes, std::size_t limit) {
   return Error(ErrorCode::kInvalidArgument,
@@ -345,6 +354,32 @@ class Pool {
   template <class R, class First, class... A, class... Args>
   R apply(const SubmitOptions& options, const WithContext<R(First, A...)>& bound, Args&&... args) {
     return submit(options, bound, std::forward<Args>(args)...).get();
+  }
+
+  // For tools that learn a task's types only at run time, such as `poolmap map`: runs task `name`
+  // with `signature` (as the workers announce it, e.g. "i64(i64)") over items the caller encoded,
+  // one Bytes per item holding its arguments in order as OutputArchive writes them. Returns the
+  // results back to back in input order; decode them with InputArchive, one value of the task's
+  // result type per item. options.progress is reported as by map(). Throws as map().
+  Bytes map_encoded(std::string_view name, std::string signature, const std::vector<Bytes>& items,
+                    MapOptions options = {}) {
+    detail::JobRequest job{std::string(name), std::move(signature), {},
+                           static_cast<std::uint32_t>(options.task_deadline.count()), options.task_retries,
+                           options.deadline, 0, nullptr, 0};
+    if (items.empty()) return {};
+    const std::size_t chunksize =
+        options.chunksize != 0 ? options.chunksize : default_chunksize(items.size(), workers_for_chunking());
+    job.chunks.reserve(chunk_count(items.size(), chunksize));
+    detail::encode_chunks<detail::EncodedItem>(
+        items | std::views::transform([](const Bytes& item) { return detail::EncodedItem{&item}; }), chunksize,
+        max_payload_bytes(), job);
+    static const auto decode = std::make_shared<const Future<Bytes>::Decoder>(
+        [](const detail::JobOutcome& outcome, const detail::FutureCore&) {
+          Bytes out;
+          for (const auto& chunk : outcome.results) out.insert(out.end(), chunk.bytes.begin(), chunk.bytes.end());
+          return out;
+        });
+    return wait_and_decode(Future<Bytes>(start(std::move(job)), decode), options);
   }
 
   // Python's close(): no new work is accepted (map, submit ... throw Error(kCancelled)); work

@@ -7,6 +7,7 @@
 
 #include "poolmap/curve.hpp"
 #include "poolmap/error.hpp"
+#include "poolmap/exec.hpp"
 #include "poolmap/pool.hpp"
 #include "poolmap/status.hpp"
 #include "poolmap/task.hpp"

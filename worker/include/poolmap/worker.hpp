@@ -81,6 +81,11 @@ class WorkerProcess {
   std::unique_ptr<Impl> impl_;
 };
 
+// Registers the poolmap.exec task (poolmap/exec.hpp) in this process, as `poolmap-worker
+// --allow-exec` does: any client that may reach the broker can then run any command as this
+// process's user. Call before WorkerProcess::run(); calling it again does nothing.
+void enable_exec_task();
+
 // Loads a task library (dlopen), which registers its POOLMAP_TASKs in this process.
 // Throws poolmap::Error (kInvalidArgument) with dlerror()'s text when it cannot be loaded.
 // Returns the names of the tasks it added.
