@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cerrno>
 #include <deque>
+#include <map>
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
@@ -167,6 +168,7 @@ class Broker::Impl {
     std::deque<std::uint64_t> dispatch_order;    // tickets in the order sent; the oldest held one runs
     std::unordered_set<std::uint64_t> contexts;  // broadcast contexts it was sent (it may evict them)
     std::uint64_t chunks_done = 0;
+    std::uint64_t chunks_failed = 0;  // answered with an error (not counting cancelled ones)
   };
   struct ClientState {
     std::string identity;
@@ -176,6 +178,17 @@ class Broker::Impl {
     Clock::time_point last_heard;
     Clock::time_point last_sent;
     std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
+    // What `poolmap status` shows of each job: kept while it has live tickets, then for a liveness
+    // period (more of a job comes as earlier chunks are answered), until all its items are done
+    // or it is cancelled.
+    struct JobRecord {
+      std::string task;  // printable
+      std::uint64_t items_total = 0;
+      std::uint64_t items_done = 0;  // in chunks answered
+      Clock::time_point started;
+      Clock::time_point idle_since;  // no live tickets since then
+    };
+    std::map<std::uint64_t, JobRecord> job_records;
     struct SharedContext {
       zmq::message_t payload;
       std::size_t live_chunks = 0;  // chunks not yet answered that use it
@@ -204,6 +217,7 @@ class Broker::Impl {
     std::string worker;         // identity of the holder; empty while queued
     std::vector<std::uint64_t> holders;  // instance ids of every process it was sent to
     std::vector<std::string> lost_causes;
+    std::uint32_t items_reported = 0;  // by its worker's WORKER_PROGRESS while it runs
   };
   // A worker declared lost because it was silent. If it speaks again it was busy, not dead: the
   // chunks it held get their retry back (a busy host must not fail maps).
@@ -261,6 +275,8 @@ class Broker::Impl {
   // Why a SUBMIT of `bytes` for `job` does not fit in the client's quotas now (kResourceExhausted)
   // or ever (kInvalidArgument), or nullopt when it fits.
   std::optional<Status> over_quota(const ClientState& client, std::uint64_t job, std::int64_t bytes) const;
+  // Starts the status record of the job `submit` belongs to, if it is new.
+  void note_job(ClientState& client, const proto::Submit& submit);
   // Stores a CONTEXT if it fits in the client's quotas, freeing contexts no chunk uses (oldest
   // first) to make room; else remembers it as refused.
   void keep_context(ClientState& client, std::uint64_t hash, zmq::message_t& payload);
@@ -570,6 +586,19 @@ std::optional<Status> Broker::Impl::over_quota(const ClientState& client, std::u
                                                    "; send it again when earlier chunks are answered");
 }
 
+void Broker::Impl::note_job(ClientState& client, const proto::Submit& submit) {
+  auto [record, added] = client.job_records.try_emplace(submit.job);
+  if (!added) return;
+  record->second.task = detail::printable(submit.task);
+  record->second.items_total = submit.job_items;
+  record->second.started = record->second.idle_since = Clock::now();
+  // Records outlive their tickets by a liveness period; a client that starts jobs very fast must
+  // not make that unbounded.
+  if (client.job_records.size() > 2 * options_.max_client_jobs) {
+    std::erase_if(client.job_records, [&](const auto& entry) { return !client.jobs.contains(entry.first); });
+  }
+}
+
 void Broker::Impl::keep_context(ClientState& client, std::uint64_t hash, zmq::message_t& payload) {
   const auto now = Clock::now();
   if (const auto held = client.contexts.find(hash); held != client.contexts.end()) {
@@ -687,6 +716,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       const std::uint64_t ticket = next_ticket_++;
       const auto kind = scheduler_.kind(submit.value().task, submit.value().signature);
       client.jobs[submit.value().job].insert(ticket);
+      note_job(client, submit.value());
       Chunk& chunk = chunks_[ticket];
       chunk.client = identity;
       chunk.received = Clock::now();
@@ -766,6 +796,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
         ++dropped;
       }
       client.jobs.erase(job);
+      client.job_records.erase(cancel.value().job);
       log_->debug("client {} cancelled job {}: {} chunks dropped", client.host, cancel.value().job, dropped);
       return;
     }
@@ -790,6 +821,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
     case Command::kReady:
     case Command::kWorkerResult:
     case Command::kWorkerExited:
+    case Command::kWorkerProgress:
       reply_error(clients_, identity,
                   Status(ErrorCode::kUnknownCommand, std::string(kClientEndpointMistake)));
       return;
@@ -966,8 +998,28 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
         chunk->second.worker.clear();
         return queue_chunk(ticket, true);
       }
-      ++worker.chunks_done;
+      if (result.value().outcome.code == ErrorCode::kOk) {
+        ++worker.chunks_done;
+      } else if (result.value().outcome.code != ErrorCode::kCancelled) {
+        ++worker.chunks_failed;
+      }
       forward_result(ticket, std::move(result.value().outcome), frames[3]);
+      return;
+    }
+    case Command::kWorkerProgress: {
+      auto progress = proto::decode<proto::WorkerProgress>(header);
+      if (!progress) return reply_error(workers_, identity, progress.status());
+      const auto chunk = chunks_.find(progress.value().ticket);
+      // Only the worker that holds the chunk now speaks for it, and only forward.
+      if (chunk == chunks_.end() || chunk->second.worker != identity) return;
+      const std::uint32_t items = progress.value().items_done;
+      if (items <= chunk->second.items_reported || items >= chunk->second.header.count) return;
+      chunk->second.items_reported = items;
+      const auto client = clients_by_id_.find(chunk->second.client);
+      if (client == clients_by_id_.end()) return;
+      auto out = wire::make(Command::kChunkProgress,
+                            proto::ChunkProgress{chunk->second.header.job, chunk->second.header.chunk, items});
+      send_to_client(client->second, out);
       return;
     }
     case Command::kHeartbeat:
@@ -992,6 +1044,13 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   }
   if (outcome.code == ErrorCode::kOk) {
     ++chunks_done_;
+    ClientState& owner = client->second;
+    if (const auto record = owner.job_records.find(chunk->second.header.job); record != owner.job_records.end()) {
+      record->second.items_done += chunk->second.header.count;
+      if (record->second.items_total != 0 && record->second.items_done >= record->second.items_total) {
+        owner.job_records.erase(record);
+      }
+    }
     metrics_->completed(std::chrono::duration<double>(Clock::now() - chunk->second.received).count());
   } else if (outcome.code != ErrorCode::kContextMissing && outcome.code != ErrorCode::kResourceExhausted) {
     ++chunks_failed_;  // those two are sent again, not failed
@@ -1083,7 +1142,12 @@ void Broker::Impl::finish_chunk(std::uint64_t ticket) {
     const auto job = client->second.jobs.find(chunk->second.header.job);
     if (job != client->second.jobs.end()) {
       job->second.erase(ticket);
-      if (job->second.empty()) client->second.jobs.erase(job);
+      if (job->second.empty()) {
+        if (const auto record = client->second.job_records.find(job->first); record != client->second.job_records.end()) {
+          record->second.idle_since = Clock::now();
+        }
+        client->second.jobs.erase(job);
+      }
     }
   }
   scheduler_.forget(ticket);
@@ -1332,6 +1396,9 @@ void Broker::Impl::heartbeat_tick() {
   }
   for (const auto& id : gone) drop_client(id, "no heartbeat");
   for (auto& [id, client] : clients_by_id_) {
+    std::erase_if(client.job_records, [&](const auto& entry) {
+      return !client.jobs.contains(entry.first) && now - entry.second.idle_since >= expiry;
+    });
     std::erase_if(client.contexts, [&](const auto& entry) {
       const bool unused = entry.second.live_chunks == 0 && now - entry.second.idle_since >= expiry;
       if (unused) client.context_bytes -= static_cast<std::int64_t>(entry.second.payload.size());
@@ -1366,10 +1433,41 @@ void Broker::Impl::heartbeat_tick() {
 
 proto::StatusReply Broker::Impl::status_reply() const {
   proto::StatusReply reply;
+  const auto now = Clock::now();
+  const auto clamp_ms = [](std::chrono::milliseconds ms) {
+    return static_cast<std::uint32_t>(std::min<std::int64_t>(ms.count(), UINT32_MAX));
+  };
   for (const auto& [id, worker] : workers_by_id_) {
     reply.workers.push_back({worker.host, worker.pid, static_cast<std::uint32_t>(worker.tickets.size()),
-                             worker.chunks_done, worker.instance, worker.supervisor, worker.tasks});
+                             worker.chunks_done, worker.instance, worker.supervisor, worker.tasks,
+                             worker.chunks_failed, clamp_ms(since(worker.last_heard, now))});
   }
+  for (const auto& [id, client] : clients_by_id_) {
+    for (const auto& [job, record] : client.job_records) {
+      proto::JobInfo& info = reply.jobs.emplace_back();
+      info.client_host = client.host;
+      info.client_pid = client.pid;
+      info.job = job;
+      info.task = record.task;
+      info.items_total = record.items_total;
+      info.items_done = record.items_done;
+      info.age_ms = clamp_ms(since(record.started, now));
+      const auto live = client.jobs.find(job);
+      if (live == client.jobs.end()) continue;
+      for (const std::uint64_t ticket : live->second) {
+        const auto chunk = chunks_.find(ticket);
+        if (chunk == chunks_.end()) continue;
+        if (chunk->second.worker.empty()) {
+          ++info.chunks_queued;
+        } else {
+          ++info.chunks_in_flight;
+          info.items_done += chunk->second.items_reported;
+        }
+      }
+    }
+  }
+  std::sort(reply.jobs.begin(), reply.jobs.end(), [](const auto& a, const auto& b) { return a.age_ms > b.age_ms; });
+  if (reply.jobs.size() > proto::kMaxStatusJobs) reply.jobs.resize(proto::kMaxStatusJobs);
   for (const auto& [ticket, chunk] : chunks_) {
     if (!chunk.worker.empty()) ++reply.chunks_in_flight;
   }

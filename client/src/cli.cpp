@@ -66,7 +66,9 @@ void print_json(const std::string& broker, const poolmap::BrokerStatus& status) 
     out += "{\"host\":" + json_string(worker.host) + ",\"pid\":" + std::to_string(worker.pid) +
            ",\"id\":\"" + poolmap::detail::full_id(worker.instance) + "\",\"supervisor\":\"" + poolmap::detail::full_id(worker.supervisor) +
            "\",\"chunks_in_flight\":" + std::to_string(worker.chunks_in_flight) +
-           ",\"chunks_done\":" + std::to_string(worker.chunks_done) + ",\"tasks\":[";
+           ",\"chunks_done\":" + std::to_string(worker.chunks_done) +
+           ",\"chunks_failed\":" + std::to_string(worker.chunks_failed) +
+           ",\"last_seen_ms\":" + std::to_string(worker.last_seen.count()) + ",\"tasks\":[";
     for (std::size_t t = 0; t < worker.tasks.size(); ++t) {
       out += (t == 0 ? "" : ",");
       out += "{\"name\":" + json_string(worker.tasks[t].name) +
@@ -80,7 +82,18 @@ void print_json(const std::string& broker, const poolmap::BrokerStatus& status) 
          ",\"chunks_done\":" + std::to_string(status.chunks_done) +
          ",\"chunks_failed\":" + std::to_string(status.chunks_failed) +
          ",\"chunks_redispatched\":" + std::to_string(status.chunks_redispatched) +
-         ",\"bad_messages\":" + std::to_string(status.bad_messages) + "}";
+         ",\"bad_messages\":" + std::to_string(status.bad_messages) + ",\"jobs\":[";
+  for (std::size_t i = 0; i < status.jobs.size(); ++i) {
+    const auto& job = status.jobs[i];
+    out += (i == 0 ? "" : ",");
+    out += "{\"client_host\":" + json_string(job.client_host) + ",\"client_pid\":" + std::to_string(job.client_pid) +
+           ",\"job\":" + std::to_string(job.id) + ",\"task\":" + json_string(job.task) +
+           ",\"items_done\":" + std::to_string(job.items_done) + ",\"items_total\":" + std::to_string(job.items_total) +
+           ",\"chunks_queued\":" + std::to_string(job.chunks_queued) +
+           ",\"chunks_in_flight\":" + std::to_string(job.chunks_in_flight) +
+           ",\"age_ms\":" + std::to_string(job.age.count()) + "}";
+  }
+  out += "]}";
   std::printf("%s\n", out.c_str());
 }
 
@@ -133,6 +146,13 @@ struct StatusOptions {
   int interval_ms = 1000;
 };
 
+// "0.3s" ago, for the LAST SEEN column.
+std::string seconds_ago(std::chrono::milliseconds ago) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1fs", static_cast<double>(ago.count()) / 1000.0);
+  return text;
+}
+
 // One snapshot as a table. `rate`: chunks done per second since the previous snapshot (--watch).
 void print_table(const StatusOptions& options, const poolmap::BrokerStatus& status, std::optional<double> rate) {
   std::printf("broker     %s\n", options.connection.broker.c_str());
@@ -146,14 +166,31 @@ void print_table(const StatusOptions& options, const poolmap::BrokerStatus& stat
   std::printf("bad input  %llu messages\n", static_cast<unsigned long long>(status.bad_messages));
   if (rate) std::printf("rate       %.1f chunks/s done\n", *rate);
   if (!status.workers.empty()) {
-    std::printf("\n%-32s %8s %-8s %10s %12s %6s\n", "HOST", "PID", "ID", "IN FLIGHT", "CHUNKS DONE", "TASKS");
+    std::printf("\n%-24s %8s %-8s %9s %11s %8s %9s %6s\n", "HOST", "PID", "ID", "IN FLIGHT", "CHUNKS DONE", "FAILED",
+                "LAST SEEN", "TASKS");
     for (const auto& worker : status.workers) {
-      std::printf("%-32s %8u %-8s %10u %12llu %6zu\n", worker.host.c_str(), worker.pid,
+      std::printf("%-24s %8u %-8s %9u %11llu %8llu %9s %6zu\n", worker.host.c_str(), worker.pid,
                   poolmap::detail::short_id(worker.instance).c_str(), worker.chunks_in_flight,
-                  static_cast<unsigned long long>(worker.chunks_done), worker.tasks.size());
+                  static_cast<unsigned long long>(worker.chunks_done),
+                  static_cast<unsigned long long>(worker.chunks_failed), seconds_ago(worker.last_seen).c_str(),
+                  worker.tasks.size());
       if (options.verbose) {
         for (const auto& task : worker.tasks) std::printf("    %s %s\n", task.name.c_str(), task.signature.c_str());
       }
+    }
+  }
+  if (!status.jobs.empty()) {
+    std::printf("\n%-24s %8s %6s %-20s %21s %6s %10s %8s\n", "CLIENT", "PID", "JOB", "TASK", "ITEMS DONE/TOTAL", "%",
+                "ITEMS/S", "AGE");
+    for (const auto& job : status.jobs) {
+      const double seconds = std::chrono::duration<double>(job.age).count();
+      const std::string total = job.items_total == 0 ? "?" : std::to_string(job.items_total);
+      const std::string done = std::to_string(job.items_done) + "/" + total;
+      const std::string percent =
+          job.items_total == 0 ? "" : std::to_string(100 * job.items_done / job.items_total);
+      std::printf("%-24s %8u %6llu %-20s %21s %6s %10.0f %7.1fs\n", job.client_host.c_str(), job.client_pid,
+                  static_cast<unsigned long long>(job.id), job.task.c_str(), done.c_str(), percent.c_str(),
+                  seconds > 0 ? static_cast<double>(job.items_done) / seconds : 0.0, seconds);
     }
   }
 }

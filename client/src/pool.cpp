@@ -143,6 +143,8 @@ class Pool::Impl {
     std::uint64_t context_hash = 0;
     std::size_t context_resends = 0;  // chunks the broker answered with kContextMissing
     std::vector<std::uint64_t> submitted;  // per chunk: submits_ when last sent (contexts only)
+    std::vector<std::uint32_t> partial;    // per chunk: items counted from CHUNK_PROGRESS (once one came)
+    std::size_t total_items = 0;
   };
 
   void start_embedded();
@@ -429,6 +431,7 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   job->task = std::move(request.task);
   job->signature = std::move(request.signature);
   job->chunks = std::move(request.chunks);
+  job->total_items = request.total_items;
   job->deadline_ms = request.deadline_ms;
   job->payloads.resize(job->chunks.size());
   job->retries_left.assign(job->chunks.size(), request.task_retries);
@@ -663,7 +666,8 @@ void Pool::Impl::send_chunk(Job& job, std::size_t index) {
   // The first chunk asks the broker to say when it reaches a worker (Future::running()).
   auto frames = wire::make(Command::kSubmit,
                            proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task, job.signature,
-                                         job.deadline_ms, job.context_hash, index == 0 ? proto::kNotifyStarted : 0});
+                                         job.deadline_ms, job.context_hash, index == 0 ? proto::kNotifyStarted : 0,
+                                         static_cast<std::uint64_t>(job.total_items)});
   frames.emplace_back();
   frames.back().copy(*payload);  // reference-counted: the payload stays here until answered
   send(frames);
@@ -760,6 +764,23 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       if (job != jobs_.end()) job->second->core->mark_started();
       return;
     }
+    case Command::kChunkProgress: {
+      auto progress = proto::decode<proto::ChunkProgress>(header);
+      if (!progress) return;
+      const auto found = jobs_.find(progress.value().job);
+      if (found == jobs_.end()) return;
+      Job& job = *found->second;
+      const auto chunk = progress.value().chunk;
+      if (chunk >= job.chunks.size() || job.have[chunk]) return;
+      // Counted now; the chunk's RESULT adds only the rest. Never more than the chunk holds.
+      if (job.partial.size() != job.chunks.size()) job.partial.resize(job.chunks.size());
+      const std::uint32_t items = std::min(progress.value().items_done, job.chunks[chunk].count);
+      if (items > job.partial[chunk]) {
+        job.core->add_progress(items - job.partial[chunk], 0);
+        job.partial[chunk] = items;
+      }
+      return;
+    }
     case Command::kStatusReply: {
       auto reply = proto::decode<proto::StatusReply>(header);
       if (!reply || status_waiting_.empty()) return;
@@ -773,6 +794,12 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
         worker.instance = w.instance;
         worker.supervisor = w.supervisor;
         for (const auto& task : w.tasks) worker.tasks.push_back({task.name, task.signature});
+        worker.chunks_failed = w.chunks_failed;
+        worker.last_seen = std::chrono::milliseconds(w.last_seen_ms);
+      }
+      for (const auto& j : reply.value().jobs) {
+        status.jobs.push_back({j.client_host, j.client_pid, j.job, j.task, j.items_total, j.items_done,
+                               j.chunks_queued, j.chunks_in_flight, std::chrono::milliseconds(j.age_ms)});
       }
       status.clients = reply.value().clients;
       status.chunks_queued = reply.value().chunks_queued;
@@ -875,7 +902,8 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   auto owned = std::make_shared<zmq::message_t>(std::move(payload));
   job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned, job.chunks[result.chunk].count};
   job.have[result.chunk] = true;
-  job.core->add_progress(job.chunks[result.chunk].count, outcome.compute_us);
+  const std::uint32_t reported = job.partial.empty() ? 0 : job.partial[result.chunk];
+  job.core->add_progress(job.chunks[result.chunk].count - reported, outcome.compute_us);
   if (++job.answered == job.chunks.size()) {
     auto done = std::move(found->second);
     jobs_.erase(found);

@@ -275,7 +275,7 @@ TEST_CASE("Codec.Archive.StandardTypesRoundTrip" * doctest::timeout(10)) {
 TEST_CASE("Codec.Example.SubmitMatchesDocsProtocolSection9" * doctest::timeout(10)) {
   // docs/PROTOCOL.md section 9 shows these bytes; keep the two in step.
   const Bytes header = proto::encode(proto::Submit{.job = 1, .chunk = 2, .first_index = 6, .count = 3,
-                                                   .task = "square", .signature = "i64(i64)"});
+                                                   .task = "square", .signature = "i64(i64)", .job_items = 12});
   std::string hex;
   for (const std::byte b : header) {
     static constexpr char kDigits[] = "0123456789abcdef";
@@ -284,7 +284,7 @@ TEST_CASE("Codec.Example.SubmitMatchesDocsProtocolSection9" * doctest::timeout(1
   }
   CHECK(hex ==
         "0100000000000000020000000000000006000000000000000300000006000000000000007371756172650800000000000000"
-        "693634286936342900000000000000000000000000000000");
+        "6936342869363429000000000000000000000000000000000c00000000000000");
   const auto signature = proto::signature_frame(proto::Command::kSubmit);
-  CHECK(signature == std::array<std::byte, 4>{std::byte{0x50}, std::byte{0x4d}, std::byte{0x03}, std::byte{0x02}});
+  CHECK(signature == std::array<std::byte, 4>{std::byte{0x50}, std::byte{0x4d}, std::byte{0x04}, std::byte{0x02}});
 }

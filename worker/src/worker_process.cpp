@@ -102,6 +102,7 @@ class WorkerProcess::Impl {
     std::uint64_t first_item = 0;  // value of items_started_ when the chunk began
     std::uint64_t first_index = 0; // the chunk's first item in the caller's input
     std::uint32_t deadline_ms = 0;
+    Clock::time_point started;
   };
 
   void wake_io() noexcept {
@@ -113,6 +114,9 @@ class WorkerProcess::Impl {
   // Called by the I/O thread: if the running item has passed its deadline, answers its chunk with
   // kDeadlineExceeded, says goodbye and ends the process (the supervisor starts a fresh one).
   void enforce_deadline(zmq::socket_t& socket);
+  // Called by the I/O thread: for a chunk running longer than kProgressInterval, tells the broker
+  // how many of its items are done (at most once per interval, and only when that changed).
+  void report_progress(zmq::socket_t& socket);
   // ABANDON from the broker: a chunk not started is dropped (answered kCancelled, which returns its
   // credit); the running one gets the grace to finish, then enforce_abandon() ends the process.
   void on_abandon(const proto::Abandon& abandon);
@@ -169,6 +173,9 @@ class WorkerProcess::Impl {
   std::atomic<std::uint64_t> items_started_{0};  // written by the task thread, watched by the I/O thread
   std::uint64_t watched_items_ = 0;              // I/O thread: last value seen, and when it changed
   Clock::time_point watched_since_;
+  std::uint64_t progress_ticket_ = 0;  // I/O thread: the chunk last reported, what and when
+  std::uint32_t progress_items_ = 0;
+  Clock::time_point progress_at_;
 };
 
 
@@ -223,6 +230,8 @@ void WorkerProcess::Impl::io_loop() {
       if (running_ && running_->deadline_ms > 0) {  // look at least 4 times per deadline
         wait = std::min(wait, std::chrono::milliseconds(std::max<std::uint32_t>(1, running_->deadline_ms / 4)));
       }
+      // Busy, or about to be: look again in time to report progress (report_progress).
+      if (running_ || !tasks_.empty()) wait = std::min(wait, proto::kProgressInterval);
     }
     if (abandoned_) {
       wait = std::min(wait, std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(
@@ -270,6 +279,7 @@ void WorkerProcess::Impl::io_loop() {
       return;
     }
     if (stopping) enforce_stop_timeout(socket);
+    report_progress(socket);
     enforce_deadline(socket);
     enforce_abandon(socket);
 
@@ -395,6 +405,31 @@ void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {
                          host_, pid_};
   log_->error("{}", outcome.message);
   end_process(socket, running.ticket, std::move(outcome));
+}
+
+void WorkerProcess::Impl::report_progress(zmq::socket_t& socket) {
+  Running running;
+  {
+    std::lock_guard lock(mutex_);
+    if (!running_) return;
+    running = *running_;
+  }
+  const auto now = Clock::now();
+  if (running.ticket != progress_ticket_) {
+    progress_ticket_ = running.ticket;
+    progress_items_ = 0;
+    progress_at_ = running.started;
+  }
+  if (now - progress_at_ < proto::kProgressInterval) return;
+  // The item started last is still running: the ones before it are done.
+  const std::uint64_t started = items_started_.load(std::memory_order_relaxed);
+  if (started <= running.first_item + 1) return;
+  const auto done = static_cast<std::uint32_t>(started - running.first_item - 1);
+  if (done <= progress_items_) return;
+  auto frames = wire::make(Command::kWorkerProgress, proto::WorkerProgress{running.ticket, done});
+  (void)wire::send(socket, frames, true);
+  progress_items_ = done;
+  progress_at_ = now;
 }
 
 void WorkerProcess::Impl::end_process(zmq::socket_t& socket, std::uint64_t ticket, proto::Outcome outcome) {
@@ -563,7 +598,7 @@ void WorkerProcess::Impl::run() {
       task = std::move(tasks_.front());
       tasks_.pop_front();
       running_ = Running{task.header.ticket, items_started_.load(std::memory_order_relaxed), task.header.first_index,
-                         task.header.deadline_ms};
+                         task.header.deadline_ms, Clock::now()};
     }
     progress_.store(task.header.ticket);
     const auto started = Clock::now();

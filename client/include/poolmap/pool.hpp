@@ -98,7 +98,8 @@ struct MapOptions {
   // ErrorCode::kDeadlineExceeded. Default: 0 = none.
   std::chrono::milliseconds deadline{0};
   // Called with (items done, items in total) on the thread that called map/starmap, at most once
-  // per progress_interval and once at the end. Not called by map_async. Default: none.
+  // per progress_interval and once at the end. Items done include those of chunks still running,
+  // as their workers report them (every 100 ms). Not called by map_async. Default: none.
   std::function<void(std::size_t done, std::size_t total)> progress{};
   // Default: 100 ms.
   std::chrono::milliseconds progress_interval{100};
@@ -127,8 +128,23 @@ struct BrokerStatus {
     std::uint64_t instance = 0;    // unique id of the process (logs and status show 8 hex digits)
     std::uint64_t supervisor = 0;  // unique id of the supervisor that started it; 0 = none
     std::vector<TaskInfo> tasks;   // what it announced it can run
+    std::uint64_t chunks_failed = 0;          // answered with an error
+    std::chrono::milliseconds last_seen{0};  // since the broker last heard from it
+  };
+  // A job with chunks at the broker (or answered within the last liveness period), oldest first.
+  struct Job {
+    std::string client_host;
+    std::uint32_t client_pid = 0;
+    std::uint64_t id = 0;  // per client
+    std::string task;
+    std::uint64_t items_total = 0;  // 0 = not known (each chunk of an imap is a job of its own)
+    std::uint64_t items_done = 0;   // answered, plus what running chunks reported
+    std::uint32_t chunks_queued = 0;
+    std::uint32_t chunks_in_flight = 0;
+    std::chrono::milliseconds age{0};  // since its first chunk reached the broker
   };
   std::vector<Worker> workers;
+  std::vector<Job> jobs;
   std::uint32_t clients = 0;
   std::uint64_t chunks_queued = 0;
   std::uint64_t chunks_in_flight = 0;

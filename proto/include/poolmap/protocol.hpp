@@ -1,4 +1,4 @@
-// The poolmap wire protocol, version 3: message structs and their codec. docs/PROTOCOL.md is the
+// The poolmap wire protocol, version 4: message structs and their codec. docs/PROTOCOL.md is the
 // prose version of this file; keep the two in step.
 //
 // Every message is a ZeroMQ multipart message (after the ROUTER identity frame on the broker side):
@@ -12,6 +12,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -25,7 +26,7 @@ namespace poolmap::proto {
 
 inline constexpr std::byte kTag0{'P'};
 inline constexpr std::byte kTag1{'M'};
-inline constexpr std::uint8_t kVersion = 3;
+inline constexpr std::uint8_t kVersion = 4;
 
 // One byte after the tag and version. Values are part of the protocol: never renumber.
 enum class Command : std::uint8_t {
@@ -41,11 +42,14 @@ enum class Command : std::uint8_t {
   kStatusReply = 0x13,  // StatusReply
   kError = 0x14,        // ErrorReply: the broker refused a message (also sent to workers)
   kStarted = 0x15,      // Started: a chunk that asked for it (kNotifyStarted) went to a worker
+  kChunkProgress = 0x16,  // ChunkProgress: items of a running chunk done so far
   // worker -> broker
   kReady = 0x21,         // Ready: registration with initial credit
   kWorkerResult = 0x22,  // WorkerResult + payload; returns one credit
   // worker supervisor -> broker (no registration needed)
   kWorkerExited = 0x23,  // WorkerExited: a worker process of this host ended
+  // worker -> broker
+  kWorkerProgress = 0x24,  // WorkerProgress: items of the running chunk done so far
   // broker -> worker
   kTask = 0x31,     // TaskHeader + payload
   kAbandon = 0x32,  // Abandon: nobody waits for this chunk any more (its client left or cancelled)
@@ -106,9 +110,10 @@ struct Submit {
   std::uint32_t deadline_ms = 0;  // per item; 0 = none
   std::uint64_t context_hash = 0; // the job's broadcast context (a CONTEXT sent before); 0 = none
   std::uint32_t flags = 0;        // kNotifyStarted
+  std::uint64_t job_items = 0;    // items in the whole job (for `poolmap status`); 0 = not known
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(job, chunk, first_index, count, task, signature, deadline_ms, context_hash, flags);
+    ar(job, chunk, first_index, count, task, signature, deadline_ms, context_hash, flags, job_items);
   }
 };
 // Submit::flags: answer with STARTED when the chunk is first sent to a worker (Future::running()).
@@ -120,6 +125,18 @@ struct Started {
   template <class Archive>
   void serialize(Archive& ar) {
     ar(job, chunk);
+  }
+};
+
+// Broker -> client: `items_done` items of chunk `chunk` of job `job` have their results on the
+// worker that runs it (sent while a long chunk runs; the RESULT brings the rest).
+struct ChunkProgress {
+  std::uint64_t job = 0;
+  std::uint64_t chunk = 0;
+  std::uint32_t items_done = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(job, chunk, items_done);
   }
 };
 
@@ -228,6 +245,18 @@ struct WorkerResult {
   }
 };
 
+// Worker -> broker: `items_done` items of the chunk `ticket` it runs are done (at most every
+// kProgressInterval, while a chunk runs longer than that).
+struct WorkerProgress {
+  std::uint64_t ticket = 0;
+  std::uint32_t items_done = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(ticket, items_done);
+  }
+};
+inline constexpr std::chrono::milliseconds kProgressInterval{100};
+
 struct WorkerExited {
   std::string host;
   std::uint32_t pid = 0;
@@ -250,9 +279,28 @@ struct WorkerInfo {
   std::uint64_t instance = 0;
   std::uint64_t supervisor = 0;
   std::vector<TaskInfo> tasks;
+  std::uint64_t chunks_failed = 0;  // answered with an error (the task threw, a deadline, ...)
+  std::uint32_t last_seen_ms = 0;   // since the broker last heard from it
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, in_flight, chunks_done, instance, supervisor, tasks);
+    ar(host, pid, in_flight, chunks_done, instance, supervisor, tasks, chunks_failed, last_seen_ms);
+  }
+};
+
+// A job of a client with chunks at the broker now (or answered within the last liveness period).
+struct JobInfo {
+  std::string client_host;
+  std::uint32_t client_pid = 0;
+  std::uint64_t job = 0;
+  std::string task;
+  std::uint64_t items_total = 0;  // from SUBMIT's job_items; 0 = not known
+  std::uint64_t items_done = 0;   // in chunks answered, plus what running chunks reported
+  std::uint32_t chunks_queued = 0;
+  std::uint32_t chunks_in_flight = 0;
+  std::uint32_t age_ms = 0;       // since its first SUBMIT reached the broker
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(client_host, client_pid, job, task, items_total, items_done, chunks_queued, chunks_in_flight, age_ms);
   }
 };
 
@@ -268,12 +316,15 @@ struct StatusReply {
   std::uint64_t context_bytes_received = 0;  // broadcast contexts, from clients
   std::uint64_t context_bytes_sent = 0;      // broadcast contexts, to workers
   std::uint64_t context_bytes_held = 0;      // broadcast contexts the broker keeps now
+  std::vector<JobInfo> jobs;                 // at most kMaxStatusJobs, oldest first
   template <class Archive>
   void serialize(Archive& ar) {
     ar(workers, clients, chunks_queued, chunks_in_flight, chunks_done, chunks_failed,
-       chunks_redispatched, bad_messages, context_bytes_received, context_bytes_sent, context_bytes_held);
+       chunks_redispatched, bad_messages, context_bytes_received, context_bytes_sent, context_bytes_held, jobs);
   }
 };
+
+inline constexpr std::size_t kMaxStatusJobs = 1000;
 
 // Encodes a header struct.
 template <class Message>

@@ -1,0 +1,134 @@
+// What a user sees of a running cluster: item-level progress, `poolmap status` (per-worker errors
+// and last-seen times, jobs per client) and the CLI's progress bar.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "poolmap/poolmap.hpp"
+#include "process.hpp"
+#include "test_tasks.hpp"
+
+using namespace std::chrono_literals;
+namespace t = poolmap::test;
+
+namespace {
+
+poolmap::PoolOptions remote(const t::Cluster& cluster) {
+  return {.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
+}
+
+}  // namespace
+
+TEST_CASE("Status.Progress.ItemLevelCountsArriveWhileALongChunkRuns" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  // One chunk of 20 items of 40 ms: before, only the chunk's end moved the count (0, then 20).
+  std::vector<std::size_t> seen;
+  const auto results = pool.map(t::sleep_ms, std::vector<std::int64_t>(20, 40),
+                                {.chunksize = 20,
+                                 .progress = [&](std::size_t done, std::size_t total) {
+                                   CHECK(total == 20);
+                                   seen.push_back(done);
+                                 },
+                                 .progress_interval = 20ms});
+  CHECK(results.size() == 20);
+  REQUIRE(!seen.empty());
+  CHECK(seen.back() == 20);
+  CHECK(std::is_sorted(seen.begin(), seen.end()));
+  const auto within = std::count_if(seen.begin(), seen.end(), [](std::size_t done) { return done > 0 && done < 20; });
+  CHECK(within >= 2);  // several counts between the start and the end of the one chunk
+}
+
+TEST_CASE("Status.Cli.WorkersErrorsLastSeenAndTheJobsOfEachClient" * doctest::timeout(120)) {
+  t::Cluster cluster({.workers = 2});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  std::vector<std::int64_t> to_twenty(20);
+  std::iota(to_twenty.begin(), to_twenty.end(), 1);
+  CHECK_THROWS_AS((void)pool.map(t::fail_at_13, to_twenty, {.chunksize = 20}), poolmap::TaskError);
+
+  // A second client with a map that takes a while: 40 items of 50 ms in chunks of 20.
+  std::thread slow([&] {
+    poolmap::Pool other(remote(cluster));
+    CHECK(other.map(t::sleep_ms, std::vector<std::int64_t>(40, 50), {.chunksize = 20}).size() == 40);
+  });
+  struct JoinOnExit {
+    std::thread& thread;
+    ~JoinOnExit() { thread.join(); }
+  } join{slow};
+
+  poolmap::BrokerStatus status;
+  REQUIRE(t::eventually(
+      [&] {
+        status = pool.status();
+        return status.jobs.size() == 1 && status.jobs.front().items_done > 0;
+      },
+      20s));
+  const auto& job = status.jobs.front();
+  CHECK(job.task == "test.sleep_ms");
+  CHECK(job.items_total == 40);
+  CHECK(job.items_done < 40);
+  CHECK(job.chunks_in_flight == 2);
+  CHECK(job.client_pid == static_cast<std::uint32_t>(::getpid()));
+  std::uint64_t failed = 0;
+  for (const auto& worker : status.workers) {
+    failed += worker.chunks_failed;
+    CHECK(worker.last_seen < t::heartbeat() * 3);  // a live worker was heard within a liveness period
+  }
+  CHECK(failed == 1);
+
+  t::ChildProcess table({t::cli_binary(), "status", "--broker", cluster.client_endpoint()});
+  const std::string out = table.read_all(10s);
+  CHECK(table.wait(10s).has_value());
+  CHECK(out.find("FAILED") != std::string::npos);
+  CHECK(out.find("LAST SEEN") != std::string::npos);
+  CHECK(out.find("test.sleep_ms") != std::string::npos);
+  CHECK(out.find("/40") != std::string::npos);
+
+  t::ChildProcess json({t::cli_binary(), "status", "--json", "--broker", cluster.client_endpoint()});
+  const std::string object = json.read_all(10s);
+  CHECK(json.wait(10s).has_value());
+  CHECK(object.find("\"task\":\"test.sleep_ms\"") != std::string::npos);
+  CHECK(object.find("\"items_total\":40") != std::string::npos);
+  CHECK(object.find("\"chunks_failed\":1") != std::string::npos);
+
+  // A job whose items are all done leaves the list.
+  slow.join();
+  slow = std::thread([] {});
+  CHECK(t::eventually([&] { return pool.status().jobs.empty(); }, 10s));
+}
+
+TEST_CASE("Status.Cli.MapShowsAProgressBarOnATerminalOnly" * doctest::timeout(120)) {
+  t::Cluster cluster({.workers = 2});
+  {
+    poolmap::Pool pool(remote(cluster));
+    REQUIRE(pool.wait_for_workers(2, 20s));
+  }
+  // `script` gives the command a terminal; its output is what the terminal showed.
+  const std::string command = "yes 30 | head -40 | " + t::cli_binary() + " map test.sleep_ms --chunksize 10 --broker " +
+                              cluster.client_endpoint();
+  t::ChildProcess terminal({"/usr/bin/script", "-qfec", command, "/dev/null"});
+  const std::string shown = terminal.read_all(60s);
+  const auto status = terminal.wait(10s);
+  REQUIRE(status.has_value());
+  CHECK(WEXITSTATUS(*status) == 0);
+  CHECK(shown.find("] 100% 40/40 items") != std::string::npos);
+  CHECK(shown.find("30\r\n") != std::string::npos);  // the results, after the bar
+
+  t::ChildProcess piped({"/bin/sh", "-c", command});
+  const std::string out = piped.read_all(60s);
+  CHECK(piped.wait(10s).has_value());
+  std::string forty_results;
+  for (int i = 0; i < 40; ++i) forty_results += "30\n";
+  CHECK(out == forty_results);
+  CHECK(piped.stderr_text().find("items") == std::string::npos);
+}
