@@ -92,10 +92,21 @@ void protocol_seeds() {
                             .bad_messages = 4,
                             .context_bytes_received = 4096,
                             .context_bytes_sent = 8192,
-                            .context_bytes_held = 4096};
+                            .context_bytes_held = 4096,
+                            .jobs = {{.client_host = "laptop",
+                                      .client_pid = 42,
+                                      .job = 3,
+                                      .task = "square",
+                                      .items_total = 1000,
+                                      .items_done = 250,
+                                      .chunks_queued = 4,
+                                      .chunks_in_flight = 2,
+                                      .age_ms = 1500}}};
   message("status_reply", C::kStatusReply, status);
   message("error", C::kError, proto::ErrorReply{.code = ErrorCode::kUnknownCommand, .message = "command 0x7f"});
   message("started", C::kStarted, proto::Started{.job = 4, .chunk = 5});
+  message("chunk_progress", C::kChunkProgress, proto::ChunkProgress{.job = 4, .chunk = 5, .items_done = 17});
+  message("worker_progress", C::kWorkerProgress, proto::WorkerProgress{.ticket = 77, .items_done = 17});
   message("ready", C::kReady,
           proto::Ready{.host = "node1",
                        .pid = 10,

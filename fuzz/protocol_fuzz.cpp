@@ -49,9 +49,11 @@ void check_message(proto::Command command, const Bytes& header) {
     case C::kStatusReply: return check_header<proto::StatusReply>(header);
     case C::kError: return check_header<proto::ErrorReply>(header);
     case C::kStarted: return check_header<proto::Started>(header);
+    case C::kChunkProgress: return check_header<proto::ChunkProgress>(header);
     case C::kReady: return check_header<proto::Ready>(header);
     case C::kWorkerResult: return check_header<proto::WorkerResult>(header);
     case C::kWorkerExited: return check_header<proto::WorkerExited>(header);
+    case C::kWorkerProgress: return check_header<proto::WorkerProgress>(header);
     case C::kTask: return check_header<proto::TaskHeader>(header);
     case C::kAbandon: return check_header<proto::Abandon>(header);
     case C::kStatusRequest:
@@ -62,9 +64,10 @@ void check_message(proto::Command command, const Bytes& header) {
   // An unknown command byte: the broker answers kUnknownCommand without decoding anything. The
   // structs that only travel inside others are decoded on their own here, so that each one is
   // fuzzed directly too.
-  switch (static_cast<std::uint8_t>(command) % 3) {
+  switch (static_cast<std::uint8_t>(command) % 4) {
     case 0: return check_header<proto::Outcome>(header);
     case 1: return check_header<proto::TaskInfo>(header);
+    case 2: return check_header<proto::JobInfo>(header);
     default: return check_header<proto::WorkerInfo>(header);
   }
 }
