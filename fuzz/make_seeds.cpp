@@ -82,7 +82,7 @@ void protocol_seeds() {
                                          .instance = 0xabcdef0123456789ULL,
                                          .supervisor = 5,
                                          .tasks = tasks},
-                                        {.host = "node2", .pid = 11, .tasks = {}}},
+                                        {.host = "node2", .pid = 11, .tasks = {}, .credit = 257}},
                             .clients = 2,
                             .chunks_queued = 5,
                             .chunks_in_flight = 3,
@@ -107,6 +107,7 @@ void protocol_seeds() {
   message("started", C::kStarted, proto::Started{.job = 4, .chunk = 5});
   message("chunk_progress", C::kChunkProgress, proto::ChunkProgress{.job = 4, .chunk = 5, .items_done = 17});
   message("worker_progress", C::kWorkerProgress, proto::WorkerProgress{.ticket = 77, .items_done = 17});
+  message("credit", C::kCredit, proto::Credit{.credit = 257});
   message("ready", C::kReady,
           proto::Ready{.host = "node1",
                        .pid = 10,

@@ -54,6 +54,7 @@ void check_message(proto::Command command, const Bytes& header) {
     case C::kWorkerResult: return check_header<proto::WorkerResult>(header);
     case C::kWorkerExited: return check_header<proto::WorkerExited>(header);
     case C::kWorkerProgress: return check_header<proto::WorkerProgress>(header);
+    case C::kCredit: return check_header<proto::Credit>(header);
     case C::kTask: return check_header<proto::TaskHeader>(header);
     case C::kAbandon: return check_header<proto::Abandon>(header);
     case C::kStatusRequest:

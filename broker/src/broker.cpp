@@ -169,6 +169,7 @@ class Broker::Impl {
     std::unordered_set<std::uint64_t> contexts;  // broadcast contexts it was sent (it may evict them)
     std::uint64_t chunks_done = 0;
     std::uint64_t chunks_failed = 0;  // answered with an error (not counting cancelled ones)
+    std::uint32_t credit = 0;         // chunks it accepts at a time (READY, CREDIT)
   };
   struct ClientState {
     std::string identity;
@@ -822,6 +823,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
     case Command::kWorkerResult:
     case Command::kWorkerExited:
     case Command::kWorkerProgress:
+    case Command::kCredit:
       reply_error(clients_, identity,
                   Status(ErrorCode::kUnknownCommand, std::string(kClientEndpointMistake)));
       return;
@@ -871,8 +873,9 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
   if (command.value() == Command::kReady) {
     auto ready = proto::decode<proto::Ready>(header);
     if (!ready) return reply_error(workers_, identity, ready.status());
-    if (ready.value().credit == 0 || ready.value().credit > 1024) {
-      return reply_error(workers_, identity, Status(ErrorCode::kMalformed, "READY credit must be 1..1024"));
+    if (ready.value().credit == 0 || ready.value().credit > proto::kMaxCredit) {
+      return reply_error(workers_, identity,
+                         Status(ErrorCode::kMalformed, "READY credit must be 1.." + std::to_string(proto::kMaxCredit)));
     }
     if (ready.value().instance == 0 || ready.value().tasks.size() > proto::kMaxTasksPerWorker) {
       return reply_error(workers_, identity,
@@ -926,6 +929,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     worker.last_heard = now;
     worker.last_sent = now;
     worker.handle = scheduler_.add_worker(ready.value().credit, ready.value().tasks, now);
+    worker.credit = ready.value().credit;
     identity_by_handle_[worker.handle] = identity;
     identity_by_instance_[instance] = identity;
     log_->info("worker {} pid {} [{}]{} ready (credit {}, {} tasks, {} workers)", worker.host, worker.pid,
@@ -1004,6 +1008,21 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
         ++worker.chunks_failed;
       }
       forward_result(ticket, std::move(result.value().outcome), frames[3]);
+      return;
+    }
+    case Command::kCredit: {
+      auto credit = proto::decode<proto::Credit>(header);
+      if (!credit) return reply_error(workers_, identity, credit.status());
+      if (credit.value().credit == 0 || credit.value().credit > proto::kMaxCredit) {
+        return reply_error(workers_, identity,
+                           Status(ErrorCode::kMalformed, "CREDIT must be 1.." + std::to_string(proto::kMaxCredit)));
+      }
+      scheduler_.change_credit(worker.handle,
+                               static_cast<std::int64_t>(credit.value().credit) - static_cast<std::int64_t>(worker.credit),
+                               worker.tickets.empty());
+      log_->debug("worker {} pid {} [{}] credit {} -> {}", worker.host, worker.pid, detail::short_id(worker.instance),
+                  worker.credit, credit.value().credit);
+      worker.credit = credit.value().credit;
       return;
     }
     case Command::kWorkerProgress: {
@@ -1440,7 +1459,7 @@ proto::StatusReply Broker::Impl::status_reply() const {
   for (const auto& [id, worker] : workers_by_id_) {
     reply.workers.push_back({worker.host, worker.pid, static_cast<std::uint32_t>(worker.tickets.size()),
                              worker.chunks_done, worker.instance, worker.supervisor, worker.tasks,
-                             worker.chunks_failed, clamp_ms(since(worker.last_heard, now))});
+                             worker.chunks_failed, clamp_ms(since(worker.last_heard, now)), worker.credit});
   }
   for (const auto& [id, client] : clients_by_id_) {
     for (const auto& [job, record] : client.job_records) {

@@ -51,8 +51,36 @@ void Scheduler::remove_worker(WorkerHandle handle, Clock::time_point now) {
 void Scheduler::return_credit(WorkerHandle handle, bool idle) {
   const auto found = workers_.find(handle);
   if (found == workers_.end()) return;
+  if (found->second.owed > 0) {
+    --found->second.owed;
+    return;
+  }
   ++found->second.credit;
   (idle ? idle_ : prefetch_).push_back(handle);
+}
+
+void Scheduler::change_credit(WorkerHandle handle, std::int64_t delta, bool idle) {
+  const auto found = workers_.find(handle);
+  if (found == workers_.end()) return;
+  Worker& worker = found->second;
+  if (delta < 0) {
+    const auto lowered = static_cast<std::uint64_t>(-delta);
+    const auto dropped = std::min<std::uint64_t>(lowered, worker.credit);
+    worker.credit -= static_cast<std::uint32_t>(dropped);  // their entries are skipped lazily
+    worker.owed += static_cast<std::uint32_t>(lowered - dropped);
+    return;
+  }
+  auto raised = static_cast<std::uint64_t>(delta);
+  const auto repaid = std::min<std::uint64_t>(raised, worker.owed);
+  worker.owed -= static_cast<std::uint32_t>(repaid);
+  raised -= repaid;
+  // An idle worker with credit already has its one entry in idle_ (from add_worker or
+  // return_credit); one without gets it now. Every other new unit is prefetch.
+  const bool needs_idle_entry = idle && worker.credit == 0;
+  for (std::uint64_t i = 0; i < raised; ++i) {
+    ++worker.credit;
+    (needs_idle_entry && i == 0 ? idle_ : prefetch_).push_back(handle);
+  }
 }
 
 void Scheduler::enqueue(const ClientId& client_id, Ticket ticket, KindId kind_id, bool front) {

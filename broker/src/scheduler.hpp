@@ -66,8 +66,13 @@ class Scheduler {
   WorkerHandle add_worker(std::uint32_t credit, const std::vector<proto::TaskInfo>& tasks, Clock::time_point now);
   // The worker is gone: its credit is dropped; its kinds remember `now` as last seen.
   void remove_worker(WorkerHandle worker, Clock::time_point now);
-  // The worker answered a chunk: one unit of credit back. `idle`: it holds no other chunk.
+  // The worker answered a chunk: one unit of credit back (unless it owes some after a lowered
+  // credit). `idle`: it holds no other chunk.
   void return_credit(WorkerHandle worker, bool idle);
+  // The worker's credit changed by `delta` (CREDIT). Raised: the new units are usable at once, as
+  // prefetch (an idle worker keeps one entry among the idle). Lowered: units not in use are dropped; the rest are
+  // owed and kept back from the next return_credit()s.
+  void change_credit(WorkerHandle worker, std::int64_t delta, bool idle);
 
   // Queues a chunk of `client` (at the front of its kind's queue when `front`: a chunk put back).
   void enqueue(const ClientId& client, Ticket ticket, KindId kind, bool front);
@@ -98,6 +103,7 @@ class Scheduler {
   };
   struct Worker {
     std::uint32_t credit = 0;
+    std::uint32_t owed = 0;  // units to keep back from return_credit (a lowered credit)
     std::vector<KindId> kinds;  // sorted
     bool can_run(KindId kind) const;
   };

@@ -68,7 +68,8 @@ void print_json(const std::string& broker, const poolmap::BrokerStatus& status) 
            "\",\"chunks_in_flight\":" + std::to_string(worker.chunks_in_flight) +
            ",\"chunks_done\":" + std::to_string(worker.chunks_done) +
            ",\"chunks_failed\":" + std::to_string(worker.chunks_failed) +
-           ",\"last_seen_ms\":" + std::to_string(worker.last_seen.count()) + ",\"tasks\":[";
+           ",\"last_seen_ms\":" + std::to_string(worker.last_seen.count()) +
+           ",\"credit\":" + std::to_string(worker.credit) + ",\"tasks\":[";
     for (std::size_t t = 0; t < worker.tasks.size(); ++t) {
       out += (t == 0 ? "" : ",");
       out += "{\"name\":" + json_string(worker.tasks[t].name) +

@@ -796,6 +796,7 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
         for (const auto& task : w.tasks) worker.tasks.push_back({task.name, task.signature});
         worker.chunks_failed = w.chunks_failed;
         worker.last_seen = std::chrono::milliseconds(w.last_seen_ms);
+        worker.credit = w.credit;
       }
       for (const auto& j : reply.value().jobs) {
         status.jobs.push_back({j.client_host, j.client_pid, j.job, j.task, j.items_total, j.items_done,

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <map>
 #include <atomic>
 #include <mutex>
 #include <numeric>
@@ -131,4 +132,48 @@ TEST_CASE("Status.Cli.MapShowsAProgressBarOnATerminalOnly" * doctest::timeout(12
   for (int i = 0; i < 40; ++i) forty_results += "30\n";
   CHECK(out == forty_results);
   CHECK(piped.stderr_text().find("items") == std::string::npos);
+}
+
+TEST_CASE("Status.Credit.PrefetchAdaptsToTheChunksUnlessFixed" * doctest::timeout(120)) {
+  t::Cluster cluster({.workers = 2});
+  cluster.add_workers(1, {}, {"--prefetch", "1"});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(3, 20s));
+  auto by_supervisor = [&] {
+    std::map<std::uint64_t, std::vector<std::uint32_t>> out;
+    for (const auto& worker : pool.status().workers) out[worker.supervisor].push_back(worker.credit);
+    return out;
+  };
+  // Before any work: 1 + prefetch 1 everywhere.
+  for (const auto& [supervisor, list] : by_supervisor()) {
+    for (const auto credit : list) CHECK(credit == 2);
+  }
+  // Chunks of microseconds: the adaptive workers take many at a time, the fixed one stays at 2.
+  std::vector<std::int64_t> many(3000);
+  std::iota(many.begin(), many.end(), 0);
+  CHECK(pool.map(t::square, many, {.chunksize = 1}).size() == 3000);
+  REQUIRE(t::eventually(
+      [&] {
+        const auto groups = by_supervisor();
+        std::size_t raised = 0;
+        std::size_t fixed_at_two = 0;
+        for (const auto& [supervisor, list] : groups) {
+          if (list.size() == 2) raised += static_cast<std::size_t>(std::count_if(list.begin(), list.end(), [](auto c) { return c > 16; }));
+          if (list.size() == 1) fixed_at_two += list.front() == 2 ? 1 : 0;
+        }
+        return raised == 2 && fixed_at_two == 1;
+      },
+      10s));
+  // Chunks of 30 ms: back to prefetch 1, so a slow chunk holds no queue of others behind it.
+  CHECK(pool.map(t::sleep_ms, std::vector<std::int64_t>(12, 30), {.chunksize = 1}).size() == 12);
+  CHECK(t::eventually(
+      [&] {
+        for (const auto& [supervisor, list] : by_supervisor()) {
+          for (const auto credit : list) {
+            if (credit != 2) return false;
+          }
+        }
+        return true;
+      },
+      10s));
 }

@@ -179,3 +179,44 @@ TEST_CASE("Scheduler.Credit.AWorkerThatCanRunNothingKeepsItsPlace" * doctest::ti
   REQUIRE(assignment.has_value());
   CHECK(assignment->worker == cuber);  // it was passed over, not sent to the back or dropped
 }
+
+TEST_CASE("Scheduler.Credit.RaisedCreditIsPrefetchAndIdleWorkersStillComeFirst" * doctest::timeout(10)) {
+  Scheduler scheduler(kGrace, kStart);
+  const auto square = scheduler.kind("square", "i64(i64)");
+  const auto first = scheduler.add_worker(2, tasks({"square"}), kStart);
+  const auto second = scheduler.add_worker(2, tasks({"square"}), kStart);
+  // Both ran one chunk, answered it (idle again) and raised their credit to 10 (CREDIT).
+  scheduler.enqueue("client", 1, square, false);
+  scheduler.enqueue("client", 2, square, false);
+  CHECK(drain(scheduler).size() == 2);
+  scheduler.return_credit(first, true);
+  scheduler.change_credit(first, 8, true);
+  scheduler.return_credit(second, true);
+  scheduler.change_credit(second, 8, true);
+  // Two chunks go to the two idle workers, not both to the first one's new units.
+  scheduler.enqueue("client", 3, square, false);
+  scheduler.enqueue("client", 4, square, false);
+  const auto two = drain(scheduler);
+  REQUIRE(two.size() == 2);
+  CHECK(two[0].second != two[1].second);
+  // The raised credit is usable: 18 more chunks fit (10 per worker, 1 each in flight).
+  for (Scheduler::Ticket t = 5; t < 30; ++t) scheduler.enqueue("client", t, square, false);
+  CHECK(drain(scheduler).size() == 18);
+}
+
+TEST_CASE("Scheduler.Credit.LoweredCreditIsKeptBackFromAnswersUntilRepaid" * doctest::timeout(10)) {
+  Scheduler scheduler(kGrace, kStart);
+  const auto square = scheduler.kind("square", "i64(i64)");
+  const auto worker = scheduler.add_worker(4, tasks({"square"}), kStart);
+  for (Scheduler::Ticket t = 1; t <= 10; ++t) scheduler.enqueue("client", t, square, false);
+  CHECK(drain(scheduler).size() == 4);  // it holds 4
+  scheduler.change_credit(worker, -3, false);  // credit 4 -> 1: it owes 3 of the 4 it holds
+  scheduler.return_credit(worker, false);
+  scheduler.return_credit(worker, false);
+  scheduler.return_credit(worker, false);
+  CHECK(drain(scheduler).empty());  // 3 answers repaid what it owed; it still holds 1
+  scheduler.return_credit(worker, true);
+  CHECK(drain(scheduler).size() == 1);  // now holds 1, its new credit
+  scheduler.change_credit(worker, 2, false);  // and raised again to 3
+  CHECK(drain(scheduler).size() == 2);
+}

@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
   std::string broker;
   std::size_t processes = 0;
   std::vector<std::string> task_libraries;
-  std::uint32_t prefetch = 1;
+  std::string prefetch = "auto";
   int heartbeat_ms = 1000;
   int liveness = 3;
   std::string log_level = "info";
@@ -60,9 +60,11 @@ int main(int argc, char** argv) {
                  "and SLURM_CPUS_PER_TASK / PBS_NCPUS / NCPUS)");
   app.add_option("--tasks", task_libraries, "task library (.so) to load; repeat for several")
       ->check(CLI::ExistingFile);
-  app.add_option("--prefetch", prefetch, "chunks each process accepts beyond the one it runs")
-      ->default_val(1)
-      ->check(CLI::Range(0, 64));
+  app.add_option("--prefetch", prefetch,
+                 "chunks each process accepts beyond the one it runs: 0..1023, or auto (hold about 2 ms of work, "
+                 "1 to 256 chunks)")
+      ->default_val("auto")
+      ->check(CLI::IsMember({"auto"}) | CLI::Range(0, 1023));
   app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval in milliseconds")->default_val(1000)->check(CLI::PositiveNumber);
   app.add_option("--liveness", liveness, "missed heartbeats before the broker counts as gone")->default_val(3)->check(CLI::PositiveNumber);
   app.add_option("--max-tasks-per-child", max_tasks_per_child,
@@ -99,6 +101,8 @@ int main(int argc, char** argv) {
     daemon = false;
     pidfile.clear();
   }
+  const std::optional<std::uint32_t> fixed_prefetch =
+      prefetch == "auto" ? std::nullopt : std::optional<std::uint32_t>(static_cast<std::uint32_t>(std::stoul(prefetch)));
   if (daemon && log_file.empty()) {
     std::cerr << "poolmap-worker: --daemon needs --log-file (a daemon has no terminal to log to)\n";
     return 2;
@@ -140,7 +144,7 @@ int main(int argc, char** argv) {
     }
     if (child) {
       poolmap::WorkerProcess worker({.broker = broker,
-                                     .prefetch = prefetch,
+                                     .prefetch = fixed_prefetch,
                                      .heartbeat_interval = std::chrono::milliseconds(heartbeat_ms),
                                      .heartbeat_liveness = liveness,
                                      .max_message_bytes = max_message_bytes,
@@ -166,7 +170,7 @@ int main(int argc, char** argv) {
     // Bad key files too.
     {
       poolmap::WorkerProcess check(
-          {.broker = broker, .prefetch = prefetch, .curve_secret_file = curve_secret, .broker_key_file = broker_key});
+          {.broker = broker, .prefetch = fixed_prefetch, .curve_secret_file = curve_secret, .broker_key_file = broker_key});
     }
     if (processes == 0) {
       const auto detected = poolmap::detect_worker_count();
@@ -177,7 +181,7 @@ int main(int argc, char** argv) {
     }
     const std::string self = poolmap::detail::self_executable(argv[0]);
     std::vector<std::string> child_args{self,        "--child",        "--parent-pid", std::to_string(::getpid()),
-                                        "--broker",  broker,           "--prefetch",   std::to_string(prefetch),
+                                        "--broker",  broker,           "--prefetch",   prefetch,
                                         "--heartbeat-ms", std::to_string(heartbeat_ms), "--liveness",
                                         std::to_string(liveness), "--log-level", log_level};
     for (const auto& library : task_libraries) {

@@ -26,8 +26,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using proto::Command;
 
-// The broker accepts credit up to 1024 (1 running + prefetch).
-constexpr std::uint32_t kMaxPrefetch = 1023;
+// The broker accepts credit up to proto::kMaxCredit (1 running + prefetch).
+constexpr std::uint32_t kMaxPrefetch = proto::kMaxCredit - 1;
+// Adaptive prefetch (WorkerOptions::prefetch unset): the work held beyond the running chunk.
+constexpr double kAdaptiveHoldUs = 2000;
+constexpr double kAdaptiveHoldBytes = 16 << 20;
+constexpr std::uint32_t kMaxAdaptivePrefetch = 256;
 constexpr std::size_t kContextCacheSize = 4;
 
 std::string join(const std::vector<std::string>& names) {
@@ -49,6 +53,7 @@ class WorkerProcess::Impl {
     // Our supervisor chose our instance id (it reports our exit by it); started by hand we choose.
     // The variables are not passed on to whatever the tasks start.
     if (instance_ == 0) instance_ = detail::new_instance_id();
+    prefetch_wanted_ = prefetch_sent_ = options_.prefetch.value_or(1);
     ::unsetenv(detail::kInstanceVariable);
     ::unsetenv(detail::kSupervisorVariable);
     for (const auto& name : detail::TaskRegistry::instance().names()) {
@@ -59,7 +64,7 @@ class WorkerProcess::Impl {
       throw Error(ErrorCode::kInvalidArgument,
                   "worker: heartbeat interval and liveness must be positive, stop_timeout not negative");
     }
-    if (options_.prefetch > kMaxPrefetch) {
+    if (options_.prefetch.value_or(0) > kMaxPrefetch) {
       throw Error(ErrorCode::kInvalidArgument, "worker: prefetch must be at most " + std::to_string(kMaxPrefetch));
     }
     try {  // reject a malformed endpoint now rather than in a restart loop
@@ -114,6 +119,9 @@ class WorkerProcess::Impl {
   // Called by the I/O thread: if the running item has passed its deadline, answers its chunk with
   // kDeadlineExceeded, says goodbye and ends the process (the supervisor starts a fresh one).
   void enforce_deadline(zmq::socket_t& socket);
+  // Called by the task thread after each chunk, with adaptive prefetch: updates the averages and
+  // the prefetch it wants (prefetch_wanted_) when that is at least twice or half the current one.
+  void adapt_prefetch(std::uint64_t compute_us, std::size_t payload_bytes);
   // Called by the I/O thread: for a chunk running longer than kProgressInterval, tells the broker
   // how many of its items are done (at most once per interval, and only when that changed).
   void report_progress(zmq::socket_t& socket);
@@ -173,6 +181,12 @@ class WorkerProcess::Impl {
   std::atomic<std::uint64_t> items_started_{0};  // written by the task thread, watched by the I/O thread
   std::uint64_t watched_items_ = 0;              // I/O thread: last value seen, and when it changed
   Clock::time_point watched_since_;
+  // Adaptive prefetch: averages of the chunks run (task thread), the prefetch wanted (guarded by
+  // mutex_) and the prefetch the broker was told (I/O thread; READY and CREDIT).
+  double average_chunk_us_ = -1;
+  double average_chunk_bytes_ = 0;
+  std::uint32_t prefetch_wanted_ = 1;
+  std::uint32_t prefetch_sent_ = 1;
   std::uint64_t progress_ticket_ = 0;  // I/O thread: the chunk last reported, what and when
   std::uint32_t progress_items_ = 0;
   Clock::time_point progress_at_;
@@ -192,7 +206,7 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   if (!options_.broker.starts_with("inproc://")) handshakes_.emplace(context, socket);
   socket.connect(options_.broker);
   auto ready = wire::make(Command::kReady,
-                          proto::Ready{host_, pid_, 1 + options_.prefetch, instance_, supervisor_, tasks_announced_,
+                          proto::Ready{host_, pid_, 1 + prefetch_sent_, instance_, supervisor_, tasks_announced_,
                                        ++connections_});
   wire::send(socket, ready, false);
   return socket;
@@ -271,6 +285,15 @@ void WorkerProcess::Impl::io_loop() {
       frames.push_back(wire::to_message(std::move(done.output)));
       wire::send(socket, frames, false);
       last_sent = Clock::now();
+    }
+    std::uint32_t wanted = 0;
+    {
+      std::lock_guard lock(mutex_);
+      wanted = prefetch_wanted_;
+    }
+    if (wanted != prefetch_sent_ && !stopping) {
+      auto frames = wire::make(Command::kCredit, proto::Credit{1 + wanted});
+      if (wire::send(socket, frames, true)) prefetch_sent_ = wanted;
     }
     if (stopping && !busy) {
       // Drained: the running chunk (if any) is answered; the broker takes back the rest.
@@ -430,6 +453,24 @@ void WorkerProcess::Impl::report_progress(zmq::socket_t& socket) {
   (void)wire::send(socket, frames, true);
   progress_items_ = done;
   progress_at_ = now;
+}
+
+void WorkerProcess::Impl::adapt_prefetch(std::uint64_t compute_us, std::size_t payload_bytes) {
+  const auto us = static_cast<double>(compute_us);
+  const auto bytes = static_cast<double>(payload_bytes);
+  if (average_chunk_us_ < 0) {
+    average_chunk_us_ = us;
+    average_chunk_bytes_ = bytes;
+  } else {  // moving averages over the last few chunks
+    average_chunk_us_ += (us - average_chunk_us_) / 4;
+    average_chunk_bytes_ += (bytes - average_chunk_bytes_) / 4;
+  }
+  const double by_time = kAdaptiveHoldUs / std::max(average_chunk_us_, 1.0);
+  const double by_bytes = kAdaptiveHoldBytes / std::max(average_chunk_bytes_, 1.0);
+  const auto target = static_cast<std::uint32_t>(
+      std::clamp(std::min(by_time, by_bytes), 1.0, static_cast<double>(kMaxAdaptivePrefetch)));
+  std::lock_guard lock(mutex_);
+  if (target >= 2 * prefetch_wanted_ || 2 * target <= prefetch_wanted_) prefetch_wanted_ = target;
 }
 
 void WorkerProcess::Impl::end_process(zmq::socket_t& socket, std::uint64_t ticket, proto::Outcome outcome) {
@@ -606,6 +647,7 @@ void WorkerProcess::Impl::run() {
     done.outcome.compute_us = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count());
     progress_.store(0);
+    if (!options_.prefetch) adapt_prefetch(done.outcome.compute_us, task.payload.size());
     if (done.outcome.code != ErrorCode::kOk) {
       log_->debug("task {} chunk at item {} failed: {}", task.header.task, task.header.first_index,
                   done.outcome.message);

@@ -130,6 +130,7 @@ struct BrokerStatus {
     std::vector<TaskInfo> tasks;   // what it announced it can run
     std::uint64_t chunks_failed = 0;          // answered with an error
     std::chrono::milliseconds last_seen{0};  // since the broker last heard from it
+    std::uint32_t credit = 0;  // chunks it accepts at a time: 1 + its prefetch (fixed or adapted)
   };
   // A job with chunks at the broker (or answered within the last liveness period), oldest first.
   struct Job {

@@ -50,6 +50,7 @@ enum class Command : std::uint8_t {
   kWorkerExited = 0x23,  // WorkerExited: a worker process of this host ended
   // worker -> broker
   kWorkerProgress = 0x24,  // WorkerProgress: items of the running chunk done so far
+  kCredit = 0x25,          // Credit: the chunks it accepts from now on
   // broker -> worker
   kTask = 0x31,     // TaskHeader + payload
   kAbandon = 0x32,  // Abandon: nobody waits for this chunk any more (its client left or cancelled)
@@ -257,6 +258,19 @@ struct WorkerProgress {
 };
 inline constexpr std::chrono::milliseconds kProgressInterval{100};
 
+// Worker -> broker: from now on the worker accepts `credit` chunks at a time (1 running + prefetch),
+// replacing what its READY (or last CREDIT) said. Chunks it holds beyond a lowered credit stay
+// with it; it gets no new one until it holds fewer than `credit`.
+struct Credit {
+  std::uint32_t credit = 1;  // 1..kMaxCredit
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(credit);
+  }
+};
+// Most credit a worker may announce (READY, CREDIT).
+inline constexpr std::uint32_t kMaxCredit = 1024;
+
 struct WorkerExited {
   std::string host;
   std::uint32_t pid = 0;
@@ -281,9 +295,10 @@ struct WorkerInfo {
   std::vector<TaskInfo> tasks;
   std::uint64_t chunks_failed = 0;  // answered with an error (the task threw, a deadline, ...)
   std::uint32_t last_seen_ms = 0;   // since the broker last heard from it
+  std::uint32_t credit = 0;         // chunks it accepts at a time (READY, CREDIT)
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, in_flight, chunks_done, instance, supervisor, tasks, chunks_failed, last_seen_ms);
+    ar(host, pid, in_flight, chunks_done, instance, supervisor, tasks, chunks_failed, last_seen_ms, credit);
   }
 };
 

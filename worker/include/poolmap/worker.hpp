@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,9 +34,12 @@ namespace poolmap {
 struct WorkerOptions {
   // The broker's worker endpoint, e.g. "tcp://broker-host:5556". Required.
   std::string broker{};
-  // Chunks accepted beyond the one running, so the next is already here when one finishes.
-  // At most 1023. Default: 1.
-  std::uint32_t prefetch = 1;
+  // Chunks accepted beyond the one running, so the next is already here when one finishes. At
+  // most 1023. Default: nullopt = adapt to the chunks: start at 1, then hold about 2 ms of work
+  // (measured chunk time × prefetched chunks, at most 256 chunks and 16 MiB of their payloads), so
+  // that tiny chunks never wait for a round trip through the broker and long ones are not held
+  // back behind a slow one (the process tells the broker with CREDIT when that changes much).
+  std::optional<std::uint32_t> prefetch{};
   // Heartbeat interval and liveness; keep them equal to the broker's. Default: 1 s × 3.
   std::chrono::milliseconds heartbeat_interval{1000};
   int heartbeat_liveness = 3;
