@@ -17,6 +17,7 @@ from collections import defaultdict
 def load(path):
     runs = defaultdict(list)
     units = {}
+    extras = defaultdict(lambda: defaultdict(list))  # (workload, impl) -> field -> values
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -26,7 +27,10 @@ def load(path):
             key = (run["workload"], run["impl"], run["processes"])
             runs[key].append(run["value"])
             units[run["workload"]] = run["unit"]
-    return runs, units
+            for field in ("items_per_s", "broker_peak_rss_kib", "broker_cpu_us_per_chunk"):
+                if field in run:
+                    extras[(run["workload"], run["impl"])][field].append(run[field])
+    return runs, units, extras
 
 
 def summary(values):
@@ -38,7 +42,7 @@ def main():
     parser.add_argument("runs")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args()
-    runs, units = load(args.runs)
+    runs, units, extras = load(args.runs)
     stats = {key: summary(values) for key, values in runs.items()}
 
     def med(workload, impl, processes=None):
@@ -113,6 +117,29 @@ def main():
     mem = med("memory", "poolmap-embedded")
     rows[-1][-1] = "<= 2.5 (emb.)" + ("" if mem is None else (" met" if mem <= 2.5 else " MISSED"))
     checks[-1]["met"] = None if mem is None else mem <= 2.5
+
+    imap = med("imap", "poolmap-remote-pid")
+    if imap is not None:
+        more = extras[("imap", "poolmap-remote-pid")]
+        broker_rss = statistics.median(more["broker_peak_rss_kib"]) / 1024 if more["broker_peak_rss_kib"] else None
+        rate = statistics.median(more["items_per_s"]) if more["items_per_s"] else None
+        rows.append(["memory, imap over 10^8 int64 (client peak RSS, MiB)", "", "",
+                     cell("imap", "poolmap-remote-pid") +
+                     ("" if broker_rss is None else f"; broker {broker_rss:.0f} MiB") +
+                     ("" if rate is None else f"; {rate / 1e6:.1f} M items/s"),
+                     "", "bounded (no target)"])
+        checks.append({"row": "imap memory", "client_peak_mib": imap, "broker_peak_mib": broker_rss,
+                       "items_per_s": rate, "met": None})
+    scale = med("scale", "poolmap-remote-pid")
+    if scale is not None:
+        cpu = extras[("scale", "poolmap-remote-pid")]["broker_cpu_us_per_chunk"]
+        cpu_med = statistics.median(cpu) if cpu else None
+        rows.append(["scale: 64 workers, 8 clients (chunks/s through one broker)", "", "",
+                     cell("scale", "poolmap-remote-pid") +
+                     ("" if cpu_med is None else f"; broker {cpu_med:.1f} us CPU/chunk"),
+                     "", ">= 200000" + (" met" if scale >= 200000 else " MISSED")])
+        checks.append({"row": "scale", "chunks_per_s": scale, "broker_cpu_us_per_chunk": cpu_med,
+                       "target": ">= 200000", "met": scale >= 200000})
 
     header = ["workload", "Python peer, median (min-max)", "poolmap embedded", "poolmap remote",
               "ratio emb. / rem.", "target"]
