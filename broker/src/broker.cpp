@@ -1002,6 +1002,12 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
         chunk->second.worker.clear();
         return queue_chunk(ticket, true);
       }
+      if (result.value().outcome.code == ErrorCode::kUnavailable) {
+        // Handed back before it started (the worker's chunk ran long with others waiting behind
+        // it): to the front of the queue, for an idle worker, without penalty.
+        chunk->second.worker.clear();
+        return queue_chunk(ticket, true);
+      }
       if (result.value().outcome.code == ErrorCode::kOk) {
         ++worker.chunks_done;
       } else if (result.value().outcome.code != ErrorCode::kCancelled) {

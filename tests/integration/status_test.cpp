@@ -177,3 +177,29 @@ TEST_CASE("Status.Credit.PrefetchAdaptsToTheChunksUnlessFixed" * doctest::timeou
       },
       10s));
 }
+
+TEST_CASE("Status.Credit.ASlowChunkHandsTheChunksWaitingBehindItToAnIdleWorker" * doctest::timeout(120)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  // Tiny chunks first: the worker raises its credit and takes many chunks at a time.
+  std::vector<std::int64_t> many(3000);
+  std::iota(many.begin(), many.end(), 0);
+  CHECK(pool.map(t::square, many, {.chunksize = 1}).size() == 3000);
+  REQUIRE(t::eventually([&] { return pool.status().workers.front().credit > 16; }, 10s));
+  const std::uint64_t first = pool.status().workers.front().instance;
+  // Then one chunk of 3 s and 20 of 20 ms: all of them fit in the worker's credit. A second worker
+  // comes while the long one runs; the first hands back what waits behind its long chunk (all but
+  // one), so the newcomer runs the short ones instead of idling for 3 s.
+  std::vector<std::int64_t> naps(21, 20);
+  naps[0] = 3000;
+  auto future = pool.map_async(t::sleep_ms, naps, {.chunksize = 1});
+  cluster.add_workers(1);
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  CHECK(future.get() == naps);
+  std::uint64_t by_newcomer = 0;
+  for (const auto& worker : pool.status().workers) {
+    if (worker.instance != first) by_newcomer = worker.chunks_done;
+  }
+  CHECK(by_newcomer >= 15);  // of the 20 short chunks; without the hand-back it gets none
+}

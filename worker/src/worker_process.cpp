@@ -29,6 +29,7 @@ using proto::Command;
 // The broker accepts credit up to proto::kMaxCredit (1 running + prefetch).
 constexpr std::uint32_t kMaxPrefetch = proto::kMaxCredit - 1;
 // Adaptive prefetch (WorkerOptions::prefetch unset): the work held beyond the running chunk.
+constexpr auto kAdaptiveHold = std::chrono::microseconds(2000);
 constexpr double kAdaptiveHoldUs = 2000;
 constexpr double kAdaptiveHoldBytes = 16 << 20;
 constexpr std::uint32_t kMaxAdaptivePrefetch = 256;
@@ -125,6 +126,11 @@ class WorkerProcess::Impl {
   // Called by the I/O thread: for a chunk running longer than kProgressInterval, tells the broker
   // how many of its items are done (at most once per interval, and only when that changed).
   void report_progress(zmq::socket_t& socket);
+  // Called by the I/O thread, with adaptive prefetch: when the running chunk has run for longer
+  // than kAdaptiveHold and more than one chunk waits behind it, hands all but one of them back to
+  // the broker (WORKER_RESULT `unavailable`: requeued for another worker without penalty) and
+  // wants prefetch 1, so that a slow chunk never holds a queue that idle workers could run.
+  void hand_back_when_stalled(zmq::socket_t& socket);
   // ABANDON from the broker: a chunk not started is dropped (answered kCancelled, which returns its
   // credit); the running one gets the grace to finish, then enforce_abandon() ends the process.
   void on_abandon(const proto::Abandon& abandon);
@@ -246,6 +252,10 @@ void WorkerProcess::Impl::io_loop() {
       }
       // Busy, or about to be: look again in time to report progress (report_progress).
       if (running_ || !tasks_.empty()) wait = std::min(wait, proto::kProgressInterval);
+      if (!options_.prefetch && running_ && tasks_.size() > 1) {  // see hand_back_when_stalled
+        wait = std::min(wait, std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(
+                                                                         running_->started + kAdaptiveHold - Clock::now())));
+      }
     }
     if (abandoned_) {
       wait = std::min(wait, std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(
@@ -286,6 +296,7 @@ void WorkerProcess::Impl::io_loop() {
       wire::send(socket, frames, false);
       last_sent = Clock::now();
     }
+    if (!stopping) hand_back_when_stalled(socket);
     std::uint32_t wanted = 0;
     {
       std::lock_guard lock(mutex_);
@@ -453,6 +464,29 @@ void WorkerProcess::Impl::report_progress(zmq::socket_t& socket) {
   (void)wire::send(socket, frames, true);
   progress_items_ = done;
   progress_at_ = now;
+}
+
+void WorkerProcess::Impl::hand_back_when_stalled(zmq::socket_t& socket) {
+  if (options_.prefetch) return;
+  std::vector<std::uint64_t> handed_back;
+  {
+    std::lock_guard lock(mutex_);
+    if (!running_ || tasks_.size() <= 1 || Clock::now() - running_->started < kAdaptiveHold) return;
+    while (tasks_.size() > 1) {
+      handed_back.push_back(tasks_.back().header.ticket);
+      tasks_.pop_back();
+    }
+    prefetch_wanted_ = 1;
+  }
+  for (const std::uint64_t ticket : handed_back) {
+    proto::Outcome outcome{ErrorCode::kUnavailable, 0, {}, "handed back unstarted: the chunk before it runs long",
+                           host_, pid_};
+    auto frames = wire::make(Command::kWorkerResult, proto::WorkerResult{ticket, std::move(outcome), instance_});
+    frames.emplace_back();
+    wire::send(socket, frames, false);
+  }
+  log_->debug("worker pid {} handed {} waiting chunks back: the running one passed {} us", pid_, handed_back.size(),
+              kAdaptiveHold.count());
 }
 
 void WorkerProcess::Impl::adapt_prefetch(std::uint64_t compute_us, std::size_t payload_bytes) {

@@ -38,7 +38,8 @@ struct WorkerOptions {
   // most 1023. Default: nullopt = adapt to the chunks: start at 1, then hold about 2 ms of work
   // (measured chunk time × prefetched chunks, at most 256 chunks and 16 MiB of their payloads), so
   // that tiny chunks never wait for a round trip through the broker and long ones are not held
-  // back behind a slow one (the process tells the broker with CREDIT when that changes much).
+  // back behind a slow one (the process tells the broker with CREDIT when that changes much, and
+  // a chunk that runs past 2 ms hands the chunks waiting behind it, but one, back to the broker).
   std::optional<std::uint32_t> prefetch{};
   // Heartbeat interval and liveness; keep them equal to the broker's. Default: 1 s × 3.
   std::chrono::milliseconds heartbeat_interval{1000};
