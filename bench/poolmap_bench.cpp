@@ -38,20 +38,6 @@ namespace bench = poolmap::bench;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
-// Peak resident set of this process so far, KiB (VmHWM).
-long peak_rss_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  while (status >> key) {
-    if (key == "VmHWM:") {
-      long kib = 0;
-      status >> kib;
-      return kib;
-    }
-  }
-  return -1;
-}
-
 [[noreturn]] void wrong(const std::string& workload) {
   std::fprintf(stderr, "poolmap-bench: %s returned wrong results\n", workload.c_str());
   std::exit(1);
@@ -77,9 +63,9 @@ struct Figure {
   std::string extra;   // more JSON fields, each starting with ", "
 };
 
-// Peak resident set (VmHWM) of process `pid`, KiB; -1 when it cannot be read.
-long peak_rss_kib_of(long pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+// Peak resident set (VmHWM) of process `pid` so far ("self": this one), KiB; -1 when it cannot be read.
+long peak_rss_kib_of(const std::string& pid) {
+  std::ifstream status("/proc/" + pid + "/status");
   std::string key;
   while (status >> key) {
     if (key == "VmHWM:") {
@@ -90,6 +76,7 @@ long peak_rss_kib_of(long pid) {
   }
   return -1;
 }
+long peak_rss_kib() { return peak_rss_kib_of("self"); }
 
 // User + system CPU time of process `pid` so far, seconds; -1 when it cannot be read.
 double cpu_seconds_of(long pid) {
@@ -237,7 +224,7 @@ int main(int argc, char** argv) {
         figure.unit = "MiB client peak";
         figure.extra = ", \"items_per_s\": " + std::to_string(static_cast<double>(kItems) / figure.seconds);
         if (broker_pid > 0) {
-          figure.extra += ", \"broker_peak_rss_kib\": " + std::to_string(peak_rss_kib_of(broker_pid));
+          figure.extra += ", \"broker_peak_rss_kib\": " + std::to_string(peak_rss_kib_of(std::to_string(broker_pid)));
         }
       } else if (workload == "scale") {
         // `clients` Pools at once, each mapping chunksize 1 over its own items, through one broker

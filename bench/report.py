@@ -118,24 +118,24 @@ def main():
     rows[-1][-1] = "<= 2.5 (emb.)" + ("" if mem is None else (" met" if mem <= 2.5 else " MISSED"))
     checks[-1]["met"] = None if mem is None else mem <= 2.5
 
-    imap = med("imap", "poolmap-remote-pid")
+    imap = med("imap", "poolmap-remote")
     if imap is not None:
-        more = extras[("imap", "poolmap-remote-pid")]
+        more = extras[("imap", "poolmap-remote")]
         broker_rss = statistics.median(more["broker_peak_rss_kib"]) / 1024 if more["broker_peak_rss_kib"] else None
         rate = statistics.median(more["items_per_s"]) if more["items_per_s"] else None
         rows.append(["memory, imap over 10^8 int64 (client peak RSS, MiB)", "", "",
-                     cell("imap", "poolmap-remote-pid") +
+                     cell("imap", "poolmap-remote") +
                      ("" if broker_rss is None else f"; broker {broker_rss:.0f} MiB") +
                      ("" if rate is None else f"; {rate / 1e6:.1f} M items/s"),
                      "", "bounded (no target)"])
         checks.append({"row": "imap memory", "client_peak_mib": imap, "broker_peak_mib": broker_rss,
                        "items_per_s": rate, "met": None})
-    scale = med("scale", "poolmap-remote-pid")
+    scale = med("scale", "poolmap-remote")
     if scale is not None:
-        cpu = extras[("scale", "poolmap-remote-pid")]["broker_cpu_us_per_chunk"]
+        cpu = extras[("scale", "poolmap-remote")]["broker_cpu_us_per_chunk"]
         cpu_med = statistics.median(cpu) if cpu else None
         rows.append(["scale: 64 workers, 8 clients (chunks/s through one broker)", "", "",
-                     cell("scale", "poolmap-remote-pid") +
+                     cell("scale", "poolmap-remote") +
                      ("" if cpu_med is None else f"; broker {cpu_med:.1f} us CPU/chunk"),
                      "", ">= 200000" + (" met" if scale >= 200000 else " MISSED")])
         checks.append({"row": "scale", "chunks_per_s": scale, "broker_cpu_us_per_chunk": cpu_med,
