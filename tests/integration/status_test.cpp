@@ -57,10 +57,11 @@ TEST_CASE("Status.Cli.WorkersErrorsLastSeenAndTheJobsOfEachClient" * doctest::ti
   std::iota(to_twenty.begin(), to_twenty.end(), 1);
   CHECK_THROWS_AS((void)pool.map(t::fail_at_13, to_twenty, {.chunksize = 20}), poolmap::TaskError);
 
-  // A second client with a map that takes a while: 40 items of 50 ms in chunks of 20.
+  // A second client with a map that takes a while: 40 items of 250 ms in chunks of 20, 5 s on the
+  // two workers, so that the CLI (slow to start in a sanitizer build) finds it still running.
   std::thread slow([&] {
     poolmap::Pool other(remote(cluster));
-    CHECK(other.map(t::sleep_ms, std::vector<std::int64_t>(40, 50), {.chunksize = 20}).size() == 40);
+    CHECK(other.map(t::sleep_ms, std::vector<std::int64_t>(40, 250), {.chunksize = 20}).size() == 40);
   });
   struct JoinOnExit {
     std::thread& thread;
