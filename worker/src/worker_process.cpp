@@ -252,7 +252,7 @@ void WorkerProcess::Impl::io_loop() {
       }
       // Busy, or about to be: look again in time to report progress (report_progress).
       if (running_ || !tasks_.empty()) wait = std::min(wait, proto::kProgressInterval);
-      if (!options_.prefetch && running_ && tasks_.size() > 1) {  // see hand_back_when_stalled
+      if (!options_.prefetch && !stopping_ && running_ && tasks_.size() > 1) {  // see hand_back_when_stalled
         wait = std::min(wait, std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(
                                                                          running_->started + kAdaptiveHold - Clock::now())));
       }
