@@ -375,12 +375,10 @@ struct ExecCommand {
   bool no_progress = false;
 };
 
-// For `poolmap exec`: moves the command (from its first word that is not an option of exec, or
-// after "--") into `command` and returns how many words of argv are left for the parser.
-int split_exec_command(int argc, char** argv, std::vector<std::string>& command) {
+// For `poolmap exec`: moves the command (from its first word that is not an option of `exec`,
+// or after "--") into `command` and returns how many words of argv are left for the parser.
+int split_exec_command(int argc, char** argv, CLI::App& exec, std::vector<std::string>& command) {
   if (argc < 2 || std::string_view(argv[1]) != "exec") return argc;
-  static constexpr std::string_view kTakesValue[] = {"--broker", "--timeout-ms", "--curve-secret", "--broker-key",
-                                                     "-a", "--arg-file"};
   for (int i = 2; i < argc; ++i) {
     const std::string_view word = argv[i];
     if (word == "--") {
@@ -391,7 +389,8 @@ int split_exec_command(int argc, char** argv, std::vector<std::string>& command)
       command.assign(argv + i, argv + argc);
       return i;
     }
-    if (std::find(std::begin(kTakesValue), std::end(kTakesValue), word) != std::end(kTakesValue)) ++i;
+    const CLI::Option* option = exec.get_option_no_throw(std::string(word));
+    if (option != nullptr && option->get_items_expected_min() > 0) ++i;  // its value, e.g. --broker EP
   }
   return argc;
 }
@@ -493,7 +492,7 @@ int main(int argc, char** argv) {
   keygen_command->add_flag("--if-missing", if_missing, "do nothing when PATH.key and PATH.pub exist (for scripts)");
   // `poolmap exec [OPTIONS] [--] CMD ARGS...`: CMD and every word after it go to the command as
   // they are (its own options, a "--"), so they are split off before CLI11 sees them.
-  const int parsed_words = split_exec_command(argc, argv, exec.command);
+  const int parsed_words = split_exec_command(argc, argv, *exec_command, exec.command);
   CLI11_PARSE(app, parsed_words, argv);
   try {
     if (status->parsed()) return print_status(options);
