@@ -227,6 +227,8 @@ class Broker::Impl {
     std::string host;
     std::uint32_t pid = 0;
     std::uint32_t generation = 0;  // of the registration that was lost
+    std::uint64_t supervisor = 0;  // its supervisor's instance, and CURVE key name: who may report its exit
+    std::string key;
     std::vector<std::uint64_t> tickets;
   };
   // How a worker went away, for its chunks.
@@ -291,6 +293,11 @@ class Broker::Impl {
   void answer_with_error(std::uint64_t ticket, ErrorCode code, const std::string& message);
   // A worker declared lost for silence is alive after all: the chunks it held get their retry back.
   void refund(std::uint64_t instance, const char* how);
+  // The supervisor of a worker already declared lost (unreachable: its connection went as it
+  // died, before this report came) says it crashed: the chunk it was running is blamed for the
+  // crash as if the report had come first, so a poison chunk still fails after --poison-kills
+  // crashes, not one more.
+  void blame_crash_after_loss(const proto::WorkerExited& report, const std::string& key);
   // The result of `ticket` from a process it is no longer assigned to: accepted when the chunk is
   // still open and was sent to that process (first answer wins). Returns true if forwarded.
   bool accept_late_result(proto::WorkerResult& result, zmq::message_t& payload);
@@ -858,7 +865,10 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     if (!exited) return reply_error(workers_, identity, exited.status());
     const auto& report = exited.value();
     const auto registered = identity_by_instance_.find(report.instance);
-    if (registered == identity_by_instance_.end()) return;  // said goodbye already, or never registered
+    if (registered == identity_by_instance_.end()) {  // lost already, said goodbye, or never registered
+      blame_crash_after_loss(report, key_name(frames[1]));
+      return;
+    }
     const WorkerState& worker = workers_by_id_.at(registered->second);
     if (report.supervisor == 0 || worker.supervisor != report.supervisor || worker.key != key_name(frames[1])) {
       ++bad_messages_;
@@ -1131,6 +1141,43 @@ void Broker::Impl::refund(std::uint64_t instance, const char* how) {
   silenced_.erase(found);
 }
 
+void Broker::Impl::blame_crash_after_loss(const proto::WorkerExited& report, const std::string& key) {
+  const auto found = silenced_.find(report.instance);
+  if (found == silenced_.end()) return;
+  const SilentLoss& silent = found->second;
+  if (report.supervisor == 0 || silent.supervisor != report.supervisor || silent.key != key) {
+    ++bad_messages_;
+    log_->warn("ignored an exit report for worker {} pid {} [{}] from a peer that is not its supervisor", silent.host,
+               silent.pid, detail::short_id(report.instance));
+    return;
+  }
+  const auto chunk = chunks_.find(report.running_ticket);
+  const bool held = std::find(silent.tickets.begin(), silent.tickets.end(), report.running_ticket) != silent.tickets.end();
+  if (report.crashed && report.running_ticket != 0 && held && chunk != chunks_.end()) {
+    Chunk& blamed = chunk->second;
+    // Its attempt on that worker counted as a silent loss: it was a crash.
+    const std::string on = " (worker " + silent.host + " pid " + std::to_string(silent.pid) + " [" +
+                           detail::short_id(report.instance) + "])";
+    for (auto& cause : blamed.lost_causes) {
+      if (cause.ends_with(on)) {
+        cause = "worker process " + detail::printable(report.cause, 128) + on;
+        break;
+      }
+    }
+    if (blamed.retries > 0) --blamed.retries;
+    if (blamed.retries <= static_cast<std::uint32_t>(options_.max_retries)) over_budget_.erase(report.running_ticket);
+    ++blamed.kills;
+    log_->info("worker {} pid {} [{}], declared lost, had crashed: chunk {} of job {} is blamed ({} of {} kills)",
+               silent.host, silent.pid, detail::short_id(report.instance), blamed.header.chunk, blamed.header.job,
+               blamed.kills, options_.poison_kills);
+    if (blamed.kills >= static_cast<std::uint32_t>(options_.poison_kills)) {
+      // Queued again or running elsewhere: dropped either way, as a cancelled chunk is.
+      fail_chunk(report.running_ticket, "killed " + std::to_string(blamed.kills) + " worker processes");
+    }
+  }
+  silenced_.erase(found);  // dead: it will not speak again
+}
+
 void Broker::Impl::queue_chunk(std::uint64_t ticket, bool front) {
   const auto chunk = chunks_.find(ticket);
   if (chunk == chunks_.end()) return;
@@ -1303,6 +1350,8 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause, L
     silent.host = worker.host;
     silent.pid = worker.pid;
     silent.generation = worker.generation;
+    silent.supervisor = worker.supervisor;
+    silent.key = worker.key;
     silent.tickets.assign(worker.tickets.begin(), worker.tickets.end());
   }
   const std::string described =

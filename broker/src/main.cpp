@@ -22,10 +22,12 @@
 
 #include "daemon.hpp"
 #include "log.hpp"
+#include "process_info.hpp"
 #include "poolmap/broker.hpp"
 #include "signals.hpp"
 
 int main(int argc, char** argv) {
+  poolmap::detail::keep_freed_memory();  // chunk after chunk of similar size: reuse the pages
   CLI::App app{"poolmap-broker: hands chunks of work from poolmap clients to poolmap workers"};
   app.set_version_flag("--version", std::string("poolmap-broker ") + POOLMAP_VERSION);
   poolmap::BrokerOptions options;

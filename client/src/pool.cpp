@@ -135,7 +135,8 @@ class Pool::Impl {
     std::vector<std::uint32_t> retries_left;                // task_retries per chunk
     std::size_t next_to_send = 0;
     std::size_t answered = 0;
-    std::vector<detail::ChunkResult> results;
+    std::vector<detail::ChunkResult> results;    // without a sink
+    std::shared_ptr<detail::ChunkSink> sink;      // takes each chunk's results as they arrive
     std::vector<bool> have;
     std::shared_ptr<detail::FutureCore> core;
     std::optional<Clock::time_point> deadline;  // of the whole job
@@ -238,6 +239,7 @@ Pool::Impl::Impl(PoolOptions options)
                 "Pool options: max_chunks_in_flight, heartbeat_interval and heartbeat_liveness must be positive, "
                 "max_message_bytes at least " + std::to_string(kMinMessageBytes));
   }
+  if (options_.reuse_freed_memory) detail::keep_freed_memory();
   if (options_.broker.empty()) {
     if (const char* from_environment = std::getenv("POOLMAP_BROKER"); from_environment != nullptr) {
       options_.broker = from_environment;  // set by the PBS/Slurm launch scripts
@@ -435,7 +437,8 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   job->deadline_ms = request.deadline_ms;
   job->payloads.resize(job->chunks.size());
   job->retries_left.assign(job->chunks.size(), request.task_retries);
-  job->results.resize(job->chunks.size());
+  job->sink = std::move(request.sink);
+  if (!job->sink) job->results.resize(job->chunks.size());
   job->have.assign(job->chunks.size(), false);
   job->core = core;
   if (request.job_deadline.count() > 0) job->deadline = Clock::now() + request.job_deadline;
@@ -898,10 +901,20 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
     fail_job(result.job, std::move(failed));
     return;
   }
+  const detail::ChunkRequest& chunk = job.chunks[result.chunk];
+  if (job.sink) {
+    // Decoded into the output now; the received bytes go at the end of this scope.
+    Status decoded = job.sink->take(chunk.first_index, chunk.count, wire::view(payload));
+    if (!decoded.is_ok()) {
+      fail_job(result.job, JobOutcome{{}, std::move(decoded), std::nullopt});
+      return;
+    }
+  } else {
+    auto owned = std::make_shared<zmq::message_t>(std::move(payload));
+    job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned, chunk.count};
+  }
   --in_flight_;
   job.payloads[result.chunk].reset();
-  auto owned = std::make_shared<zmq::message_t>(std::move(payload));
-  job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned, job.chunks[result.chunk].count};
   job.have[result.chunk] = true;
   const std::uint32_t reported = job.partial.empty() ? 0 : job.partial[result.chunk];
   job.core->add_progress(job.chunks[result.chunk].count - reported, outcome.compute_us);

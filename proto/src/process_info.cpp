@@ -1,5 +1,6 @@
 #include "process_info.hpp"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <climits>
@@ -55,6 +56,14 @@ std::uint64_t instance_from_environment(const char* name) {
     value = value * 16 + static_cast<std::uint64_t>(digit);
   }
   return value;
+}
+
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest
+  ::mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  ::mallopt(M_ARENA_MAX, 1);  // one heap for all threads: the I/O thread reuses what the main one freed
+#endif
 }
 
 }  // namespace poolmap::detail

@@ -35,4 +35,15 @@ std::uint64_t instance_from_environment(const char* name);
 // Formats an instance id as 16 hex digits (what the variables above hold).
 std::string full_id(std::uint64_t instance);
 
+// Makes glibc's malloc keep memory it freed for the next allocation instead of returning it to
+// the kernel: blocks up to 32 MiB come from the heap (not a fresh mmap each), up to 256 MiB of
+// free heap stays mapped, and all threads share one arena (so that a buffer one thread frees is
+// reused by another: ZeroMQ's I/O thread receives into what the loop thread freed). A process
+// that moves chunk after chunk of similar size then reuses pages it has already touched; memory
+// never touched costs a page fault per 4 KiB, and on virtual machines a fault costs 10-20 us
+// (docs/BENCHMARKS.md). The price: RSS stays near its peak (up to 256 MiB above what is held).
+// Called by poolmap-broker, by every worker process, and by a Pool with
+// PoolOptions::reuse_freed_memory. Does nothing where the C library is not glibc.
+void keep_freed_memory();
+
 }  // namespace poolmap::detail

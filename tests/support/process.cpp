@@ -112,7 +112,8 @@ ChildProcess::~ChildProcess() {
     if (!signal_and_wait(SIGTERM, 5s)) signal_and_wait(SIGKILL, 5s);
   }
   if (stdout_fd_ >= 0) ::close(stdout_fd_);
-  if (!stderr_path_.empty()) ::unlink(stderr_path_.c_str());
+  // POOLMAP_TEST_KEEP_LOGS=1 keeps the daemons' logs in /tmp, to read after a failure.
+  if (!stderr_path_.empty() && std::getenv("POOLMAP_TEST_KEEP_LOGS") == nullptr) ::unlink(stderr_path_.c_str());
 }
 
 std::optional<std::string> ChildProcess::read_line(std::chrono::milliseconds timeout) {

@@ -2,6 +2,7 @@
 //
 // ChildProcess runs a program with its stdout on a pipe (and stderr to a log file), reads lines
 // with a deadline, and on destruction sends SIGTERM, then SIGKILL after a grace period, and waits.
+// Its stderr log is removed then too, unless POOLMAP_TEST_KEEP_LOGS is set (to read after a failure).
 // Cluster starts a poolmap-broker on tcp://127.0.0.1:* (reading the real endpoints from its ready
 // line) and poolmap-worker supervisors connected to it.
 #pragma once

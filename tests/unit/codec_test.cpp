@@ -288,3 +288,54 @@ TEST_CASE("Codec.Example.SubmitMatchesDocsProtocolSection9" * doctest::timeout(1
   const auto signature = proto::signature_frame(proto::Command::kSubmit);
   CHECK(signature == std::array<std::byte, 4>{std::byte{0x50}, std::byte{0x4d}, std::byte{0x04}, std::byte{0x02}});
 }
+
+TEST_CASE("Codec.Results.AMapDecodesEachChunkIntoItsPlaceAsItArrives" * doctest::timeout(10)) {
+  // Pool::map's output: chunks answered out of order land where their items are.
+  auto encode = [](std::initializer_list<std::int64_t> values) {
+    Bytes out;
+    poolmap::OutputArchive archive(out);
+    for (auto v : values) archive(v);
+    return out;
+  };
+  poolmap::detail::VectorSink<std::int64_t> output(5, "square");
+  output.allocate();
+  const Bytes last = encode({9, 16});
+  const Bytes first = encode({0, 1, 4});
+  REQUIRE(output.take(3, 2, last).is_ok());
+  REQUIRE(output.take(0, 3, first).is_ok());
+  const std::vector<std::int64_t> expected{0, 1, 4, 9, 16};
+  CHECK(output.values() == expected);  // a copy: Future::get() may be called again
+  CHECK(output.values() == expected);
+  CHECK(output.release() == expected);
+}
+
+TEST_CASE("Codec.Results.ResultsThatDoNotMatchTheirChunkAreMalformed" * doctest::timeout(10)) {
+  Bytes three;
+  {
+    poolmap::OutputArchive archive(three);
+    archive(std::int64_t{1}, std::int64_t{2}, std::int64_t{3});
+  }
+  poolmap::detail::VectorSink<std::int64_t> output(4, "square");
+  // Too few results, too many, and items outside the map: errors that name the task, never a
+  // crash or a write past the output.
+  const auto too_few = output.take(0, 4, three);
+  CHECK(too_few.code() == ErrorCode::kMalformed);
+  CHECK(too_few.message().find("square") != std::string::npos);
+  CHECK(output.take(0, 2, three).code() == ErrorCode::kMalformed);
+  CHECK(output.take(3, 3, three).code() == ErrorCode::kMalformed);
+  CHECK(output.take(5, 0, {}).code() == ErrorCode::kMalformed);
+
+  poolmap::detail::VectorSink<bool> flags(3, "flags");
+  CHECK(flags.take(0, 3, bytes_of({1, 0, 2})).code() == ErrorCode::kMalformed);
+  REQUIRE(flags.take(0, 3, bytes_of({1, 0, 1})).is_ok());
+  CHECK(flags.release() == std::vector<bool>{true, false, true});
+}
+
+TEST_CASE("Codec.Archive.ReservesForAChunkAtTheFirstItemsSizeUpTo64MiB" * doctest::timeout(10)) {
+  using poolmap::detail::expected_bytes;
+  CHECK(expected_bytes(8, 125'000) == 1'000'000);
+  CHECK(expected_bytes(4 << 20, 1) == (4u << 20));
+  CHECK(expected_bytes(4 << 20, 1000) == (64u << 20));        // a guess, not a promise
+  CHECK(expected_bytes(1, std::numeric_limits<std::size_t>::max()) == (64u << 20));  // no overflow
+  CHECK(expected_bytes(0, 10) == 0);
+}

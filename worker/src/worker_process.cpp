@@ -658,6 +658,7 @@ WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task
 }
 
 void WorkerProcess::Impl::run() {
+  detail::keep_freed_memory();  // chunk after chunk of similar size: reuse the pages
   for (const auto initializer : detail::TaskRegistry::instance().initializers()) initializer(options_.init_args);
   std::thread io([this] { io_loop(); });
   std::uint64_t chunks_run = 0;

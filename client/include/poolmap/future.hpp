@@ -44,6 +44,8 @@ struct ChunkRequest {
   Bytes payload;
 };
 // Everything a job sends.
+class ChunkSink;
+
 struct JobRequest {
   std::string task;
   std::string signature;
@@ -54,6 +56,20 @@ struct JobRequest {
   std::size_t total_items = 0;
   std::shared_ptr<const Bytes> context{};     // broadcast context (Task::with); null = none
   std::uint64_t context_hash = 0;
+  std::shared_ptr<ChunkSink> sink{};          // takes each chunk's results as they arrive; null = keep them
+};
+
+// Takes a job's results chunk by chunk on the Pool's I/O thread, as they arrive. Pool::map decodes
+// them straight into its output vector (VectorSink), so that the received bytes are freed at once
+// (and their pages reused for the next chunk) and decoding overlaps the chunks still running.
+// A job without a sink keeps every chunk's bytes in JobOutcome::results until get().
+class ChunkSink {
+ public:
+  virtual ~ChunkSink() = default;
+  // The results of the `count` items from `first_index` on, encoded in `bytes`. Returns
+  // Error(kMalformed)'s status when they are not exactly `count` results of the task's type; the
+  // job then fails with it. Called once per chunk, on the I/O thread.
+  virtual Status take(std::size_t first_index, std::uint32_t count, std::span<const std::byte> bytes) = 0;
 };
 
 // The encoded results of one chunk; `bytes` stays valid while `owner` lives.
@@ -109,6 +125,70 @@ void decode_results(const std::vector<ChunkResult>& chunks, std::size_t expected
                                            " results for " + std::to_string(expected) + " inputs");
   }
 }
+
+// A map's output: `total` results, each chunk's decoded into its place as it arrives.
+// Thread-safety: take() on the I/O thread, allocate() on the caller's, values() and release() once
+// the job ended (its Future is ready).
+template <class R>
+class VectorSink final : public ChunkSink {
+ public:
+  VectorSink(std::size_t total, std::string task) : total_(total), task_(std::move(task)) {}
+
+  // Allocates the output; called by the thread that started the map while the first chunks run
+  // (take() does it otherwise), so that writing fresh pages does not hold up the I/O thread.
+  void allocate() {
+    std::lock_guard lock(mutex_);
+    if (values_.size() != total_) values_.resize(total_);
+  }
+
+  Status take(std::size_t first_index, std::uint32_t count, std::span<const std::byte> bytes) override {
+    std::lock_guard lock(mutex_);
+    if (values_.size() != total_) values_.resize(total_);
+    if (first_index > total_ || count > total_ - first_index) {
+      return Status(ErrorCode::kMalformed, "results of task '" + task_ + "' for items " +
+                                               std::to_string(first_index) + " on lie outside its " +
+                                               std::to_string(total_) + " inputs");
+    }
+    try {
+      InputArchive decoder(bytes);
+      for (std::uint32_t i = 0; i < count; ++i) {
+        R value{};
+        decoder(value);
+        values_[first_index + i] = std::move(value);
+      }
+      if (decoder.remaining() != 0) {
+        throw cereal::Exception(std::to_string(decoder.remaining()) + " bytes left after " + std::to_string(count) +
+                                " results");
+      }
+    } catch (const std::exception& e) {  // cereal::Exception, or what a result type's load() throws
+      return Status(ErrorCode::kMalformed, "results of task '" + task_ + "' for items " +
+                                               std::to_string(first_index) + " to " +
+                                               std::to_string(first_index + count - 1) + " do not match its " +
+                                               std::to_string(count) + " items: " + e.what());
+    }
+    return Status::ok();
+  }
+
+  // A copy of the output (Future::get() may be called more than once).
+  std::vector<R> values() const {
+    std::lock_guard lock(mutex_);
+    auto copy = values_;
+    copy.resize(total_);  // a job of no chunks never allocated
+    return copy;
+  }
+  // The output itself, for the one caller that owns the job (Pool::map); the sink is empty after.
+  std::vector<R> release() {
+    std::lock_guard lock(mutex_);
+    values_.resize(total_);
+    return std::move(values_);
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::size_t total_;
+  std::string task_;
+  std::vector<R> values_;
+};
 
 // The state a Pool's I/O thread shares with the Futures of one job.
 class FutureCore {

@@ -83,6 +83,15 @@ struct PoolOptions {
   // that alone is larger fails the call with kInvalidArgument before anything is sent. Embedded
   // mode uses it for its broker and workers too. Default: 64 MiB.
   std::int64_t max_message_bytes = 64LL << 20;
+  // Makes glibc's malloc keep the memory this process frees for its next allocations, for the
+  // whole process, from the first Pool on: blocks up to 32 MiB come from the heap, up to 256 MiB
+  // of free heap stays mapped, and all threads share one arena. A map's buffers (encoded chunks,
+  // received results) then reuse pages already touched instead of faulting in fresh ones, which
+  // costs 10-20 us per 4 KiB on virtual machines: up to 2x the throughput for large items (see
+  // docs/BENCHMARKS.md). The price: the process keeps up to 256 MiB it freed, and threads that
+  // allocate heavily at once share one malloc lock. Set false to leave the allocator as the
+  // program set it. The daemons always run this way. Default: true.
+  bool reuse_freed_memory = true;
 };
 
 struct MapOptions {
@@ -226,6 +235,9 @@ void encode_chunks(Range&& inputs, std::size_t chunksize, std::size_t max_bytes,
       encode_item<Args...>(*archive, item);
       if (current.payload.size() > max_bytes) throw item_too_large(index, current.payload.size(), max_bytes);
     }
+    if (current.count == 0 && chunksize > 1) {
+      current.payload.reserve(std::min(max_bytes, expected_bytes(current.payload.size(), chunksize)));
+    }
     ++current.count;
     ++index;
     if (current.count == chunksize || current.count == UINT32_MAX) flush();
@@ -265,14 +277,16 @@ class Pool {
   // returned exactly once.
   template <class R, class A, std::ranges::input_range Range>
   std::vector<R> map(const Task<R(A)>& task, Range&& inputs, MapOptions options = {}) {
-    return wait_and_decode(map_async(task, std::forward<Range>(inputs), options), options);
+    return wait_and_take(start_map<R, A>(task.name(), Task<R(A)>::signature(), std::forward<Range>(inputs), options),
+                         options);
   }
 
   // Python's starmap: for a task with several arguments, each element of `inputs` is a tuple (or
   // pair, or array) of arguments. Throws as map().
   template <class R, class... A, std::ranges::input_range Range>
   std::vector<R> starmap(const Task<R(A...)>& task, Range&& inputs, MapOptions options = {}) {
-    return wait_and_decode(starmap_async(task, std::forward<Range>(inputs), options), options);
+    return wait_and_take(
+        start_map<R, A...>(task.name(), Task<R(A...)>::signature(), std::forward<Range>(inputs), options), options);
   }
 
   // map with a broadcast context bound to the task's first argument (Task::with): the context is
@@ -280,23 +294,26 @@ class Pool {
   // with every chunk. `inputs` hold the remaining argument.
   template <class R, class First, class A, std::ranges::input_range Range>
   std::vector<R> map(const WithContext<R(First, A)>& bound, Range&& inputs, MapOptions options = {}) {
-    return wait_and_decode(map_async(bound, std::forward<Range>(inputs), options), options);
+    return wait_and_take(start_map<R, A>(bound.task().name(), Task<R(First, A)>::signature(),
+                                         std::forward<Range>(inputs), options, bound.context(), bound.context_hash()),
+                         options);
   }
   template <class R, class First, class A, std::ranges::input_range Range>
   Future<std::vector<R>> map_async(const WithContext<R(First, A)>& bound, Range&& inputs, MapOptions options = {}) {
     return start_map<R, A>(bound.task().name(), Task<R(First, A)>::signature(), std::forward<Range>(inputs), options,
-                           bound.context(), bound.context_hash());
+                           bound.context(), bound.context_hash())
+        .future;
   }
 
   // Python's map_async: starts the map and returns at once. The Future holds the whole vector;
   // then() gives Python's callback / error_callback. options.progress is not used.
   template <class R, class A, std::ranges::input_range Range>
   Future<std::vector<R>> map_async(const Task<R(A)>& task, Range&& inputs, MapOptions options = {}) {
-    return start_map<R, A>(task.name(), Task<R(A)>::signature(), std::forward<Range>(inputs), options);
+    return start_map<R, A>(task.name(), Task<R(A)>::signature(), std::forward<Range>(inputs), options).future;
   }
   template <class R, class... A, std::ranges::input_range Range>
   Future<std::vector<R>> starmap_async(const Task<R(A...)>& task, Range&& inputs, MapOptions options = {}) {
-    return start_map<R, A...>(task.name(), Task<R(A...)>::signature(), std::forward<Range>(inputs), options);
+    return start_map<R, A...>(task.name(), Task<R(A...)>::signature(), std::forward<Range>(inputs), options).future;
   }
 
   // Python's imap: results in input order, lazily (see result_stream.hpp). The input range is read
@@ -490,10 +507,16 @@ class Pool {
                            [this](const std::string& line) { log_debug(line); });
   }
 
+  // A started map: its Future, and the output its chunks are decoded into as they arrive.
+  template <class R>
+  struct StartedMap {
+    Future<std::vector<R>> future;
+    std::shared_ptr<detail::VectorSink<R>> output;
+  };
+
   template <class R, class... A, class Range>
-  Future<std::vector<R>> start_map(std::string_view name, std::string signature, Range&& inputs,
-                                   const MapOptions& options, std::shared_ptr<const Bytes> context = nullptr,
-                                   std::uint64_t context_hash = 0) {
+  StartedMap<R> start_map(std::string_view name, std::string signature, Range&& inputs, const MapOptions& options,
+                          std::shared_ptr<const Bytes> context = nullptr, std::uint64_t context_hash = 0) {
     detail::JobRequest job{std::string(name), std::move(signature), {},
                            static_cast<std::uint32_t>(options.task_deadline.count()), options.task_retries,
                            options.deadline, 0, context, context_hash};
@@ -513,25 +536,40 @@ class Pool {
       }
       detail::encode_chunks<A...>(std::forward<Range>(inputs), chunksize, max_payload_bytes(), job);
     }
-    static const auto decode = std::make_shared<const typename Future<std::vector<R>>::Decoder>(
-        [](const detail::JobOutcome& outcome, const detail::FutureCore& core) {
-          std::vector<R> out;
-          detail::decode_results(outcome.results, core.total_items, core.task, out);
-          return out;
-        });
-    return Future<std::vector<R>>(start(std::move(job)), decode);
+    auto output = std::make_shared<detail::VectorSink<R>>(job.total_items, job.task);
+    job.sink = output;
+    auto decode = std::make_shared<const typename Future<std::vector<R>>::Decoder>(
+        [output](const detail::JobOutcome&, const detail::FutureCore&) { return output->values(); });
+    Future<std::vector<R>> future(start(std::move(job)), std::move(decode));
+    output->allocate();  // while the first chunks run
+    return StartedMap<R>{std::move(future), std::move(output)};
+  }
+
+  // map(): waits for the started map on the calling thread, reporting progress, and returns its
+  // output without a copy (nothing else holds its Future). Throws as Future::get().
+  template <class R>
+  static std::vector<R> wait_and_take(StartedMap<R> started, const MapOptions& options) {
+    report_progress(started.future, options);
+    started.future.wait();
+    const auto& outcome = started.future.core()->outcome();
+    if (!outcome.error.is_ok()) detail::throw_outcome(outcome);
+    return started.output->release();
   }
 
   // Waits for a map's Future on the calling thread, reporting progress.
   template <class T>
   static T wait_and_decode(Future<T> future, const MapOptions& options) {
-    if (options.progress) {
-      const auto interval = options.progress_interval.count() > 0 ? options.progress_interval
-                                                                  : std::chrono::milliseconds(100);
-      while (!future.wait_for(interval)) options.progress(future.core()->done_items(), future.core()->total_items);
-      options.progress(future.core()->done_items(), future.core()->total_items);
-    }
+    report_progress(future, options);
     return future.get();
+  }
+  // Calls options.progress (if set) every progress_interval until `future` is ready, and once then.
+  template <class T>
+  static void report_progress(const Future<T>& future, const MapOptions& options) {
+    if (!options.progress) return;
+    const auto interval =
+        options.progress_interval.count() > 0 ? options.progress_interval : std::chrono::milliseconds(100);
+    while (!future.wait_for(interval)) options.progress(future.core()->done_items(), future.core()->total_items);
+    options.progress(future.core()->done_items(), future.core()->total_items);
   }
 
   // Writes `line` to the "poolmap.client" logger at debug level.

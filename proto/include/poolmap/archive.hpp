@@ -58,6 +58,17 @@ inline void copy_little_endian(void* dst, const void* src, std::size_t size, std
     }
   }
 }
+
+// The capacity to reserve for `items` encodings once the first took `first_bytes`: room for all at
+// that size, so that a buffer filled item by item is not regrown (each regrowth copies it and
+// touches fresh pages), but at most 64 MiB (past that it grows as it fills). 0 when the first
+// took none.
+inline std::size_t expected_bytes(std::size_t first_bytes, std::size_t items) {
+  constexpr std::size_t kMostReserved = 64 << 20;
+  if (first_bytes == 0) return 0;
+  if (items > kMostReserved / first_bytes) return kMostReserved;
+  return first_bytes * items;
+}
 }  // namespace detail
 
 // Appends the encoding of everything passed to it to a Bytes buffer (which it does not own).
