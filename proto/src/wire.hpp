@@ -78,13 +78,23 @@ inline std::span<const std::byte> view(const zmq::message_t& message) {
 
 inline std::string to_string(const zmq::message_t& message) { return {message.data<char>(), message.size()}; }
 
-// Builds [signature, encode(header)] (+ payload when given).
+// Builds [signature, encode(header)] (+ payload when given). The header is encoded into a buffer
+// this thread reuses and copied once into its message: one allocation per header (none up to 33
+// bytes, which ZeroMQ keeps inline), where a fresh buffer cost several as it grew. Room for the
+// payload frame and a context is made at once.
 template <class Header>
 std::vector<zmq::message_t> make(proto::Command command, const Header& header) {
+  thread_local Bytes scratch;
+  scratch.clear();
+  {
+    OutputArchive archive(scratch);
+    archive(header);
+  }
   std::vector<zmq::message_t> frames;
-  frames.reserve(3);
+  frames.reserve(4);
   frames.push_back(signature_message(command));
-  frames.push_back(to_message(proto::encode(header)));
+  frames.emplace_back(scratch.data(), scratch.size());
+  if (scratch.capacity() > 64 * 1024) Bytes().swap(scratch);  // a rare large header is not kept
   return frames;
 }
 // [signature, empty header].
