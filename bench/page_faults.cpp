@@ -14,11 +14,12 @@ int main() {
   constexpr std::size_t kBytes = 256 << 20;
   constexpr std::size_t kPage = 4096;
   using Clock = std::chrono::steady_clock;
-  auto* memory = static_cast<char*>(::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  if (memory == MAP_FAILED) {
+  void* mapped = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) {
     std::perror("mmap");
     return 1;
   }
+  auto* memory = static_cast<char*>(mapped);
   auto start = Clock::now();
   for (std::size_t at = 0; at < kBytes; at += kPage) memory[at] = 1;  // one fault per page
   const double fresh = std::chrono::duration<double>(Clock::now() - start).count();

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <string>
 #include <thread>
@@ -107,7 +108,15 @@ int main(int argc, char** argv) {
   std::size_t answered = 0;
   std::vector<std::string> seen_workers;
   zmq::pollitem_t items_to_poll[] = {{front.handle(), 0, ZMQ_POLLIN, 0}, {back.handle(), 0, ZMQ_POLLIN, 0}};
+  // A run that stalls (seen once in many: a reply that never came) ends with exit 1 after 10 s
+  // without one, instead of hanging the suite; scripts/bench runs it again.
+  auto last_answer = std::chrono::steady_clock::now();
   while (answered < items) {
+    if (std::chrono::steady_clock::now() - last_answer > std::chrono::seconds(10)) {
+      std::fprintf(stderr, "poolmap-bench-relay: no reply for 10 s after %zu of %zu (%zu waiting, %zu credits)\n",
+                   answered, items, waiting.size(), ready.size());
+      std::_Exit(1);
+    }
     zmq::poll(items_to_poll, 2, std::chrono::milliseconds(100));
     if ((items_to_poll[1].revents & ZMQ_POLLIN) != 0) {
       for (;;) {
@@ -125,6 +134,7 @@ int main(int argc, char** argv) {
         frames.erase(frames.begin());
         zmq::send_multipart(front, frames);
         ++answered;
+        last_answer = std::chrono::steady_clock::now();
         ready.push_back(std::move(worker));
       }
     }
