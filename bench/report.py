@@ -103,8 +103,10 @@ def main():
         one, two = med("pi", impl, 1), med("pi", impl, 2)
         if one and two:
             speedup = one / two
-            rows.append([f"pi speed-up 1 -> 2 workers ({impl})", "", "", "", f"{speedup:.2f}",
-                         ">= 1.90" + (" met" if speedup >= 1.9 or impl.startswith("python") else " MISSED")])
+            # The target is poolmap's; Python's speed-up is shown beside it, for the noise of the run.
+            target = "(the peer, no target)" if impl.startswith("python") else (
+                ">= 1.90" + (" met" if speedup >= 1.9 else " MISSED"))
+            rows.append([f"pi speed-up 1 -> 2 workers ({impl})", "", "", "", f"{speedup:.2f}", target])
             checks.append({"row": f"pi speed-up ({impl})", "speedup": speedup, "target": ">= 1.90",
                            "met": None if impl.startswith("python") else speedup >= 1.9})
     row("startup (ms, lower is better)", "startup", "python-pool",

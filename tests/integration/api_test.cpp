@@ -4,7 +4,14 @@
 // test_context/join), written anew against real broker and worker processes.
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <malloc.h>
+
 #include <atomic>
+#include <latch>
 #include <mutex>
 #include <algorithm>
 #include <numeric>
@@ -225,6 +232,48 @@ TEST_CASE("Api.Futures.AsCompletedWaitAnyWaitAll" * doctest::timeout(30)) {
   for (std::size_t index : poolmap::as_completed(futures)) order.push_back(index);
   CHECK(order == std::vector<std::size_t>{1, 2, 0});
   CHECK(poolmap::wait_all(futures, 0ms));
+}
+
+TEST_CASE("Api.Pool.KeepsFreedMemoryForReuse" * doctest::timeout(30)) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  MESSAGE("skipped: a sanitizer brings its own allocator");
+#else
+  // What a map's buffers rely on (PoolOptions::reuse_freed_memory, the default): 16 MiB one thread
+  // frees is what another thread's next 16 MiB gets (ZeroMQ's I/O thread receives into what the
+  // caller freed), not memory the process did not have yet (fresh pages, a page fault each).
+  poolmap::Pool pool(poolmap::PoolOptions{.broker = "tcp://127.0.0.1:1"});  // remote: connects lazily
+  constexpr std::size_t kBytes = 16 << 20;
+  auto fill = [] {
+    auto* block = static_cast<char*>(std::malloc(kBytes));
+    if (block == nullptr) std::abort();
+    std::memset(block, 1, kBytes);
+    return block;
+  };
+  auto heap_bytes = [] {  // memory malloc holds from the kernel: its heaps, and its mmap'ed blocks
+    const auto info = ::mallinfo2();
+    return info.arena + info.hblkhd;
+  };
+  std::latch helper_ready(1);
+  std::latch block_freed(1);
+  std::size_t before = 0;
+  std::size_t after = 0;
+  std::thread helper([&] {
+    std::free(std::malloc(64));  // this thread's own malloc state first
+    helper_ready.count_down();
+    block_freed.wait();
+    before = heap_bytes();
+    char* block = fill();
+    after = heap_bytes();
+    std::free(block);
+  });
+  helper_ready.wait();
+  std::free(fill());
+  block_freed.count_down();
+  helper.join();
+  CAPTURE(before);
+  CAPTURE(after);
+  CHECK(after < before + (1 << 20));  // reused: the heap did not grow by another 16 MiB
+#endif
 }
 
 TEST_CASE("Api.Pool.CloseJoinTerminate" * doctest::timeout(30)) {  // test_terminate, join
