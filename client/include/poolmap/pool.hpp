@@ -89,7 +89,9 @@ struct PoolOptions {
   // received results) then reuse pages already touched instead of faulting in fresh ones, which
   // costs 10-20 us per 4 KiB on virtual machines: up to 2x the throughput for large items (see
   // docs/BENCHMARKS.md). The price: the process keeps up to 256 MiB it freed, and threads that
-  // allocate heavily at once share one malloc lock. Set false to leave the allocator as the
+  // allocate heavily at once share one malloc lock. glibc fixes its arena limit when a second
+  // thread first allocates: create the first Pool before other threads do, or the threads keep
+  // arenas of their own (the thresholds still apply). Set false to leave the allocator as the
   // program set it. The daemons always run this way. Default: true.
   bool reuse_freed_memory = true;
 };
