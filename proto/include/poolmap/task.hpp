@@ -354,7 +354,6 @@ class TaskRunnerFor final : public TaskRunner {
       } catch (...) {  // a result type whose save() throws: this item fails, the process lives on
         return failed(i, "the result of task '" + name_ + "' cannot be encoded: ");
       }
-      if (i == 0 && count > 1) output.reserve(expected_bytes(output.size(), count));
     }
     if (in.remaining() != 0) {
       return Status(ErrorCode::kMalformed, "input of task '" + name_ + "' has " +
