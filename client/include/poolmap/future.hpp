@@ -93,6 +93,23 @@ struct JobOutcome {
 // Calls `on_error` with the exception a failed outcome stands for.
 void call_with_error(const JobOutcome& outcome, const std::function<void(const Error&)>& on_error);
 
+// Decodes exactly `count` results of type R from one chunk's `bytes`, handing each to
+// `put(index, value)`. Throws cereal::Exception (or what R's load() throws) when the bytes are not
+// exactly `count` results.
+template <class R, class Put>
+void decode_chunk(std::span<const std::byte> bytes, std::uint32_t count, Put&& put) {
+  InputArchive decoder(bytes);
+  for (std::uint32_t i = 0; i < count; ++i) {
+    R value{};
+    decoder(value);
+    put(i, std::move(value));
+  }
+  if (decoder.remaining() != 0) {
+    throw cereal::Exception(std::to_string(decoder.remaining()) + " bytes left after " + std::to_string(count) +
+                            " results");
+  }
+}
+
 // Decodes every result of every chunk into `out`: exactly `count` of each chunk, so a worker that
 // answers a chunk with too few or too many results cannot shift the results of the next one.
 // Throws Error(kMalformed) when a chunk does not decode, holds another number of results than its
@@ -104,16 +121,8 @@ void decode_results(const std::vector<ChunkResult>& chunks, std::size_t expected
   const std::size_t first = out.size();
   for (std::size_t c = 0; c < chunks.size(); ++c) {
     try {
-      InputArchive decoder(chunks[c].bytes);
-      for (std::uint32_t i = 0; i < chunks[c].count; ++i) {
-        R value{};
-        decoder(value);
-        out.push_back(std::move(value));
-      }
-      if (decoder.remaining() != 0) {
-        throw cereal::Exception(std::to_string(decoder.remaining()) + " bytes left after " +
-                                std::to_string(chunks[c].count) + " results");
-      }
+      decode_chunk<R>(chunks[c].bytes, chunks[c].count,
+                      [&out](std::uint32_t, R&& value) { out.push_back(std::move(value)); });
     } catch (const cereal::Exception& e) {
       throw Error(ErrorCode::kMalformed, "results of task '" + std::string(task) + "' chunk " + std::to_string(c) +
                                              " do not match its " + std::to_string(chunks[c].count) +
@@ -150,16 +159,7 @@ class VectorSink final : public ChunkSink {
                                                std::to_string(total_) + " inputs");
     }
     try {
-      InputArchive decoder(bytes);
-      for (std::uint32_t i = 0; i < count; ++i) {
-        R value{};
-        decoder(value);
-        values_[first_index + i] = std::move(value);
-      }
-      if (decoder.remaining() != 0) {
-        throw cereal::Exception(std::to_string(decoder.remaining()) + " bytes left after " + std::to_string(count) +
-                                " results");
-      }
+      decode_chunk<R>(bytes, count, [&](std::uint32_t i, R&& value) { values_[first_index + i] = std::move(value); });
     } catch (const std::exception& e) {  // cereal::Exception, or what a result type's load() throws
       return Status(ErrorCode::kMalformed, "results of task '" + task_ + "' for items " +
                                                std::to_string(first_index) + " to " +
@@ -172,14 +172,11 @@ class VectorSink final : public ChunkSink {
   // A copy of the output (Future::get() may be called more than once).
   std::vector<R> values() const {
     std::lock_guard lock(mutex_);
-    auto copy = values_;
-    copy.resize(total_);  // a job of no chunks never allocated
-    return copy;
+    return values_;
   }
   // The output itself, for the one caller that owns the job (Pool::map); the sink is empty after.
   std::vector<R> release() {
     std::lock_guard lock(mutex_);
-    values_.resize(total_);
     return std::move(values_);
   }
 
