@@ -10,13 +10,11 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
-#include <filesystem>
 #include <future>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
-#include <utility>
 
 #include "log.hpp"
 #include "process_info.hpp"
@@ -61,40 +59,6 @@ long env_number(const char* name, long fallback) {
   const long value = std::strtol(text, &end, 10);
   return (end != text && *end == '\0' && value > 0) ? value : fallback;
 }
-
-// A directory only this user can enter (mkdtemp: mode 0700), removed with everything in it when
-// destroyed. An embedded Pool's broker listens there for its workers: no other local user can
-// connect to a Unix socket inside it, while a loopback TCP port is open to every local user.
-class PrivateDirectory {
- public:
-  // Creates "<temp dir>/poolmap-XXXXXX" (TMPDIR, else /tmp); nullopt if it cannot.
-  static std::optional<PrivateDirectory> create() {
-    std::error_code error;
-    const auto base = std::filesystem::temp_directory_path(error);
-    if (error) return std::nullopt;
-    std::string name = (base / "poolmap-XXXXXX").string();
-    if (::mkdtemp(name.data()) == nullptr) return std::nullopt;
-    return PrivateDirectory(std::move(name));
-  }
-  PrivateDirectory(PrivateDirectory&& other) noexcept : path_(std::exchange(other.path_, {})) {}
-  PrivateDirectory& operator=(PrivateDirectory&& other) noexcept {
-    std::swap(path_, other.path_);  // ours is removed by other's destructor
-    return *this;
-  }
-  PrivateDirectory(const PrivateDirectory&) = delete;
-  ~PrivateDirectory() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const noexcept { return path_; }
-
- private:
-  explicit PrivateDirectory(std::string path) : path_(std::move(path)) {}
-  std::string path_;
-};
-
-// The longest ipc:// path ZeroMQ binds (sockaddr_un::sun_path, 108 bytes with its terminator).
-constexpr std::size_t kMaxSocketPath = 107;
 
 [[noreturn]] void run_embedded_worker(const char* endpoint) {
   const auto parent = static_cast<pid_t>(env_number(kParentPidVar, 0));
@@ -216,7 +180,6 @@ class Pool::Impl {
   int wake_fd_ = -1;
 
   // Embedded mode only.
-  std::optional<PrivateDirectory> worker_socket_dir_;  // holds the broker's worker socket
   std::unique_ptr<Broker> broker_;
   std::thread broker_thread_;
   std::unique_ptr<Supervisor> supervisor_;
@@ -339,23 +302,10 @@ void Pool::Impl::start_embedded() {
     options_.processes = detected.count;
     log_->info("embedded pool: {} workers decided by {} ({})", detected.count, detected.source, detected.detail);
   }
-  // The workers connect through a Unix socket in a private directory (see PrivateDirectory): only
-  // this user can, and each message costs less than over loopback TCP. Loopback TCP only when no
-  // such directory can be made, or its path is too long for a socket.
-  std::string worker_endpoint = "tcp://127.0.0.1:*";
-  worker_socket_dir_ = PrivateDirectory::create();
-  if (worker_socket_dir_ && worker_socket_dir_->path().size() + std::string_view("/workers").size() <= kMaxSocketPath) {
-    worker_endpoint = "ipc://" + worker_socket_dir_->path() + "/workers";
-  } else {
-    worker_socket_dir_.reset();
-    log_->warn("embedded pool: no private directory for the workers' socket in TMPDIR (or /tmp), or its path is "
-               "longer than {} bytes; they connect over loopback TCP, which any local user can reach",
-               kMaxSocketPath);
-  }
   static std::atomic<std::uint64_t> pool_number{0};
   broker_ = std::make_unique<Broker>(
       BrokerOptions{.client_endpoint = "inproc://poolmap-pool-" + std::to_string(pool_number.fetch_add(1)),
-                    .worker_endpoint = worker_endpoint,
+                    .worker_endpoint = "tcp://127.0.0.1:*",
                     .heartbeat_interval = options_.heartbeat_interval,
                     .heartbeat_liveness = options_.heartbeat_liveness,
                     .max_message_bytes = options_.max_message_bytes},
@@ -411,7 +361,6 @@ void Pool::Impl::shutdown() {
   }
   supervisor_.reset();
   broker_.reset();
-  worker_socket_dir_.reset();
   if (wake_fd_ >= 0) {
     ::close(wake_fd_);
     wake_fd_ = -1;

@@ -2,15 +2,10 @@
 // embedded Pool (worker copies of this test binary).
 #include <doctest/doctest.h>
 
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <numeric>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "poolmap/poolmap.hpp"
@@ -231,93 +226,6 @@ TEST_CASE("Map.Embedded.RunsTasksOfThisProgram" * doctest::timeout(60)) {
     CHECK_FALSE(distinct.contains(::getpid()));
     CHECK_THROWS_AS((void)pool.map(t::fail_at_13, iota_vector(20)), poolmap::TaskError);
   }
-}
-
-// The inodes of this process's open sockets.
-std::set<std::string> own_socket_inodes() {
-  std::set<std::string> inodes;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
-    std::error_code error;
-    const std::string target = std::filesystem::read_symlink(entry.path(), error).string();
-    if (!error && target.starts_with("socket:[")) inodes.insert(target.substr(8, target.size() - 9));
-  }
-  return inodes;
-}
-
-// The paths of the Unix sockets this process listens on (/proc/net/unix: flag 00010000 is
-// "accepting connections").
-std::vector<std::string> own_listening_unix_paths() {
-  const auto inodes = own_socket_inodes();
-  std::vector<std::string> paths;
-  std::ifstream table("/proc/self/net/unix");
-  std::string line;
-  std::getline(table, line);  // the column names
-  while (std::getline(table, line)) {
-    std::istringstream fields(line);
-    std::string slot, refs, protocol, flags, type, state, inode, path;
-    fields >> slot >> refs >> protocol >> flags >> type >> state >> inode >> path;
-    if (flags == "00010000" && inodes.contains(inode) && !path.empty()) paths.push_back(path);
-  }
-  return paths;
-}
-
-// How many TCP ports (IPv4 and IPv6) this process listens on (state 0A).
-std::size_t own_listening_tcp_ports() {
-  const auto inodes = own_socket_inodes();
-  std::size_t listening = 0;
-  for (const char* name : {"/proc/self/net/tcp", "/proc/self/net/tcp6"}) {
-    std::ifstream table(name);
-    std::string line;
-    std::getline(table, line);
-    while (std::getline(table, line)) {
-      std::istringstream fields(line);
-      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
-      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >> timeout >> inode;
-      if (state == "0A" && inodes.contains(inode)) ++listening;
-    }
-  }
-  return listening;
-}
-
-TEST_CASE("Map.Embedded.WorkersConnectThroughAPrivateSocket" * doctest::timeout(90)) {
-  std::string socket_path;
-  {
-    poolmap::Pool pool({.processes = 1, .heartbeat_interval = t::heartbeat()});
-    check_squares(pool, 10'000);
-    // No port another local user could reach: the workers' socket is a Unix socket in a directory
-    // only this user can enter.
-    CHECK(own_listening_tcp_ports() == 0);
-    const auto paths = own_listening_unix_paths();
-    REQUIRE(paths.size() == 1);
-    socket_path = paths.front();
-    const auto directory = std::filesystem::path(socket_path).parent_path();
-    CHECK(directory.filename().string().starts_with("poolmap-"));
-    struct stat info {};
-    REQUIRE(::stat(directory.c_str(), &info) == 0);
-    CHECK((info.st_mode & 07777) == 0700);
-    CHECK(info.st_uid == ::getuid());
-  }
-  CHECK_FALSE(std::filesystem::exists(std::filesystem::path(socket_path).parent_path()));  // removed with the Pool
-
-  // A temporary directory whose path is too long for a Unix socket: loopback TCP, and it still works.
-  const char* previous = std::getenv("TMPDIR");
-  const std::string saved = previous == nullptr ? "" : previous;
-  const auto long_dir = std::filesystem::temp_directory_path() /
-                        ("poolmap-test-" + std::to_string(::getpid()) + "-" + std::string(120, 'x'));
-  std::filesystem::create_directories(long_dir);
-  ::setenv("TMPDIR", long_dir.c_str(), 1);
-  {
-    poolmap::Pool pool({.processes = 1, .heartbeat_interval = t::heartbeat()});
-    check_squares(pool, 10'000);
-    CHECK(own_listening_unix_paths().empty());
-    CHECK(own_listening_tcp_ports() == 1);
-  }
-  if (previous == nullptr) {
-    ::unsetenv("TMPDIR");
-  } else {
-    ::setenv("TMPDIR", saved.c_str(), 1);
-  }
-  std::filesystem::remove_all(long_dir);
 }
 
 TEST_CASE("Map.Embedded.WithoutInitIsAClearError" * doctest::timeout(30)) {

@@ -49,9 +49,7 @@ void init(int argc, char** argv);
 
 struct PoolOptions {
   // Broker client endpoint, e.g. "tcp://head-node:5555". Default: "" = the POOLMAP_BROKER
-  // environment variable if set (the PBS/Slurm scripts in deploy/ set it), else embedded mode: a
-  // private broker in a thread, whose worker copies of this program connect through a Unix socket
-  // in a directory only this user can enter (docs/SECURITY.md).
+  // environment variable if set (the PBS/Slurm scripts in deploy/ set it), else embedded mode.
   std::string broker{};
   // Embedded mode: worker processes to start. Default: 0 = physical cores, limited by CPU affinity,
   // cgroup quota and SLURM_CPUS_PER_TASK / PBS_NCPUS / NCPUS (see cpu_count.hpp).
