@@ -266,6 +266,9 @@ void zap_seeds() {
   zap_request("null", {"1.0", "3", "poolmap-clients", "127.0.0.1", "", "NULL"}, "ipc:///tmp/poolmap.sock");
   zap_request("plain", {"1.0", "4", "poolmap-workers", "127.0.0.1", "", "PLAIN", "admin", "secret"},
               "tcp://[::1]:5556");
+  zap_request("plain_worker_password",
+              {"1.0", "5", "poolmap-workers", "127.0.0.1", "", "PLAIN", "poolmap-worker", "0123456789abcdef"},
+              "tcp://127.0.0.1:*");
 }
 
 int main(int argc, char** argv) {

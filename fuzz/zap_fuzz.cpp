@@ -9,6 +9,9 @@
 // Properties checked, beyond "no crash, no leak, no undefined behaviour":
 //   - a request is accepted (200) only with the CURVE mechanism, exactly 7 frames, a known domain
 //     and a key from that domain's list, and the User-Id is that key's name;
+//   - with a worker password (an embedded Pool's broker), the worker socket accepts only PLAIN
+//     with exactly 8 frames and that password, with an empty User-Id; the client socket's rule
+//     does not change;
 //   - every reply echoes the request id when there is one, and its status is 200, 400 or 500;
 //   - an endpoint is loopback only if it starts with inproc://, ipc:// or tcp://.
 #include <cstddef>
@@ -30,7 +33,12 @@ const std::string kClientKey = "0000000000000000000000000000000000000000";
 const std::string kWorkerKey = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
 
 const detail::KeyRing& keys() {
-  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {{kWorkerKey, "node1"}}};
+  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {{kWorkerKey, "node1"}}, {}};
+  return ring;
+}
+const std::string kPassword = "0123456789abcdef";
+const detail::KeyRing& keys_with_password() {
+  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {}, kPassword};
   return ring;
 }
 
@@ -57,6 +65,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(client || worker, "a key is accepted only on its own socket, under its own name");
   } else {
     require(reply.user_id.empty(), "a refusal names nobody");
+  }
+
+  const detail::ZapReply with_password = detail::decide_zap(request, keys_with_password());
+  if (with_password.status_code == "200") {
+    const bool client = request.size() == 7 && request[0] == "1.0" && request[5] == "CURVE" &&
+                        request[2] == detail::kClientDomain && request[6] == poolmap::curve_key_bytes(kClientKey) &&
+                        with_password.user_id == "alice";
+    const bool worker = request.size() == 8 && request[0] == "1.0" && request[5] == "PLAIN" &&
+                        request[2] == detail::kWorkerDomain && request[7] == kPassword &&
+                        with_password.user_id.empty();
+    require(client || worker, "with a worker password, a worker gets in only with PLAIN and that password");
+  } else {
+    require(with_password.user_id.empty(), "a refusal names nobody");
   }
 
   const auto rest = input.rest();

@@ -90,7 +90,7 @@ std::string key_name(zmq::message_t& frame) {
 }
 
 detail::KeyRing read_key_ring(const BrokerOptions& options) {
-  return {read_curve_public_dir(options.client_keys_dir), read_curve_public_dir(options.worker_keys_dir)};
+  return {read_curve_public_dir(options.client_keys_dir), read_curve_public_dir(options.worker_keys_dir), {}};
 }
 }  // namespace
 
@@ -246,6 +246,8 @@ class Broker::Impl {
   bool curve() const { return !options_.curve_secret_file.empty(); }
   // CURVE on both sockets with the ZAP handler bound first, or the loopback-only rule.
   void set_up_security();
+  // Without CURVE, with BrokerOptions::worker_password: the worker socket takes PLAIN with it only.
+  void require_worker_password();
   // Answers one ZAP request (the handshake of a connection waits for it).
   void serve_zap();
   void apply_reload();
@@ -397,7 +399,12 @@ void Broker::Impl::set_up_security() {
                  "every input and result",
                  options_.client_endpoint, options_.worker_endpoint);
     }
+    if (!options_.worker_password.empty()) require_worker_password();
     return;
+  }
+  if (!options_.worker_password.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "broker: a worker password is for a broker without CURVE (CURVE keys "
+                                             "authenticate workers already)");
   }
   if (options_.client_keys_dir.empty() || options_.worker_keys_dir.empty()) {
     throw Error(ErrorCode::kInvalidArgument, "broker: CURVE needs both --client-keys and --worker-keys directories");
@@ -426,6 +433,28 @@ void Broker::Impl::set_up_security() {
   }
   log_->info("CURVE on: broker key {}, {} client keys, {} worker keys", own.public_key, keys_.clients.size(),
              keys_.workers.size());
+}
+
+void Broker::Impl::require_worker_password() {
+  if (!detail::is_loopback_endpoint(options_.worker_endpoint)) {
+    throw Error(ErrorCode::kInvalidArgument, "broker: a worker password travels in clear: the worker endpoint '" +
+                                                 options_.worker_endpoint + "' must be a loopback one");
+  }
+  keys_.worker_password = options_.worker_password;
+  try {
+    zap_.bind(kZapEndpoint);
+  } catch (const zmq::error_t& e) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("broker: cannot start the ZAP handler (another broker with keys in this context?): ") +
+                    e.what());
+  }
+  workers_.set(zmq::sockopt::plain_server, 1);
+  workers_.set(zmq::sockopt::zap_domain, std::string(detail::kWorkerDomain));
+  const int enforce = 1;
+  if (zmq_setsockopt(workers_.handle(), ZMQ_ZAP_ENFORCE_DOMAIN, &enforce, sizeof(enforce)) != 0) {
+    throw Error(ErrorCode::kInternal, std::string("broker: cannot set ZMQ_ZAP_ENFORCE_DOMAIN: ") +
+                                          zmq_strerror(zmq_errno()));
+  }
 }
 
 void Broker::Impl::serve_zap() {

@@ -25,6 +25,9 @@ inline constexpr std::string_view kWorkerDomain = "poolmap-workers";
 struct KeyRing {
   std::map<std::string, std::string> clients;
   std::map<std::string, std::string> workers;
+  // When not empty (a broker without CURVE, BrokerOptions::worker_password): the worker socket
+  // accepts only the PLAIN mechanism with this password.
+  std::string worker_password;
 };
 
 // The reply to one ZAP request: RFC 27 frames 2..5 (version "1.0" and empty metadata are added by
@@ -33,11 +36,12 @@ struct ZapReply {
   std::string request_id;
   std::string status_code;  // "200" accepted, "400" refused, "500" not a request we understand
   std::string status_text;
-  std::string user_id;      // the key's name when accepted
+  std::string user_id;      // the key's name when accepted (empty for a password)
 };
 
 // Decides a ZAP request given as its frames (version, request id, domain, address, routing id,
-// mechanism, credentials...). Accepts only the CURVE mechanism with a key in the domain's list.
+// mechanism, credentials...). Accepts only the CURVE mechanism with a key in the domain's list, or,
+// on the worker domain of a KeyRing with a worker_password, only PLAIN with that password.
 ZapReply decide_zap(const std::vector<std::string>& request, const KeyRing& keys);
 
 // True for endpoints only this host can reach: inproc://, ipc://, and tcp:// on 127.0.0.0/8,

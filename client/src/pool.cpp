@@ -2,13 +2,17 @@
 
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <climits>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <future>
 #include <mutex>
@@ -32,6 +36,7 @@ using proto::Command;
 
 // Environment of a worker copy started by an embedded Pool.
 constexpr const char* kWorkerEndpointVar = "POOLMAP_EMBEDDED_WORKER";
+constexpr const char* kWorkerPasswordVar = "POOLMAP_EMBEDDED_PASSWORD";  // removed from the environment once read
 constexpr const char* kParentPidVar = "POOLMAP_PARENT_PID";
 constexpr const char* kHeartbeatVar = "POOLMAP_HEARTBEAT_MS";
 constexpr const char* kLivenessVar = "POOLMAP_LIVENESS";
@@ -60,8 +65,32 @@ long env_number(const char* name, long fallback) {
   return (end != text && *end == '\0' && value > 0) ? value : fallback;
 }
 
+// 32 random bytes from the kernel, as hex: the password of an embedded Pool's worker socket.
+std::string random_password() {
+  std::array<unsigned char, 32> bytes{};
+  std::size_t filled = 0;
+  while (filled < bytes.size()) {
+    const auto got = ::getrandom(bytes.data() + filled, bytes.size() - filled, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw Error(ErrorCode::kInternal, std::string("embedded pool: getrandom failed: ") + std::strerror(errno));
+    }
+    filled += static_cast<std::size_t>(got);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string text;
+  for (const unsigned char byte : bytes) {
+    text += kHex[byte >> 4];
+    text += kHex[byte & 15];
+  }
+  return text;
+}
+
 [[noreturn]] void run_embedded_worker(const char* endpoint) {
   const auto parent = static_cast<pid_t>(env_number(kParentPidVar, 0));
+  const char* given_password = std::getenv(kWorkerPasswordVar);
+  const std::string password = given_password == nullptr ? "" : given_password;
+  ::unsetenv(kWorkerPasswordVar);  // not passed on to whatever the tasks start
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // die with the Pool's process
   if (parent != 0 && ::getppid() != parent) std::_Exit(0);
   try {
@@ -80,7 +109,8 @@ long env_number(const char* name, long fallback) {
                           .heartbeat_liveness = static_cast<int>(env_number(kLivenessVar, 3)),
                           .max_message_bytes = static_cast<std::int64_t>(env_number(kMaxMessageVar, 64L << 20)),
                           .max_tasks_per_child = static_cast<std::uint64_t>(env_number(kMaxTasksVar, 0)),
-                          .init_args = init_args});
+                          .init_args = init_args,
+                          .broker_password = password});
     worker.run();  // until SIGTERM, or max tasks per child
   } catch (const std::exception& e) {
     detail::logger("poolmap.worker")->critical("embedded worker failed: {}", e.what());
@@ -302,13 +332,17 @@ void Pool::Impl::start_embedded() {
     options_.processes = detected.count;
     log_->info("embedded pool: {} workers decided by {} ({})", detected.count, detected.source, detected.detail);
   }
+  // The workers' loopback port is open to every local user: only the worker copies, given this
+  // password in their environment (which only this user can read), can register there.
+  const std::string password = random_password();
   static std::atomic<std::uint64_t> pool_number{0};
   broker_ = std::make_unique<Broker>(
       BrokerOptions{.client_endpoint = "inproc://poolmap-pool-" + std::to_string(pool_number.fetch_add(1)),
                     .worker_endpoint = "tcp://127.0.0.1:*",
                     .heartbeat_interval = options_.heartbeat_interval,
                     .heartbeat_liveness = options_.heartbeat_liveness,
-                    .max_message_bytes = options_.max_message_bytes},
+                    .max_message_bytes = options_.max_message_bytes,
+                    .worker_password = password},
       context_);
   endpoint_ = broker_->client_endpoint();
   broker_thread_ = std::thread([this] { broker_->run(); });
@@ -319,7 +353,8 @@ void Pool::Impl::start_embedded() {
       {kHeartbeatVar, std::to_string(options_.heartbeat_interval.count())},
       {kLivenessVar, std::to_string(options_.heartbeat_liveness)},
       {kMaxTasksVar, std::to_string(options_.max_tasks_per_child)},
-      {kMaxMessageVar, std::to_string(options_.max_message_bytes)}};
+      {kMaxMessageVar, std::to_string(options_.max_message_bytes)},
+      {kWorkerPasswordVar, password}};
   if (!options_.init_args.empty()) {
     std::string joined;
     for (const auto& arg : options_.init_args) joined += (joined.empty() ? "" : std::string(1, kInitArgsSeparator)) + arg;
@@ -334,7 +369,8 @@ void Pool::Impl::start_embedded() {
                                                                .environment = environment,
                                                                .processes = options_.processes,
                                                                .stop_grace = std::chrono::milliseconds(2000),
-                                                               .report_endpoint = broker_->worker_endpoint()});
+                                                               .report_endpoint = broker_->worker_endpoint(),
+                                                               .report_password = password});
   supervisor_thread_ = std::thread([this] { supervisor_->run(); });
 }
 

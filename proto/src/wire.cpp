@@ -41,6 +41,11 @@ void apply_curve_client(zmq::socket_t& socket, const CurveClientKeys& keys) {
   socket.set(zmq::sockopt::curve_secretkey, keys.secret_key);
 }
 
+void apply_password(zmq::socket_t& socket, const std::string& password) {
+  socket.set(zmq::sockopt::plain_username, "poolmap-worker");
+  socket.set(zmq::sockopt::plain_password, password);
+}
+
 HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched)
     : monitor_(context, zmq::socket_type::pair) {
   static std::atomic<std::uint64_t> number{0};
@@ -68,7 +73,8 @@ std::optional<std::string> HandshakeWatch::failure(const std::string& endpoint, 
            (curve ? std::string("the broker there does not use CURVE (started without --curve-secret?), or it is "
                                 "not a poolmap broker")
                   : std::string("the broker there requires CURVE keys (set --curve-secret and --broker-key, or "
-                                "POOLMAP_CURVE_SECRET and POOLMAP_BROKER_KEY), or it is not a poolmap broker"));
+                                "POOLMAP_CURVE_SECRET and POOLMAP_BROKER_KEY), or it is not a poolmap broker, or it is "
+                                "an embedded Pool's own broker (only that Pool's worker copies may join it)"));
   }
   return std::nullopt;
 }

@@ -50,6 +50,8 @@ std::optional<CurveClientKeys> load_curve_client(const std::filesystem::path& se
                                                  const std::filesystem::path& broker_key_file);
 // Makes `socket` a CURVE client with these keys (before connect()).
 void apply_curve_client(zmq::socket_t& socket, const CurveClientKeys& keys);
+// Makes `socket` a PLAIN client giving `password` (before connect()): a broker's worker_password.
+void apply_password(zmq::socket_t& socket, const std::string& password);
 
 // Watches the handshakes of one connecting socket (a ZeroMQ socket monitor over inproc), so that a
 // peer the broker refuses learns why instead of waiting in silence. Poll socket() for POLLIN, then

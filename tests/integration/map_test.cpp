@@ -4,8 +4,11 @@
 
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "poolmap/poolmap.hpp"
@@ -226,6 +229,48 @@ TEST_CASE("Map.Embedded.RunsTasksOfThisProgram" * doctest::timeout(60)) {
     CHECK_FALSE(distinct.contains(::getpid()));
     CHECK_THROWS_AS((void)pool.map(t::fail_at_13, iota_vector(20)), poolmap::TaskError);
   }
+}
+
+// The loopback TCP ports this process listens on (/proc/net/tcp: state 0A), found through the
+// inodes of its open sockets.
+std::vector<unsigned> own_listening_tcp_ports() {
+  std::set<std::string> inodes;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code error;
+    const std::string target = std::filesystem::read_symlink(entry.path(), error).string();
+    if (!error && target.starts_with("socket:[")) inodes.insert(target.substr(8, target.size() - 9));
+  }
+  std::vector<unsigned> ports;
+  std::ifstream table("/proc/self/net/tcp");
+  std::string line;
+  std::getline(table, line);  // the column names
+  while (std::getline(table, line)) {
+    std::istringstream fields(line);
+    std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+    fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >> timeout >> inode;
+    if (state == "0A" && inodes.contains(inode) && local.starts_with("0100007F:")) {
+      ports.push_back(static_cast<unsigned>(std::stoul(local.substr(9), nullptr, 16)));
+    }
+  }
+  return ports;
+}
+
+TEST_CASE("Map.Embedded.AnotherLocalProgramCannotRegisterAsItsWorker" * doctest::timeout(90)) {
+  poolmap::Pool pool({.processes = 1, .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 30s));
+  // The port the embedded broker's workers connect to is open to every local user: a program that
+  // finds it, here a poolmap-worker with this test's tasks, must not get work from the Pool.
+  const auto ports = own_listening_tcp_ports();
+  REQUIRE(ports.size() == 1);
+  t::ChildProcess stranger({t::worker_binary(), "--broker", "tcp://127.0.0.1:" + std::to_string(ports.front()),
+                            "--tasks", t::test_tasks_library(), "--processes", "1", "--heartbeat-ms",
+                            std::to_string(t::heartbeat().count())});
+  CHECK(t::eventually([&] { return stranger.stderr_text().find("the handshake with") != std::string::npos; }, 30s));
+  CHECK(pool.status().workers.size() == 1);
+  CHECK(pool.workers() == 1);
+  const auto pids = pool.map(t::worker_pid, iota_vector(200), {.chunksize = 1});
+  CHECK(std::set<std::int64_t>(pids.begin(), pids.end()).size() == 1);
+  check_squares(pool, 10'000);
 }
 
 TEST_CASE("Map.Embedded.WithoutInitIsAClearError" * doctest::timeout(30)) {

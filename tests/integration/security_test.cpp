@@ -20,6 +20,7 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "poolmap/broker.hpp"
 #include "poolmap/poolmap.hpp"
 #include "poolmap/protocol.hpp"
 #include "process.hpp"
@@ -433,6 +434,34 @@ TEST_CASE("Security.Broker.WithoutCurveItBindsOnlyLoopback" * doctest::timeout(3
   REQUIRE(half_status.has_value());
   CHECK(WEXITSTATUS(*half_status) == 1);
   CHECK(half.stderr_text().find("--client-keys") != std::string::npos);
+}
+
+TEST_CASE("Security.Broker.AWorkerPasswordNeedsLoopbackAndNoCurve" * doctest::timeout(30)) {
+  auto what_fails = [](poolmap::BrokerOptions options) -> std::string {
+    try {
+      poolmap::Broker broker(std::move(options));
+    } catch (const poolmap::Error& e) {
+      return e.what();
+    }
+    return "nothing failed";
+  };
+  // A password travels in clear: refused before anything is bound on an address others reach.
+  CHECK(what_fails({.client_endpoint = "tcp://127.0.0.1:*",
+                    .worker_endpoint = "tcp://0.0.0.0:0",
+                    .insecure = true,
+                    .worker_password = "secret"})
+            .find("must be a loopback one") != std::string::npos);
+  // With CURVE the keys authenticate workers: a password as well is a mistake, said so.
+  Keys keys;
+  CHECK(what_fails({.client_endpoint = "tcp://127.0.0.1:*",
+                    .worker_endpoint = "tcp://127.0.0.1:*",
+                    .curve_secret_file = keys.dir / "broker.key",
+                    .client_keys_dir = keys.dir / "clients",
+                    .worker_keys_dir = keys.dir / "workers",
+                    .worker_password = "secret"})
+            .find("without CURVE") != std::string::npos);
+  CHECK(what_fails({.client_endpoint = "tcp://127.0.0.1:*", .worker_endpoint = "tcp://127.0.0.1:*",
+                    .worker_password = "secret"}) == "nothing failed");
 }
 
 TEST_CASE("Security.Cli.KeygenWritesAPairAndNeverReplacesIt" * doctest::timeout(30)) {

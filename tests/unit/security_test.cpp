@@ -77,6 +77,28 @@ TEST_CASE("Security.Zap.OtherMechanismsAndMalformedRequestsAreRefused" * doctest
   CHECK(decide_zap(curve_request(domain, client.public_key), KeyRing{}).status_code == "400");
 }
 
+TEST_CASE("Security.Zap.AWorkerPasswordAdmitsOnlyPlainWithThatPassword" * doctest::timeout(10)) {
+  KeyRing keys;
+  keys.worker_password = "0123456789abcdef";
+  const std::string workers(poolmap::detail::kWorkerDomain);
+  auto plain = [&](const std::string& domain, const std::string& password) {
+    return decide_zap({"1.0", "3", domain, "127.0.0.1", "", "PLAIN", "poolmap-worker", password}, keys);
+  };
+  const auto accepted = plain(workers, "0123456789abcdef");
+  CHECK(accepted.status_code == "200");
+  CHECK(accepted.request_id == "3");
+  CHECK(accepted.user_id.empty());
+  CHECK(plain(workers, "0123456789abcdeX").status_code == "400");  // the last byte differs
+  CHECK(plain(workers, "0123456789abcde").status_code == "400");   // a prefix
+  CHECK(plain(workers, "0123456789abcdef0").status_code == "400");
+  CHECK(plain(workers, "").status_code == "400");
+  CHECK(decide_zap({"1.0", "3", workers, "127.0.0.1", "", "NULL"}, keys).status_code == "400");
+  CHECK(decide_zap({"1.0", "3", workers, "127.0.0.1", "", "PLAIN", "poolmap-worker"}, keys).status_code == "400");
+  // The password is the worker socket's only: nothing else gets in with it.
+  CHECK(plain(std::string(poolmap::detail::kClientDomain), "0123456789abcdef").status_code == "400");
+  CHECK(plain("other-domain", "0123456789abcdef").status_code == "400");
+}
+
 TEST_CASE("Security.Endpoints.OnlyLoopbackCountsAsLoopback" * doctest::timeout(10)) {
   for (const char* endpoint : {"tcp://127.0.0.1:5555", "tcp://127.0.0.1:*", "tcp://127.1.2.3:0", "tcp://[::1]:5555",
                                "tcp://localhost:5555", "ipc:///tmp/poolmap.sock", "inproc://poolmap-pool-0"}) {

@@ -243,6 +243,7 @@ void Supervisor::Impl::run() {
     wire::configure(*reporter, {.high_water_mark = 1000, .linger = std::chrono::milliseconds(200)}, false);
     try {
       if (curve_) wire::apply_curve_client(*reporter, *curve_);
+      if (!options_.report_password.empty()) wire::apply_password(*reporter, options_.report_password);
       reporter->connect(options_.report_endpoint);
     } catch (const zmq::error_t& e) {
       log_->error("supervisor cannot report exits to '{}': {}", options_.report_endpoint, e.what());

@@ -76,6 +76,9 @@ class WorkerProcess::Impl {
       throw Error(ErrorCode::kInvalidArgument, "worker: bad broker endpoint '" + options_.broker + "': " + e.what());
     }
     curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
+    if (curve_ && !options_.broker_password.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, "worker: CURVE keys and a broker password exclude each other");
+    }
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "worker: eventfd failed");
   }
@@ -207,6 +210,7 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   socket.set(zmq::sockopt::reconnect_ivl, 100);       // reconnect to a restarted broker with
   socket.set(zmq::sockopt::reconnect_ivl_max, 5000);  // exponential back-off, 0.1 s to 5 s
   if (curve_) wire::apply_curve_client(socket, *curve_);
+  if (!options_.broker_password.empty()) wire::apply_password(socket, options_.broker_password);
   handshakes_.reset();
   refusal_logged_ = false;
   if (!options_.broker.starts_with("inproc://")) handshakes_.emplace(context, socket);

@@ -90,6 +90,11 @@ struct BrokerOptions {
   // Without CURVE, allow endpoints other hosts can reach (a warning is logged at every start).
   // Default: false (loopback only).
   bool insecure = false;
+  // Without CURVE and with a loopback worker endpoint only: a password every peer of the worker
+  // socket must give with ZeroMQ's PLAIN mechanism (in clear, which is why it needs loopback). An
+  // embedded Pool sets a random one, so that no other local user who finds its loopback port can
+  // register as one of its workers. Default: "" = none.
+  std::string worker_password{};
   // Serve Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9464" (port 0: a free
   // one, see metrics_url()). Default: "" = none.
   std::string metrics_address{};

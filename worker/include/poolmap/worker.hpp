@@ -59,6 +59,10 @@ struct WorkerOptions {
   // Both or neither. Default: none (the broker must then be on loopback or --insecure).
   std::filesystem::path curve_secret_file{};
   std::filesystem::path broker_key_file{};
+  // Without CURVE: the password the broker's worker socket requires (BrokerOptions::worker_password;
+  // ZeroMQ PLAIN, in clear: loopback only). An embedded Pool gives its worker copies one.
+  // Default: "" = none.
+  std::string broker_password{};
   // After stop(), how long the running chunk may still take. Past it the process says goodbye
   // (the broker gives the chunk to another worker without counting it against the chunk) and
   // ends at once, so a hung task cannot keep a process alive whose supervisor is gone. Default: 10 s.
@@ -116,6 +120,8 @@ struct SupervisorOptions {
   // CURVE keys for the report connection (the same as the workers'). Both or neither.
   std::filesystem::path curve_secret_file{};
   std::filesystem::path broker_key_file{};
+  // Or, without CURVE, the workers' broker_password. Default: "" = none.
+  std::string report_password{};
 };
 
 class Supervisor {
