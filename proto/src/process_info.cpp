@@ -1,13 +1,19 @@
 #include "process_info.hpp"
 
+#include "poolmap/archive.hpp"
+
 #include <malloc.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <string_view>
 
 namespace poolmap::detail {
 
@@ -58,11 +64,71 @@ std::uint64_t instance_from_environment(const char* name) {
   return value;
 }
 
+namespace {
+constexpr std::uintptr_t kHugePage = 2 << 20;
+
+std::uintptr_t huge_page_down(std::uintptr_t address) { return address & ~(kHugePage - 1); }
+std::uintptr_t huge_page_up(std::uintptr_t address) { return (address + kHugePage - 1) & ~(kHugePage - 1); }
+
+// The end of the heap memory advised so far (0: keep_freed_memory() has not run).
+std::mutex heap_advice_mutex;
+std::uintptr_t heap_advised_to = 0;
+}  // namespace
+
+void advise_heap_growth() noexcept {
+  std::lock_guard lock(heap_advice_mutex);
+  if (heap_advised_to == 0) return;
+  const auto top = reinterpret_cast<std::uintptr_t>(::sbrk(0));
+  if (top == static_cast<std::uintptr_t>(-1) || huge_page_down(top) <= heap_advised_to) return;
+  // Only memory nothing has touched yet: advice on used memory would have the kernel's khugepaged
+  // copy it into huge pages in the background, which costs more than it saves.
+  (void)::madvise(reinterpret_cast<void*>(heap_advised_to), huge_page_down(top) - heap_advised_to, MADV_HUGEPAGE);
+  heap_advised_to = huge_page_down(top);
+}
+
+void advise_huge_pages(const void* data, std::size_t bytes) noexcept {
+  if (data == nullptr || bytes < (1 << 20)) return;
+  {
+    std::lock_guard lock(heap_advice_mutex);
+    if (heap_advised_to == 0) return;
+  }
+  advise_heap_growth();  // a buffer on the heap: it came from the heap's new end, if anywhere new
+  // A buffer in its own mapping (larger than M_MMAP_THRESHOLD): the whole huge pages inside it.
+  const auto begin = huge_page_up(reinterpret_cast<std::uintptr_t>(data));
+  const auto end = huge_page_down(reinterpret_cast<std::uintptr_t>(data) + bytes);
+  const auto top = reinterpret_cast<std::uintptr_t>(::sbrk(0));
+  if (reinterpret_cast<std::uintptr_t>(data) >= top && end > begin) {
+    (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+}
+
+std::string glibc_tunables_with_huge_pages(const char* inherited) {
+  constexpr std::string_view kTunable = "glibc.malloc.hugetlb=";
+  std::string value = inherited == nullptr ? "" : inherited;
+  if (value.find(kTunable) != std::string::npos) return value;
+  if (!value.empty()) value.push_back(':');
+  value.append(kTunable);
+  value.push_back('1');
+  return value;
+}
+
 void keep_freed_memory() {
 #if defined(__GLIBC__)
   ::mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest
   ::mallopt(M_TRIM_THRESHOLD, 256 << 20);
-  ::mallopt(M_ARENA_MAX, 1);  // one heap for all threads: the I/O thread reuses what the main one freed
+  ::mallopt(M_ARENA_MAX, 1);
+  // The heap grows 64 MiB at a time, and all of it is advised to use huge pages now and whenever
+  // advise_huge_pages() sees a large buffer on it: the next allocations land on advised memory.
+  ::mallopt(M_TOP_PAD, 64 << 20);
+  {
+    std::lock_guard lock(heap_advice_mutex);
+    if (heap_advised_to == 0) heap_advised_to = huge_page_up(reinterpret_cast<std::uintptr_t>(::sbrk(0)));
+  }
+  // Grows the heap now, by the pad (M_TRIM_THRESHOLD keeps it), so that the next allocations land
+  // on advised memory. Through a volatile pointer: the compiler drops a malloc only freed.
+  void* volatile grown = ::malloc(1 << 20);
+  ::free(grown);
+  advise_heap_growth();  // one heap for all threads: the I/O thread reuses what the main one freed
 #endif
 }
 

@@ -41,9 +41,19 @@ std::string full_id(std::uint64_t instance);
 // reused by another: ZeroMQ's I/O thread receives into what the loop thread freed). A process
 // that moves chunk after chunk of similar size then reuses pages it has already touched; memory
 // never touched costs a page fault per 4 KiB, and on virtual machines a fault costs 10-20 us
-// (docs/BENCHMARKS.md). The price: RSS stays near its peak (up to 256 MiB above what is held).
+// (docs/BENCHMARKS.md). The heap grows 64 MiB at a time (M_TOP_PAD), and the memory it grows by
+// is advised to use transparent huge pages before anything touches it (advise_heap_growth() in
+// poolmap/archive.hpp, called again as a map fills large buffers). The price: RSS stays near its
+// peak (up to 256 MiB above what is held).
 // Called by poolmap-broker, by every worker process, and by a Pool with
 // PoolOptions::reuse_freed_memory. Does nothing where the C library is not glibc.
 void keep_freed_memory();
+
+// The value of GLIBC_TUNABLES for a process that should back its heap with transparent huge pages
+// (glibc.malloc.hugetlb=1: malloc advises MADV_HUGEPAGE on the memory it takes from the kernel),
+// given the inherited value (nullptr: none). A value that sets glibc.malloc.hugetlb already is kept
+// as it is: that is how a user opts out (glibc.malloc.hugetlb=0). Supervisors give it to the worker
+// processes they start.
+std::string glibc_tunables_with_huge_pages(const char* inherited);
 
 }  // namespace poolmap::detail

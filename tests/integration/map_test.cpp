@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -271,6 +273,90 @@ TEST_CASE("Map.Embedded.AnotherLocalProgramCannotRegisterAsItsWorker" * doctest:
   const auto pids = pool.map(t::worker_pid, iota_vector(200), {.chunksize = 1});
   CHECK(std::set<std::int64_t>(pids.begin(), pids.end()).size() == 1);
   check_squares(pool, 10'000);
+}
+
+// The whole text of a /proc file.
+std::string read_proc(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::ostringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+// The value of GLIBC_TUNABLES in the environment process `pid` started with ("" if none).
+std::string glibc_tunables_of(std::int64_t pid) {
+  const std::string environment = read_proc("/proc/" + std::to_string(pid) + "/environ");
+  constexpr std::string_view kName = "GLIBC_TUNABLES=";
+  std::size_t start = 0;
+  while (start < environment.size()) {
+    const std::size_t end = std::min(environment.find('\0', start), environment.size());
+    const std::string_view entry(environment.data() + start, end - start);
+    if (entry.starts_with(kName)) return std::string(entry.substr(kName.size()));
+    start = end + 1;
+  }
+  return "";
+}
+
+// Whether the kernel may back the mapping that holds `address` with transparent huge pages
+// (/proc/self/smaps: THPeligible).
+bool huge_pages_eligible(const void* address) {
+  std::istringstream maps(read_proc("/proc/self/smaps"));
+  const auto wanted = reinterpret_cast<std::uintptr_t>(address);
+  bool inside = false;
+  std::string line;
+  while (std::getline(maps, line)) {
+    const auto dash = line.find('-');
+    const auto space = line.find(' ');
+    if (dash != std::string::npos && space != std::string::npos && dash < space &&
+        line.find_first_not_of("0123456789abcdef") == dash) {  // a mapping's first line: start-end ...
+      const auto start = std::stoull(line.substr(0, dash), nullptr, 16);
+      const auto end = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+      inside = start <= wanted && wanted < end;
+    } else if (inside && line.starts_with("THPeligible:")) {
+      return line.find('1') != std::string::npos;
+    }
+  }
+  return false;
+}
+
+TEST_CASE("Map.Embedded.LargeBuffersUseHugePagesUnlessToldNot" * doctest::timeout(90)) {
+  const std::string mode = read_proc("/sys/kernel/mm/transparent_hugepage/enabled");
+  {
+    poolmap::Pool pool({.processes = 1, .heartbeat_interval = t::heartbeat()});
+    // The worker copies malloc with glibc.malloc.hugetlb=1 (fresh buffers: a page fault per 2 MiB).
+    const auto pids = pool.map(t::worker_pid, iota_vector(4), {.chunksize = 1});
+    REQUIRE(pids.size() == 4);
+    CHECK(glibc_tunables_of(pids.front()).find("glibc.malloc.hugetlb=1") != std::string::npos);
+    // The map's output (16 MB) lies where the kernel may back it with huge pages.
+    const auto inputs = iota_vector(2'000'000);
+    const auto results = pool.map(t::square, inputs);
+    REQUIRE(results.size() == inputs.size());
+    CHECK(results.back() == inputs.back() * inputs.back());
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    MESSAGE("output placement not checked: a sanitizer brings its own allocator");
+#else
+    if (mode.find("[never]") != std::string::npos || mode.empty()) {
+      MESSAGE("output placement not checked: transparent huge pages are off on this machine");
+    } else {
+      CHECK(huge_pages_eligible(results.data()));
+    }
+#endif
+  }
+  // A user who says otherwise in GLIBC_TUNABLES is obeyed.
+  const char* previous = std::getenv("GLIBC_TUNABLES");
+  const std::string saved = previous == nullptr ? "" : previous;
+  ::setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0", 1);
+  {
+    poolmap::Pool pool({.processes = 1, .heartbeat_interval = t::heartbeat()});
+    const auto pids = pool.map(t::worker_pid, iota_vector(4), {.chunksize = 1});
+    REQUIRE(pids.size() == 4);
+    CHECK(glibc_tunables_of(pids.front()) == "glibc.malloc.hugetlb=0");
+  }
+  if (previous == nullptr) {
+    ::unsetenv("GLIBC_TUNABLES");
+  } else {
+    ::setenv("GLIBC_TUNABLES", saved.c_str(), 1);
+  }
 }
 
 TEST_CASE("Map.Embedded.WithoutInitIsAClearError" * doctest::timeout(30)) {

@@ -88,6 +88,11 @@ class Supervisor::Impl {
       const auto eq = text.find('=');
       if (eq != std::string::npos) env[text.substr(0, eq)] = text.substr(eq + 1);
     }
+    // Worker processes receive and encode chunk after chunk: huge pages make their fresh buffers
+    // cheap (docs/BENCHMARKS.md, "Fresh pages"), unless GLIBC_TUNABLES says otherwise.
+    const auto tunables = env.find("GLIBC_TUNABLES");
+    env["GLIBC_TUNABLES"] =
+        detail::glibc_tunables_with_huge_pages(tunables == env.end() ? nullptr : tunables->second.c_str());
     for (const auto& [name, value] : options_.environment) env[name] = value;
     for (const auto& [name, value] : env) environment_.push_back(name + "=" + value);
   }

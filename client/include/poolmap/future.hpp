@@ -26,6 +26,7 @@
 #include <span>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -147,17 +148,18 @@ class VectorSink final : public ChunkSink {
   // (take() does it otherwise), so that writing fresh pages does not hold up the I/O thread.
   void allocate() {
     std::lock_guard lock(mutex_);
-    if (values_.size() != total_) values_.resize(total_);
+    size_output();
   }
 
   Status take(std::size_t first_index, std::uint32_t count, std::span<const std::byte> bytes) override {
     std::lock_guard lock(mutex_);
-    if (values_.size() != total_) values_.resize(total_);
+    size_output();
     if (first_index > total_ || count > total_ - first_index) {
       return Status(ErrorCode::kMalformed, "results of task '" + task_ + "' for items " +
                                                std::to_string(first_index) + " on lie outside its " +
                                                std::to_string(total_) + " inputs");
     }
+    advise_heap_growth();  // for what the results allocate (a vector or a string each)
     try {
       decode_chunk<R>(bytes, count, [&](std::uint32_t i, R&& value) { values_[first_index + i] = std::move(value); });
     } catch (const std::exception& e) {  // cereal::Exception, or what a result type's load() throws
@@ -181,6 +183,15 @@ class VectorSink final : public ChunkSink {
   }
 
  private:
+  // Gives the output its `total_` elements (mutex_ held): reserved first, so that its pages are
+  // advised to be huge before the elements are first written.
+  void size_output() {
+    if (values_.size() == total_) return;
+    values_.reserve(total_);
+    if constexpr (!std::is_same_v<R, bool>) advise_huge_pages(values_.data(), total_ * sizeof(R));  // bits: no data()
+    values_.resize(total_);
+  }
+
   mutable std::mutex mutex_;
   std::size_t total_;
   std::string task_;

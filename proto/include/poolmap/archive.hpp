@@ -69,6 +69,18 @@ inline std::size_t expected_bytes(std::size_t first_bytes, std::size_t items) {
   if (items > kMostReserved / first_bytes) return kMostReserved;
   return first_bytes * items;
 }
+
+// Transparent huge pages for the large buffers a map writes, as numpy asks for its arrays: the
+// first write to a fresh buffer then takes one page fault per 2 MiB instead of one per 4 KiB,
+// which on a virtual machine is most of what a fresh buffer costs (docs/BENCHMARKS.md), and later
+// accesses miss the TLB less. Both are advice (madvise MADV_HUGEPAGE) and change no content; both
+// do nothing until keep_freed_memory() ran in this process (PoolOptions::reuse_freed_memory).
+// advise_heap_growth(): the heap's memory that nothing has touched yet, as far as it reaches now
+// (call it before filling a buffer that may have come from there). advise_huge_pages(): the same,
+// and, for a buffer of at least 1 MiB in its own mapping (larger than the heap takes), that
+// buffer. Call it before the buffer is first written.
+void advise_heap_growth() noexcept;
+void advise_huge_pages(const void* data, std::size_t bytes) noexcept;
 }  // namespace detail
 
 // Appends the encoding of everything passed to it to a Bytes buffer (which it does not own).
