@@ -5,13 +5,16 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "poolmap/future.hpp"
+#include "poolmap/pool.hpp"
 #include "poolmap/protocol.hpp"
 
 namespace proto = poolmap::proto;
@@ -338,4 +341,52 @@ TEST_CASE("Codec.Archive.ReservesForAChunkAtTheFirstItemsSizeUpTo64MiB" * doctes
   CHECK(expected_bytes(4 << 20, 1000) == (64u << 20));        // a guess, not a promise
   CHECK(expected_bytes(1, std::numeric_limits<std::size_t>::max()) == (64u << 20));  // no overflow
   CHECK(expected_bytes(0, 10) == 0);
+}
+
+TEST_CASE("Codec.Chunks.ArithmeticItemsCopiedAChunkAtATimeMatchItemByItem" * doctest::timeout(10)) {
+  // A contiguous range of the task's own arithmetic type is encoded a chunk at a time, with one
+  // copy (BytewiseItems); a deque of the same values goes item by item through the archive. Both
+  // must give the same chunks, byte for byte, at every chunk size and message limit.
+  using poolmap::detail::BytewiseItems;
+  using poolmap::detail::encode_chunks;
+  using poolmap::detail::JobRequest;
+  auto same_chunks = [](const auto& values, std::size_t chunksize, std::size_t max_bytes) {
+    using T = typename std::decay_t<decltype(values)>::value_type;
+    static_assert(BytewiseItems<decltype(values), T>::value);
+    const std::deque<T> one_by_one(values.begin(), values.end());
+    static_assert(!BytewiseItems<decltype(one_by_one), T>::value);
+    JobRequest fast;
+    JobRequest slow;
+    encode_chunks<T>(values, chunksize, max_bytes, fast);
+    encode_chunks<T>(one_by_one, chunksize, max_bytes, slow);
+    CAPTURE(chunksize);
+    CAPTURE(max_bytes);
+    CHECK(fast.total_items == values.size());
+    CHECK(slow.total_items == values.size());
+    REQUIRE(fast.chunks.size() == slow.chunks.size());
+    for (std::size_t c = 0; c < fast.chunks.size(); ++c) {
+      CHECK(fast.chunks[c].first_index == slow.chunks[c].first_index);
+      CHECK(fast.chunks[c].count == slow.chunks[c].count);
+      CHECK(fast.chunks[c].payload == slow.chunks[c].payload);
+    }
+  };
+  std::vector<std::int64_t> int64s(1000);
+  std::iota(int64s.begin(), int64s.end(), -500);
+  std::vector<double> doubles(333);
+  for (std::size_t i = 0; i < doubles.size(); ++i) doubles[i] = static_cast<double>(i) / 7.0;
+  std::vector<std::uint8_t> bytes(257);
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::uint8_t>(i * 3);
+  for (const std::size_t chunksize : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{5000}}) {
+    for (const std::size_t max_bytes : {std::size_t{64} << 20, std::size_t{80}, std::size_t{8}}) {
+      same_chunks(int64s, chunksize, max_bytes);
+      same_chunks(doubles, chunksize, max_bytes);
+      same_chunks(bytes, chunksize, max_bytes);
+    }
+  }
+  same_chunks(std::vector<std::int32_t>{}, 0, 64);
+  // An item larger than a message is refused the same way by both.
+  JobRequest job;
+  CHECK_THROWS_AS(encode_chunks<std::int64_t>(int64s, 10, 4, job), poolmap::Error);
+  const std::deque<std::int64_t> one_by_one(int64s.begin(), int64s.end());
+  CHECK_THROWS_AS(encode_chunks<std::int64_t>(one_by_one, 10, 4, job), poolmap::Error);
 }

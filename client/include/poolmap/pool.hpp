@@ -16,6 +16,8 @@
 // threads.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -211,11 +213,49 @@ inline Error item_too_large(std::size_t index, std::size_t bytes, std::size_t li
                    "split the item");
 }
 
+// Whether the items of `Range` are encoded as their own bytes, so that a chunk of them is one
+// copy: a task of one arithmetic argument (not bool), items of exactly that type in contiguous
+// memory, on a little-endian machine (the archive writes arithmetic values little-endian, as they are).
+template <class Range, class... Args>
+struct BytewiseItems : std::false_type {};
+template <class Range, class Arg>
+struct BytewiseItems<Range, Arg>
+    : std::bool_constant<std::ranges::contiguous_range<Range> && std::ranges::sized_range<Range> &&
+                         std::is_arithmetic_v<std::decay_t<Arg>> && !std::is_same_v<std::decay_t<Arg>, bool> &&
+                         std::is_same_v<std::remove_cvref_t<std::ranges::range_reference_t<Range>>, std::decay_t<Arg>> &&
+                         std::endian::native == std::endian::little> {};
+
+// encode_chunks() for BytewiseItems: the same chunks, each filled with one copy.
+template <class Range>
+void encode_bytewise(Range&& inputs, std::size_t chunksize, std::size_t max_bytes, JobRequest& job) {
+  using Item = std::remove_cvref_t<std::ranges::range_reference_t<Range>>;
+  const std::size_t total = std::ranges::size(inputs);
+  const auto* bytes = reinterpret_cast<const std::byte*>(std::ranges::data(inputs));
+  if (total > 0 && sizeof(Item) > max_bytes) throw item_too_large(0, sizeof(Item), max_bytes);
+  const std::size_t per_chunk =
+      std::min({chunksize == 0 ? total : chunksize, max_bytes / sizeof(Item), std::size_t{UINT32_MAX}});
+  for (std::size_t first = 0; first < total; first += per_chunk) {
+    ChunkRequest chunk;
+    chunk.first_index = first;
+    chunk.count = static_cast<std::uint32_t>(std::min(per_chunk, total - first));
+    advise_heap_growth();  // before the chunk's bytes are written there
+    chunk.payload.reserve(chunk.count * sizeof(Item));
+    advise_huge_pages(chunk.payload.data(), chunk.payload.capacity());
+    chunk.payload.insert(chunk.payload.end(), bytes + first * sizeof(Item), bytes + (first + chunk.count) * sizeof(Item));
+    job.chunks.push_back(std::move(chunk));
+  }
+  job.total_items = total;
+}
+
 // Splits `inputs` into chunks of `chunksize` encoded items (chunksize 0: all in one chunk), each
 // at most `max_bytes` long: a chunk that would grow past it ends before the item that does not fit.
 // Throws item_too_large() for an item that fits in no chunk.
 template <class... Args, class Range>
 void encode_chunks(Range&& inputs, std::size_t chunksize, std::size_t max_bytes, JobRequest& job) {
+  if constexpr (BytewiseItems<Range, Args...>::value) {
+    encode_bytewise(std::forward<Range>(inputs), chunksize, max_bytes, job);
+    return;
+  }
   ChunkRequest current;
   std::optional<OutputArchive> archive;  // writes into current.payload
   auto flush = [&] {
