@@ -6,7 +6,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -70,28 +70,28 @@ constexpr std::uintptr_t kHugePage = 2 << 20;
 std::uintptr_t huge_page_down(std::uintptr_t address) { return address & ~(kHugePage - 1); }
 std::uintptr_t huge_page_up(std::uintptr_t address) { return (address + kHugePage - 1) & ~(kHugePage - 1); }
 
-// The end of the heap memory advised so far (0: keep_freed_memory() has not run).
+// The end of the heap memory advised so far (0: keep_freed_memory() has not run). Read without
+// the mutex, so that the common case (the heap has not grown) costs no lock.
 std::mutex heap_advice_mutex;
-std::uintptr_t heap_advised_to = 0;
+std::atomic<std::uintptr_t> heap_advised_to{0};
 }  // namespace
 
 void advise_heap_growth() noexcept {
+  const auto advised = heap_advised_to.load(std::memory_order_relaxed);
+  const auto end = reinterpret_cast<std::uintptr_t>(::sbrk(0));
+  if (advised == 0 || end == static_cast<std::uintptr_t>(-1) || huge_page_down(end) <= advised) return;
   std::lock_guard lock(heap_advice_mutex);
-  if (heap_advised_to == 0) return;
-  const auto top = reinterpret_cast<std::uintptr_t>(::sbrk(0));
-  if (top == static_cast<std::uintptr_t>(-1) || huge_page_down(top) <= heap_advised_to) return;
+  const auto from = heap_advised_to.load(std::memory_order_relaxed);
+  const auto top = huge_page_down(reinterpret_cast<std::uintptr_t>(::sbrk(0)));
+  if (top <= from) return;  // another thread advised it meanwhile
   // Only memory nothing has touched yet: advice on used memory would have the kernel's khugepaged
   // copy it into huge pages in the background, which costs more than it saves.
-  (void)::madvise(reinterpret_cast<void*>(heap_advised_to), huge_page_down(top) - heap_advised_to, MADV_HUGEPAGE);
-  heap_advised_to = huge_page_down(top);
+  (void)::madvise(reinterpret_cast<void*>(from), top - from, MADV_HUGEPAGE);
+  heap_advised_to.store(top, std::memory_order_relaxed);
 }
 
 void advise_huge_pages(const void* data, std::size_t bytes) noexcept {
-  if (data == nullptr || bytes < (1 << 20)) return;
-  {
-    std::lock_guard lock(heap_advice_mutex);
-    if (heap_advised_to == 0) return;
-  }
+  if (data == nullptr || bytes < (1 << 20) || heap_advised_to.load(std::memory_order_relaxed) == 0) return;
   advise_heap_growth();  // a buffer on the heap: it came from the heap's new end, if anywhere new
   // A buffer in its own mapping (larger than M_MMAP_THRESHOLD): the whole huge pages inside it.
   const auto begin = huge_page_up(reinterpret_cast<std::uintptr_t>(data));
@@ -122,7 +122,7 @@ void keep_freed_memory() {
   ::mallopt(M_TOP_PAD, 64 << 20);
   {
     std::lock_guard lock(heap_advice_mutex);
-    if (heap_advised_to == 0) heap_advised_to = huge_page_up(reinterpret_cast<std::uintptr_t>(::sbrk(0)));
+    if (heap_advised_to.load() == 0) heap_advised_to.store(huge_page_up(reinterpret_cast<std::uintptr_t>(::sbrk(0))));
   }
   // Grows the heap now, by the pad (M_TRIM_THRESHOLD keeps it), so that the next allocations land
   // on advised memory. Through a volatile pointer: the compiler drops a malloc only freed.
