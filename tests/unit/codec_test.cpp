@@ -390,3 +390,17 @@ TEST_CASE("Codec.Chunks.ArithmeticItemsCopiedAChunkAtATimeMatchItemByItem" * doc
   const std::deque<std::int64_t> one_by_one(int64s.begin(), int64s.end());
   CHECK_THROWS_AS(encode_chunks<std::int64_t>(one_by_one, 10, 4, job), poolmap::Error);
 }
+
+TEST_CASE("Codec.Results.NumbersDecodedAsTheirBytesOnlyWhenTheSizeFits" * doctest::timeout(10)) {
+  // decode_chunk copies numbers that fill the chunk exactly; any other size is an error, as it is
+  // for the archive.
+  std::vector<double> got(3);
+  auto put = [&got](std::uint32_t i, double&& value) { got[i] = value; };
+  poolmap::Bytes bytes;
+  poolmap::OutputArchive archive(bytes);
+  archive(0.25, -1.0, 1e300);
+  poolmap::detail::decode_chunk<double>(bytes, 3, put);
+  CHECK(got == std::vector<double>{0.25, -1.0, 1e300});
+  CHECK_THROWS_AS(poolmap::detail::decode_chunk<double>(bytes, 2, put), cereal::Exception);
+  CHECK_THROWS_AS(poolmap::detail::decode_chunk<double>(std::span(bytes).first(20), 3, put), cereal::Exception);
+}

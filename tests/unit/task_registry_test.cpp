@@ -1,6 +1,8 @@
 // Task handles, signatures and the registry, without sockets.
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <span>
 #include <stdexcept>
 
 #include "poolmap/task.hpp"
@@ -30,6 +32,8 @@ POOLMAP_TASK(picky, [](std::int64_t x) -> std::int64_t {
   if (x < 0) throw std::out_of_range("negative: " + std::to_string(x));
   return x;
 });
+inline constexpr poolmap::Task<double(std::int32_t)> halve{"unit.halve"};
+POOLMAP_TASK(halve, [](std::int32_t x) { return x / 2.0; });
 inline constexpr poolmap::Task<bool(bool)> flip{"unit.flip"};
 POOLMAP_TASK(flip, [](bool b) { return !b; });
 // Registering the same name again with another signature is refused and recorded.
@@ -132,4 +136,45 @@ TEST_CASE("Task.Runner.BoolArgumentThatIsNeitherZeroNorOneIsMalformed" * doctest
   output.clear();
   REQUIRE(runner->run(poolmap::Bytes{std::byte{1}, std::byte{0}}, 2, output, failure).is_ok());
   CHECK(output == poolmap::Bytes{std::byte{0}, std::byte{1}});
+}
+
+// A task whose argument and result are plain numbers copies them instead of going through the
+// archive (TaskRunnerFor::run_bytewise): the output must be the archive's encoding, byte for byte,
+// every item must count as started, and a throwing item must leave the results before it.
+TEST_CASE("Task.Runner.NumbersCopiedGiveTheArchivesBytes" * doctest::timeout(10)) {
+  const auto& registry = poolmap::detail::TaskRegistry::instance();
+  const auto* halve_runner = registry.find("unit.halve");
+  REQUIRE(halve_runner != nullptr);
+  poolmap::detail::TaskFailure failure;
+  poolmap::Bytes output{std::byte{0x7f}};  // run() appends
+  std::atomic<std::uint64_t> started{10};
+  REQUIRE(halve_runner->run(encode_items(std::int32_t{3}, std::int32_t{-8}, std::int32_t{2147483647}), 3, output,
+                            failure, &started)
+              .is_ok());
+  poolmap::Bytes expected{std::byte{0x7f}};
+  poolmap::OutputArchive archive(expected);
+  archive(1.5, -4.0, 2147483647 / 2.0);
+  CHECK(output == expected);
+  CHECK(started.load() == 13);
+
+  const auto* picky_runner = registry.find("unit.picky");
+  REQUIRE(picky_runner != nullptr);
+  output.clear();
+  started = 0;
+  const auto status = picky_runner->run(
+      encode_items(std::int64_t{7}, std::int64_t{9}, std::int64_t{-1}, std::int64_t{4}), 4, output, failure, &started);
+  CHECK(status.code() == poolmap::ErrorCode::kTaskFailed);
+  CHECK(failure.offset == 2);
+  CHECK(failure.type == "std::out_of_range");
+  CHECK(output == encode_items(std::int64_t{7}, std::int64_t{9}));  // the results before the failed item
+  CHECK(started.load() == 3);
+
+  // Zero items, and sizes that do not match the count, take the archive's path and its errors.
+  output.clear();
+  CHECK(picky_runner->run({}, 0, output, failure).is_ok());
+  CHECK(output.empty());
+  const auto short_input = encode_items(std::int64_t{1});
+  const auto truncated = picky_runner->run(std::span(short_input).first(5), 1, output, failure);
+  CHECK(truncated.code() == poolmap::ErrorCode::kMalformed);
+  CHECK(truncated.message().find("does not decode at item 0") != std::string::npos);
 }

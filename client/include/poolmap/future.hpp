@@ -16,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <iterator>
@@ -99,6 +100,16 @@ void call_with_error(const JobOutcome& outcome, const std::function<void(const E
 // exactly `count` results.
 template <class R, class Put>
 void decode_chunk(std::span<const std::byte> bytes, std::uint32_t count, Put&& put) {
+  if constexpr (kEncodedAsBytes<R>) {  // exactly `count` values: each is its bytes (else the archive words the error)
+    if (bytes.size() == std::size_t{count} * sizeof(R)) {
+      for (std::uint32_t i = 0; i < count; ++i) {
+        R value;
+        std::memcpy(&value, bytes.data() + std::size_t{i} * sizeof(R), sizeof(R));
+        put(i, std::move(value));
+      }
+      return;
+    }
+  }
   InputArchive decoder(bytes);
   for (std::uint32_t i = 0; i < count; ++i) {
     R value{};

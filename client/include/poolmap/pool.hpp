@@ -221,9 +221,8 @@ struct BytewiseItems : std::false_type {};
 template <class Range, class Arg>
 struct BytewiseItems<Range, Arg>
     : std::bool_constant<std::ranges::contiguous_range<Range> && std::ranges::sized_range<Range> &&
-                         std::is_arithmetic_v<std::decay_t<Arg>> && !std::is_same_v<std::decay_t<Arg>, bool> &&
-                         std::is_same_v<std::remove_cvref_t<std::ranges::range_reference_t<Range>>, std::decay_t<Arg>> &&
-                         std::endian::native == std::endian::little> {};
+                         kEncodedAsBytes<std::decay_t<Arg>> &&
+                         std::is_same_v<std::remove_cvref_t<std::ranges::range_reference_t<Range>>, std::decay_t<Arg>>> {};
 
 // encode_chunks() for BytewiseItems: the same chunks, each filled with one copy.
 template <class Range>

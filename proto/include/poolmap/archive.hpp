@@ -59,6 +59,12 @@ inline void copy_little_endian(void* dst, const void* src, std::size_t size, std
   }
 }
 
+// True for the types whose encoding is their bytes in memory (arithmetic types but bool, on a
+// little-endian host): a run of them is encoded or decoded with one copy.
+template <class T>
+inline constexpr bool kEncodedAsBytes =
+    std::is_arithmetic_v<T> && !std::is_same_v<T, bool> && std::endian::native == std::endian::little;
+
 // The capacity to reserve for `items` encodings once the first took `first_bytes`: room for all at
 // that size, so that a buffer filled item by item is not regrown (each regrowth copies it and
 // touches fresh pages), but at most 64 MiB (past that it grows as it fills). 0 when the first
