@@ -81,6 +81,14 @@ std::optional<std::string> HandshakeWatch::failure(const std::string& endpoint, 
 
 zmq::message_t to_message(Bytes&& bytes) {
   if (bytes.empty()) return zmq::message_t();
+  // A small buffer is copied: one allocation (none up to 33 bytes, which ZeroMQ keeps inline)
+  // instead of a holder, ZeroMQ's reference count and the buffer's own, freed later.
+  constexpr std::size_t kCopiedUpTo = 1024;
+  if (bytes.size() <= kCopiedUpTo) {
+    zmq::message_t message(bytes.data(), bytes.size());
+    Bytes().swap(bytes);  // consumed, as when handed over
+    return message;
+  }
   auto owned = std::make_unique<Bytes>(std::move(bytes));
   void* data = owned->data();
   const std::size_t size = owned->size();
@@ -138,13 +146,16 @@ bool send_to(zmq::socket_t& socket, const std::string& identity, std::vector<zmq
 }
 
 std::optional<std::vector<zmq::message_t>> receive(zmq::socket_t& socket) {
-  std::vector<zmq::message_t> frames;
   zmq::message_t part;
   if (!socket.recv(part, zmq::recv_flags::dontwait)) return std::nullopt;
+  std::vector<zmq::message_t> frames;
+  frames.reserve(5);  // identity, signature, header, payload, context: every poolmap message fits
+  bool more = part.more();  // the message's own flag: no getsockopt call per frame
   frames.push_back(std::move(part));
-  while (socket.get(zmq::sockopt::rcvmore) != 0) {
+  while (more) {
     zmq::message_t next;
     (void)socket.recv(next, zmq::recv_flags::none);  // the rest of a multipart is already here
+    more = next.more();
     frames.push_back(std::move(next));
   }
   return frames;
