@@ -264,6 +264,13 @@ class Broker::Impl {
 
   void on_client_message(std::vector<zmq::message_t>& frames);
   void on_worker_message(std::vector<zmq::message_t>& frames);
+  // One result of a WORKER_RESULT (a header frame and its payload) from the peer `identity`.
+  // Returns false when the header does not decode (an ERROR was sent): the rest are not read.
+  bool on_worker_result(const std::string& identity, const zmq::message_t& header_frame, zmq::message_t& payload);
+  // Sends `tickets` (assigned to `worker` by the scheduler, in order) in as few TASK messages as
+  // the protocol allows and makes them the worker's; appends to `started` those whose client
+  // asked for STARTED. A worker that cannot be reached is lost and the chunks queued again.
+  void send_tasks(WorkerState& worker, const std::vector<std::uint64_t>& tickets, std::vector<std::uint64_t>& started);
   void dispatch();
   void heartbeat_tick();
   void announce_workers();
@@ -873,14 +880,35 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
 void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
   if (frames.size() < 2) return;
   const std::string identity = wire::to_string(frames[0]);
-  if (frames.size() < 3 || frames.size() > 4) {
-    reply_error(workers_, identity,
-                Status(ErrorCode::kMalformed, "expected 2 or 3 frames, got " + std::to_string(frames.size() - 1)));
-    return;
-  }
   auto command = proto::parse_signature(wire::view(frames[1]));
   if (!command) {
     reply_error(workers_, identity, command.status());
+    return;
+  }
+  if (command.value() == Command::kWorkerResult) {  // [signature, then (header, payload) for each result]
+    if (frames.size() < 4 || frames.size() % 2 != 0 || frames.size() > 2 + 2 * std::size_t{proto::kMaxCredit}) {
+      reply_error(workers_, identity,
+                  Status(ErrorCode::kMalformed, "WORKER_RESULT needs a header and a payload frame for each of 1.." +
+                                                    std::to_string(proto::kMaxCredit) + " results, got " +
+                                                    std::to_string(frames.size() - 2) + " frames after the signature"));
+      return;
+    }
+    const auto known = workers_by_id_.find(identity);
+    const bool was_known = known != workers_by_id_.end();
+    if (was_known) known->second.last_heard = Clock::now();
+    for (std::size_t i = 2; i < frames.size(); i += 2) {
+      if (!on_worker_result(identity, frames[i], frames[i + 1])) break;
+    }
+    if (!was_known) {
+      // A worker we do not know (we restarted, or we declared it lost): ask it to register again.
+      auto frames_out = wire::make_empty(Command::kDisconnect);
+      (void)wire::send_to(workers_, identity, frames_out);
+    }
+    return;
+  }
+  if (frames.size() < 3 || frames.size() > 4) {
+    reply_error(workers_, identity,
+                Status(ErrorCode::kMalformed, "expected 2 or 3 frames, got " + std::to_string(frames.size() - 1)));
     return;
   }
   const auto header = wire::view(frames[2]);
@@ -980,14 +1008,6 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
 
   const auto found = workers_by_id_.find(identity);
   if (found == workers_by_id_.end()) {
-    if (command.value() == Command::kWorkerResult && frames.size() == 4) {
-      // A worker we declared lost, answering after all: busy, not dead.
-      auto result = proto::decode<proto::WorkerResult>(header);
-      if (result) {
-        refund(result.value().instance, "answered");
-        accept_late_result(result.value(), frames[3]);
-      }
-    }
     if (is_client_command(command.value())) {  // a client pointed at the worker endpoint
       return reply_error(workers_, identity, Status(ErrorCode::kUnknownCommand, std::string(kWorkerEndpointMistake)));
     }
@@ -1002,59 +1022,6 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
   worker.last_heard = now;
 
   switch (command.value()) {
-    case Command::kWorkerResult: {
-      if (frames.size() != 4) {
-        return reply_error(workers_, identity, Status(ErrorCode::kMalformed, "RESULT without a payload frame"));
-      }
-      auto result = proto::decode<proto::WorkerResult>(header);
-      if (!result) return reply_error(workers_, identity, result.status());
-      metrics_->bytes_received(frames[3].size());
-      const std::uint64_t ticket = result.value().ticket;
-      while (!worker.dispatch_order.empty() && !worker.tickets.contains(worker.dispatch_order.front())) {
-        worker.dispatch_order.pop_front();  // answered earlier
-      }
-      if (worker.tickets.erase(ticket) == 0) {
-        // Not a chunk this registration holds: perhaps one it ran before it registered again.
-        result.value().instance = worker.instance;  // this registration's process, whatever it says
-        if (!accept_late_result(result.value(), frames[3])) {
-          log_->debug("worker {} pid {} [{}] returned ticket {} it does not hold", worker.host, worker.pid,
-                      detail::short_id(worker.instance), ticket);
-        }
-        return;
-      }
-      scheduler_.return_credit(worker.handle, worker.tickets.empty());
-      const auto chunk = chunks_.find(ticket);
-      if (chunk == chunks_.end()) return;  // cancelled while running, or answered by another worker
-      if (chunk->second.worker != identity) return;  // put back and sent elsewhere; that copy answers
-      if (const auto wrong = wrong_count(result.value(), chunk->second)) {
-        // Never delivered: a failed attempt of this chunk on this worker, which is dropped.
-        ++bad_messages_;
-        const std::string described = *wrong + " (worker " + worker.host + " pid " + std::to_string(worker.pid) +
-                                      " [" + detail::short_id(worker.instance) + "])";
-        requeue(ticket, described, false, true);
-        lose_worker(identity, *wrong, Loss::kBroken);
-        return;
-      }
-      if (result.value().outcome.code == ErrorCode::kContextMissing) {
-        // The worker evicted the chunk's context: send the chunk again, with the context.
-        worker.contexts.erase(chunk->second.header.context_hash);
-        chunk->second.worker.clear();
-        return queue_chunk(ticket, true);
-      }
-      if (result.value().outcome.code == ErrorCode::kUnavailable) {
-        // Handed back before it started (the worker's chunk ran long with others waiting behind
-        // it): to the front of the queue, for an idle worker, without penalty.
-        chunk->second.worker.clear();
-        return queue_chunk(ticket, true);
-      }
-      if (result.value().outcome.code == ErrorCode::kOk) {
-        ++worker.chunks_done;
-      } else if (result.value().outcome.code != ErrorCode::kCancelled) {
-        ++worker.chunks_failed;
-      }
-      forward_result(ticket, std::move(result.value().outcome), frames[3]);
-      return;
-    }
     case Command::kCredit: {
       auto credit = proto::decode<proto::Credit>(header);
       if (!credit) return reply_error(workers_, identity, credit.status());
@@ -1127,6 +1094,72 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   out.push_back(std::move(payload));
   finish_chunk(ticket);
   send_to_client(client->second, out);
+}
+
+bool Broker::Impl::on_worker_result(const std::string& identity, const zmq::message_t& header_frame,
+                                    zmq::message_t& payload) {
+  auto result = proto::decode<proto::WorkerResult>(wire::view(header_frame));
+  const auto found = workers_by_id_.find(identity);
+  if (found == workers_by_id_.end()) {
+    if (result) {  // a worker we declared lost, answering after all: busy, not dead
+      refund(result.value().instance, "answered");
+      accept_late_result(result.value(), payload);
+    }
+    return true;
+  }
+  WorkerState& worker = found->second;
+  if (!result) {
+    reply_error(workers_, identity, result.status());
+    return false;
+  }
+  metrics_->bytes_received(payload.size());
+  const std::uint64_t ticket = result.value().ticket;
+  while (!worker.dispatch_order.empty() && !worker.tickets.contains(worker.dispatch_order.front())) {
+    worker.dispatch_order.pop_front();  // answered earlier
+  }
+  if (worker.tickets.erase(ticket) == 0) {
+    // Not a chunk this registration holds: perhaps one it ran before it registered again.
+    result.value().instance = worker.instance;  // this registration's process, whatever it says
+    if (!accept_late_result(result.value(), payload)) {
+      log_->debug("worker {} pid {} [{}] returned ticket {} it does not hold", worker.host, worker.pid,
+                  detail::short_id(worker.instance), ticket);
+    }
+    return true;
+  }
+  scheduler_.return_credit(worker.handle, worker.tickets.empty());
+  const auto chunk = chunks_.find(ticket);
+  if (chunk == chunks_.end()) return true;  // cancelled while running, or answered by another worker
+  if (chunk->second.worker != identity) return true;  // put back and sent elsewhere; that copy answers
+  if (const auto wrong = wrong_count(result.value(), chunk->second)) {
+    // Never delivered: a failed attempt of this chunk on this worker, which is dropped.
+    ++bad_messages_;
+    const std::string described = *wrong + " (worker " + worker.host + " pid " + std::to_string(worker.pid) +
+                                  " [" + detail::short_id(worker.instance) + "])";
+    requeue(ticket, described, false, true);
+    lose_worker(identity, *wrong, Loss::kBroken);
+    return true;  // the rest of its results are late ones now
+  }
+  if (result.value().outcome.code == ErrorCode::kContextMissing) {
+    // The worker evicted the chunk's context: send the chunk again, with the context.
+    worker.contexts.erase(chunk->second.header.context_hash);
+    chunk->second.worker.clear();
+    queue_chunk(ticket, true);
+    return true;
+  }
+  if (result.value().outcome.code == ErrorCode::kUnavailable) {
+    // Handed back before it started (the worker's chunk ran long with others waiting behind
+    // it): to the front of the queue, for an idle worker, without penalty.
+    chunk->second.worker.clear();
+    queue_chunk(ticket, true);
+    return true;
+  }
+  if (result.value().outcome.code == ErrorCode::kOk) {
+    ++worker.chunks_done;
+  } else if (result.value().outcome.code != ErrorCode::kCancelled) {
+    ++worker.chunks_failed;
+  }
+  forward_result(ticket, std::move(result.value().outcome), payload);
+  return true;
 }
 
 std::optional<std::string> Broker::Impl::wrong_count(const proto::WorkerResult& result, const Chunk& chunk) {
@@ -1419,53 +1452,92 @@ void Broker::Impl::flush_announcement() {
 }
 
 void Broker::Impl::dispatch() {
+  // What the scheduler assigns now, by worker, in order: the chunks for one worker go in one TASK
+  // message (a header and a payload frame each), except one whose context that worker lacks,
+  // which goes alone with it (section 5.4 of docs/PROTOCOL.md).
+  std::vector<std::pair<detail::Scheduler::WorkerHandle, std::vector<std::uint64_t>>> batches;
   while (const auto assignment = scheduler_.next()) {
-    const auto identity = identity_by_handle_.find(assignment->worker);
-    const auto chunk_it = chunks_.find(assignment->ticket);
-    if (identity == identity_by_handle_.end() || chunk_it == chunks_.end()) continue;  // the scheduler forgets neither
-    WorkerState& worker = workers_by_id_.at(identity->second);
+    auto batch = std::find_if(batches.begin(), batches.end(),
+                              [&](const auto& entry) { return entry.first == assignment->worker; });
+    if (batch == batches.end()) batch = batches.insert(batches.end(), {assignment->worker, {}});
+    batch->second.push_back(assignment->ticket);
+  }
+  std::vector<std::uint64_t> started;  // chunks whose client asked to hear when they reach a worker
+  for (const auto& [handle, tickets] : batches) {
+    const auto identity = identity_by_handle_.find(handle);
+    if (identity == identity_by_handle_.end()) continue;  // the scheduler forgets neither
+    send_tasks(workers_by_id_.at(identity->second), tickets, started);
+  }
+  for (const std::uint64_t ticket : started) {  // last: a send may drop the client and its chunks
+    const auto chunk = chunks_.find(ticket);
+    if (chunk == chunks_.end()) continue;
+    if (const auto client = clients_by_id_.find(chunk->second.client); client != clients_by_id_.end()) {
+      auto frames = wire::make(Command::kStarted, proto::Started{chunk->second.header.job, chunk->second.header.chunk});
+      send_to_client(client->second, frames);
+    }
+  }
+}
+
+void Broker::Impl::send_tasks(WorkerState& worker, const std::vector<std::uint64_t>& tickets,
+                              std::vector<std::uint64_t>& started) {
+  std::vector<zmq::message_t> frames;
+  std::vector<std::uint64_t> sending;  // the tickets in `frames`
+  // After a send: the chunks are the worker's (or, when it vanished, queued again for others).
+  auto send = [&]() -> bool {
+    if (sending.empty()) return true;
+    if (!send_to_worker(worker, frames)) {
+      // The worker vanished between its last message and now: give its chunks to someone else.
+      for (const std::uint64_t ticket : sending) queue_chunk(ticket, true);
+      return false;
+    }
+    for (const std::uint64_t ticket : sending) {
+      Chunk& chunk = chunks_.at(ticket);
+      metrics_->dispatched();
+      metrics_->bytes_sent(chunk.payload.size());
+      ++chunk.attempt;
+      chunk.worker = worker.identity;
+      if (std::find(chunk.holders.begin(), chunk.holders.end(), worker.instance) == chunk.holders.end()) {
+        chunk.holders.push_back(worker.instance);
+      }
+      worker.tickets.insert(ticket);
+      worker.dispatch_order.push_back(ticket);
+      if (chunk.attempt == 1 && (chunk.header.flags & proto::kNotifyStarted) != 0) started.push_back(ticket);
+    }
+    frames.clear();
+    sending.clear();
+    return true;
+  };
+  for (std::size_t i = 0; i < tickets.size(); ++i) {
+    const auto chunk_it = chunks_.find(tickets[i]);
+    if (chunk_it == chunks_.end()) continue;  // the scheduler forgets none
     Chunk& chunk = chunk_it->second;
-    auto frames = wire::make(Command::kTask, proto::TaskHeader{assignment->ticket, chunk.header.first_index,
-                                                                chunk.header.count, chunk.header.task,
-                                                                chunk.header.signature, chunk.header.deadline_ms,
-                                                                chunk.header.context_hash});
-    frames.emplace_back();
-    frames.back().copy(chunk.payload);  // reference-counted, not a byte copy
     const std::uint64_t context_hash = chunk.header.context_hash;
     const bool send_context = context_hash != 0 && !worker.contexts.contains(context_hash);
-    if (send_context) {  // the first chunk of this context for this worker carries it
-      ClientState& owner = clients_by_id_.at(chunk.client);
-      frames.emplace_back();
-      frames.back().copy(owner.contexts.at(context_hash).payload);
+    if (send_context && !send()) {  // the chunks before it go first, in their own message
+      for (std::size_t j = i; j < tickets.size(); ++j) queue_chunk(tickets[j], true);
+      return lose_worker(worker.identity, "unreachable", Loss::kLost);
     }
-    if (!send_to_worker(worker, frames)) {
-      // The worker vanished between its last message and now: give the chunk to someone else.
-      queue_chunk(assignment->ticket, true);
-      lose_worker(worker.identity, "unreachable", Loss::kLost);
-      continue;
-    }
-    metrics_->dispatched();
-    metrics_->bytes_sent(chunk.payload.size());
+    if (frames.empty()) frames.push_back(wire::signature_message(Command::kTask));
+    frames.push_back(wire::header_message(proto::TaskHeader{tickets[i], chunk.header.first_index, chunk.header.count,
+                                                            chunk.header.task, chunk.header.signature,
+                                                            chunk.header.deadline_ms, context_hash}));
+    frames.emplace_back();
+    frames.back().copy(chunk.payload);  // reference-counted, not a byte copy
+    sending.push_back(tickets[i]);
     if (send_context) {
-      worker.contexts.insert(context_hash);
       const auto context_bytes = clients_by_id_.at(chunk.client).contexts.at(context_hash).payload.size();
+      frames.emplace_back();
+      frames.back().copy(clients_by_id_.at(chunk.client).contexts.at(context_hash).payload);
+      if (!send()) {
+        for (std::size_t j = i + 1; j < tickets.size(); ++j) queue_chunk(tickets[j], true);
+        return lose_worker(worker.identity, "unreachable", Loss::kLost);
+      }
+      worker.contexts.insert(context_hash);
       context_bytes_sent_ += context_bytes;
       metrics_->bytes_sent(context_bytes);
     }
-    ++chunk.attempt;
-    chunk.worker = worker.identity;
-    if (std::find(chunk.holders.begin(), chunk.holders.end(), worker.instance) == chunk.holders.end()) {
-      chunk.holders.push_back(worker.instance);
-    }
-    worker.tickets.insert(assignment->ticket);
-    worker.dispatch_order.push_back(assignment->ticket);
-    if (chunk.attempt == 1 && (chunk.header.flags & proto::kNotifyStarted) != 0) {
-      if (const auto client = clients_by_id_.find(chunk.client); client != clients_by_id_.end()) {
-        auto started = wire::make(Command::kStarted, proto::Started{chunk.header.job, chunk.header.chunk});
-        send_to_client(client->second, started);  // last: it may drop the client and its chunks
-      }
-    }
   }
+  if (!send()) lose_worker(worker.identity, "unreachable", Loss::kLost);
 }
 
 void Broker::Impl::heartbeat_tick() {

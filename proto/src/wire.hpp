@@ -81,23 +81,28 @@ inline std::span<const std::byte> view(const zmq::message_t& message) {
 
 inline std::string to_string(const zmq::message_t& message) { return {message.data<char>(), message.size()}; }
 
-// Builds [signature, encode(header)] (+ payload when given). The header is encoded into a buffer
+// header_message(): a header encoded into its own frame. make(): [signature, that frame]. The header is encoded into a buffer
 // this thread reuses and copied once into its message: one allocation per header (none up to 33
 // bytes, which ZeroMQ keeps inline), where a fresh buffer cost several as it grew. Room for the
 // payload frame and a context is made at once.
 template <class Header>
-std::vector<zmq::message_t> make(proto::Command command, const Header& header) {
+zmq::message_t header_message(const Header& header) {
   thread_local Bytes scratch;
   scratch.clear();
   {
     OutputArchive archive(scratch);
     archive(header);
   }
+  zmq::message_t message(scratch.data(), scratch.size());
+  if (scratch.capacity() > 64 * 1024) Bytes().swap(scratch);  // a rare large header is not kept
+  return message;
+}
+template <class Header>
+std::vector<zmq::message_t> make(proto::Command command, const Header& header) {
   std::vector<zmq::message_t> frames;
   frames.reserve(4);
   frames.push_back(signature_message(command));
-  frames.emplace_back(scratch.data(), scratch.size());
-  if (scratch.capacity() > 64 * 1024) Bytes().swap(scratch);  // a rare large header is not kept
+  frames.push_back(header_message(header));
   return frames;
 }
 // [signature, empty header].

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -337,17 +338,23 @@ class LyingWorker {
                                 generation};
     send(poolmap::proto::Command::kReady, poolmap::proto::encode(ready), std::nullopt);
   }
-  // The next TASK's header (skipping heartbeats), or nullopt on timeout.
+  // The next chunk's TASK header (skipping heartbeats), or nullopt on timeout. A TASK message
+  // holds a header and a payload frame for each of its chunks.
   std::optional<poolmap::proto::TaskHeader> next_task() {
-    for (;;) {
+    while (pending_.empty()) {
       std::vector<zmq::message_t> frames;
       if (!zmq::recv_multipart(socket_, std::back_inserter(frames))) return std::nullopt;
       if (frames.size() < 3) continue;
       const auto command = poolmap::proto::parse_signature(view(frames[0]));
       if (!command.is_ok() || command.value() != poolmap::proto::Command::kTask) continue;
-      auto header = poolmap::proto::decode<poolmap::proto::TaskHeader>(view(frames[1]));
-      if (header.is_ok()) return header.value();
+      for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+        auto header = poolmap::proto::decode<poolmap::proto::TaskHeader>(view(frames[i]));
+        if (header.is_ok()) pending_.push_back(header.value());
+      }
     }
+    auto next = pending_.front();
+    pending_.pop_front();
+    return next;
   }
   // Answers `task` as ok, claiming `claimed` results, with `actual` results (all 999) as payload.
   void answer(const poolmap::proto::TaskHeader& task, std::uint32_t claimed, std::uint32_t actual) {
@@ -362,6 +369,42 @@ class LyingWorker {
     result.count = claimed;
     send(poolmap::proto::Command::kWorkerResult, poolmap::proto::encode(result), payload);
   }
+  // The message of the next ERROR the broker sends (skipping anything else), or nullopt on timeout.
+  std::optional<std::string> next_error() {
+    for (;;) {
+      std::vector<zmq::message_t> frames;
+      if (!zmq::recv_multipart(socket_, std::back_inserter(frames))) return std::nullopt;
+      if (frames.size() < 2) continue;
+      const auto command = poolmap::proto::parse_signature(view(frames[0]));
+      if (!command.is_ok() || command.value() != poolmap::proto::Command::kError) continue;
+      auto error = poolmap::proto::decode<poolmap::proto::ErrorReply>(view(frames[1]));
+      if (error.is_ok()) return error.value().message;
+    }
+  }
+  // Answers all `tasks` as ok in one WORKER_RESULT (a header and a payload frame each), every
+  // result 999; with `drop_last_payload`, the last payload frame is left out.
+  void answer_together(const std::vector<poolmap::proto::TaskHeader>& tasks, bool drop_last_payload = false) {
+    const auto signature = poolmap::proto::signature_frame(poolmap::proto::Command::kWorkerResult);
+    socket_.send(zmq::buffer(signature.data(), signature.size()), zmq::send_flags::sndmore);
+    for (std::size_t i = 0; i < tasks.size(); ++i) {
+      poolmap::Bytes payload;
+      {
+        poolmap::OutputArchive archive(payload);
+        for (std::uint32_t n = 0; n < tasks[i].count; ++n) archive(std::int64_t{999});
+      }
+      poolmap::proto::WorkerResult result;
+      result.ticket = tasks[i].ticket;
+      result.instance = 0x1dea;
+      result.count = tasks[i].count;
+      const auto header = poolmap::proto::encode(result);
+      const bool last = i + 1 == tasks.size();
+      socket_.send(zmq::buffer(header.data(), header.size()),
+                   last && drop_last_payload ? zmq::send_flags::none : zmq::send_flags::sndmore);
+      if (!(last && drop_last_payload)) {
+        socket_.send(zmq::buffer(payload.data(), payload.size()), last ? zmq::send_flags::none : zmq::send_flags::sndmore);
+      }
+    }
+  }
 
  private:
   static std::span<const std::byte> view(const zmq::message_t& m) {
@@ -375,9 +418,47 @@ class LyingWorker {
   }
   zmq::context_t context_;
   zmq::socket_t socket_;
+  std::deque<poolmap::proto::TaskHeader> pending_;  // chunks of a TASK not yet handed out
 };
 
 }  // namespace
+
+TEST_CASE("Daemons.Broker.OneWorkerResultCarriesSeveralResults" * doctest::timeout(60)) {
+  // Protocol v5: a worker answers the chunks it finished since it last looked in one message, a
+  // header and a payload frame each. Every result is delivered, in its place.
+  t::Cluster cluster({.workers = 0});
+  LyingWorker worker(cluster.worker_endpoint(), 2);
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  auto results = pool.map_async(t::square, std::vector<std::int64_t>{1, 2, 3, 4}, {.chunksize = 2});
+  const auto first = worker.next_task();
+  const auto second = worker.next_task();
+  REQUIRE(first.has_value());
+  REQUIRE(second.has_value());
+  worker.answer_together({*second, *first});  // in any order
+  CHECK(results.get(30s) == std::vector<std::int64_t>{999, 999, 999, 999});
+  CHECK(pool.status().bad_messages == 0);
+}
+
+TEST_CASE("Daemons.Broker.AWorkerResultWithAHeaderAndNoPayloadIsRefused" * doctest::timeout(60)) {
+  // [signature, header, payload, header]: the frames are not (header, payload) pairs. The whole
+  // message is refused (ERROR malformed, a bad message); nothing of it is delivered.
+  t::Cluster cluster({.workers = 0});
+  LyingWorker worker(cluster.worker_endpoint(), 2);
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  auto results = pool.map_async(t::square, std::vector<std::int64_t>{1, 2, 3, 4}, {.chunksize = 2});
+  const auto first = worker.next_task();
+  const auto second = worker.next_task();
+  REQUIRE(first.has_value());
+  REQUIRE(second.has_value());
+  worker.answer_together({*first, *second}, true);
+  const auto error = worker.next_error();
+  REQUIRE(error.has_value());
+  CHECK(error->find("WORKER_RESULT needs a header and a payload frame") != std::string::npos);
+  CHECK(pool.status().bad_messages >= 1);
+  CHECK_FALSE(results.wait_for(0ms));  // nothing was delivered
+}
 
 TEST_CASE("Daemons.Broker.AResultWithTheWrongCountIsNeverDelivered" * doctest::timeout(60)) {
   // Issue: a worker answering a chunk of 2 with 3 results had them accepted. Now the broker drops

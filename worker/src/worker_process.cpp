@@ -123,6 +123,10 @@ class WorkerProcess::Impl {
   // Called by the I/O thread: if the running item has passed its deadline, answers its chunk with
   // kDeadlineExceeded, says goodbye and ends the process (the supervisor starts a fresh one).
   void enforce_deadline(zmq::socket_t& socket);
+  // Called by the I/O thread for each chunk of a TASK: queues it for the task thread (with its
+  // context, when one came along), or answers `malformed` when its payload frame is missing.
+  void accept_task(zmq::socket_t& socket, const zmq::message_t& header_frame, zmq::message_t* payload,
+                   zmq::message_t* context);
   // Called by the task thread after each chunk, with adaptive prefetch: updates the averages and
   // the prefetch it wants (prefetch_wanted_) when that is at least twice or half the current one.
   void adapt_prefetch(std::uint64_t compute_us, std::size_t payload_bytes);
@@ -292,11 +296,19 @@ void WorkerProcess::Impl::io_loop() {
       stopping = stopping_;
       busy = running_.has_value();
     }
-    for (auto& done : finished) {
-      auto frames =
-          wire::make(Command::kWorkerResult,
-                     proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count});
-      frames.push_back(wire::to_message(std::move(done.output)));
+    // The results finished since the last look go in one WORKER_RESULT (a header and a payload
+    // frame each): with short chunks, one message for many.
+    while (!finished.empty()) {
+      std::vector<zmq::message_t> frames;
+      frames.reserve(1 + 2 * std::min<std::size_t>(finished.size(), proto::kMaxCredit));
+      frames.push_back(wire::signature_message(Command::kWorkerResult));
+      for (std::uint32_t n = 0; n < proto::kMaxCredit && !finished.empty(); ++n) {
+        FinishedTask& done = finished.front();
+        frames.push_back(wire::header_message(
+            proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count}));
+        frames.push_back(wire::to_message(std::move(done.output)));
+        finished.pop_front();
+      }
       wire::send(socket, frames, false);
       last_sent = Clock::now();
     }
@@ -340,35 +352,17 @@ void WorkerProcess::Impl::io_loop() {
       if (command.value() == Command::kTask) {
         last_refusal_.clear();  // registered after all
         if (stopping) continue;  // draining: the broker gets it back with our goodbye
-        auto header = proto::decode<proto::TaskHeader>(wire::view((*frames)[1]));
-        if (!header) {
-          log_->warn("worker ignored a TASK whose header does not decode: {}", header.status().to_string());
-          continue;
+        // [signature, header, payload, context] for a chunk whose context comes along, else
+        // [signature, then a header and a payload frame for each chunk].
+        const std::size_t parts = frames->size();
+        if (parts == 4) {
+          accept_task(socket, (*frames)[1], &(*frames)[2], &(*frames)[3]);
+        } else if (parts % 2 == 0) {  // a header without its payload: answer it, so the broker gets its credit back
+          for (std::size_t i = 1; i + 1 < parts; i += 2) accept_task(socket, (*frames)[i], &(*frames)[i + 1], nullptr);
+          accept_task(socket, (*frames)[parts - 1], nullptr, nullptr);
+        } else {
+          for (std::size_t i = 1; i < parts; i += 2) accept_task(socket, (*frames)[i], &(*frames)[i + 1], nullptr);
         }
-        if (frames->size() != 3 && frames->size() != 4) {  // answer it, so the broker gets its credit back
-          proto::Outcome outcome{ErrorCode::kMalformed, 0, {}, "TASK without a payload frame", host_, pid_};
-          auto reply =
-              wire::make(Command::kWorkerResult, proto::WorkerResult{header.value().ticket, outcome, instance_});
-          reply.emplace_back();
-          wire::send(socket, reply, false);
-          continue;
-        }
-        {
-          std::lock_guard lock(mutex_);
-          if (frames->size() == 4 && header.value().context_hash != 0) {  // a broadcast context comes along
-            if (contexts_.size() >= kContextCacheSize && !contexts_.contains(header.value().context_hash)) {
-              contexts_.erase(std::min_element(contexts_.begin(), contexts_.end(), [](const auto& a, const auto& b) {
-                                return a.second.last_used < b.second.last_used;
-                              }));
-            }
-            CachedContext& cached = contexts_[header.value().context_hash];
-            cached.bytes = std::move((*frames)[3]);
-            cached.decoded.clear();
-            cached.last_used = ++context_clock_;
-          }
-          tasks_.push_back(PendingTask{std::move(header.value()), std::move((*frames)[2])});
-        }
-        tasks_ready_.notify_one();
       } else if (command.value() == Command::kAbandon) {
         auto abandon = proto::decode<proto::Abandon>(wire::view((*frames)[1]));
         if (abandon) on_abandon(abandon.value());
@@ -415,6 +409,38 @@ void WorkerProcess::Impl::io_loop() {
       last_sent = now;
     }
   }
+}
+
+void WorkerProcess::Impl::accept_task(zmq::socket_t& socket, const zmq::message_t& header_frame,
+                                      zmq::message_t* payload, zmq::message_t* context) {
+  auto header = proto::decode<proto::TaskHeader>(wire::view(header_frame));
+  if (!header) {
+    log_->warn("worker ignored a TASK whose header does not decode: {}", header.status().to_string());
+    return;
+  }
+  if (payload == nullptr) {  // answer it, so the broker gets its credit back
+    proto::Outcome outcome{ErrorCode::kMalformed, 0, {}, "TASK without a payload frame", host_, pid_};
+    auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{header.value().ticket, outcome, instance_});
+    reply.emplace_back();
+    wire::send(socket, reply, false);
+    return;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (context != nullptr && header.value().context_hash != 0) {  // a broadcast context comes along
+      if (contexts_.size() >= kContextCacheSize && !contexts_.contains(header.value().context_hash)) {
+        contexts_.erase(std::min_element(contexts_.begin(), contexts_.end(), [](const auto& a, const auto& b) {
+          return a.second.last_used < b.second.last_used;
+        }));
+      }
+      CachedContext& cached = contexts_[header.value().context_hash];
+      cached.bytes = std::move(*context);
+      cached.decoded.clear();
+      cached.last_used = ++context_clock_;
+    }
+    tasks_.push_back(PendingTask{std::move(header.value()), std::move(*payload)});
+  }
+  tasks_ready_.notify_one();
 }
 
 void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {

@@ -1,4 +1,4 @@
-// The poolmap wire protocol, version 4: message structs and their codec. docs/PROTOCOL.md is the
+// The poolmap wire protocol, version 5: message structs and their codec. docs/PROTOCOL.md is the
 // prose version of this file; keep the two in step.
 //
 // Every message is a ZeroMQ multipart message (after the ROUTER identity frame on the broker side):
@@ -26,7 +26,7 @@ namespace poolmap::proto {
 
 inline constexpr std::byte kTag0{'P'};
 inline constexpr std::byte kTag1{'M'};
-inline constexpr std::uint8_t kVersion = 4;
+inline constexpr std::uint8_t kVersion = 5;
 
 // One byte after the tag and version. Values are part of the protocol: never renumber.
 enum class Command : std::uint8_t {
