@@ -11,6 +11,7 @@
 // is decoded or checked beyond counting: this is what the transport allows, the figure poolmap's
 // fine-grained rate is read against.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -66,11 +67,15 @@ int main(int argc, char** argv) {
   zmq::socket_t back(relay_context, zmq::socket_type::router);
   front.set(zmq::sockopt::linger, 0);
   back.set(zmq::sockopt::linger, 0);
+  // A reply the relay cannot hand on at once waits (or fails loudly) instead of being dropped.
+  front.set(zmq::sockopt::router_mandatory, 1);
+  back.set(zmq::sockopt::router_mandatory, 1);
   const std::string client_endpoint = bound_endpoint(front);
   const std::string worker_endpoint = bound_endpoint(back);
   std::vector<std::thread> worker_threads;
   for (int i = 0; i < workers; ++i) worker_threads.emplace_back(run_worker, worker_endpoint, credit);
 
+  std::atomic<bool> client_done{false};
   std::thread client([&] {
     zmq::context_t context(1);
     zmq::socket_t socket(context, zmq::socket_type::dealer);
@@ -100,6 +105,7 @@ int main(int argc, char** argv) {
                 "\"unit\": \"items/s\", \"seconds\": %.6g, \"window\": %zu, \"credit\": %d}\n",
                 workers, static_cast<double>(items) / seconds, seconds, window, credit);
     std::fflush(stdout);
+    client_done = true;
   });
 
   // The relay: credit per worker, least recently served first.
@@ -153,6 +159,16 @@ int main(int argc, char** argv) {
       waiting.pop_front();
       zmq::send_multipart(back, out);
     }
+  }
+  // Every reply was handed on; the client thread may still wait for one it never got (seen once
+  // in many runs, before the relay's sockets were ROUTER_MANDATORY): exit 1 after 10 s, as above.
+  const auto handed_on = std::chrono::steady_clock::now();
+  while (!client_done.load() && std::chrono::steady_clock::now() - handed_on < std::chrono::seconds(10)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (!client_done.load()) {
+    std::fprintf(stderr, "poolmap-bench-relay: all %zu replies handed on, the client still waits after 10 s\n", items);
+    std::_Exit(1);
   }
   client.join();
   for (const auto& worker : seen_workers) {

@@ -197,6 +197,9 @@ class Broker::Impl {
                                      // freed a liveness period later
     };
     std::unordered_map<std::uint64_t, SharedContext> contexts;  // broadcast contexts by hash
+    // RESULT frames not sent yet ([signature, then a header and a payload frame per chunk]): the
+    // results of one pass of the loop go in one message (flush_results).
+    wire::ChunkBatch results_out{Command::kResult};
     // What it holds, against its quotas (BrokerOptions::max_client_*).
     std::size_t chunks = 0;  // not yet answered
     std::int64_t chunk_bytes = 0;
@@ -264,6 +267,9 @@ class Broker::Impl {
 
   void on_client_message(std::vector<zmq::message_t>& frames);
   void on_worker_message(std::vector<zmq::message_t>& frames);
+  // One chunk of a SUBMIT (a header frame and its payload) from the client `identity`. Returns
+  // false when it answered with ERROR or DISCONNECT (or is draining): the rest are not read.
+  bool on_submit(const std::string& identity, const zmq::message_t& header_frame, zmq::message_t& payload);
   // One result of a WORKER_RESULT (a header frame and its payload) from the peer `identity`.
   // Returns false when the header does not decode (an ERROR was sent): the rest are not read.
   bool on_worker_result(const std::string& identity, const zmq::message_t& header_frame, zmq::message_t& payload);
@@ -314,6 +320,10 @@ class Broker::Impl {
   static std::optional<std::string> wrong_count(const proto::WorkerResult& result, const Chunk& chunk);
   // Forwards a worker's answer for a chunk to its client and forgets the chunk.
   void forward_result(std::uint64_t ticket, proto::Outcome&& outcome, zmq::message_t& payload);
+  // Sends the RESULT frames forward_result() gathered for `client` (send_results) or for every
+  // client (flush_results, once per pass of the loop).
+  void send_results(ClientState& client);
+  void flush_results();
   void drop_client(const std::string& identity, const char* why);
   // `running` (kCrash only): the chunk the worker was running, from its supervisor; 0 = none.
   void lose_worker(std::string identity, const std::string& cause, Loss loss,
@@ -378,6 +388,7 @@ class Broker::Impl {
   std::uint64_t chunks_failed_ = 0;
   std::uint64_t chunks_redispatched_ = 0;
   std::uint64_t bad_messages_ = 0;
+  std::vector<std::string> results_pending_;  // clients whose results_out is not empty
   std::uint64_t context_bytes_received_ = 0;
   std::uint64_t context_bytes_sent_ = 0;
 };
@@ -537,12 +548,14 @@ void Broker::Impl::run() {
       if (!frames) break;
       on_worker_message(*frames);
     }
+    flush_results();  // the results of those, at once
     for (int i = 0; i < kReceiveBatch; ++i) {
       auto frames = wire::receive(clients_);
       if (!frames) break;
       on_client_message(*frames);
     }
     if (!drain_deadline) dispatch();
+    flush_results();
     flush_announcement();
     metrics_->set_gauges(workers_by_id_.size(), clients_by_id_.size(), scheduler_.queued(),
                          chunks_.size() - std::min(chunks_.size(), scheduler_.queued()));
@@ -551,6 +564,7 @@ void Broker::Impl::run() {
       next_tick = Clock::now() + options_.heartbeat_interval;
     }
   }
+  flush_results();
   disconnect_everyone();
   log_->info("broker stopped: {} chunks done, {} failed, {} re-dispatched, {} bad messages", chunks_done_,
              chunks_failed_, chunks_redispatched_, bad_messages_);
@@ -701,14 +715,28 @@ bool Broker::Impl::ready_allowed(const std::string& peer, Clock::time_point now)
 void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
   if (frames.size() < 2) return;  // nothing but an identity: cannot even answer
   const std::string identity = wire::to_string(frames[0]);
-  if (frames.size() < 3 || frames.size() > 4) {
-    reply_error(clients_, identity,
-                Status(ErrorCode::kMalformed, "expected 2 or 3 frames, got " + std::to_string(frames.size() - 1)));
-    return;
-  }
   auto command = proto::parse_signature(wire::view(frames[1]));
   if (!command) {
     reply_error(clients_, identity, command.status());
+    return;
+  }
+  if (command.value() == Command::kSubmit) {  // [signature, then (header, payload) for each chunk]
+    if (frames.size() < 4 || frames.size() % 2 != 0 ||
+        frames.size() > 2 + 2 * std::size_t{proto::kMaxChunksPerMessage}) {
+      reply_error(clients_, identity,
+                  Status(ErrorCode::kMalformed, "SUBMIT needs a header and a payload frame for each of 1.." +
+                                                    std::to_string(proto::kMaxChunksPerMessage) + " chunks, got " +
+                                                    std::to_string(frames.size() - 2) + " frames after the signature"));
+      return;
+    }
+    for (std::size_t i = 2; i < frames.size(); i += 2) {
+      if (!on_submit(identity, frames[i], frames[i + 1])) break;
+    }
+    return;
+  }
+  if (frames.size() < 3 || frames.size() > 4) {
+    reply_error(clients_, identity,
+                Status(ErrorCode::kMalformed, "expected 2 or 3 frames, got " + std::to_string(frames.size() - 1)));
     return;
   }
   const auto header = wire::view(frames[2]);
@@ -738,69 +766,6 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       auto reply = wire::make(Command::kWelcome,
                               proto::Welcome{worker_count(), static_cast<std::uint32_t>(options_.heartbeat_interval.count())});
       send_to_client(client, reply);
-      return;
-    }
-    case Command::kSubmit: {
-      if (frames.size() != 4) {
-        return reply_error(clients_, identity, Status(ErrorCode::kMalformed, "SUBMIT without a payload frame"));
-      }
-      auto submit = proto::decode<proto::Submit>(header);
-      if (!submit) return reply_error(clients_, identity, submit.status());
-      if (submit.value().count == 0) {
-        return reply_error(clients_, identity, Status(ErrorCode::kMalformed, "SUBMIT with zero items"));
-      }
-      if (unknown_client()) return;
-      ClientState& client = touch_client(identity);
-      if (stop_requested_.load()) return;  // draining: the client resends it to the next broker
-      const std::uint64_t hash = submit.value().context_hash;
-      const auto context = hash == 0 ? client.contexts.end() : client.contexts.find(hash);
-      const bool context_missing = hash != 0 && context == client.contexts.end();
-      const auto over = over_quota(client, submit.value().job, static_cast<std::int64_t>(frames[3].size()));
-      if (hash != 0 && !context_missing && !over) ++context->second.live_chunks;
-      const std::uint64_t ticket = next_ticket_++;
-      const auto kind = scheduler_.kind(submit.value().task, submit.value().signature);
-      client.jobs[submit.value().job].insert(ticket);
-      note_job(client, submit.value());
-      Chunk& chunk = chunks_[ticket];
-      chunk.client = identity;
-      chunk.received = Clock::now();
-      metrics_->bytes_received(frames[3].size());
-      chunk.header = std::move(submit.value());
-      chunk.payload = std::move(frames[3]);
-      chunk.kind = kind;
-      ++client.chunks;
-      client.chunk_bytes += static_cast<std::int64_t>(chunk.payload.size());
-      if (context_missing || over) chunk.header.context_hash = 0;  // holds no reference
-      if (over) return answer_with_error(ticket, over->code(), over->message());
-      if (context_missing) {
-        if (const auto refused = client.refused_contexts.find(hash); refused != client.refused_contexts.end()) {
-          return refused->second
-                     ? answer_with_error(ticket, ErrorCode::kInvalidArgument,
-                                         "the broadcast context is larger than the broker's per-client quota of " +
-                                             std::to_string(options_.max_client_context_bytes) +
-                                             " bytes (--max-client-context-bytes)")
-                     : answer_with_error(ticket, ErrorCode::kResourceExhausted,
-                                         "client " + client.host + " pid " + std::to_string(client.pid) +
-                                             " holds its quota of broadcast contexts at the broker (" +
-                                             std::to_string(client.contexts.size()) + " contexts, " +
-                                             std::to_string(client.context_bytes) +
-                                             " bytes; --max-client-contexts, --max-client-context-bytes); "
-                                             "send it again when earlier work is answered");
-        }
-        // Never sent, or freed after it went unused: the client sends it again.
-        return answer_with_error(ticket, ErrorCode::kContextMissing,
-                                 "the broker does not hold context " + std::to_string(hash) + "; send it again");
-      }
-      const auto runnable = scheduler_.runnable(kind, Clock::now());
-      switch (runnable.verdict) {
-        case detail::Scheduler::Verdict::kUnknownTask:
-          return answer_with_error(ticket, ErrorCode::kUnknownTask, runnable.message);
-        case detail::Scheduler::Verdict::kSignatureMismatch:
-          return answer_with_error(ticket, ErrorCode::kSignatureMismatch, runnable.message);
-        case detail::Scheduler::Verdict::kRunnable:
-        case detail::Scheduler::Verdict::kWait:
-          return queue_chunk(ticket, false);
-      }
       return;
     }
     case Command::kContext: {
@@ -877,6 +842,84 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
   }
 }
 
+bool Broker::Impl::on_submit(const std::string& identity, const zmq::message_t& header_frame, zmq::message_t& payload) {
+  auto submit = proto::decode<proto::Submit>(wire::view(header_frame));
+  if (!submit) {
+    reply_error(clients_, identity, submit.status());
+    return false;
+  }
+  if (submit.value().count == 0) {
+    reply_error(clients_, identity, Status(ErrorCode::kMalformed, "SUBMIT with zero items"));
+    return false;
+  }
+  if (!clients_by_id_.contains(identity)) {  // say HELLO first (see on_client_message)
+    auto again = wire::make_empty(Command::kDisconnect);
+    (void)wire::send_to(clients_, identity, again);
+    return false;
+  }
+  ClientState& client = touch_client(identity);
+  if (stop_requested_.load()) return false;  // draining: the client resends it to the next broker
+  const std::uint64_t hash = submit.value().context_hash;
+  const auto context = hash == 0 ? client.contexts.end() : client.contexts.find(hash);
+  const bool context_missing = hash != 0 && context == client.contexts.end();
+  const auto over = over_quota(client, submit.value().job, static_cast<std::int64_t>(payload.size()));
+  if (hash != 0 && !context_missing && !over) ++context->second.live_chunks;
+  const std::uint64_t ticket = next_ticket_++;
+  const auto kind = scheduler_.kind(submit.value().task, submit.value().signature);
+  client.jobs[submit.value().job].insert(ticket);
+  note_job(client, submit.value());
+  Chunk& chunk = chunks_[ticket];
+  chunk.client = identity;
+  chunk.received = Clock::now();
+  metrics_->bytes_received(payload.size());
+  chunk.header = std::move(submit.value());
+  chunk.payload = std::move(payload);
+  chunk.kind = kind;
+  ++client.chunks;
+  client.chunk_bytes += static_cast<std::int64_t>(chunk.payload.size());
+  if (context_missing || over) chunk.header.context_hash = 0;  // holds no reference
+  if (over) {
+    answer_with_error(ticket, over->code(), over->message());
+    return true;
+  }
+  if (context_missing) {
+    if (const auto refused = client.refused_contexts.find(hash); refused != client.refused_contexts.end()) {
+      if (refused->second) {
+        answer_with_error(ticket, ErrorCode::kInvalidArgument,
+                          "the broadcast context is larger than the broker's per-client quota of " +
+                              std::to_string(options_.max_client_context_bytes) + " bytes (--max-client-context-bytes)");
+      } else {
+        answer_with_error(ticket, ErrorCode::kResourceExhausted,
+                          "client " + client.host + " pid " + std::to_string(client.pid) +
+                              " holds its quota of broadcast contexts at the broker (" +
+                              std::to_string(client.contexts.size()) + " contexts, " +
+                              std::to_string(client.context_bytes) +
+                              " bytes; --max-client-contexts, --max-client-context-bytes); "
+                              "send it again when earlier work is answered");
+      }
+      return true;
+    }
+    // Never sent, or freed after it went unused: the client sends it again.
+    answer_with_error(ticket, ErrorCode::kContextMissing,
+                      "the broker does not hold context " + std::to_string(hash) + "; send it again");
+    return true;
+  }
+  const auto runnable = scheduler_.runnable(kind, Clock::now());
+  switch (runnable.verdict) {
+    case detail::Scheduler::Verdict::kUnknownTask:
+      answer_with_error(ticket, ErrorCode::kUnknownTask, runnable.message);
+      return true;
+    case detail::Scheduler::Verdict::kSignatureMismatch:
+      answer_with_error(ticket, ErrorCode::kSignatureMismatch, runnable.message);
+      return true;
+    case detail::Scheduler::Verdict::kRunnable:
+    case detail::Scheduler::Verdict::kWait:
+      queue_chunk(ticket, false);
+      return true;
+  }
+  return true;
+}
+
 void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
   if (frames.size() < 2) return;
   const std::string identity = wire::to_string(frames[0]);
@@ -886,10 +929,11 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     return;
   }
   if (command.value() == Command::kWorkerResult) {  // [signature, then (header, payload) for each result]
-    if (frames.size() < 4 || frames.size() % 2 != 0 || frames.size() > 2 + 2 * std::size_t{proto::kMaxCredit}) {
+    if (frames.size() < 4 || frames.size() % 2 != 0 ||
+        frames.size() > 2 + 2 * std::size_t{proto::kMaxChunksPerMessage}) {
       reply_error(workers_, identity,
                   Status(ErrorCode::kMalformed, "WORKER_RESULT needs a header and a payload frame for each of 1.." +
-                                                    std::to_string(proto::kMaxCredit) + " results, got " +
+                                                    std::to_string(proto::kMaxChunksPerMessage) + " results, got " +
                                                     std::to_string(frames.size() - 2) + " frames after the signature"));
       return;
     }
@@ -1090,10 +1134,29 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   metrics_->bytes_sent(payload.size());
   const proto::ClientResult forward{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
                                     std::move(outcome), worker_count()};
-  auto out = wire::make(Command::kResult, forward);
-  out.push_back(std::move(payload));
+  ClientState& owner = client->second;
+  if (owner.results_out.needs_new_message(payload.size())) {
+    const std::string owner_id = owner.identity;
+    send_results(owner);
+    if (!clients_by_id_.contains(owner_id)) return;  // dropped (unreachable), and its chunks with it
+  }
+  if (owner.results_out.empty()) results_pending_.push_back(owner.identity);
+  owner.results_out.add(wire::header_message(forward), std::move(payload));
   finish_chunk(ticket);
-  send_to_client(client->second, out);
+}
+
+void Broker::Impl::send_results(ClientState& client) {
+  if (client.results_out.empty()) return;
+  auto frames = client.results_out.take();
+  send_to_client(client, frames);  // may drop the client
+}
+
+void Broker::Impl::flush_results() {
+  std::vector<std::string> pending;
+  pending.swap(results_pending_);
+  for (const std::string& identity : pending) {
+    if (const auto client = clients_by_id_.find(identity); client != clients_by_id_.end()) send_results(client->second);
+  }
 }
 
 bool Broker::Impl::on_worker_result(const std::string& identity, const zmq::message_t& header_frame,
@@ -1480,14 +1543,15 @@ void Broker::Impl::dispatch() {
 
 void Broker::Impl::send_tasks(WorkerState& worker, const std::vector<std::uint64_t>& tickets,
                               std::vector<std::uint64_t>& started) {
-  std::vector<zmq::message_t> frames;
-  std::vector<std::uint64_t> sending;  // the tickets in `frames`
-  // After a send: the chunks are the worker's (or, when it vanished, queued again for others).
-  auto send = [&]() -> bool {
-    if (sending.empty()) return true;
+  wire::ChunkBatch batch(Command::kTask);
+  std::vector<std::uint64_t> sending;  // the tickets in `batch`
+  // Sends `frames` (the chunks `sending`); after it, the chunks are the worker's, or, when it
+  // vanished, queued again for others.
+  auto send = [&](std::vector<zmq::message_t>& frames) -> bool {
     if (!send_to_worker(worker, frames)) {
       // The worker vanished between its last message and now: give its chunks to someone else.
       for (const std::uint64_t ticket : sending) queue_chunk(ticket, true);
+      sending.clear();
       return false;
     }
     for (const std::uint64_t ticket : sending) {
@@ -1503,41 +1567,52 @@ void Broker::Impl::send_tasks(WorkerState& worker, const std::vector<std::uint64
       worker.dispatch_order.push_back(ticket);
       if (chunk.attempt == 1 && (chunk.header.flags & proto::kNotifyStarted) != 0) started.push_back(ticket);
     }
-    frames.clear();
     sending.clear();
     return true;
+  };
+  auto send_batch = [&]() -> bool {
+    if (batch.empty()) return true;
+    auto frames = batch.take();
+    return send(frames);
+  };
+  auto give_up = [&](std::size_t from) {  // the worker is unreachable: the rest go to others
+    for (std::size_t j = from; j < tickets.size(); ++j) queue_chunk(tickets[j], true);
+    lose_worker(worker.identity, "unreachable", Loss::kLost);
   };
   for (std::size_t i = 0; i < tickets.size(); ++i) {
     const auto chunk_it = chunks_.find(tickets[i]);
     if (chunk_it == chunks_.end()) continue;  // the scheduler forgets none
     Chunk& chunk = chunk_it->second;
     const std::uint64_t context_hash = chunk.header.context_hash;
-    const bool send_context = context_hash != 0 && !worker.contexts.contains(context_hash);
-    if (send_context && !send()) {  // the chunks before it go first, in their own message
-      for (std::size_t j = i; j < tickets.size(); ++j) queue_chunk(tickets[j], true);
-      return lose_worker(worker.identity, "unreachable", Loss::kLost);
-    }
-    if (frames.empty()) frames.push_back(wire::signature_message(Command::kTask));
-    frames.push_back(wire::header_message(proto::TaskHeader{tickets[i], chunk.header.first_index, chunk.header.count,
-                                                            chunk.header.task, chunk.header.signature,
-                                                            chunk.header.deadline_ms, context_hash}));
-    frames.emplace_back();
-    frames.back().copy(chunk.payload);  // reference-counted, not a byte copy
-    sending.push_back(tickets[i]);
-    if (send_context) {
-      const auto context_bytes = clients_by_id_.at(chunk.client).contexts.at(context_hash).payload.size();
+    auto header = wire::header_message(proto::TaskHeader{tickets[i], chunk.header.first_index, chunk.header.count,
+                                                         chunk.header.task, chunk.header.signature,
+                                                         chunk.header.deadline_ms, context_hash});
+    zmq::message_t payload;
+    payload.copy(chunk.payload);  // reference-counted, not a byte copy
+    if (context_hash != 0 && !worker.contexts.contains(context_hash)) {
+      // The first chunk of this context for this worker carries it, alone: [signature, header,
+      // payload, context], after the chunks gathered before it.
+      if (!send_batch()) return give_up(i);
+      zmq::message_t& context = clients_by_id_.at(chunk.client).contexts.at(context_hash).payload;
+      std::vector<zmq::message_t> frames;
+      frames.push_back(wire::signature_message(Command::kTask));
+      frames.push_back(std::move(header));
+      frames.push_back(std::move(payload));
       frames.emplace_back();
-      frames.back().copy(clients_by_id_.at(chunk.client).contexts.at(context_hash).payload);
-      if (!send()) {
-        for (std::size_t j = i + 1; j < tickets.size(); ++j) queue_chunk(tickets[j], true);
-        return lose_worker(worker.identity, "unreachable", Loss::kLost);
-      }
+      frames.back().copy(context);
+      const std::size_t context_bytes = context.size();
+      sending.push_back(tickets[i]);
+      if (!send(frames)) return give_up(i + 1);
       worker.contexts.insert(context_hash);
       context_bytes_sent_ += context_bytes;
       metrics_->bytes_sent(context_bytes);
+      continue;
     }
+    if (batch.needs_new_message(payload.size()) && !send_batch()) return give_up(i);
+    batch.add(std::move(header), std::move(payload));
+    sending.push_back(tickets[i]);
   }
-  if (!send()) lose_worker(worker.identity, "unreachable", Loss::kLost);
+  if (!send_batch()) lose_worker(worker.identity, "unreachable", Loss::kLost);
 }
 
 void Broker::Impl::heartbeat_tick() {

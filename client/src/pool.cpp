@@ -199,7 +199,12 @@ class Pool::Impl {
   // any case (room also frees as contexts expire).
   void send_deferred();
   void send_chunk(Job& job, std::size_t index);
+  // Sends a message, after the SUBMITs gathered so far (so that messages leave in the order they
+  // were made).
   void send(std::vector<zmq::message_t>& frames);
+  // Sends the SUBMITs send_chunk() gathered, in one message.
+  void flush_submits();
+  void send_now(std::vector<zmq::message_t>& frames);
   void open_socket();
   void lost_broker(const std::string& why);
 
@@ -234,6 +239,9 @@ class Pool::Impl {
   std::deque<std::uint64_t> send_order_;  // jobs with chunks left to send, round-robin
   std::deque<std::promise<Result<BrokerStatus>>> status_waiting_;
   std::size_t in_flight_ = 0;
+  // SUBMIT frames not sent yet ([signature, then a header and a payload frame per chunk]): the
+  // chunks sent in one pass of the I/O loop go in one message.
+  wire::ChunkBatch submits_out_{Command::kSubmit};
   std::deque<std::pair<std::uint64_t, std::size_t>> deferred_;  // (job, chunk) over the broker's quota
   std::size_t room_ = 0;             // chunks of ours answered since the broker last said it had no room
   Clock::time_point deferred_sent_;  // when a deferred chunk was last sent
@@ -417,6 +425,7 @@ void Pool::Impl::open_socket() {
   handshakes_.reset();
   if (!endpoint_.starts_with("inproc://")) handshakes_.emplace(context_.impl().zmq, *socket_);
   socket_->connect(endpoint_);
+  submits_out_.clear();  // for the lost session; every chunk not yet answered is sent after the WELCOME
   auto hello = wire::make(Command::kHello, proto::Hello{detail::host_name(), static_cast<std::uint32_t>(::getpid())});
   wire::send(*socket_, hello, false);
   session_welcomed_ = false;
@@ -572,6 +581,17 @@ BrokerStatus Pool::Impl::status(std::chrono::milliseconds timeout) {
 }
 
 void Pool::Impl::send(std::vector<zmq::message_t>& frames) {
+  flush_submits();
+  send_now(frames);
+}
+
+void Pool::Impl::flush_submits() {
+  if (submits_out_.empty()) return;
+  auto frames = submits_out_.take();
+  send_now(frames);
+}
+
+void Pool::Impl::send_now(std::vector<zmq::message_t>& frames) {
   // Never blocks: a socket whose handshake failed (a CURVE key the broker refused) has no pipe, and
   // a blocking send would hang this thread and every caller. What could not be sent in a welcomed
   // session is sent again on a new one (every chunk not yet answered is); before the WELCOME only
@@ -674,6 +694,7 @@ void Pool::Impl::io_loop() {
     check_deadlines();
     send_deferred();
     send_chunks();
+    flush_submits();
     if (Clock::now() - last_sent_ >= options_.heartbeat_interval) {
       auto beat = wire::make_empty(Command::kHeartbeat);
       send(beat);
@@ -703,13 +724,14 @@ void Pool::Impl::send_chunk(Job& job, std::size_t index) {
   auto& payload = job.payloads[index];
   if (!payload) payload = wire::to_message(std::move(chunk.payload));
   // The first chunk asks the broker to say when it reaches a worker (Future::running()).
-  auto frames = wire::make(Command::kSubmit,
-                           proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task, job.signature,
-                                         job.deadline_ms, job.context_hash, index == 0 ? proto::kNotifyStarted : 0,
-                                         static_cast<std::uint64_t>(job.total_items)});
-  frames.emplace_back();
-  frames.back().copy(*payload);  // reference-counted: the payload stays here until answered
-  send(frames);
+  if (submits_out_.needs_new_message(payload->size())) flush_submits();
+  zmq::message_t shared;
+  shared.copy(*payload);  // reference-counted: the payload stays here until answered
+  submits_out_.add(wire::header_message(proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task,
+                                                      job.signature, job.deadline_ms, job.context_hash,
+                                                      index == 0 ? proto::kNotifyStarted : 0,
+                                                      static_cast<std::uint64_t>(job.total_items)}),
+                   std::move(shared));
 }
 
 void Pool::Impl::send_deferred() {
@@ -782,18 +804,20 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       }
       return;
     }
-    case Command::kResult: {
-      auto result = proto::decode<proto::ClientResult>(header);
-      if (!result || frames.size() != 3) {
-        // Its job cannot be told, so waiting for it could be for ever: fail what is waiting.
-        const std::string why = result ? "a RESULT without a payload frame" : result.status().message();
-        log_->error("the broker at {} sent a RESULT this client cannot read ({})", endpoint_, why);
-        fail_all(Status(ErrorCode::kMalformed, "the poolmap broker at " + endpoint_ +
-                                                   " sent a RESULT this client cannot read (" + why +
-                                                   "); are the broker, workers and client the same poolmap version?"));
-        return;
+    case Command::kResult: {  // [signature, then a header and a payload frame for each chunk]
+      for (std::size_t i = 1; i < frames.size(); i += 2) {
+        auto result = proto::decode<proto::ClientResult>(wire::view(frames[i]));
+        if (!result || i + 1 == frames.size()) {
+          // Its job cannot be told, so waiting for it could be for ever: fail what is waiting.
+          const std::string why = result ? "a RESULT without a payload frame" : result.status().message();
+          log_->error("the broker at {} sent a RESULT this client cannot read ({})", endpoint_, why);
+          fail_all(Status(ErrorCode::kMalformed, "the poolmap broker at " + endpoint_ +
+                                                     " sent a RESULT this client cannot read (" + why +
+                                                     "); are the broker, workers and client the same poolmap version?"));
+          return;
+        }
+        on_result(result.value(), frames[i + 1]);
       }
-      on_result(result.value(), frames[2]);
       return;
     }
     case Command::kStarted: {

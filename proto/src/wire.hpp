@@ -108,6 +108,49 @@ std::vector<zmq::message_t> make(proto::Command command, const Header& header) {
 // [signature, empty header].
 std::vector<zmq::message_t> make_empty(proto::Command command);
 
+// Most payload bytes a ChunkBatch gathers before it must be sent.
+inline constexpr std::size_t kBatchPayloadBytes = 64 * 1024;
+
+// Several chunks in one message (protocol v5, docs/PROTOCOL.md section 2): [signature, then a
+// header and a payload frame for each]. A sender gathers what it has at one time and sends it as
+// one message; before adding a chunk it asks needs_new_message(), which is true once the message
+// holds proto::kMaxChunksPerMessage chunks or the chunk would take its payload past
+// kBatchPayloadBytes: large chunks travel one per message, so that the receiver (which gets a
+// message whole) starts on the first while the next is still on its way.
+class ChunkBatch {
+ public:
+  explicit ChunkBatch(proto::Command command) : command_(command) {}
+
+  bool empty() const noexcept { return frames_.empty(); }
+  std::size_t chunks() const noexcept { return chunks_; }
+  bool needs_new_message(std::size_t payload_bytes) const noexcept {
+    return !frames_.empty() &&
+           (chunks_ >= proto::kMaxChunksPerMessage || payload_bytes_ + payload_bytes > kBatchPayloadBytes);
+  }
+  void add(zmq::message_t header, zmq::message_t payload) {
+    if (frames_.empty()) frames_.push_back(signature_message(command_));
+    payload_bytes_ += payload.size();
+    frames_.push_back(std::move(header));
+    frames_.push_back(std::move(payload));
+    ++chunks_;
+  }
+  // The message gathered so far; the batch is empty after.
+  std::vector<zmq::message_t> take() {
+    std::vector<zmq::message_t> frames = std::move(frames_);
+    frames_.clear();
+    chunks_ = 0;
+    payload_bytes_ = 0;
+    return frames;
+  }
+  void clear() { (void)take(); }
+
+ private:
+  proto::Command command_;
+  std::vector<zmq::message_t> frames_;
+  std::size_t chunks_ = 0;
+  std::size_t payload_bytes_ = 0;
+};
+
 // Sends all frames (SNDMORE on all but the last). With `dont_wait`, returns false when the peer's
 // queue is full (EAGAIN) or, on a ROUTER with ROUTER_MANDATORY, when the peer is gone
 // (EHOSTUNREACH); frames not sent are lost to the caller in that case. Other errors throw

@@ -12,6 +12,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <numeric>
 #include <sstream>
 #include <optional>
@@ -458,6 +459,115 @@ TEST_CASE("Daemons.Broker.AWorkerResultWithAHeaderAndNoPayloadIsRefused" * docte
   CHECK(error->find("WORKER_RESULT needs a header and a payload frame") != std::string::npos);
   CHECK(pool.status().bad_messages >= 1);
   CHECK_FALSE(results.wait_for(0ms));  // nothing was delivered
+}
+
+namespace {
+
+// A hand-made client on a raw socket: HELLO, then SUBMITs of several chunks in one message.
+class RawClient {
+ public:
+  explicit RawClient(const std::string& endpoint) : socket_(context_, zmq::socket_type::dealer) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.set(zmq::sockopt::rcvtimeo, 10000);
+    socket_.connect(endpoint);
+    send({poolmap::proto::encode(poolmap::proto::Hello{"raw", 1})}, poolmap::proto::Command::kHello);
+  }
+  // Sends one SUBMIT message: for each of `chunks` (the items of one chunk of job 1) a header and
+  // a payload frame; with `drop_last_payload`, the last payload frame is left out.
+  void submit(const std::vector<std::vector<std::int64_t>>& chunks, bool drop_last_payload = false) {
+    std::vector<poolmap::Bytes> frames;
+    std::uint64_t first = 0;
+    for (std::size_t c = 0; c < chunks.size(); ++c) {
+      poolmap::proto::Submit header;
+      header.job = 1;
+      header.chunk = c;
+      header.first_index = first;
+      header.count = static_cast<std::uint32_t>(chunks[c].size());
+      header.task = "test.square";
+      header.signature = poolmap::Task<std::int64_t(std::int64_t)>::signature();
+      first += chunks[c].size();
+      frames.push_back(poolmap::proto::encode(header));
+      poolmap::Bytes payload;
+      poolmap::OutputArchive archive(payload);
+      for (const std::int64_t x : chunks[c]) archive(x);
+      if (!(drop_last_payload && c + 1 == chunks.size())) frames.push_back(payload);
+    }
+    send(frames, poolmap::proto::Command::kSubmit);
+  }
+  // Results received, by chunk (from RESULT messages of one or more pairs), until `chunks` of them
+  // came; ERROR messages are returned as their message. Empty on timeout.
+  std::map<std::uint64_t, std::vector<std::int64_t>> results(std::size_t chunks, std::string& error) {
+    std::map<std::uint64_t, std::vector<std::int64_t>> got;
+    while (got.size() < chunks) {
+      std::vector<zmq::message_t> frames;
+      if (!zmq::recv_multipart(socket_, std::back_inserter(frames))) return {};
+      const auto command = poolmap::proto::parse_signature(view(frames[0]));
+      if (!command.is_ok()) continue;
+      if (command.value() == poolmap::proto::Command::kError) {
+        auto reply = poolmap::proto::decode<poolmap::proto::ErrorReply>(view(frames[1]));
+        error = reply.is_ok() ? reply.value().message : "undecodable ERROR";
+        return got;
+      }
+      if (command.value() != poolmap::proto::Command::kResult) continue;
+      for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+        auto header = poolmap::proto::decode<poolmap::proto::ClientResult>(view(frames[i]));
+        REQUIRE(header.is_ok());
+        std::vector<std::int64_t> values;
+        poolmap::InputArchive in(view(frames[i + 1]));
+        while (in.remaining() > 0) {
+          std::int64_t value = 0;
+          in(value);
+          values.push_back(value);
+        }
+        got[header.value().chunk] = values;
+      }
+    }
+    return got;
+  }
+
+ private:
+  static std::span<const std::byte> view(const zmq::message_t& m) {
+    return {static_cast<const std::byte*>(m.data()), m.size()};
+  }
+  void send(const std::vector<poolmap::Bytes>& frames, poolmap::proto::Command command) {
+    const auto signature = poolmap::proto::signature_frame(command);
+    socket_.send(zmq::buffer(signature.data(), signature.size()), zmq::send_flags::sndmore);
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      socket_.send(zmq::buffer(frames[i].data(), frames[i].size()),
+                   i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+  zmq::context_t context_;
+  zmq::socket_t socket_;
+};
+
+}  // namespace
+
+TEST_CASE("Daemons.Broker.OneSubmitCarriesSeveralChunks" * doctest::timeout(60)) {
+  // Protocol v5: a client sends the chunks it has at one time in one SUBMIT, a header and a
+  // payload frame each; every chunk runs and is answered.
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  RawClient client(cluster.client_endpoint());
+  client.submit({{1, 2}, {3}, {4, 5, 6}});
+  std::string error;
+  const auto got = client.results(3, error);
+  CHECK(error.empty());
+  CHECK(got == std::map<std::uint64_t, std::vector<std::int64_t>>{{0, {1, 4}}, {1, {9}}, {2, {16, 25, 36}}});
+}
+
+TEST_CASE("Daemons.Broker.ASubmitWithAHeaderAndNoPayloadIsRefusedWhole" * doctest::timeout(60)) {
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  RawClient client(cluster.client_endpoint());
+  client.submit({{1, 2}, {3}}, true);  // [signature, header, payload, header]
+  std::string error;
+  const auto got = client.results(1, error);
+  CHECK(got.empty());  // not even the first chunk ran
+  CHECK(error.find("SUBMIT needs a header and a payload frame") != std::string::npos);
+  CHECK(pool.status().chunks_done == 0);
 }
 
 TEST_CASE("Daemons.Broker.AResultWithTheWrongCountIsNeverDelivered" * doctest::timeout(60)) {

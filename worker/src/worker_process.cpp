@@ -298,17 +298,17 @@ void WorkerProcess::Impl::io_loop() {
     }
     // The results finished since the last look go in one WORKER_RESULT (a header and a payload
     // frame each): with short chunks, one message for many.
-    while (!finished.empty()) {
-      std::vector<zmq::message_t> frames;
-      frames.reserve(1 + 2 * std::min<std::size_t>(finished.size(), proto::kMaxCredit));
-      frames.push_back(wire::signature_message(Command::kWorkerResult));
-      for (std::uint32_t n = 0; n < proto::kMaxCredit && !finished.empty(); ++n) {
-        FinishedTask& done = finished.front();
-        frames.push_back(wire::header_message(
-            proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count}));
-        frames.push_back(wire::to_message(std::move(done.output)));
-        finished.pop_front();
+    wire::ChunkBatch results(Command::kWorkerResult);
+    for (auto& done : finished) {
+      if (results.needs_new_message(done.output.size())) {
+        auto frames = results.take();
+        wire::send(socket, frames, false);
       }
+      results.add(wire::header_message(proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count}),
+                  wire::to_message(std::move(done.output)));
+    }
+    if (!results.empty()) {
+      auto frames = results.take();
       wire::send(socket, frames, false);
       last_sent = Clock::now();
     }

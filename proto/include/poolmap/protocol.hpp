@@ -270,6 +270,8 @@ struct Credit {
 };
 // Most credit a worker may announce (READY, CREDIT).
 inline constexpr std::uint32_t kMaxCredit = 1024;
+// Most chunks (a header and a payload frame each) in one TASK, WORKER_RESULT, SUBMIT or RESULT.
+inline constexpr std::uint32_t kMaxChunksPerMessage = 1024;
 
 struct WorkerExited {
   std::string host;
