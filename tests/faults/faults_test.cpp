@@ -150,6 +150,31 @@ TEST_CASE("Faults.Worker.PoisonItemFailsAfterThreeKillsOthersSucceed" * doctest:
   check_hashes(*healthy.results, 400);
 }
 
+TEST_CASE("Faults.Worker.AQuickLoneChunkThatKillsItsProcessIsBlamedLikeAnyOther" * doctest::timeout(60)) {
+  // A lone chunk of a task whose last chunk was quick runs on the worker process's I/O thread
+  // (no hand-off to its task thread). When it kills the process it must be blamed as a chunk on
+  // the task thread is: the supervisor names it, and after three kills the call fails.
+  t::Cluster cluster({.workers = 1});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  for (std::int64_t i = 0; i < 10; ++i) {  // quick chunks, one at a time: the process learns the pace
+    CHECK(pool.submit(t::segfault_at_13, t::SlowItem{i, 0}).get(10s) == t::hash_index(i));
+  }
+  auto poisoned = pool.submit(t::segfault_at_13, t::SlowItem{13, 0});
+  try {
+    (void)poisoned.get(30s);
+    FAIL("a chunk that kills its process succeeded");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kWorkerLost);
+    CAPTURE(e.what());
+    CHECK(std::string(e.what()).find("killed 3 worker processes") != std::string::npos);
+  }
+  // The replacement processes serve the same task, on either thread.
+  for (std::int64_t i = 20; i < 23; ++i) {
+    CHECK(pool.submit(t::segfault_at_13, t::SlowItem{i, 0}).get(10s) == t::hash_index(i));
+  }
+}
+
 TEST_CASE("Faults.Worker.StoppedWorkerIsReplacedLateResultDiscarded" * doctest::timeout(60)) {
   t::Cluster cluster({.workers = 2});
   poolmap::Pool pool(remote(cluster));

@@ -30,6 +30,11 @@ using proto::Command;
 constexpr std::uint32_t kMaxPrefetch = proto::kMaxCredit - 1;
 // Adaptive prefetch (WorkerOptions::prefetch unset): the work held beyond the running chunk.
 constexpr auto kAdaptiveHold = std::chrono::microseconds(2000);
+// A lone chunk of a task whose last kQuickStreak chunks each ran ok in less than kRunHereAtMost
+// (and in less than a twentieth of the heartbeat interval) runs on the I/O thread when the task
+// thread is idle: a call then crosses two threads fewer (see WorkerProcess::Impl::run_here).
+constexpr auto kRunHereAtMost = std::chrono::microseconds(500);
+constexpr std::uint32_t kQuickStreak = 8;
 constexpr double kAdaptiveHoldUs = 2000;
 constexpr double kAdaptiveHoldBytes = 16 << 20;
 constexpr std::uint32_t kMaxAdaptivePrefetch = 256;
@@ -120,13 +125,30 @@ class WorkerProcess::Impl {
   }
   void io_loop();
   FinishedTask execute(PendingTask& task);
+  // Runs one chunk on the calling thread (the task thread, or the I/O thread in run_here()): the
+  // progress slot names it while it runs (the supervisor blames it if the process dies), and it
+  // teaches the adaptive prefetch and the run-here guess its time.
+  FinishedTask run_chunk(PendingTask& task);
+  // After a chunk (mutex_ held): counts it against max_tasks_per_child, and past that starts the
+  // drain (the I/O thread sends the result, then says goodbye).
+  void count_chunk_locked();
+  // Called by the I/O thread for a TASK of one chunk: runs it right here, instead of handing it to
+  // the task thread and waiting to be woken with its result, when that is safe: no deadline to
+  // watch (the I/O thread watches deadlines), the task thread idle with nothing queued, not
+  // stopping, and the task's last kQuickStreak chunks each ran ok in less than kRunHereAtMost (so
+  // heartbeats and the other duties of the I/O thread wait no longer than that, unless the task
+  // changes its pace; a chunk that then runs long is one the broker may count as lost and run
+  // elsewhere, and its late answer is still taken: docs/PROTOCOL.md 5.6).
+  // Returns false when it did not run it.
+  bool run_here(PendingTask& task);
   // Called by the I/O thread: if the running item has passed its deadline, answers its chunk with
   // kDeadlineExceeded, says goodbye and ends the process (the supervisor starts a fresh one).
   void enforce_deadline(zmq::socket_t& socket);
   // Called by the I/O thread for each chunk of a TASK: queues it for the task thread (with its
   // context, when one came along), or answers `malformed` when its payload frame is missing.
+  // A `lone` chunk (the only one of its TASK, without a context) may run here (run_here).
   void accept_task(zmq::socket_t& socket, const zmq::message_t& header_frame, zmq::message_t* payload,
-                   zmq::message_t* context);
+                   zmq::message_t* context, bool lone = false);
   // Called by the task thread after each chunk, with adaptive prefetch: updates the averages and
   // the prefetch it wants (prefetch_wanted_) when that is at least twice or half the current one.
   void adapt_prefetch(std::uint64_t compute_us, std::size_t payload_bytes);
@@ -181,6 +203,11 @@ class WorkerProcess::Impl {
   std::uint64_t context_clock_ = 0;                  // guarded by mutex_
   bool stopping_ = false;
   std::optional<Running> running_;
+  std::uint64_t chunks_run_ = 0;  // guarded by mutex_: for max_tasks_per_child
+  // How many chunks of each task in a row ran ok in less than kRunHereAtMost, by name (guarded by
+  // mutex_; an entry is made only for a chunk that ran ok, i.e. of a registered task, so there is
+  // at most one per task): run_here()'s guess.
+  std::map<std::string, std::uint32_t, std::less<>> quick_streak_;
   struct Abandoned {
     std::uint64_t ticket = 0;
     Clock::time_point deadline;
@@ -355,7 +382,9 @@ void WorkerProcess::Impl::io_loop() {
         // [signature, header, payload, context] for a chunk whose context comes along, else
         // [signature, then a header and a payload frame for each chunk].
         const std::size_t parts = frames->size();
-        if (parts == 4) {
+        if (parts == 3) {
+          accept_task(socket, (*frames)[1], &(*frames)[2], nullptr, true);
+        } else if (parts == 4) {
           accept_task(socket, (*frames)[1], &(*frames)[2], &(*frames)[3]);
         } else if (parts % 2 == 0) {  // a header without its payload: answer it, so the broker gets its credit back
           for (std::size_t i = 1; i + 1 < parts; i += 2) accept_task(socket, (*frames)[i], &(*frames)[i + 1], nullptr);
@@ -412,7 +441,7 @@ void WorkerProcess::Impl::io_loop() {
 }
 
 void WorkerProcess::Impl::accept_task(zmq::socket_t& socket, const zmq::message_t& header_frame,
-                                      zmq::message_t* payload, zmq::message_t* context) {
+                                      zmq::message_t* payload, zmq::message_t* context, bool lone) {
   auto header = proto::decode<proto::TaskHeader>(wire::view(header_frame));
   if (!header) {
     log_->warn("worker ignored a TASK whose header does not decode: {}", header.status().to_string());
@@ -425,22 +454,78 @@ void WorkerProcess::Impl::accept_task(zmq::socket_t& socket, const zmq::message_
     wire::send(socket, reply, false);
     return;
   }
+  PendingTask task{std::move(header.value()), std::move(*payload)};
+  if (lone && run_here(task)) return;
   {
     std::lock_guard lock(mutex_);
-    if (context != nullptr && header.value().context_hash != 0) {  // a broadcast context comes along
-      if (contexts_.size() >= kContextCacheSize && !contexts_.contains(header.value().context_hash)) {
+    if (context != nullptr && task.header.context_hash != 0) {  // a broadcast context comes along
+      if (contexts_.size() >= kContextCacheSize && !contexts_.contains(task.header.context_hash)) {
         contexts_.erase(std::min_element(contexts_.begin(), contexts_.end(), [](const auto& a, const auto& b) {
           return a.second.last_used < b.second.last_used;
         }));
       }
-      CachedContext& cached = contexts_[header.value().context_hash];
+      CachedContext& cached = contexts_[task.header.context_hash];
       cached.bytes = std::move(*context);
       cached.decoded.clear();
       cached.last_used = ++context_clock_;
     }
-    tasks_.push_back(PendingTask{std::move(header.value()), std::move(*payload)});
+    tasks_.push_back(std::move(task));
   }
   tasks_ready_.notify_one();
+}
+
+bool WorkerProcess::Impl::run_here(PendingTask& task) {
+  {
+    std::lock_guard lock(mutex_);
+    if (task.header.deadline_ms != 0 || stopping_ || running_ || !tasks_.empty()) return false;
+    const auto streak = quick_streak_.find(task.header.task);
+    if (streak == quick_streak_.end() || streak->second < kQuickStreak ||
+        kRunHereAtMost * 20 >= options_.heartbeat_interval) {
+      return false;
+    }
+  }
+  // The task thread stays idle meanwhile: only this thread gives it work.
+  FinishedTask done = run_chunk(task);
+  {
+    std::lock_guard lock(mutex_);
+    finished_.push_back(std::move(done));
+    count_chunk_locked();
+  }
+  wake_io();  // this thread: the loop's next turn sends the result at once
+  return true;
+}
+
+WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::run_chunk(PendingTask& task) {
+  progress_.store(task.header.ticket);
+  const auto started = Clock::now();
+  FinishedTask done = execute(task);
+  const auto took = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
+  done.outcome.compute_us = static_cast<std::uint64_t>(took.count());
+  progress_.store(0);
+  if (!options_.prefetch) adapt_prefetch(done.outcome.compute_us, task.payload.size());
+  {
+    std::lock_guard lock(mutex_);
+    if (done.outcome.code == ErrorCode::kOk && took < kRunHereAtMost) {
+      auto& streak = quick_streak_[task.header.task];
+      streak = std::min(streak + 1, kQuickStreak);
+    } else if (const auto streak = quick_streak_.find(task.header.task); streak != quick_streak_.end()) {
+      streak->second = 0;
+    }
+  }
+  if (done.outcome.code != ErrorCode::kOk) {
+    log_->debug("task {} chunk at item {} failed: {}", task.header.task, task.header.first_index,
+                done.outcome.message);
+  }
+  return done;
+}
+
+void WorkerProcess::Impl::count_chunk_locked() {
+  if (options_.max_tasks_per_child != 0 && ++chunks_run_ >= options_.max_tasks_per_child) {
+    log_->info("worker pid {} ran {} chunks (max tasks per child); handing over to a fresh process", pid_,
+               chunks_run_);
+    stopping_ = true;  // drain: the I/O thread sends this result, then says goodbye
+    tasks_ready_.notify_all();  // the task thread ends too (it may be waiting: run_here ran this one)
+  }
 }
 
 void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {
@@ -691,7 +776,6 @@ void WorkerProcess::Impl::run() {
   detail::keep_freed_memory();  // chunk after chunk of similar size: reuse the pages
   for (const auto initializer : detail::TaskRegistry::instance().initializers()) initializer(options_.init_args);
   std::thread io([this] { io_loop(); });
-  std::uint64_t chunks_run = 0;
   for (;;) {
     PendingTask task;
     {
@@ -706,26 +790,12 @@ void WorkerProcess::Impl::run() {
       running_ = Running{task.header.ticket, items_started_.load(std::memory_order_relaxed), task.header.first_index,
                          task.header.deadline_ms, Clock::now()};
     }
-    progress_.store(task.header.ticket);
-    const auto started = Clock::now();
-    FinishedTask done = execute(task);
-    done.outcome.compute_us = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count());
-    progress_.store(0);
-    if (!options_.prefetch) adapt_prefetch(done.outcome.compute_us, task.payload.size());
-    if (done.outcome.code != ErrorCode::kOk) {
-      log_->debug("task {} chunk at item {} failed: {}", task.header.task, task.header.first_index,
-                  done.outcome.message);
-    }
+    FinishedTask done = run_chunk(task);
     {
       std::lock_guard lock(mutex_);
       finished_.push_back(std::move(done));
       running_.reset();
-      if (options_.max_tasks_per_child != 0 && ++chunks_run >= options_.max_tasks_per_child) {
-        log_->info("worker pid {} ran {} chunks (max tasks per child); handing over to a fresh process", pid_,
-                   chunks_run);
-        stopping_ = true;  // drain: the I/O thread sends this result, then says goodbye
-      }
+      count_chunk_locked();
     }
     wake_io();
   }
