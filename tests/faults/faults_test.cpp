@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <random>
@@ -73,6 +74,18 @@ long rss_kib(pid_t pid) {
 }
 
 bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0; }
+
+// Whether a thread of process `pid` sleeps in nanosleep (t::sleep_ms running), as the kernel says
+// (/proc/PID/task/TID/wchan).
+bool sleeping_in_a_task(pid_t pid) {
+  std::error_code error;
+  for (const auto& thread : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
+    std::ifstream wchan(thread.path() / "wchan");
+    std::string where;
+    if (std::getline(wchan, where) && where.find("nanosleep") != std::string::npos) return true;
+  }
+  return false;
+}
 
 // Runs `map` on a thread and hands back its result or its error.
 struct MapRun {
@@ -390,6 +403,11 @@ TEST_CASE("Faults.Abandon.WorkOfAClientThatLeftOrCancelledStopsHoldingWorkers" *
       poolmap::Pool leaving(remote(cluster));
       auto future = leaving.map_async(t::sleep_ms, long_sleeps, {.chunksize = 1});
       REQUIRE(t::eventually([&] { return busy() == 4; }, 20s));
+      // Both processes have started a chunk (on a loaded host a task thread may not have yet, and a
+      // chunk not started is only dropped, its process kept).
+      const auto pids = cluster.worker_pids();
+      REQUIRE(pids.size() == 2);
+      REQUIRE(t::eventually([&] { return sleeping_in_a_task(pids[0]) && sleeping_in_a_task(pids[1]); }, 20s));
     }  // gone: its destructor cancels and says goodbye
     // Well within the 60 s sleeps: nothing is held, and fresh processes replaced the two that ran.
     CHECK(t::eventually([&] { return busy() == 0; }, 20s));
