@@ -193,7 +193,10 @@ Scheduler::Runnability Scheduler::runnable(KindId kind_id, Clock::time_point now
   if (wanted.capable_workers > 0 || workers_.empty()) {
     return {wanted.capable_workers > 0 ? Verdict::kRunnable : Verdict::kWait, {}};
   }
-  if (now - std::max(started_, wanted.last_seen) < grace_) return {Verdict::kWait, {}};
+  if (now - started_ < grace_) return {Verdict::kWait, {}};
+  if (wanted.last_seen != Clock::time_point{} && now - wanted.last_seen < std::max(grace_, kReplacementGrace)) {
+    return {Verdict::kWait, {}};
+  }
   std::vector<const Kind*> same_name;
   std::vector<const Kind*> available;
   for (const Kind& other : kinds_) {

@@ -12,8 +12,9 @@
 //    (a chunk put back after a loss goes to the front of its queue).
 // runnable() says whether some registered worker can run a task kind, and if none can, why: the
 // broker fails such chunks instead of keeping them for ever. A kind waits (kWait) while no worker
-// is registered at all, and for `grace` after the broker started or after its last capable worker
-// left (a worker being replaced, a broker restart while workers register again).
+// is registered at all, for `grace` after the broker started (workers registering again after a
+// broker restart), and for `grace` but at least kReplacementGrace after its last capable worker
+// left (a worker process being replaced).
 //
 // Thread-safety: none; the broker's loop thread owns it.
 #pragma once
@@ -56,6 +57,11 @@ class Scheduler {
     Ticket ticket = 0;
     WorkerHandle worker = 0;
   };
+
+  // The least a kind whose last capable worker left waits, whatever the heartbeat: a replacement
+  // (max_tasks_per_child, a crash) takes a spawn, a library load and a handshake, which a busy host
+  // stretches past a short liveness period.
+  static constexpr std::chrono::milliseconds kReplacementGrace{2000};
 
   Scheduler(std::chrono::milliseconds grace, Clock::time_point now) : grace_(grace), started_(now) {}
 

@@ -266,6 +266,7 @@ class Pool::Impl {
   bool send_failed_ = false;                          // a message of a welcomed session was not sent
   std::optional<wire::HandshakeWatch> handshakes_;    // I/O thread: the current socket's handshakes
   std::optional<Status> refused_;                     // guarded by mutex_: why the broker refused us
+  std::optional<Clock::time_point> retry_at_;         // I/O thread: a new socket then (the handshake was refused)
   std::thread io_thread_;
 };
 
@@ -423,11 +424,13 @@ void Pool::Impl::open_socket() {
   socket_->set(zmq::sockopt::reconnect_ivl_max, 5000);
   if (curve_) wire::apply_curve_client(*socket_, *curve_);
   handshakes_.reset();
+  retry_at_.reset();
   if (!endpoint_.starts_with("inproc://")) handshakes_.emplace(context_.impl().zmq, *socket_);
   socket_->connect(endpoint_);
   submits_out_.clear();  // for the lost session; every chunk not yet answered is sent after the WELCOME
   auto hello = wire::make(Command::kHello, proto::Hello{detail::host_name(), static_cast<std::uint32_t>(::getpid())});
-  wire::send(*socket_, hello, false);
+  // Never blocks: a handshake refused before this line leaves the socket without a pipe.
+  (void)wire::send(*socket_, hello, true);
   session_welcomed_ = false;
   ++session_;
   last_sent_ = last_heard_ = Clock::now();
@@ -613,6 +616,7 @@ void Pool::Impl::io_loop() {
       if (job->deadline) wake_at = std::min(wake_at, *job->deadline);
     }
     if (!deferred_.empty()) wake_at = std::min(wake_at, deferred_sent_ + options_.heartbeat_interval);
+    if (retry_at_) wake_at = std::min(wake_at, *retry_at_);
     const auto wait = std::max(std::chrono::milliseconds(0),
                                std::chrono::ceil<std::chrono::milliseconds>(wake_at - Clock::now()));
     zmq::poll(items.data(), items.size(), wait);
@@ -671,6 +675,7 @@ void Pool::Impl::io_loop() {
       last_heard_ = Clock::now();
       on_message(*frames);
     }
+    if (retry_at_ && Clock::now() >= *retry_at_) open_socket();  // refused: nothing was sent on that socket
     const bool waiting = !jobs_.empty() || !status_waiting_.empty();
     const auto silent = Clock::now() - last_heard_;
     if (!ever_welcomed_ && !unanswered_logged_ && silent > options_.heartbeat_interval) {
@@ -1004,8 +1009,11 @@ void Pool::Impl::on_handshake_event() {
   const auto failure = handshakes_->failure(endpoint_, curve_.has_value());
   if (!failure) return;
   // A refused key or a mismatched mechanism does not mend itself: say so at once and fail what
-  // waits, instead of letting every call run into its timeout. (ZeroMQ keeps retrying, so a broker
-  // that admits the key later, after a SIGHUP, serves the next calls.)
+  // waits, instead of letting every call run into its timeout. ZeroMQ does not retry a refused
+  // handshake: a new socket does, later, so a broker that admits the key after a SIGHUP serves the
+  // calls made after that.
+  retry_at_ = Clock::now() + wire::kRetryAfterRefusal;
+  unanswered_logged_ = true;  // it did answer: with this refusal
   const Status refused(ErrorCode::kUnavailable, *failure);
   bool first = false;
   {

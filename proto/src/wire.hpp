@@ -56,6 +56,13 @@ void apply_password(zmq::socket_t& socket, const std::string& password);
 // Watches the handshakes of one connecting socket (a ZeroMQ socket monitor over inproc), so that a
 // peer the broker refuses learns why instead of waiting in silence. Poll socket() for POLLIN, then
 // call failure(). Owned by the thread that owns the watched socket.
+//
+// ZeroMQ (4.3) never reconnects after a refused handshake, and the refused socket may have no pipe
+// left, so a blocking send on it waits for ever: send with dont_wait on a socket whose handshake
+// may fail, and open a new socket kRetryAfterRefusal after a refusal (a broker may admit the key
+// after a SIGHUP).
+inline constexpr std::chrono::seconds kRetryAfterRefusal{5};
+
 class HandshakeWatch {
  public:
   HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched);

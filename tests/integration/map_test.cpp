@@ -267,7 +267,10 @@ TEST_CASE("Map.Embedded.AnotherLocalProgramCannotRegisterAsItsWorker" * doctest:
   t::ChildProcess stranger({t::worker_binary(), "--broker", "tcp://127.0.0.1:" + std::to_string(ports.front()),
                             "--tasks", t::test_tasks_library(), "--processes", "1", "--heartbeat-ms",
                             std::to_string(t::heartbeat().count())});
-  CHECK(t::eventually([&] { return stranger.stderr_text().find("the handshake with") != std::string::npos; }, 30s));
+  const bool told =
+      t::eventually([&] { return stranger.stderr_text().find("the handshake with") != std::string::npos; }, 30s);
+  if (!told) MESSAGE("the stranger's log: " << stranger.stderr_text());
+  CHECK(told);
   CHECK(pool.status().workers.size() == 1);
   CHECK(pool.workers() == 1);
   const auto pids = pool.map(t::worker_pid, iota_vector(200), {.chunksize = 1});

@@ -134,12 +134,15 @@ TEST_CASE("Scheduler.Runnable.WaitsForWorkersThenSaysWhatTheyHave" * doctest::ti
   CHECK(mismatch.message.find("f64(f64)") != std::string::npos);
   CHECK(mismatch.message.find("i64(i64)") != std::string::npos);
 
-  // A capable worker registers, leaves: its task is waited for during the grace, then refused.
+  // A capable worker registers, leaves: its task is waited for during the grace, but at least
+  // kReplacementGrace (a replacement on a busy host outlasts a short liveness period), then refused.
+  static_assert(kGrace < Scheduler::kReplacementGrace);
   const auto capable = scheduler.add_worker(1, tasks({"square"}), kStart + 1s);
   CHECK(scheduler.runnable(wanted, kStart + 1s).verdict == Verdict::kRunnable);
   scheduler.remove_worker(capable, kStart + 2s);
-  CHECK(scheduler.runnable(wanted, kStart + 2s + kGrace / 2).verdict == Verdict::kWait);
-  CHECK(scheduler.runnable(wanted, kStart + 2s + kGrace).verdict == Verdict::kSignatureMismatch);
+  CHECK(scheduler.runnable(wanted, kStart + 2s + kGrace).verdict == Verdict::kWait);
+  CHECK(scheduler.runnable(wanted, kStart + 2s + Scheduler::kReplacementGrace - 1ms).verdict == Verdict::kWait);
+  CHECK(scheduler.runnable(wanted, kStart + 2s + Scheduler::kReplacementGrace).verdict == Verdict::kSignatureMismatch);
   scheduler.remove_worker(other, kStart + 3s);
 }
 

@@ -184,7 +184,8 @@ class WorkerProcess::Impl {
   std::uint32_t connections_ = 0;                 // I/O thread: sockets opened (READY's generation)
   std::optional<wire::CurveClientKeys> curve_;    // read once, at construction
   std::optional<wire::HandshakeWatch> handshakes_;  // I/O thread: the current socket's handshakes
-  bool refusal_logged_ = false;                     // I/O thread: for the current socket
+  bool refusal_logged_ = false;                     // I/O thread: said since the broker last answered
+  std::optional<Clock::time_point> retry_at_;       // I/O thread: a new socket then (the handshake was refused)
   std::shared_ptr<spdlog::logger> log_;
   int wake_fd_ = -1;
 
@@ -243,13 +244,15 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   if (curve_) wire::apply_curve_client(socket, *curve_);
   if (!options_.broker_password.empty()) wire::apply_password(socket, options_.broker_password);
   handshakes_.reset();
-  refusal_logged_ = false;
+  retry_at_.reset();
   if (!options_.broker.starts_with("inproc://")) handshakes_.emplace(context, socket);
   socket.connect(options_.broker);
   auto ready = wire::make(Command::kReady,
                           proto::Ready{host_, pid_, 1 + prefetch_sent_, instance_, supervisor_, tasks_announced_,
                                        ++connections_});
-  wire::send(socket, ready, false);
+  // Never blocks: a handshake refused before this line leaves the socket without a pipe (see
+  // HandshakeWatch), and the READY of a socket that connects later is queued.
+  (void)wire::send(socket, ready, true);
   return socket;
 }
 
@@ -301,12 +304,21 @@ void WorkerProcess::Impl::io_loop() {
                                      std::chrono::ceil<std::chrono::milliseconds>(*stop_seen_ + options_.stop_timeout -
                                                                                   Clock::now())));
     }
+    if (retry_at_) {
+      wait = std::min(wait, std::max(std::chrono::milliseconds(0),
+                                     std::chrono::ceil<std::chrono::milliseconds>(*retry_at_ - Clock::now())));
+    }
     zmq::poll(items.data(), items.size(), wait);
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
-      // ZeroMQ retries by itself (a broker may admit the key after a SIGHUP); say why once.
-      if (const auto failure = handshakes_->failure(options_.broker, curve_.has_value()); failure && !refusal_logged_) {
-        log_->error("worker {} pid {} [{}]: {}; retrying", host_, pid_, detail::short_id(instance_), *failure);
+      // ZeroMQ does not retry a refused handshake: a new socket does, later (a broker may admit
+      // the key after a SIGHUP). Said once until the broker answers.
+      if (const auto failure = handshakes_->failure(options_.broker, curve_.has_value())) {
+        if (!refusal_logged_) {
+          log_->error("worker {} pid {} [{}]: {}; trying again every {} s", host_, pid_, detail::short_id(instance_),
+                      *failure, wire::kRetryAfterRefusal.count());
+        }
         refusal_logged_ = true;
+        retry_at_ = Clock::now() + wire::kRetryAfterRefusal;
       }
     }
 
@@ -364,6 +376,7 @@ void WorkerProcess::Impl::io_loop() {
     while (auto frames = wire::receive(socket)) {
       last_heard = Clock::now();
       heard = true;
+      refusal_logged_ = false;
       if (lost_since_) {
         log_->info("worker {} pid {} [{}] hears the broker at {} again after {} ms", host_, pid_,
                    detail::short_id(instance_), options_.broker,
@@ -430,6 +443,12 @@ void WorkerProcess::Impl::io_loop() {
       socket = connect(context);
       last_heard = last_sent = Clock::now();
       heard = false;
+      continue;
+    }
+    if (retry_at_ && now >= *retry_at_) {  // refused: nothing was registered on that socket
+      socket.close();
+      socket = connect(context);
+      last_heard = last_sent = Clock::now();
       continue;
     }
     if (now - last_sent >= options_.heartbeat_interval) {
