@@ -810,13 +810,17 @@ void WorkerProcess::Impl::run() {
                          task.header.deadline_ms, Clock::now()};
     }
     FinishedTask done = run_chunk(task);
+    bool first_unsent = false;
     {
       std::lock_guard lock(mutex_);
+      first_unsent = finished_.empty();
       finished_.push_back(std::move(done));
       running_.reset();
       count_chunk_locked();
     }
-    wake_io();
+    // Only the first result the I/O thread has not taken wakes it: the wake it got takes all of
+    // them (it empties finished_ after each wake-up). Quick chunks cost one write, not one each.
+    if (first_unsent) wake_io();
   }
   io.join();
 }
