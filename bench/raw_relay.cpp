@@ -1,6 +1,7 @@
 // poolmap-bench-relay: the raw ZeroMQ ceiling for poolmap's pattern, printed as one JSON line.
 //
 //   poolmap-bench-relay [--items 50000] [--window 512] [--workers 2] [--credit 2] [--payload 8]
+//   poolmap-bench-relay --latency [--items 2000] ...   (one request at a time: microseconds per call)
 //
 // A client DEALER keeps `window` requests in flight to a relay (a ROUTER for clients and a ROUTER
 // for workers, one thread, like poolmap-broker); the relay hands each request to a worker DEALER
@@ -60,7 +61,12 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers)->capture_default_str();
   app.add_option("--credit", credit)->capture_default_str();
   app.add_option("--payload", payload)->capture_default_str();
+  bool latency = false;
+  app.add_flag("--latency", latency,
+               "one request in flight (window 1): print microseconds per call, the floor of poolmap's latency "
+               "workload through a broker");
   CLI11_PARSE(app, argc, argv);
+  if (latency) window = 1;
 
   zmq::context_t relay_context(1);
   zmq::socket_t front(relay_context, zmq::socket_type::router);
@@ -101,9 +107,11 @@ int main(int argc, char** argv) {
       if (sent < items) send_one();
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("{\"workload\": \"fine\", \"impl\": \"raw-zmq-relay\", \"processes\": %d, \"value\": %.6g, "
-                "\"unit\": \"items/s\", \"seconds\": %.6g, \"window\": %zu, \"credit\": %d}\n",
-                workers, static_cast<double>(items) / seconds, seconds, window, credit);
+    std::printf("{\"workload\": \"%s\", \"impl\": \"raw-zmq-relay\", \"processes\": %d, \"value\": %.6g, "
+                "\"unit\": \"%s\", \"seconds\": %.6g, \"window\": %zu, \"credit\": %d}\n",
+                latency ? "latency" : "fine", workers,
+                latency ? seconds * 1e6 / static_cast<double>(items) : static_cast<double>(items) / seconds,
+                latency ? "us/call" : "items/s", seconds, window, credit);
     std::fflush(stdout);
     client_done = true;
   });
