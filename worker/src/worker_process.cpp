@@ -30,9 +30,10 @@ using proto::Command;
 constexpr std::uint32_t kMaxPrefetch = proto::kMaxCredit - 1;
 // Adaptive prefetch (WorkerOptions::prefetch unset): the work held beyond the running chunk.
 constexpr auto kAdaptiveHold = std::chrono::microseconds(2000);
-// A lone chunk of a task whose last kQuickStreak chunks each ran ok in less than kRunHereAtMost
-// (and in less than a twentieth of the heartbeat interval) runs on the I/O thread when the task
-// thread is idle: a call then crosses two threads fewer (see WorkerProcess::Impl::run_here).
+// A chunk of a task whose last kQuickStreak chunks each ran ok in less than kRunHereAtMost (and in
+// less than a twentieth of the heartbeat interval) runs on the I/O thread when the task thread is
+// idle and the I/O thread has not yet spent kRunHereAtMost on the chunks of the same TASK: a call
+// then crosses two threads fewer, a batch of quick chunks none (see WorkerProcess::Impl::run_here).
 constexpr auto kRunHereAtMost = std::chrono::microseconds(500);
 constexpr std::uint32_t kQuickStreak = 8;
 constexpr double kAdaptiveHoldUs = 2000;
@@ -132,23 +133,25 @@ class WorkerProcess::Impl {
   // After a chunk (mutex_ held): counts it against max_tasks_per_child, and past that starts the
   // drain (the I/O thread sends the result, then says goodbye).
   void count_chunk_locked();
-  // Called by the I/O thread for a TASK of one chunk: runs it right here, instead of handing it to
-  // the task thread and waiting to be woken with its result, when that is safe: no deadline to
-  // watch (the I/O thread watches deadlines), the task thread idle with nothing queued, not
-  // stopping, and the task's last kQuickStreak chunks each ran ok in less than kRunHereAtMost (so
-  // heartbeats and the other duties of the I/O thread wait no longer than that, unless the task
+  // Called by the I/O thread for a chunk of a TASK without a context frame: runs it right here,
+  // instead of handing it to the task thread and waiting to be woken with its result, when that is
+  // safe: no deadline to watch (the I/O thread watches deadlines), the task thread idle with
+  // nothing queued, not stopping, the task's last kQuickStreak chunks each ran ok in less than
+  // kRunHereAtMost, and `until` (the TASK's arrival + kRunHereAtMost) not passed. So heartbeats and
+  // the other duties of the I/O thread wait about twice kRunHereAtMost at most, unless the task
   // changes its pace; a chunk that then runs long is one the broker may count as lost and run
-  // elsewhere, and its late answer is still taken: docs/PROTOCOL.md 5.6).
+  // elsewhere, and its late answer is still taken: docs/PROTOCOL.md 5.6.
   // Returns false when it did not run it.
-  bool run_here(PendingTask& task);
+  bool run_here(PendingTask& task, Clock::time_point until);
   // Called by the I/O thread: if the running item has passed its deadline, answers its chunk with
   // kDeadlineExceeded, says goodbye and ends the process (the supervisor starts a fresh one).
   void enforce_deadline(zmq::socket_t& socket);
   // Called by the I/O thread for each chunk of a TASK: queues it for the task thread (with its
   // context, when one came along), or answers `malformed` when its payload frame is missing.
-  // A `lone` chunk (the only one of its TASK, without a context) may run here (run_here).
+  // A chunk of a TASK without a context frame may run here until `run_here_until` (run_here);
+  // Clock::time_point{} = not here.
   void accept_task(zmq::socket_t& socket, const zmq::message_t& header_frame, zmq::message_t* payload,
-                   zmq::message_t* context, bool lone = false);
+                   zmq::message_t* context, Clock::time_point run_here_until = {});
   // Called by the task thread after each chunk, with adaptive prefetch: updates the averages and
   // the prefetch it wants (prefetch_wanted_) when that is at least twice or half the current one.
   void adapt_prefetch(std::uint64_t compute_us, std::size_t payload_bytes);
@@ -395,15 +398,16 @@ void WorkerProcess::Impl::io_loop() {
         // [signature, header, payload, context] for a chunk whose context comes along, else
         // [signature, then a header and a payload frame for each chunk].
         const std::size_t parts = frames->size();
-        if (parts == 3) {
-          accept_task(socket, (*frames)[1], &(*frames)[2], nullptr, true);
-        } else if (parts == 4) {
+        const auto run_here_until = Clock::now() + kRunHereAtMost;
+        if (parts == 4) {
           accept_task(socket, (*frames)[1], &(*frames)[2], &(*frames)[3]);
         } else if (parts % 2 == 0) {  // a header without its payload: answer it, so the broker gets its credit back
           for (std::size_t i = 1; i + 1 < parts; i += 2) accept_task(socket, (*frames)[i], &(*frames)[i + 1], nullptr);
           accept_task(socket, (*frames)[parts - 1], nullptr, nullptr);
         } else {
-          for (std::size_t i = 1; i < parts; i += 2) accept_task(socket, (*frames)[i], &(*frames)[i + 1], nullptr);
+          for (std::size_t i = 1; i < parts; i += 2) {
+            accept_task(socket, (*frames)[i], &(*frames)[i + 1], nullptr, run_here_until);
+          }
         }
       } else if (command.value() == Command::kAbandon) {
         auto abandon = proto::decode<proto::Abandon>(wire::view((*frames)[1]));
@@ -460,7 +464,8 @@ void WorkerProcess::Impl::io_loop() {
 }
 
 void WorkerProcess::Impl::accept_task(zmq::socket_t& socket, const zmq::message_t& header_frame,
-                                      zmq::message_t* payload, zmq::message_t* context, bool lone) {
+                                      zmq::message_t* payload, zmq::message_t* context,
+                                      Clock::time_point run_here_until) {
   auto header = proto::decode<proto::TaskHeader>(wire::view(header_frame));
   if (!header) {
     log_->warn("worker ignored a TASK whose header does not decode: {}", header.status().to_string());
@@ -474,7 +479,7 @@ void WorkerProcess::Impl::accept_task(zmq::socket_t& socket, const zmq::message_
     return;
   }
   PendingTask task{std::move(header.value()), std::move(*payload)};
-  if (lone && run_here(task)) return;
+  if (run_here_until != Clock::time_point{} && run_here(task, run_here_until)) return;
   {
     std::lock_guard lock(mutex_);
     if (context != nullptr && task.header.context_hash != 0) {  // a broadcast context comes along
@@ -493,7 +498,8 @@ void WorkerProcess::Impl::accept_task(zmq::socket_t& socket, const zmq::message_
   tasks_ready_.notify_one();
 }
 
-bool WorkerProcess::Impl::run_here(PendingTask& task) {
+bool WorkerProcess::Impl::run_here(PendingTask& task, Clock::time_point until) {
+  if (Clock::now() >= until) return false;
   {
     std::lock_guard lock(mutex_);
     if (task.header.deadline_ms != 0 || stopping_ || running_ || !tasks_.empty()) return false;
@@ -505,12 +511,14 @@ bool WorkerProcess::Impl::run_here(PendingTask& task) {
   }
   // The task thread stays idle meanwhile: only this thread gives it work.
   FinishedTask done = run_chunk(task);
+  bool first_unsent = false;
   {
     std::lock_guard lock(mutex_);
+    first_unsent = finished_.empty();
     finished_.push_back(std::move(done));
     count_chunk_locked();
   }
-  wake_io();  // this thread: the loop's next turn sends the result at once
+  if (first_unsent) wake_io();  // this thread: the loop's next turn sends the results at once
   return true;
 }
 
