@@ -12,11 +12,17 @@ constexpr std::size_t kKindsListed = 16;
 bool Scheduler::Worker::can_run(KindId kind) const { return std::binary_search(kinds.begin(), kinds.end(), kind); }
 
 Scheduler::KindId Scheduler::kind(std::string_view name, std::string_view signature) {
+  // Chunk after chunk of one job name the same kind: that one is compared first, before the key
+  // is built and hashed.
+  if (last_kind_ < kinds_.size() && kinds_[last_kind_].name == name && kinds_[last_kind_].signature == signature) {
+    return last_kind_;
+  }
   std::string key;
   key.reserve(name.size() + signature.size() + 1);
   key.append(name).append(1, '\n').append(signature);
   const auto [it, added] = kind_ids_.try_emplace(std::move(key), static_cast<KindId>(kinds_.size()));
   if (added) kinds_.push_back(Kind{std::string(name), std::string(signature), 0, {}});
+  last_kind_ = it->second;
   return it->second;
 }
 

@@ -126,6 +126,7 @@ class Scheduler {
   Clock::time_point started_;
   std::unordered_map<std::string, KindId> kind_ids_;  // "name\nsignature"
   std::vector<Kind> kinds_;
+  KindId last_kind_ = 0;  // the kind kind() returned last (checked against kinds_.size())
   std::map<WorkerHandle, Worker> workers_;
   WorkerHandle next_worker_ = 1;
   // One entry per unit of credit. A worker with nothing in flight is listed in idle_ (least

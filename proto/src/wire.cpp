@@ -51,7 +51,8 @@ HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched)
   static std::atomic<std::uint64_t> number{0};
   const std::string endpoint = "inproc://poolmap-handshake-watch-" + std::to_string(number.fetch_add(1));
   if (zmq_socket_monitor(watched.handle(), endpoint.c_str(),
-                         ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0) {
+                         ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0) {
     throw Error(ErrorCode::kInternal, std::string("cannot watch a socket: ") + zmq_strerror(zmq_errno()));
   }
   monitor_.set(zmq::sockopt::linger, 0);
@@ -63,6 +64,13 @@ std::optional<std::string> HandshakeWatch::failure(const std::string& endpoint, 
   if (!frames || frames->size() < 2 || frames->front().size() < 2) return std::nullopt;
   std::uint16_t event = 0;
   std::memcpy(&event, frames->front().data(), sizeof(event));
+  if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+    closed_handshakes_ = 0;
+    return std::nullopt;
+  }
+  if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && ++closed_handshakes_ >= kClosedHandshakesMeanRefused) {
+    event = ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL;
+  }
   if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
     return "the broker at " + endpoint +
            " refused this peer's CURVE key: its .pub file is not in the broker's key directory for this socket "

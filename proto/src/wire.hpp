@@ -68,10 +68,17 @@ class HandshakeWatch {
   HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched);
   zmq::socket_t& socket() { return monitor_; }
   // A sentence for the handshake failure that was reported, or nullopt (none, or another event).
+  // A broker that refuses the mechanism may close the connection before its greeting is out (a
+  // loaded broker reads the end of ours before it writes the rest of its own), which ZeroMQ
+  // reports without detail and retries: kClosedHandshakesMeanRefused such closes in a row, with
+  // no handshake succeeding between them, are reported as the mechanism's refusal.
   std::optional<std::string> failure(const std::string& endpoint, bool curve);
+
+  static constexpr int kClosedHandshakesMeanRefused = 3;
 
  private:
   zmq::socket_t monitor_;
+  int closed_handshakes_ = 0;  // in a row, since the last handshake that succeeded
 };
 
 // Wraps an encoded buffer into a message without copying it (ownership moves to ZeroMQ); a
@@ -95,11 +102,9 @@ inline std::string to_string(const zmq::message_t& message) { return {message.da
 template <class Header>
 zmq::message_t header_message(const Header& header) {
   thread_local Bytes scratch;
+  thread_local OutputArchive archive(scratch);  // built once per thread (Cereal's archive carries tables)
   scratch.clear();
-  {
-    OutputArchive archive(scratch);
-    archive(header);
-  }
+  archive(header);
   zmq::message_t message(scratch.data(), scratch.size());
   if (scratch.capacity() > 64 * 1024) Bytes().swap(scratch);  // a rare large header is not kept
   return message;
@@ -135,7 +140,10 @@ class ChunkBatch {
            (chunks_ >= proto::kMaxChunksPerMessage || payload_bytes_ + payload_bytes > kBatchPayloadBytes);
   }
   void add(zmq::message_t header, zmq::message_t payload) {
-    if (frames_.empty()) frames_.push_back(signature_message(command_));
+    if (frames_.empty()) {
+      frames_.reserve(1 + 2 * 32);  // room for 32 chunks before the vector moves its messages
+      frames_.push_back(signature_message(command_));
+    }
     payload_bytes_ += payload.size();
     frames_.push_back(std::move(header));
     frames_.push_back(std::move(payload));

@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -436,6 +437,73 @@ TEST_CASE("Security.Curve.RefusedPeersAreToldWhyAtOnce" * doctest::timeout(60)) 
   CHECK(what_fails([&] {
           poolmap::Pool half({.broker = cluster.client_endpoint(), .curve_secret_file = keys.dir / "mallory.key"});
         }).find("only the secret key was given") != std::string::npos);
+}
+
+// A peer on a loopback port that answers every connection with a ZMTP signature and major
+// version and then closes it: what a loaded broker that refuses the mechanism can look like (it
+// reads the rest of the greeting before it writes the rest of its own, and closes). Until stopped.
+class ClosesEveryHandshake {
+ public:
+  ClosesEveryHandshake() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(listener_ >= 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+    REQUIRE(::listen(listener_, 16) == 0);
+    socklen_t length = sizeof(address);
+    REQUIRE(::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) == 0);
+    endpoint_ = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        pollfd waiting{listener_, POLLIN, 0};
+        if (::poll(&waiting, 1, 50) <= 0) continue;
+        const int peer = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (peer < 0) continue;
+        const std::string signature_and_major("\xff\0\0\0\0\0\0\0\x01\x7f\x03", 11);
+        (void)::send(peer, signature_and_major.data(), signature_and_major.size(), MSG_NOSIGNAL);
+        char greeting[64];
+        (void)::recv(peer, greeting, sizeof(greeting), 0);  // some of the peer's greeting, then close
+        ++closed_;
+        ::close(peer);
+      }
+    });
+  }
+  ~ClosesEveryHandshake() {
+    stop_ = true;
+    thread_.join();
+    ::close(listener_);
+  }
+  ClosesEveryHandshake(const ClosesEveryHandshake&) = delete;
+  ClosesEveryHandshake& operator=(const ClosesEveryHandshake&) = delete;
+  const std::string& endpoint() const { return endpoint_; }
+  int closed() const { return closed_.load(); }
+
+ private:
+  int listener_ = -1;
+  std::string endpoint_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> closed_{0};
+  std::thread thread_;
+};
+
+TEST_CASE("Security.Handshake.APeerThatClosesEveryHandshakeIsAClearErrorNotAWait" * doctest::timeout(60)) {
+  ClosesEveryHandshake peer;
+  const auto started = std::chrono::steady_clock::now();
+  poolmap::Pool pool({.broker = peer.endpoint(), .heartbeat_interval = t::heartbeat()});
+  std::string message = "nothing failed";
+  try {
+    (void)pool.map(t::square, std::vector<std::int64_t>{1, 2});
+  } catch (const poolmap::Error& e) {
+    message = e.what();
+  }
+  // Three closed handshakes in a row (ZeroMQ retries after 0.1, 0.2, 0.4 s), far below the map's
+  // 30 s start timeout, whose message would say that nobody answered.
+  CHECK(message.find("the handshake with " + peer.endpoint() + " failed") != std::string::npos);
+  CHECK(message.find("requires CURVE keys") != std::string::npos);
+  CHECK(peer.closed() >= wire::HandshakeWatch::kClosedHandshakesMeanRefused);
+  CHECK(std::chrono::steady_clock::now() - started < 20s);
 }
 
 TEST_CASE("Security.Broker.WithoutCurveItBindsOnlyLoopback" * doctest::timeout(30)) {

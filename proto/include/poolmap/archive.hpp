@@ -112,11 +112,9 @@ class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmpt
   explicit InputArchive(std::span<const std::byte> in)
       : cereal::InputArchive<InputArchive, cereal::AllowEmptyClassElision>(this), in_(in) {}
 
+  // Small enough to inline into every field's load: the message of a failure is built out of line.
   void load_bytes(void* data, std::size_t size, std::size_t element_size) {
-    if (size > remaining()) {
-      throw cereal::Exception("truncated: need " + std::to_string(size) + " bytes, " +
-                              std::to_string(remaining()) + " left");
-    }
+    if (size > remaining()) [[unlikely]] throw_truncated(size, remaining());
     detail::copy_little_endian(data, in_.data() + position_, size, element_size);
     position_ += size;
   }
@@ -124,16 +122,29 @@ class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmpt
   // A sequence of `count` elements is about to be allocated: refuse it unless at least `count`
   // bytes are left.
   void check_sequence(std::uint64_t count) const {
-    if (count > remaining()) {
-      throw cereal::Exception("size field claims " + std::to_string(count) + " elements but only " +
-                              std::to_string(remaining()) + " bytes are left");
-    }
+    if (count > remaining()) [[unlikely]] throw_oversized(count, remaining());
   }
 
   std::size_t remaining() const noexcept { return in_.size() - position_; }
   std::size_t position() const noexcept { return position_; }
 
+  // Reads `in` from its start from now on: one archive decodes message after message without
+  // being built and torn down for each (Cereal's archive carries tables for shared and
+  // polymorphic pointers, unused by poolmap's headers).
+  void reset(std::span<const std::byte> in) noexcept {
+    in_ = in;
+    position_ = 0;
+  }
+
  private:
+  [[noreturn, gnu::noinline, gnu::cold]] static void throw_truncated(std::size_t size, std::size_t left) {
+    throw cereal::Exception("truncated: need " + std::to_string(size) + " bytes, " + std::to_string(left) + " left");
+  }
+  [[noreturn, gnu::noinline, gnu::cold]] static void throw_oversized(std::uint64_t count, std::size_t left) {
+    throw cereal::Exception("size field claims " + std::to_string(count) + " elements but only " +
+                            std::to_string(left) + " bytes are left");
+  }
+
   std::span<const std::byte> in_;
   std::size_t position_ = 0;
 };

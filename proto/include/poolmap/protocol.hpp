@@ -359,7 +359,8 @@ template <class Message>
 Result<Message> decode(std::span<const std::byte> bytes) {
   Message message;
   try {
-    InputArchive ar(bytes);
+    thread_local InputArchive ar{std::span<const std::byte>{}};  // reused: see InputArchive::reset
+    ar.reset(bytes);
     ar(message);
     if (ar.remaining() != 0) {
       return Status(ErrorCode::kMalformed, std::to_string(ar.remaining()) + " trailing bytes");
