@@ -608,9 +608,12 @@ void Pool::Impl::send_now(std::vector<zmq::message_t>& frames) {
 
 void Pool::Impl::io_loop() {
   for (;;) {
+    // The handshake watch only until the broker welcomes this session (a lost broker means a new
+    // socket, watched again): every ZeroMQ socket in a poll costs system calls on every turn.
+    void* const watch = handshakes_ && !session_welcomed_ ? handshakes_->socket().handle() : nullptr;
     std::array<zmq::pollitem_t, 3> items{{{socket_->handle(), 0, ZMQ_POLLIN, 0},
                                           {nullptr, wake_fd_, ZMQ_POLLIN, 0},
-                                          {handshakes_ ? handshakes_->socket().handle() : nullptr, -1, ZMQ_POLLIN, 0}}};
+                                          {watch, -1, ZMQ_POLLIN, 0}}};
     auto wake_at = last_sent_ + options_.heartbeat_interval;
     for (const auto& [id, job] : jobs_) {
       if (job->deadline) wake_at = std::min(wake_at, *job->deadline);

@@ -280,9 +280,12 @@ void WorkerProcess::Impl::io_loop() {
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
 
   for (;;) {
+    // The handshake watch only until the broker answers on this socket (a socket opened after a
+    // silence watches again): every ZeroMQ socket in a poll costs system calls on every turn.
+    void* const watch = handshakes_ && !heard ? handshakes_->socket().handle() : nullptr;
     std::array<zmq::pollitem_t, 3> items{{{socket.handle(), 0, ZMQ_POLLIN, 0},
                                           {nullptr, wake_fd_, ZMQ_POLLIN, 0},
-                                          {handshakes_ ? handshakes_->socket().handle() : nullptr, -1, ZMQ_POLLIN, 0}}};
+                                          {watch, -1, ZMQ_POLLIN, 0}}};
     const auto next_beat = last_sent + options_.heartbeat_interval;
     auto wait = std::max(std::chrono::milliseconds(0),
                          std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()));
