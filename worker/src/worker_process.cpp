@@ -133,6 +133,10 @@ class WorkerProcess::Impl {
   // After a chunk (mutex_ held): counts it against max_tasks_per_child, and past that starts the
   // drain (the I/O thread sends the result, then says goodbye).
   void count_chunk_locked();
+  // Hands a finished chunk to the I/O thread, from the thread that ran it (either): no chunk runs
+  // after it, the chunk is counted, and the I/O thread is woken only by the first result it has
+  // not taken (each wake-up takes all of them), so quick chunks cost one eventfd write, not one each.
+  void publish_result(FinishedTask done);
   // Called by the I/O thread for a chunk of a TASK without a context frame: runs it right here,
   // instead of handing it to the task thread and waiting to be woken with its result, when that is
   // safe: no deadline to watch (the I/O thread watches deadlines), the task thread idle with
@@ -513,16 +517,20 @@ bool WorkerProcess::Impl::run_here(PendingTask& task, Clock::time_point until) {
     }
   }
   // The task thread stays idle meanwhile: only this thread gives it work.
-  FinishedTask done = run_chunk(task);
+  publish_result(run_chunk(task));  // the loop's next turn sends the results at once
+  return true;
+}
+
+void WorkerProcess::Impl::publish_result(FinishedTask done) {
   bool first_unsent = false;
   {
     std::lock_guard lock(mutex_);
     first_unsent = finished_.empty();
     finished_.push_back(std::move(done));
+    running_.reset();
     count_chunk_locked();
   }
-  if (first_unsent) wake_io();  // this thread: the loop's next turn sends the results at once
-  return true;
+  if (first_unsent) wake_io();
 }
 
 WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::run_chunk(PendingTask& task) {
@@ -820,18 +828,7 @@ void WorkerProcess::Impl::run() {
       running_ = Running{task.header.ticket, items_started_.load(std::memory_order_relaxed), task.header.first_index,
                          task.header.deadline_ms, Clock::now()};
     }
-    FinishedTask done = run_chunk(task);
-    bool first_unsent = false;
-    {
-      std::lock_guard lock(mutex_);
-      first_unsent = finished_.empty();
-      finished_.push_back(std::move(done));
-      running_.reset();
-      count_chunk_locked();
-    }
-    // Only the first result the I/O thread has not taken wakes it: the wake it got takes all of
-    // them (it empties finished_ after each wake-up). Quick chunks cost one write, not one each.
-    if (first_unsent) wake_io();
+    publish_result(run_chunk(task));
   }
   io.join();
 }
