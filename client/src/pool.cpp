@@ -176,6 +176,7 @@ class Pool::Impl {
     std::vector<std::uint64_t> submitted;  // per chunk: submits_ when last sent (contexts only)
     std::vector<std::uint32_t> partial;    // per chunk: items counted from CHUNK_PROGRESS (once one came)
     std::size_t total_items = 0;
+    std::uint64_t payload_bytes_in_flight = 0;  // of the chunks sent and not yet answered
   };
 
   void start_embedded();
@@ -239,6 +240,21 @@ class Pool::Impl {
   std::deque<std::uint64_t> send_order_;  // jobs with chunks left to send, round-robin
   std::deque<std::promise<Result<BrokerStatus>>> status_waiting_;
   std::size_t in_flight_ = 0;
+  std::uint64_t payload_bytes_in_flight_ = 0;  // the sum of the jobs' payload_bytes_in_flight
+  std::size_t workers_seen_ = 0;               // workers_, as this thread last heard it
+  // How many chunks may be in flight now (PoolOptions::max_chunks_in_flight).
+  std::size_t window() const {
+    return options_.max_chunks_in_flight != 0 ? options_.max_chunks_in_flight
+                                              : automatic_window(workers_seen_, payload_bytes_in_flight_);
+  }
+  // Out of the window: the job's chunks in flight are no longer ours to count.
+  void forget_in_flight(Job& job) {
+    in_flight_ -= job.next_to_send - job.answered;
+    payload_bytes_in_flight_ -= job.payload_bytes_in_flight;
+    job.payload_bytes_in_flight = 0;
+  }
+  // What a Welcome or a result says of the workers registered at the broker.
+  void heard_workers(std::size_t workers);
   // SUBMIT frames not sent yet ([signature, then a header and a payload frame per chunk]): the
   // chunks sent in one pass of the I/O loop go in one message.
   wire::ChunkBatch submits_out_{Command::kSubmit};
@@ -272,10 +288,10 @@ class Pool::Impl {
 
 Pool::Impl::Impl(PoolOptions options)
     : options_(std::move(options)), log_(detail::logger("poolmap.client")) {
-  if (options_.max_chunks_in_flight == 0 || options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 ||
+  if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 ||
       options_.max_message_bytes < kMinMessageBytes) {
     throw Error(ErrorCode::kInvalidArgument,
-                "Pool options: max_chunks_in_flight, heartbeat_interval and heartbeat_liveness must be positive, "
+                "Pool options: heartbeat_interval and heartbeat_liveness must be positive, "
                 "max_message_bytes at least " + std::to_string(kMinMessageBytes));
   }
   if (options_.reuse_freed_memory) detail::keep_freed_memory();
@@ -757,15 +773,19 @@ void Pool::Impl::send_deferred() {
 
 void Pool::Impl::send_chunks() {
   if (!session_welcomed_) return;  // a broker that has not welcomed us would refuse them
-  while (in_flight_ < options_.max_chunks_in_flight && !send_order_.empty()) {
+  while (in_flight_ < window() && !send_order_.empty()) {
     const std::uint64_t id = send_order_.front();
     send_order_.pop_front();
     const auto found = jobs_.find(id);
     if (found == jobs_.end()) continue;
     Job& job = *found->second;
     if (job.next_to_send >= job.chunks.size()) continue;
-    send_chunk(job, job.next_to_send++);
+    const std::size_t index = job.next_to_send++;
+    send_chunk(job, index);
     ++in_flight_;
+    const std::uint64_t bytes = job.payloads[index]->size();
+    job.payload_bytes_in_flight += bytes;
+    payload_bytes_in_flight_ += bytes;
     if (job.next_to_send < job.chunks.size()) send_order_.push_back(id);
   }
 }
@@ -788,6 +808,7 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
         welcomed_ = true;
         refused_.reset();
       }
+      workers_seen_ = welcome.value().workers;
       changed_.notify_all();
       ever_welcomed_ = true;
       if (!session_welcomed_) {
@@ -913,11 +934,18 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
   }
 }
 
-void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& payload) {
+void Pool::Impl::heard_workers(std::size_t workers) {
+  if (workers == workers_seen_) return;
+  workers_seen_ = workers;
   {
     std::lock_guard lock(mutex_);
-    workers_ = result.workers;
+    workers_ = workers;
   }
+  changed_.notify_all();  // wait_for_workers()
+}
+
+void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& payload) {
+  heard_workers(result.workers);
   const auto found = jobs_.find(result.job);
   if (found == jobs_.end()) return;  // a job that already failed: late answers are ignored
   Job& job = *found->second;
@@ -982,6 +1010,9 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
     job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned, chunk.count};
   }
   --in_flight_;
+  const std::uint64_t bytes = job.payloads[result.chunk] ? job.payloads[result.chunk]->size() : 0;
+  job.payload_bytes_in_flight -= bytes;
+  payload_bytes_in_flight_ -= bytes;
   job.payloads[result.chunk].reset();
   job.have[result.chunk] = true;
   const std::uint32_t reported = job.partial.empty() ? 0 : job.partial[result.chunk];
@@ -999,7 +1030,7 @@ void Pool::Impl::fail_job(std::uint64_t id, JobOutcome outcome) {
   if (found == jobs_.end()) return;
   Job& job = *found->second;
   // Chunks sent but not answered no longer count against the window.
-  in_flight_ -= job.next_to_send - job.answered;
+  forget_in_flight(job);
   // Fail fast: the broker drops the job's queued chunks and ignores the running ones' results.
   auto cancel = wire::make(Command::kCancel, proto::Cancel{id});
   send(cancel);
@@ -1031,7 +1062,7 @@ void Pool::Impl::on_handshake_event() {
 
 void Pool::Impl::fail_all(const Status& error) {
   for (auto& [id, job] : jobs_) {
-    in_flight_ -= job->next_to_send - job->answered;
+    forget_in_flight(*job);
     finish(std::move(job), JobOutcome{{}, error, std::nullopt});
   }
   jobs_.clear();

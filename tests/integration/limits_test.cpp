@@ -265,3 +265,32 @@ TEST_CASE("Limits.Quotas.AChunkLargerThanTheByteQuotaFailsAndSaysWhy" * doctest:
   REQUIRE(shouted.size() == items.size());
   for (const auto& s : shouted) CHECK(s == expected_shout(items[0]));
 }
+
+TEST_CASE("Limits.Window.GrowsWithTheWorkersAndHoldsItsBound" * doctest::timeout(180)) {
+  // 3,000 chunks of 200 ms: the workers hold a few of them, and the broker queues the rest of what
+  // the Pool's window lets it send. The most the broker ever holds for the map is that window.
+  t::Cluster cluster({.workers = 1});
+  const auto held_at_broker = [](poolmap::Pool& pool) {
+    std::uint64_t held = 0;
+    for (const auto& job : pool.status().jobs) held += job.chunks_queued + job.chunks_in_flight;
+    return held;
+  };
+  const auto most_held = [&](poolmap::PoolOptions options, std::size_t workers, std::uint64_t window) {
+    poolmap::Pool pool(options);
+    REQUIRE(pool.wait_for_workers(workers, 60s));
+    auto squares = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(3000, 200), {.chunksize = 1});
+    std::uint64_t most = 0;
+    CHECK(t::eventually([&] { return (most = std::max(most, held_at_broker(pool))) >= window; }, 30s));
+    for (int look = 0; look < 5; ++look) most = std::max(most, held_at_broker(pool));
+    CHECK(squares.cancel());
+    return most;
+  };
+  poolmap::PoolOptions options{.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
+  CHECK(most_held(options, 1, 512) == 512);  // the floor
+  options.max_chunks_in_flight = 100;
+  CHECK(most_held(options, 1, 100) == 100);  // as given
+  // 17 workers: 32 each.
+  cluster.add_workers(16);
+  options.max_chunks_in_flight = 0;
+  CHECK(most_held(options, 17, 17 * 32) == 17 * 32);
+}

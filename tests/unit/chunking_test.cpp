@@ -30,3 +30,21 @@ TEST_CASE("Chunking.ChunkCount.CoversEveryItem" * doctest::timeout(10)) {
     }
   }
 }
+
+TEST_CASE("Chunking.AutomaticWindow.GrowsWithWorkersWithinItsBounds" * doctest::timeout(10)) {
+  // A few workers: the floor, as before the window was automatic.
+  CHECK(poolmap::automatic_window(0, 0) == 512);
+  CHECK(poolmap::automatic_window(2, 0) == 512);
+  CHECK(poolmap::automatic_window(16, 0) == 512);
+  // Many: 32 chunks each, up to the ceiling, under the broker's default quota of 4096 per client.
+  CHECK(poolmap::automatic_window(17, 0) == 544);
+  CHECK(poolmap::automatic_window(64, 0) == 2048);
+  CHECK(poolmap::automatic_window(10'000, 0) == 2048);
+  CHECK(poolmap::automatic_window(std::size_t{1} << 62, 0) == 2048);  // no overflow
+}
+
+TEST_CASE("Chunking.AutomaticWindow.BigPayloadsKeepTheFloor" * doctest::timeout(10)) {
+  CHECK(poolmap::automatic_window(64, (64ULL << 20) - 1) == 2048);
+  CHECK(poolmap::automatic_window(64, 64ULL << 20) == 512);
+  CHECK(poolmap::automatic_window(64, 1ULL << 40) == 512);
+}

@@ -71,7 +71,7 @@ struct BrokerOptions {
   // max_client_bytes, a context larger than max_client_context_bytes) fails with kInvalidArgument.
   // A context no chunk uses is freed a liveness period after its last chunk, or at once when the
   // client needs room for another. The defaults leave a Pool with its default window
-  // (max_chunks_in_flight 512) room to spare: 4096 chunks, 1 GiB of chunk payload, 1024 jobs,
+  // (at most 2048 chunks in flight) room to spare: 4096 chunks, 1 GiB of chunk payload, 1024 jobs,
   // 64 contexts, 256 MiB of contexts.
   std::size_t max_client_chunks = 4096;  // queued or running
   std::int64_t max_client_bytes = 1LL << 30;

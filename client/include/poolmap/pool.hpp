@@ -61,8 +61,11 @@ struct PoolOptions {
   std::uint64_t max_tasks_per_child = 0;
   // Embedded mode: arguments for the POOLMAP_WORKER_INIT initializers (Python's initargs).
   std::vector<std::string> init_args{};
-  // Chunks sent and not yet answered, over all calls on this Pool. Default: 512.
-  std::size_t max_chunks_in_flight = 512;
+  // Chunks sent and not yet answered, over all calls on this Pool (the window). Default: 0 =
+  // automatic: 512, or 32 per worker process registered at the broker when that is more (at most
+  // 2048), the part past 512 only while the chunks in flight hold less than 64 MiB of payload
+  // (poolmap::automatic_window in chunking.hpp).
+  std::size_t max_chunks_in_flight = 0;
   // Heartbeat interval and liveness (embedded mode uses them for its broker and workers too).
   // Default: 1 s × 3.
   std::chrono::milliseconds heartbeat_interval{1000};
