@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <deque>
 #include <map>
+#include <memory_resource>
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
@@ -152,7 +153,11 @@ class Broker::Impl {
   std::string metrics_url_;
 
  private:
+  // Per-chunk bookkeeping (chunks_, the tickets of each worker and job) takes its nodes from
+  // node_pool_: they are made and dropped at the rate of chunks, in bursts that glibc's malloc
+  // serves slowly (its per-thread cache holds 7 blocks of a size).
   struct WorkerState {
+    explicit WorkerState(std::pmr::memory_resource* nodes) : tickets(nodes) {}
     std::string identity;
     std::string key;    // the name of its CURVE key ("" without CURVE)
     std::string host;   // as the worker said, made printable
@@ -164,7 +169,7 @@ class Broker::Impl {
     detail::Scheduler::WorkerHandle handle = 0;
     Clock::time_point last_heard;
     Clock::time_point last_sent;
-    std::unordered_set<std::uint64_t> tickets;  // chunks this worker holds
+    std::pmr::unordered_set<std::uint64_t> tickets;  // chunks this worker holds
     std::deque<std::uint64_t> dispatch_order;    // tickets in the order sent; the oldest held one runs
     std::unordered_set<std::uint64_t> contexts;  // broadcast contexts it was sent (it may evict them)
     std::uint64_t chunks_done = 0;
@@ -172,13 +177,14 @@ class Broker::Impl {
     std::uint32_t credit = 0;         // chunks it accepts at a time (READY, CREDIT)
   };
   struct ClientState {
+    explicit ClientState(std::pmr::memory_resource* nodes) : jobs(nodes) {}
     std::string identity;
     std::string key;  // the name of its CURVE key ("" without CURVE)
     std::string host;
     std::uint32_t pid = 0;
     Clock::time_point last_heard;
     Clock::time_point last_sent;
-    std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
+    std::pmr::unordered_map<std::uint64_t, std::pmr::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
     // What `poolmap status` shows of each job: kept while it has live tickets, then for a liveness
     // period (more of a job comes as earlier chunks are answered), until all its items are done
     // or it is cancelled.
@@ -361,9 +367,10 @@ class Broker::Impl {
   std::atomic<bool> stop_requested_{false};  // drain, then return
   std::atomic<bool> stop_now_{false};        // return without draining
 
+  std::pmr::unsynchronized_pool_resource node_pool_;  // before everything that uses it
   std::unordered_map<std::string, WorkerState> workers_by_id_;
   std::unordered_map<std::string, ClientState> clients_by_id_;
-  std::unordered_map<std::uint64_t, Chunk> chunks_;  // every chunk not yet answered
+  std::pmr::unordered_map<std::uint64_t, Chunk> chunks_{&node_pool_};  // every chunk not yet answered
   detail::Scheduler scheduler_;                      // which queued chunk goes to which worker
   std::unordered_map<detail::Scheduler::WorkerHandle, std::string> identity_by_handle_;
   std::unordered_map<std::uint64_t, std::string> identity_by_instance_;  // registered processes
@@ -609,7 +616,7 @@ void Broker::Impl::refuse_peer(zmq::socket_t& socket, const std::string& identit
 }
 
 Broker::Impl::ClientState& Broker::Impl::touch_client(const std::string& identity) {
-  auto [it, inserted] = clients_by_id_.try_emplace(identity);
+  auto [it, inserted] = clients_by_id_.try_emplace(identity, &node_pool_);
   ClientState& client = it->second;
   const auto now = Clock::now();
   if (inserted) {
@@ -1026,7 +1033,7 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
       lose_worker(older->second, "registered again on a new connection", Loss::kHandback);
     }
     refund(instance, "registered again");
-    WorkerState& worker = workers_by_id_[identity];
+    WorkerState& worker = workers_by_id_.try_emplace(identity, &node_pool_).first->second;
     worker.identity = identity;
     worker.host = detail::printable(ready.value().host);
     worker.key = key_name(frames[1]);

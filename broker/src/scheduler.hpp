@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory_resource>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -136,7 +137,10 @@ class Scheduler {
   std::deque<WorkerHandle> prefetch_;
   std::unordered_map<ClientId, ClientQueue> clients_;
   std::deque<ClientId> ring_;  // clients with queued chunks, next to serve first
-  std::unordered_set<Ticket> queued_;
+  // The queued tickets, in nodes from a pool of their own: one per chunk, made and dropped at
+  // the rate of chunks, which glibc's malloc serves slowly in bursts.
+  std::pmr::unsynchronized_pool_resource queued_nodes_;
+  std::pmr::unordered_set<Ticket> queued_{&queued_nodes_};
 };
 
 }  // namespace poolmap::detail
