@@ -300,9 +300,12 @@ void WorkerProcess::Impl::io_loop() {
       }
       // Busy, or about to be: look again in time to report progress (report_progress).
       if (running_ || !tasks_.empty()) wait = std::min(wait, proto::kProgressInterval);
-      if (!options_.prefetch && !stopping_ && running_ && tasks_.size() > 1) {  // see hand_back_when_stalled
+      if (!options_.prefetch && !stopping_ && tasks_.size() > 1) {  // see hand_back_when_stalled
+        // A chunk the task thread has not taken yet is about to start: it counts as started now,
+        // else the look at kAdaptiveHold would wait for the next progress report (100 ms).
+        const auto started = running_ ? running_->started : Clock::now();
         wait = std::min(wait, std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(
-                                                                         running_->started + kAdaptiveHold - Clock::now())));
+                                                                         started + kAdaptiveHold - Clock::now())));
       }
     }
     if (abandoned_) {
