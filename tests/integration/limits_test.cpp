@@ -278,11 +278,11 @@ TEST_CASE("Limits.Window.GrowsWithTheWorkersAndHoldsItsBound" * doctest::timeout
   const auto most_held = [&](poolmap::PoolOptions options, std::size_t workers, std::uint64_t window) {
     poolmap::Pool pool(options);
     REQUIRE(pool.wait_for_workers(workers, 60s));
-    auto squares = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(3000, 200), {.chunksize = 1});
+    auto naps = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(3000, 200), {.chunksize = 1});
     std::uint64_t most = 0;
     CHECK(t::eventually([&] { return (most = std::max(most, held_at_broker(pool))) >= window; }, 30s));
     for (int look = 0; look < 5; ++look) most = std::max(most, held_at_broker(pool));
-    CHECK(squares.cancel());
+    CHECK(naps.cancel());
     return most;
   };
   poolmap::PoolOptions options{.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
