@@ -35,6 +35,11 @@ using proto::Command;
 // Most messages read from one socket before the other socket gets its turn.
 constexpr int kReceiveBatch = 256;
 
+// STARTED goes to a client once the chunk has been on a worker this long without an answer: a
+// chunk answered sooner needs none (its RESULT ends running() anyway), which spares a quick call
+// a message, and two wake-ups of the client's threads, while its worker computes.
+constexpr auto kStartedAfter = std::chrono::milliseconds(1);
+
 std::chrono::milliseconds since(Clock::time_point then, Clock::time_point now) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(now - then);
 }
@@ -284,6 +289,10 @@ class Broker::Impl {
   // asked for STARTED. A worker that cannot be reached is lost and the chunks queued again.
   void send_tasks(WorkerState& worker, const std::vector<std::uint64_t>& tickets, std::vector<std::uint64_t>& started);
   void dispatch();
+  // STARTED (kStartedAfter): the earliest due, after dropping those answered already; and sending
+  // those due by `now` whose chunk is still out.
+  std::optional<Clock::time_point> next_started_due();
+  void send_started(Clock::time_point now);
   void heartbeat_tick();
   void announce_workers();
   // One chunk no longer needs its broadcast context (hash 0: none). A context no chunk uses is
@@ -372,6 +381,11 @@ class Broker::Impl {
   std::unordered_map<std::string, WorkerState> workers_by_id_;
   std::unordered_map<std::string, ClientState> clients_by_id_;
   std::pmr::unordered_map<std::uint64_t, Chunk> chunks_{&node_pool_};  // every chunk not yet answered
+  struct StartedDue {
+    Clock::time_point due;
+    std::uint64_t ticket;
+  };
+  std::deque<StartedDue> started_due_;  // chunks whose client asked for STARTED, in order of dispatch
   detail::Scheduler scheduler_;                      // which queued chunk goes to which worker
   std::unordered_map<detail::Scheduler::WorkerHandle, std::string> identity_by_handle_;
   std::unordered_map<std::uint64_t, std::string> identity_by_instance_;  // registered processes
@@ -550,6 +564,10 @@ void Broker::Impl::run() {
     }
     auto wait = std::max(std::chrono::milliseconds(0), since(Clock::now(), next_tick));
     if (drain_deadline) wait = std::min(wait, std::chrono::milliseconds(10));
+    if (const auto started_due = next_started_due()) {
+      wait = std::min(wait, std::max(std::chrono::milliseconds(0),
+                                     std::chrono::ceil<std::chrono::milliseconds>(*started_due - Clock::now())));
+    }
     zmq::poll(items.data(), items.size(), wait);
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
       std::uint64_t value = 0;
@@ -570,6 +588,7 @@ void Broker::Impl::run() {
     }
     if (!drain_deadline) dispatch();
     flush_results();
+    send_started(Clock::now());
     flush_announcement();
     metrics_->set_gauges(workers_by_id_.size(), clients_by_id_.size(), scheduler_.queued(),
                          chunks_.size() - std::min(chunks_.size(), scheduler_.queued()));
@@ -1545,12 +1564,26 @@ void Broker::Impl::dispatch() {
     if (identity == identity_by_handle_.end()) continue;  // the scheduler forgets neither
     send_tasks(workers_by_id_.at(identity->second), tickets, started);
   }
-  for (const std::uint64_t ticket : started) {  // last: a send may drop the client and its chunks
+  if (started.empty()) return;
+  const auto due = Clock::now() + kStartedAfter;
+  for (const std::uint64_t ticket : started) started_due_.push_back({due, ticket});
+}
+
+std::optional<Clock::time_point> Broker::Impl::next_started_due() {
+  while (!started_due_.empty() && !chunks_.contains(started_due_.front().ticket)) started_due_.pop_front();
+  if (started_due_.empty()) return std::nullopt;
+  return started_due_.front().due;
+}
+
+void Broker::Impl::send_started(Clock::time_point now) {
+  while (!started_due_.empty() && started_due_.front().due <= now) {
+    const std::uint64_t ticket = started_due_.front().ticket;
+    started_due_.pop_front();
     const auto chunk = chunks_.find(ticket);
-    if (chunk == chunks_.end()) continue;
+    if (chunk == chunks_.end()) continue;  // answered: its RESULT says more
     if (const auto client = clients_by_id_.find(chunk->second.client); client != clients_by_id_.end()) {
       auto frames = wire::make(Command::kStarted, proto::Started{chunk->second.header.job, chunk->second.header.chunk});
-      send_to_client(client->second, frames);
+      send_to_client(client->second, frames);  // may drop the client and its chunks: looked up again each time
     }
   }
 }

@@ -136,7 +136,12 @@ class WorkerProcess::Impl {
   // Hands a finished chunk to the I/O thread, from the thread that ran it (either): no chunk runs
   // after it, the chunk is counted, and the I/O thread is woken only by the first result it has
   // not taken (each wake-up takes all of them), so quick chunks cost one eventfd write, not one each.
-  void publish_result(FinishedTask done);
+  // The I/O thread itself (run_here) passes wake = false: it sends the results before it waits.
+  void publish_result(FinishedTask done, bool wake = true);
+  // Called by the I/O thread: sends the results finished since it last looked, in WORKER_RESULT
+  // messages (a header and a payload frame each: with short chunks, one message for many).
+  // Returns whether it sent any.
+  bool send_results(zmq::socket_t& socket);
   // Called by the I/O thread for a chunk of a TASK without a context frame: runs it right here,
   // instead of handing it to the task thread and waiting to be woken with its result, when that is
   // safe: no deadline to watch (the I/O thread watches deadlines), the task thread idle with
@@ -193,6 +198,7 @@ class WorkerProcess::Impl {
   std::optional<wire::HandshakeWatch> handshakes_;  // I/O thread: the current socket's handshakes
   bool refusal_logged_ = false;                     // I/O thread: said since the broker last answered
   std::optional<Clock::time_point> retry_at_;       // I/O thread: a new socket then (the handshake was refused)
+  bool ran_here_ = false;                           // I/O thread: run_here ran a chunk since the last send_results
   std::shared_ptr<spdlog::logger> log_;
   int wake_fd_ = -1;
 
@@ -298,6 +304,8 @@ void WorkerProcess::Impl::io_loop() {
       if (running_ && running_->deadline_ms > 0) {  // look at least 4 times per deadline
         wait = std::min(wait, std::chrono::milliseconds(std::max<std::uint32_t>(1, running_->deadline_ms / 4)));
       }
+      // run_here's last chunk started the drain (max_tasks_per_child): say goodbye now.
+      if (stopping_ && !running_) wait = std::chrono::milliseconds(0);
       // Busy, or about to be: look again in time to report progress (report_progress).
       if (running_ || !tasks_.empty()) wait = std::min(wait, proto::kProgressInterval);
       if (!options_.prefetch && !stopping_ && tasks_.size() > 1) {  // see hand_back_when_stalled
@@ -339,31 +347,14 @@ void WorkerProcess::Impl::io_loop() {
       std::uint64_t value = 0;
       [[maybe_unused]] const auto got = ::read(wake_fd_, &value, sizeof(value));
     }
-    std::deque<FinishedTask> finished;
     bool stopping = false;
     bool busy = false;
     {
       std::lock_guard lock(mutex_);
-      finished.swap(finished_);
       stopping = stopping_;
       busy = running_.has_value();
     }
-    // The results finished since the last look go in one WORKER_RESULT (a header and a payload
-    // frame each): with short chunks, one message for many.
-    wire::ChunkBatch results(Command::kWorkerResult);
-    for (auto& done : finished) {
-      if (results.needs_new_message(done.output.size())) {
-        auto frames = results.take();
-        wire::send(socket, frames, false);
-      }
-      results.add(wire::header_message(proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count}),
-                  wire::to_message(std::move(done.output)));
-    }
-    if (!results.empty()) {
-      auto frames = results.take();
-      wire::send(socket, frames, false);
-      last_sent = Clock::now();
-    }
+    if (send_results(socket)) last_sent = Clock::now();
     if (!stopping) hand_back_when_stalled(socket);
     std::uint32_t wanted = 0;
     {
@@ -439,6 +430,10 @@ void WorkerProcess::Impl::io_loop() {
         }
       }
       // kHeartbeat: nothing to do; hearing anything is what counts.
+    }
+    if (ran_here_) {  // answered at once: run_here did not wake this thread
+      ran_here_ = false;
+      if (send_results(socket)) last_sent = Clock::now();
     }
 
     const auto now = Clock::now();
@@ -524,11 +519,14 @@ bool WorkerProcess::Impl::run_here(PendingTask& task, Clock::time_point until) {
     }
   }
   // The task thread stays idle meanwhile: only this thread gives it work.
-  publish_result(run_chunk(task));  // the loop's next turn sends the results at once
+  // The I/O thread sends the result when it has read what the socket holds, before it waits again:
+  // no wake-up of its own (an eventfd write, read and one more turn of the poll).
+  publish_result(run_chunk(task), false);
+  ran_here_ = true;
   return true;
 }
 
-void WorkerProcess::Impl::publish_result(FinishedTask done) {
+void WorkerProcess::Impl::publish_result(FinishedTask done, bool wake) {
   bool first_unsent = false;
   {
     std::lock_guard lock(mutex_);
@@ -537,7 +535,28 @@ void WorkerProcess::Impl::publish_result(FinishedTask done) {
     running_.reset();
     count_chunk_locked();
   }
-  if (first_unsent) wake_io();
+  if (first_unsent && wake) wake_io();
+}
+
+bool WorkerProcess::Impl::send_results(zmq::socket_t& socket) {
+  std::deque<FinishedTask> finished;
+  {
+    std::lock_guard lock(mutex_);
+    finished.swap(finished_);
+  }
+  wire::ChunkBatch results(Command::kWorkerResult);
+  for (auto& done : finished) {
+    if (results.needs_new_message(done.output.size())) {
+      auto frames = results.take();
+      wire::send(socket, frames, false);
+    }
+    results.add(wire::header_message(proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count}),
+                wire::to_message(std::move(done.output)));
+  }
+  if (results.empty()) return false;
+  auto frames = results.take();
+  wire::send(socket, frames, false);
+  return true;
 }
 
 WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::run_chunk(PendingTask& task) {
