@@ -318,8 +318,9 @@ class Future {
   bool cancelled() const { return core_->cancelled(); }
 
   // Python's running(): true while the work is on a worker (the broker sent its first chunk to a
-  // worker process, which may hold it behind the chunk it runs) and not yet ready. False while
-  // it waits in the queue, and once it is ready.
+  // worker process, which may hold it behind the chunk it runs, and said so 1 ms later) and not
+  // yet ready. False while it waits in the queue, and once it is ready: work answered within 1 ms
+  // of reaching a worker is never seen running.
   bool running() const { return core_->started() && !core_->ready(); }
 
   // Python's Future.exception(): waits like get(), then returns the error get() would throw, or

@@ -117,7 +117,8 @@ struct Submit {
     ar(job, chunk, first_index, count, task, signature, deadline_ms, context_hash, flags, job_items);
   }
 };
-// Submit::flags: answer with STARTED when the chunk is first sent to a worker (Future::running()).
+// Submit::flags: answer with STARTED once the chunk's first dispatch has been on a worker for 1 ms
+// unanswered (Future::running(); a chunk answered sooner gets its RESULT alone).
 inline constexpr std::uint32_t kNotifyStarted = 1;
 
 struct Started {
