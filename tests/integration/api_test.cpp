@@ -441,6 +441,20 @@ TEST_CASE("Api.Worker.MaxTasksPerChildReplacesProcesses" * doctest::timeout(30))
   CHECK(distinct.size() >= 5);  // 2 chunks per process (a handed-back prefetch may run later)
 }
 
+TEST_CASE("Api.Worker.MaxTasksPerChildEndsAProcessThatRanQuickCallsOnItsIoThread" * doctest::timeout(60)) {
+  // One call at a time: after a streak of quick chunks the worker runs them on its I/O thread
+  // (run_here), so the chunk that reaches the limit is one of those, and the process must still
+  // answer it, say goodbye and be replaced, without waiting for anything else to wake it.
+  t::Cluster cluster({.workers = 1, .worker_args = {"--max-tasks-per-child", "20"}});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(1, 10s));
+  std::vector<std::int64_t> pids;
+  for (std::int64_t i = 0; i < 100; ++i) pids.push_back(pool.submit(t::worker_pid, i).get(60s));
+  const std::set<std::int64_t> distinct(pids.begin(), pids.end());
+  CHECK(distinct.size() >= 5);  // 20 calls per process
+  for (const std::int64_t pid : distinct) CHECK(std::count(pids.begin(), pids.end(), pid) <= 20);
+}
+
 TEST_CASE("Api.Worker.EmbeddedInitArgsAndMaxTasks" * doctest::timeout(60)) {
   poolmap::Pool pool({.processes = 1, .max_tasks_per_child = 3, .init_args = {"x", "y z"},
                       .heartbeat_interval = t::heartbeat()});
