@@ -414,6 +414,10 @@ void WorkerProcess::Impl::io_loop() {
             accept_task(socket, (*frames)[i], &(*frames)[i + 1], nullptr, run_here_until);
           }
         }
+        if (ran_here_) {  // answered before the next receive (which, finding nothing, costs two system calls)
+          ran_here_ = false;
+          if (send_results(socket)) last_sent = Clock::now();
+        }
       } else if (command.value() == Command::kAbandon) {
         auto abandon = proto::decode<proto::Abandon>(wire::view((*frames)[1]));
         if (abandon) on_abandon(abandon.value());
@@ -430,10 +434,6 @@ void WorkerProcess::Impl::io_loop() {
         }
       }
       // kHeartbeat: nothing to do; hearing anything is what counts.
-    }
-    if (ran_here_) {  // answered at once: run_here did not wake this thread
-      ran_here_ = false;
-      if (send_results(socket)) last_sent = Clock::now();
     }
 
     const auto now = Clock::now();
