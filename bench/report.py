@@ -85,34 +85,29 @@ def main():
     # The raw relay's targets are read against it with the client, the relay and the workers as
     # processes of their own, as poolmap's remote mode runs them; the same relay as threads of one
     # process (no address-space switch between them) is shown below it, without a target.
-    rem_fine = med("fine", "poolmap-remote")
-    for impl, name, has_target in (("raw-zmq-relay-processes", "fine vs raw relay (separate processes)", True),
-                                   ("raw-zmq-relay", "fine vs raw relay (threads of one process)", False)):
-        relay = med("fine", impl)
-        if not relay:
-            continue
-        frac = rem_fine / relay if rem_fine else None
-        target = "(no target)" if not has_target else (
-            ">= 50%" + ("" if frac is None else (" met" if frac >= 0.5 else " MISSED")))
-        rows.append([name, f"{impl}: " + cell("fine", impl), "", cell("fine", "poolmap-remote"),
-                     f"{frac:.0%}" if frac is not None else "-", target])
-        checks.append({"row": name, "fraction": frac, "target": ">= 50%" if has_target else None,
-                       "met": None if frac is None or not has_target else frac >= 0.5})
+    # `as_ratio`: remote / relay as "1.11x" (times, lower is better); else as a fraction "96%".
+    def relay_rows(workload, title, target_text, met, as_ratio=False):
+        remote = med(workload, "poolmap-remote")
+        for impl, form, has_target in (("raw-zmq-relay-processes", "separate processes", True),
+                                       ("raw-zmq-relay", "threads of one process", False)):
+            relay = med(workload, impl)
+            if not relay:
+                continue
+            value = remote / relay if remote else None
+            name = title.format(form=form)
+            shown = "-" if value is None else (f"{value:.2f}x" if as_ratio else f"{value:.0%}")
+            target = "(no target)" if not has_target else (
+                target_text + ("" if value is None else (" met" if met(value) else " MISSED")))
+            rows.append([name, f"{impl}: " + cell(workload, impl), "", cell(workload, "poolmap-remote"), shown,
+                         target])
+            checks.append({"row": name, "ratio_remote" if as_ratio else "fraction": value,
+                           "target": target_text if has_target else None,
+                           "met": None if value is None or not has_target else met(value)})
+
+    relay_rows("fine", "fine vs raw relay ({form})", ">= 50%", lambda f: f >= 0.5)
     row(f"payload ({units.get('payload', '')})", "payload", "python-executor", target=lambda r: r >= 1.5,
         target_text=">= 1.5x")
-    rem_payload = med("payload", "poolmap-remote")
-    for impl, name, has_target in (("raw-zmq-relay-processes", "payload vs raw ZeroMQ (separate processes)", True),
-                                   ("raw-zmq-relay", "payload vs raw ZeroMQ (threads of one process)", False)):
-        relay = med("payload", impl)
-        if not relay:
-            continue
-        frac = rem_payload / relay if rem_payload else None
-        target = "(no target)" if not has_target else (
-            ">= 50%" + ("" if frac is None else (" met" if frac >= 0.5 else " MISSED")))
-        rows.append([name, f"{impl}: " + cell("payload", impl), "", cell("payload", "poolmap-remote"),
-                     f"{frac:.0%}" if frac is not None else "-", target])
-        checks.append({"row": name, "fraction": frac, "target": ">= 50%" if has_target else None,
-                       "met": None if frac is None or not has_target else frac >= 0.5})
+    relay_rows("payload", "payload vs raw ZeroMQ ({form})", ">= 50%", lambda f: f >= 0.5)
     # Embedded against Pool.apply; remote against the raw relay (the same round trip through a
     # broker with nothing decoded), in the next row.
     row(f"latency ({units.get('latency', '')}, lower is better)", "latency", "python-pool")
@@ -120,19 +115,8 @@ def main():
     lat_ok = None if lat_peer is None or lat_emb is None else lat_emb / lat_peer <= 1.0
     rows[-1][-1] = "<= 1.0x emb." + ("" if lat_ok is None else (" met" if lat_ok else " MISSED"))
     checks[-1]["target"], checks[-1]["met"] = "<= 1.0x emb.", lat_ok
-    lat_rem = med("latency", "poolmap-remote")
-    for impl, name, has_target in (
-            ("raw-zmq-relay-processes", "latency, remote vs raw relay (separate processes, us/call)", True),
-            ("raw-zmq-relay", "latency, remote vs raw relay (threads of one process, us/call)", False)):
-        lat_relay = med("latency", impl)
-        if not lat_relay or not lat_rem:
-            continue
-        r = lat_rem / lat_relay
-        target = "<= 1.2x" + (" met" if r <= 1.2 else " MISSED") if has_target else "(no target)"
-        rows.append([name, f"{impl}: " + cell("latency", impl), "", cell("latency", "poolmap-remote"), f"{r:.2f}x",
-                     target])
-        checks.append({"row": name, "ratio_remote": r, "target": "<= 1.2x" if has_target else None,
-                       "met": r <= 1.2 if has_target else None})
+    relay_rows("latency", "latency, remote vs raw relay ({form}, us/call)", "<= 1.2x", lambda r: r <= 1.2,
+               as_ratio=True)
     row("sleep 24 x 100 ms, 8 workers (s)", "sleep", "python-pool")
     sleep_ok = all(m is None or m <= 0.310 for m in (med("sleep", "poolmap-embedded"), med("sleep", "poolmap-remote")))
     rows[-1][-1] = "<= 0.310 s" + (" met" if sleep_ok else " MISSED")
