@@ -69,6 +69,7 @@ void protocol_seeds() {
                         .context_hash = 0x1234567890abcdefULL,
                         .flags = proto::kNotifyStarted});
   message("cancel", C::kCancel, proto::Cancel{.job = 9});
+  message("reject", C::kReject, proto::Reject{.job = 9, .chunk = 2, .attempt = 1, .reason = "3 bytes left"});
   message("abandon", C::kAbandon, proto::Abandon{.ticket = 77, .grace_ms = 1000});
   message("context", C::kContext, proto::ContextHeader{.hash = 0xfeedfacecafebeefULL});
   message("welcome", C::kWelcome, proto::Welcome{.workers = 8, .heartbeat_interval_ms = 1000});

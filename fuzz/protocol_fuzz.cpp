@@ -43,6 +43,7 @@ void check_message(proto::Command command, const Bytes& header) {
     case C::kHello: return check_header<proto::Hello>(header);
     case C::kSubmit: return check_header<proto::Submit>(header);
     case C::kCancel: return check_header<proto::Cancel>(header);
+    case C::kReject: return check_header<proto::Reject>(header);
     case C::kContext: return check_header<proto::ContextHeader>(header);
     case C::kWelcome: return check_header<proto::Welcome>(header);
     case C::kResult: return check_header<proto::ClientResult>(header);

@@ -80,7 +80,7 @@ constexpr std::string_view kClientEndpointMistake =
 
 bool is_client_command(Command command) {
   return command == Command::kHello || command == Command::kSubmit || command == Command::kCancel ||
-         command == Command::kStatusRequest || command == Command::kContext;
+         command == Command::kStatusRequest || command == Command::kContext || command == Command::kReject;
 }
 
 // The address of the peer a message came from ("" where the transport has none).
@@ -90,7 +90,7 @@ std::string peer_address(zmq::message_t& frame) {
 }
 
 // The name of the key a message's connection authenticated with ("" without CURVE).
-std::string key_name(zmq::message_t& frame) {
+std::string key_name(const zmq::message_t& frame) {
   const char* user = zmq_msg_gets(frame.handle(), "User-Id");
   return user == nullptr ? std::string() : std::string(user);
 }
@@ -180,6 +180,7 @@ class Broker::Impl {
     std::uint64_t chunks_done = 0;
     std::uint64_t chunks_failed = 0;  // answered with an error (not counting cancelled ones)
     std::uint32_t credit = 0;         // chunks it accepts at a time (READY, CREDIT)
+    std::optional<wire::ConnectionProbe> link;  // its TCP connection: bytes arriving count as life
   };
   struct ClientState {
     explicit ClientState(std::pmr::memory_resource* nodes) : jobs(nodes) {}
@@ -187,6 +188,7 @@ class Broker::Impl {
     std::string key;  // the name of its CURVE key ("" without CURVE)
     std::string host;
     std::uint32_t pid = 0;
+    std::optional<wire::ConnectionProbe> link;  // its TCP connection: bytes arriving count as life
     Clock::time_point last_heard;
     Clock::time_point last_sent;
     std::pmr::unordered_map<std::uint64_t, std::pmr::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
@@ -211,6 +213,16 @@ class Broker::Impl {
     // RESULT frames not sent yet ([signature, then a header and a payload frame per chunk]): the
     // results of one pass of the loop go in one message (flush_results).
     wire::ChunkBatch results_out{Command::kResult};
+    // Who answered its last kDeliveriesKept ok results (a ring): a REJECT names a delivery, and
+    // the worker that made it is dropped.
+    struct Delivery {
+      std::uint64_t job = 0;
+      std::uint64_t chunk = 0;
+      std::uint32_t attempt = 0;
+      std::uint64_t instance = 0;  // the process that answered
+    };
+    std::vector<Delivery> deliveries;
+    std::size_t next_delivery = 0;
     // What it holds, against its quotas (BrokerOptions::max_client_*).
     std::size_t chunks = 0;  // not yet answered
     std::int64_t chunk_bytes = 0;
@@ -230,7 +242,14 @@ class Broker::Impl {
     std::uint32_t kills = 0;    // workers that crashed while running it
     std::uint32_t retries = 0;  // re-dispatches after losses not blamed on it
     std::string worker;         // identity of the holder; empty while queued
-    std::vector<std::uint64_t> holders;  // instance ids of every process it was sent to
+    // Every process it was sent to: its instance id and the connection (routing id) it held the
+    // chunk on. A late answer counts only from that instance: on that connection, or on the one the
+    // same instance registered on since (never by what a message claims).
+    struct Holder {
+      std::uint64_t instance = 0;
+      std::string identity;
+    };
+    std::vector<Holder> holders;
     std::vector<std::string> lost_causes;
     std::uint32_t items_reported = 0;  // by its worker's WORKER_PROGRESS while it runs
   };
@@ -243,8 +262,11 @@ class Broker::Impl {
     std::uint32_t generation = 0;  // of the registration that was lost
     std::uint64_t supervisor = 0;  // its supervisor's instance, and CURVE key name: who may report its exit
     std::string key;
+    std::string identity;  // the connection it was registered on: the only one it may speak on unregistered
     std::vector<std::uint64_t> tickets;
   };
+  // Ok deliveries a client's REJECT can name, per client (see ClientState::deliveries).
+  static constexpr std::size_t kDeliveriesKept = 4096;
   // How a worker went away, for its chunks.
   enum class Loss {
     kCrash,     // its supervisor saw it die: the running chunk is blamed, the others are not
@@ -330,11 +352,18 @@ class Broker::Impl {
   void blame_crash_after_loss(const proto::WorkerExited& report, const std::string& key);
   // The result of `ticket` from a process it is no longer assigned to: accepted when the chunk is
   // still open and was sent to that process (first answer wins). Returns true if forwarded.
-  bool accept_late_result(proto::WorkerResult& result, zmq::message_t& payload);
+  // `identity`: the connection it came on; `registered`: result.instance is the instance registered
+  // on that connection (else only a holder's own connection may answer for it).
+  bool accept_late_result(proto::WorkerResult& result, zmq::message_t& payload, const std::string& identity,
+                          bool registered);
   // Why an ok result cannot be the chunk's (its count differs), or nullopt when it can.
   static std::optional<std::string> wrong_count(const proto::WorkerResult& result, const Chunk& chunk);
-  // Forwards a worker's answer for a chunk to its client and forgets the chunk.
-  void forward_result(std::uint64_t ticket, proto::Outcome&& outcome, zmq::message_t& payload);
+  // Forwards a worker's answer for a chunk to its client and forgets the chunk. `answered_by`: the
+  // instance of the worker process that answered (0: the broker answers itself).
+  void forward_result(std::uint64_t ticket, proto::Outcome&& outcome, zmq::message_t& payload,
+                      std::uint64_t answered_by = 0);
+  // REJECT: the client could not decode the results of one of its chunks.
+  void on_reject(ClientState& client, const proto::Reject& reject);
   // Sends the RESULT frames forward_result() gathered for `client` (send_results) or for every
   // client (flush_results, once per pass of the loop).
   void send_results(ClientState& client);
@@ -399,6 +428,8 @@ class Broker::Impl {
   LogThrottle handshake_refusals_;
   LogThrottle cap_refusals_;
   bool announcement_pending_ = false;
+  // Since when chunks have stayed queued after dispatch() (none: the queue was empty after it).
+  std::optional<Clock::time_point> backlog_since_;
   std::unordered_map<std::string, std::uint64_t> bad_by_peer_;  // since the last report
   struct ReadyBudget {
     double tokens = 0;
@@ -794,6 +825,7 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       client.host = detail::printable(hello.value().client_host);
       client.pid = hello.value().client_pid;
       client.key = key_name(frames[1]);
+      client.link = wire::ConnectionProbe::of(frames[1]);
       log_->info("client {} pid {}{} said hello", client.host, client.pid,
                  client.key.empty() ? "" : " (key " + client.key + ")");
       auto reply = wire::make(Command::kWelcome,
@@ -812,6 +844,13 @@ void Broker::Impl::on_client_message(std::vector<zmq::message_t>& frames) {
       context_bytes_received_ += frames[3].size();
       metrics_->bytes_received(frames[3].size());
       keep_context(client, context.value().hash, frames[3]);
+      return;
+    }
+    case Command::kReject: {
+      auto reject = proto::decode<proto::Reject>(header);
+      if (!reject) return reply_error(clients_, identity, reject.status());
+      if (unknown_client()) return;
+      on_reject(touch_client(identity), reject.value());
       return;
     }
     case Command::kCancel: {
@@ -1072,7 +1111,11 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     }
     worker.last_heard = now;
     worker.last_sent = now;
-    worker.handle = scheduler_.add_worker(ready.value().credit, ready.value().tasks, now);
+    worker.link = wire::ConnectionProbe::of(frames[1]);
+    // On probation until it answers a chunk: one chunk at a time, and only what the proven
+    // workers leave (a stream of peers that register, take chunks and vanish must not starve
+    // the clients); its losses spend no chunk's retries.
+    worker.handle = scheduler_.add_worker(ready.value().credit, ready.value().tasks, now, /*on_probation=*/true);
     worker.credit = ready.value().credit;
     identity_by_handle_[worker.handle] = identity;
     identity_by_instance_[instance] = identity;
@@ -1142,7 +1185,8 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
   }
 }
 
-void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome, zmq::message_t& payload) {
+void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome, zmq::message_t& payload,
+                                  std::uint64_t answered_by) {
   const auto chunk = chunks_.find(ticket);
   if (chunk == chunks_.end()) return;
   const auto client = clients_by_id_.find(chunk->second.client);
@@ -1153,6 +1197,16 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   if (outcome.code == ErrorCode::kOk) {
     ++chunks_done_;
     ClientState& owner = client->second;
+    if (answered_by != 0) {
+      const ClientState::Delivery delivery{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
+                                           answered_by};
+      if (owner.deliveries.size() < kDeliveriesKept) {
+        owner.deliveries.push_back(delivery);
+      } else {
+        owner.deliveries[owner.next_delivery] = delivery;
+        owner.next_delivery = (owner.next_delivery + 1) % kDeliveriesKept;
+      }
+    }
     if (const auto record = owner.job_records.find(chunk->second.header.job); record != owner.job_records.end()) {
       record->second.items_done += chunk->second.header.count;
       if (record->second.items_total != 0 && record->second.items_done >= record->second.items_total) {
@@ -1178,6 +1232,32 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   finish_chunk(ticket);
 }
 
+void Broker::Impl::on_reject(ClientState& client, const proto::Reject& reject) {
+  // Only a delivery to this client, that this broker made: a client can drop the worker that lied
+  // to it, not any worker it names.
+  const auto delivery = std::find_if(client.deliveries.begin(), client.deliveries.end(), [&](const auto& d) {
+    return d.job == reject.job && d.chunk == reject.chunk && d.attempt == reject.attempt;
+  });
+  if (delivery == client.deliveries.end()) {
+    log_->info("client {} pid {} could not decode chunk {} of job {} (attempt {}), answered before this broker's "
+               "memory of deliveries: {}",
+               client.host, client.pid, reject.chunk, reject.job, reject.attempt, detail::printable(reject.reason, 256));
+    return;
+  }
+  const std::uint64_t instance = delivery->instance;
+  delivery->instance = 0;  // one REJECT per delivery
+  ++bad_messages_;
+  const std::string why = "returned results for chunk " + std::to_string(reject.chunk) + " of job " +
+                          std::to_string(reject.job) + " that do not decode at the client (" +
+                          detail::printable(reject.reason, 256) + ")";
+  const auto registered = identity_by_instance_.find(instance);
+  if (instance == 0 || registered == identity_by_instance_.end()) {
+    log_->warn("worker [{}] {}; it is gone already", detail::short_id(instance), why);
+    return;
+  }
+  lose_worker(registered->second, why, Loss::kBroken);
+}
+
 void Broker::Impl::send_results(ClientState& client) {
   if (client.results_out.empty()) return;
   auto frames = client.results_out.take();
@@ -1197,9 +1277,16 @@ bool Broker::Impl::on_worker_result(const std::string& identity, const zmq::mess
   auto result = proto::decode<proto::WorkerResult>(wire::view(header_frame));
   const auto found = workers_by_id_.find(identity);
   if (found == workers_by_id_.end()) {
-    if (result) {  // a worker we declared lost, answering after all: busy, not dead
-      refund(result.value().instance, "answered");
-      accept_late_result(result.value(), payload);
+    // No registration on this connection. A worker we declared lost may answer on it after all
+    // (busy, not dead), but only on the connection it was registered on: an instance id is what
+    // the message claims, and a stranger may claim any.
+    if (result) {
+      const auto silent = silenced_.find(result.value().instance);
+      if (silent != silenced_.end() && silent->second.identity == identity &&
+          silent->second.key == key_name(header_frame)) {
+        refund(result.value().instance, "answered");
+      }
+      if (!accept_late_result(result.value(), payload, identity, false)) ++bad_messages_;
     }
     return true;
   }
@@ -1216,7 +1303,7 @@ bool Broker::Impl::on_worker_result(const std::string& identity, const zmq::mess
   if (worker.tickets.erase(ticket) == 0) {
     // Not a chunk this registration holds: perhaps one it ran before it registered again.
     result.value().instance = worker.instance;  // this registration's process, whatever it says
-    if (!accept_late_result(result.value(), payload)) {
+    if (!accept_late_result(result.value(), payload, identity, true)) {
       log_->debug("worker {} pid {} [{}] returned ticket {} it does not hold", worker.host, worker.pid,
                   detail::short_id(worker.instance), ticket);
     }
@@ -1254,7 +1341,8 @@ bool Broker::Impl::on_worker_result(const std::string& identity, const zmq::mess
   } else if (result.value().outcome.code != ErrorCode::kCancelled) {
     ++worker.chunks_failed;
   }
-  forward_result(ticket, std::move(result.value().outcome), payload);
+  scheduler_.prove(worker.handle, worker.tickets.empty());  // it ran a chunk and answered it rightly
+  forward_result(ticket, std::move(result.value().outcome), payload, worker.instance);
   return true;
 }
 
@@ -1264,21 +1352,26 @@ std::optional<std::string> Broker::Impl::wrong_count(const proto::WorkerResult& 
          " items";
 }
 
-bool Broker::Impl::accept_late_result(proto::WorkerResult& result, zmq::message_t& payload) {
+bool Broker::Impl::accept_late_result(proto::WorkerResult& result, zmq::message_t& payload,
+                                      const std::string& identity, bool registered) {
   const std::uint64_t ticket = result.ticket;
   const std::uint64_t instance = result.instance;
   proto::Outcome& outcome = result.outcome;
   const auto chunk = chunks_.find(ticket);
   if (chunk == chunks_.end() || instance == 0) return false;
   const auto& holders = chunk->second.holders;
-  if (std::find(holders.begin(), holders.end(), instance) == holders.end()) return false;
+  if (std::none_of(holders.begin(), holders.end(), [&](const Chunk::Holder& holder) {
+        return holder.instance == instance && (registered || holder.identity == identity);
+      })) {
+    return false;
+  }
   if (outcome.code == ErrorCode::kContextMissing) return false;  // the current holder will answer
   if (wrong_count(result, chunk->second)) return false;
   log_->info("accepted a late result for chunk {} of job {} from worker [{}] (first answer wins)",
              chunk->second.header.chunk, chunk->second.header.job, detail::short_id(instance));
   // If the chunk was sent again, that worker keeps its ticket: it gets its credit back when it
   // answers, and the answer is dropped.
-  forward_result(ticket, std::move(outcome), payload);
+  forward_result(ticket, std::move(outcome), payload, instance);
   return true;
 }
 
@@ -1462,7 +1555,10 @@ void Broker::Impl::requeue(std::uint64_t ticket, const std::string& cause, bool 
   if (found == chunks_.end()) return;
   Chunk& chunk = found->second;
   chunk.worker.clear();
-  chunk.lost_causes.push_back(cause);
+  // Bounded: losses that spend no retry (hand-backs, workers on probation) may repeat many times.
+  if (chunk.lost_causes.size() < 2 * static_cast<std::size_t>(std::max(options_.max_retries, options_.poison_kills)) + 8) {
+    chunk.lost_causes.push_back(cause);
+  }
   if (!clients_by_id_.contains(chunk.client)) {
     over_budget_.erase(ticket);
     chunks_.erase(found);
@@ -1487,6 +1583,9 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause, L
   WorkerState worker = std::move(found->second);
   workers_by_id_.erase(found);
   const auto now = Clock::now();
+  // A worker that never answered a chunk spends no chunk's retries by vanishing or lying (a crash
+  // its supervisor reports is still blamed, and counts towards --poison-kills).
+  const bool proven = !scheduler_.on_probation(worker.handle);
   scheduler_.remove_worker(worker.handle, now);
   identity_by_handle_.erase(worker.handle);
   if (const auto by_instance = identity_by_instance_.find(worker.instance);
@@ -1510,6 +1609,7 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause, L
     silent.generation = worker.generation;
     silent.supervisor = worker.supervisor;
     silent.key = worker.key;
+    silent.identity = identity;
     silent.tickets.assign(worker.tickets.begin(), worker.tickets.end());
   }
   const std::string described =
@@ -1519,7 +1619,7 @@ void Broker::Impl::lose_worker(std::string identity, const std::string& cause, L
   for (const std::uint64_t ticket : worker.dispatch_order) {
     if (!worker.tickets.contains(ticket)) continue;
     const bool blamed = loss == Loss::kCrash && running != 0 && running == ticket;
-    const bool counted = loss == Loss::kLost || loss == Loss::kBroken;
+    const bool counted = proven && (loss == Loss::kLost || loss == Loss::kBroken);
     requeue(ticket, blamed ? described : (loss == Loss::kCrash ? "prefetched by a crashed " + described : described),
             blamed, counted);
   }
@@ -1552,11 +1652,22 @@ void Broker::Impl::dispatch() {
   // message (a header and a payload frame each), except one whose context that worker lacks,
   // which goes alone with it (section 5.4 of docs/PROTOCOL.md).
   std::vector<std::pair<detail::Scheduler::WorkerHandle, std::vector<std::uint64_t>>> batches;
-  while (const auto assignment = scheduler_.next()) {
+  // Workers on probation (registered, nothing answered yet) get chunks only when no worker is
+  // proven, or when the proven ones have left chunks queued for a heartbeat interval: peers that
+  // register, take chunks and vanish then hold only what nobody else would have run soon.
+  const auto now = Clock::now();
+  const bool with_probation = scheduler_.proven_workers() == 0 ||
+                              (backlog_since_ && now - *backlog_since_ >= options_.heartbeat_interval);
+  while (const auto assignment = scheduler_.next(with_probation)) {
     auto batch = std::find_if(batches.begin(), batches.end(),
                               [&](const auto& entry) { return entry.first == assignment->worker; });
     if (batch == batches.end()) batch = batches.insert(batches.end(), {assignment->worker, {}});
     batch->second.push_back(assignment->ticket);
+  }
+  if (scheduler_.queued() == 0) {
+    backlog_since_.reset();
+  } else if (!backlog_since_) {
+    backlog_since_ = now;
   }
   std::vector<std::uint64_t> started;  // chunks whose client asked to hear when they reach a worker
   for (const auto& [handle, tickets] : batches) {
@@ -1607,8 +1718,9 @@ void Broker::Impl::send_tasks(WorkerState& worker, const std::vector<std::uint64
       metrics_->bytes_sent(chunk.payload.size());
       ++chunk.attempt;
       chunk.worker = worker.identity;
-      if (std::find(chunk.holders.begin(), chunk.holders.end(), worker.instance) == chunk.holders.end()) {
-        chunk.holders.push_back(worker.instance);
+      if (std::none_of(chunk.holders.begin(), chunk.holders.end(),
+                       [&](const Chunk::Holder& h) { return h.instance == worker.instance && h.identity == worker.identity; })) {
+        chunk.holders.push_back({worker.instance, worker.identity});
       }
       worker.tickets.insert(ticket);
       worker.dispatch_order.push_back(ticket);
@@ -1666,8 +1778,15 @@ void Broker::Impl::heartbeat_tick() {
   const auto now = Clock::now();
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
   std::vector<std::pair<std::string, std::string>> lost;  // identity, cause
+  // A peer whose heartbeats queue behind one large message on a slow link is silent, yet the bytes
+  // of that message keep arriving: that is life too.
+  const auto receiving = [&](const std::optional<wire::ConnectionProbe>& link) {
+    if (!link) return false;
+    const auto since = link->since_data_received();
+    return since && *since < expiry;
+  };
   for (auto& [id, worker] : workers_by_id_) {
-    if (now - worker.last_heard > expiry) {
+    if (now - worker.last_heard > expiry && !receiving(worker.link)) {
       lost.emplace_back(id, "no heartbeat for " + std::to_string(since(worker.last_heard, now).count()) + " ms");
     } else if (now - worker.last_sent >= options_.heartbeat_interval) {
       auto frames = wire::make_empty(Command::kHeartbeat);
@@ -1680,7 +1799,7 @@ void Broker::Impl::heartbeat_tick() {
   const auto client_expiry = 4 * expiry;
   std::vector<std::string> gone;
   for (auto& [id, client] : clients_by_id_) {
-    if (now - client.last_heard > client_expiry) {
+    if (now - client.last_heard > client_expiry && !receiving(client.link)) {
       gone.push_back(id);
     } else if (now - client.last_sent >= options_.heartbeat_interval) {
       auto frames = wire::make_empty(Command::kHeartbeat);
@@ -1735,8 +1854,11 @@ proto::StatusReply Broker::Impl::status_reply() const {
     return static_cast<std::uint32_t>(std::min<std::int64_t>(ms.count(), UINT32_MAX));
   };
   for (const auto& [id, worker] : workers_by_id_) {
+    // Only the public half of each id (what logs show): the whole id is what a supervisor proves
+    // its exit reports with and a process its registration, so status must not hand it out.
     reply.workers.push_back({worker.host, worker.pid, static_cast<std::uint32_t>(worker.tickets.size()),
-                             worker.chunks_done, worker.instance, worker.supervisor, worker.tasks,
+                             worker.chunks_done, detail::public_id(worker.instance),
+                             detail::public_id(worker.supervisor), worker.tasks,
                              worker.chunks_failed, clamp_ms(since(worker.last_heard, now)), worker.credit});
   }
   for (const auto& [id, client] : clients_by_id_) {

@@ -27,10 +27,15 @@ Scheduler::KindId Scheduler::kind(std::string_view name, std::string_view signat
 }
 
 Scheduler::WorkerHandle Scheduler::add_worker(std::uint32_t credit, const std::vector<proto::TaskInfo>& tasks,
-                                              Clock::time_point now) {
+                                              Clock::time_point now, bool on_probation) {
   const WorkerHandle handle = next_worker_++;
   Worker worker;
   worker.credit = credit;
+  if (on_probation && credit > 0) {
+    worker.on_probation = true;
+    worker.withheld = credit - 1;
+    worker.credit = 1;
+  }
   for (const auto& task : tasks) worker.kinds.push_back(kind(task.name, task.signature));
   std::sort(worker.kinds.begin(), worker.kinds.end());
   worker.kinds.erase(std::unique(worker.kinds.begin(), worker.kinds.end()), worker.kinds.end());
@@ -38,10 +43,31 @@ Scheduler::WorkerHandle Scheduler::add_worker(std::uint32_t credit, const std::v
     ++kinds_[id].capable_workers;
     kinds_[id].last_seen = now;
   }
-  if (credit > 0) idle_.push_back(handle);
-  for (std::uint32_t i = 1; i < credit; ++i) prefetch_.push_back(handle);
+  if (worker.on_probation) {
+    probation_.push_back(handle);
+  } else {
+    ++proven_;
+    if (credit > 0) idle_.push_back(handle);
+    for (std::uint32_t i = 1; i < credit; ++i) prefetch_.push_back(handle);
+  }
   workers_.emplace(handle, std::move(worker));
   return handle;
+}
+
+void Scheduler::prove(WorkerHandle handle, bool idle) {
+  const auto found = workers_.find(handle);
+  if (found == workers_.end() || !found->second.on_probation) return;
+  Worker& worker = found->second;
+  worker.on_probation = false;
+  ++proven_;
+  std::erase(probation_, handle);  // its units are listed anew below
+  worker.credit += std::exchange(worker.withheld, 0);
+  for (std::uint32_t i = 0; i < worker.credit; ++i) (i == 0 && idle ? idle_ : prefetch_).push_back(handle);
+}
+
+bool Scheduler::on_probation(WorkerHandle handle) const {
+  const auto found = workers_.find(handle);
+  return found != workers_.end() && found->second.on_probation;
 }
 
 void Scheduler::remove_worker(WorkerHandle handle, Clock::time_point now) {
@@ -51,6 +77,7 @@ void Scheduler::remove_worker(WorkerHandle handle, Clock::time_point now) {
     --kinds_[id].capable_workers;
     kinds_[id].last_seen = now;
   }
+  if (!found->second.on_probation) --proven_;
   workers_.erase(found);  // its credit entries are skipped lazily
 }
 
@@ -62,13 +89,18 @@ void Scheduler::return_credit(WorkerHandle handle, bool idle) {
     return;
   }
   ++found->second.credit;
-  (idle ? idle_ : prefetch_).push_back(handle);
+  (found->second.on_probation ? probation_ : idle ? idle_ : prefetch_).push_back(handle);
 }
 
 void Scheduler::change_credit(WorkerHandle handle, std::int64_t delta, bool idle) {
   const auto found = workers_.find(handle);
   if (found == workers_.end()) return;
   Worker& worker = found->second;
+  if (worker.on_probation) {  // it keeps its one unit; the rest comes with prove()
+    worker.withheld = static_cast<std::uint32_t>(
+        std::clamp<std::int64_t>(static_cast<std::int64_t>(worker.withheld) + delta, 0, proto::kMaxCredit));
+    return;
+  }
   if (delta < 0) {
     const auto lowered = static_cast<std::uint64_t>(-delta);
     const auto dropped = std::min<std::uint64_t>(lowered, worker.credit);
@@ -147,11 +179,12 @@ std::optional<Scheduler::Ticket> Scheduler::take_from(ClientQueue& client, const
   return ticket;
 }
 
-std::optional<Scheduler::Assignment> Scheduler::next() {
+std::optional<Scheduler::Assignment> Scheduler::next(bool with_probation) {
   if (queued_.empty()) return std::nullopt;
   std::optional<Assignment> chosen;
   std::vector<WorkerHandle> passed;  // credit entries of workers that can run nothing queued now
-  for (std::deque<WorkerHandle>* credit : {&idle_, &prefetch_}) {
+  for (std::deque<WorkerHandle>* credit : {&idle_, &prefetch_, &probation_}) {
+    if (credit == &probation_ && !with_probation) break;
     passed.clear();
     while (!chosen && !credit->empty()) {
       const WorkerHandle handle = credit->front();

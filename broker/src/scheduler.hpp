@@ -7,6 +7,11 @@
 //  - a worker gets only chunks of a task it announced, with the same signature;
 //  - idle workers (nothing in flight) come first, least recently served first; a worker's further
 //    credit (prefetch) is used only when no idle worker takes a chunk;
+//  - a worker on probation (registered, nothing answered yet) has one unit of credit, used only
+//    when the caller allows it (next(with_probation): the broker does when no worker is proven,
+//    or when the proven ones have left chunks queued for a while) and no proven worker takes the
+//    chunk: a stream of workers that register, take chunks and vanish holds at most one chunk
+//    each, and only what the proven workers could not take in time;
 //  - clients take turns (round-robin), so several clients share the workers fairly;
 //  - within a client, the chunk at the front of each kind's queue that was queued first goes first
 //    (a chunk put back after a loss goes to the front of its queue).
@@ -69,8 +74,14 @@ class Scheduler {
   // The id of a task kind (interned on first use).
   KindId kind(std::string_view name, std::string_view signature);
 
-  // A worker registered with `credit` chunks and `tasks`. Returns its handle.
-  WorkerHandle add_worker(std::uint32_t credit, const std::vector<proto::TaskInfo>& tasks, Clock::time_point now);
+  // A worker registered with `credit` chunks and `tasks`. Returns its handle. `on_probation`: it
+  // gets one unit of `credit` until prove(), after the proven workers (see the class comment).
+  WorkerHandle add_worker(std::uint32_t credit, const std::vector<proto::TaskInfo>& tasks, Clock::time_point now,
+                          bool on_probation = false);
+  // The worker answered a chunk: its probation ends and it gets the rest of its credit. `idle`: it
+  // holds no chunk. No effect on a proven worker.
+  void prove(WorkerHandle worker, bool idle);
+  bool on_probation(WorkerHandle worker) const;
   // The worker is gone: its credit is dropped; its kinds remember `now` as last seen.
   void remove_worker(WorkerHandle worker, Clock::time_point now);
   // The worker answered a chunk: one unit of credit back (unless it owes some after a lowered
@@ -90,7 +101,9 @@ class Scheduler {
 
   // The next chunk to send and the worker to send it to, or nullopt when no worker with credit
   // can run any queued chunk. Uses one unit of that worker's credit and dequeues the chunk.
-  std::optional<Assignment> next();
+  std::optional<Assignment> next(bool with_probation = true);
+  // Registered workers not on probation.
+  std::size_t proven_workers() const { return proven_; }
 
   // Whether a registered worker can run `kind` now (see the class comment).
   Runnability runnable(KindId kind, Clock::time_point now) const;
@@ -111,6 +124,8 @@ class Scheduler {
   struct Worker {
     std::uint32_t credit = 0;
     std::uint32_t owed = 0;  // units to keep back from return_credit (a lowered credit)
+    bool on_probation = false;
+    std::uint32_t withheld = 0;  // on probation: the credit it announced beyond its one unit
     std::vector<KindId> kinds;  // sorted
     bool can_run(KindId kind) const;
   };
@@ -130,11 +145,13 @@ class Scheduler {
   KindId last_kind_ = 0;  // the kind kind() returned last (checked against kinds_.size())
   std::map<WorkerHandle, Worker> workers_;
   WorkerHandle next_worker_ = 1;
+  std::size_t proven_ = 0;  // workers_ not on probation
   // One entry per unit of credit. A worker with nothing in flight is listed in idle_ (least
   // recently served first); its further units wait in prefetch_, used only when no idle worker
   // takes the chunk. Entries of removed workers are skipped lazily.
   std::deque<WorkerHandle> idle_;
   std::deque<WorkerHandle> prefetch_;
+  std::deque<WorkerHandle> probation_;  // the unit of each worker on probation, used last
   std::unordered_map<ClientId, ClientQueue> clients_;
   std::deque<ClientId> ring_;  // clients with queued chunks, next to serve first
   // The queued tickets, in nodes from a pool of their own: one per chunk, made and dropped at

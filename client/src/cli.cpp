@@ -64,7 +64,7 @@ void print_json(const std::string& broker, const poolmap::BrokerStatus& status) 
     const auto& worker = status.workers[i];
     out += (i == 0 ? "" : ",");
     out += "{\"host\":" + json_string(worker.host) + ",\"pid\":" + std::to_string(worker.pid) +
-           ",\"id\":\"" + poolmap::detail::full_id(worker.instance) + "\",\"supervisor\":\"" + poolmap::detail::full_id(worker.supervisor) +
+           ",\"id\":\"" + poolmap::detail::short_id(worker.instance) + "\",\"supervisor\":\"" + poolmap::detail::short_id(worker.supervisor) +
            "\",\"chunks_in_flight\":" + std::to_string(worker.chunks_in_flight) +
            ",\"chunks_done\":" + std::to_string(worker.chunks_done) +
            ",\"chunks_failed\":" + std::to_string(worker.chunks_failed) +

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -165,7 +166,7 @@ class Pool::Impl {
     std::vector<std::uint32_t> retries_left;                // task_retries per chunk
     std::size_t next_to_send = 0;
     std::size_t answered = 0;
-    std::vector<detail::ChunkResult> results;    // without a sink
+    std::vector<detail::ChunkResult> results;    // without a sink that keeps them
     std::shared_ptr<detail::ChunkSink> sink;      // takes each chunk's results as they arrive
     std::vector<bool> have;
     std::shared_ptr<detail::FutureCore> core;
@@ -177,6 +178,7 @@ class Pool::Impl {
     std::vector<std::uint32_t> partial;    // per chunk: items counted from CHUNK_PROGRESS (once one came)
     std::size_t total_items = 0;
     std::uint64_t payload_bytes_in_flight = 0;  // of the chunks sent and not yet answered
+    std::map<std::size_t, std::uint32_t> rejected;  // per chunk: answers that did not decode (rare)
   };
 
   void start_embedded();
@@ -189,6 +191,17 @@ class Pool::Impl {
   void on_message(std::vector<zmq::message_t>& frames);
   void on_result(const proto::ClientResult& result, zmq::message_t& payload);
   void fail_job(std::uint64_t id, JobOutcome outcome);
+  // Whether bytes from the broker reached this socket's connection within `window`: a broker whose
+  // heartbeats queue behind one large RESULT on a slow link is silent but alive.
+  bool bytes_arriving(std::chrono::milliseconds window) const {
+    if (!broker_link_) return false;
+    const auto since = broker_link_->since_data_received();
+    return since && *since < window;
+  }
+  // A chunk's results did not decode (`why`): tells the broker (REJECT) and sends the chunk again;
+  // false once kRejectsPerChunk answers of it were rejected (`why` then says so: the job fails).
+  bool run_again_after_bad_result(Job& job, const proto::ClientResult& result, Status& why);
+  static constexpr std::uint32_t kRejectsPerChunk = 3;
   void fail_all(const Status& error);
   // The handshake watch reported something: a refusal fails what waits, with the reason.
   void on_handshake_event();
@@ -266,6 +279,7 @@ class Pool::Impl {
   bool unanswered_logged_ = false;   // warned that no broker answers at the endpoint
   Clock::time_point last_sent_;
   Clock::time_point last_heard_;
+  std::optional<wire::ConnectionProbe> broker_link_;  // I/O thread: this socket's TCP connection
   // Broadcast contexts the broker has (as far as we know), by hash, with the session_ they were
   // sent in: sent once per broker session, not per job. The broker frees a context no chunk has
   // used for a while and then answers a chunk naming it with kContextMissing: we send it again.
@@ -410,8 +424,8 @@ void Pool::Impl::shutdown() {
     wake();
     io_thread_.join();
   }
+  handshakes_.reset();  // before its socket closes (see HandshakeWatch)
   socket_.reset();
-  handshakes_.reset();
   if (supervisor_thread_.joinable()) {
     supervisor_->stop();
     supervisor_thread_.join();
@@ -430,6 +444,7 @@ void Pool::Impl::shutdown() {
 
 void Pool::Impl::open_socket() {
   if (socket_) socket_->set(zmq::sockopt::linger, 0);  // what is queued for a lost broker is resent anyway
+  handshakes_.reset();  // before its socket closes (see HandshakeWatch)
   socket_ = std::make_unique<zmq::socket_t>(context_.impl().zmq, zmq::socket_type::dealer);
   wire::configure(*socket_,
                   {.high_water_mark = 10000,
@@ -437,12 +452,12 @@ void Pool::Impl::open_socket() {
                    .max_message_bytes = options_.max_message_bytes},
                   false);
   socket_->set(zmq::sockopt::reconnect_ivl, 100);
-  socket_->set(zmq::sockopt::reconnect_ivl_max, 5000);
+  socket_->set(zmq::sockopt::reconnect_ivl_max, 1000);
   if (curve_) wire::apply_curve_client(*socket_, *curve_);
-  handshakes_.reset();
   retry_at_.reset();
   if (!endpoint_.starts_with("inproc://")) handshakes_.emplace(context_.impl().zmq, *socket_);
   socket_->connect(endpoint_);
+  broker_link_.reset();
   submits_out_.clear();  // for the lost session; every chunk not yet answered is sent after the WELCOME
   auto hello = wire::make(Command::kHello, proto::Hello{detail::host_name(), static_cast<std::uint32_t>(::getpid())});
   // Never blocks: a handshake refused before this line leaves the socket without a pipe.
@@ -502,7 +517,7 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
   job->payloads.resize(job->chunks.size());
   job->retries_left.assign(job->chunks.size(), request.task_retries);
   job->sink = std::move(request.sink);
-  if (!job->sink) job->results.resize(job->chunks.size());
+  if (!job->sink || !job->sink->keeps()) job->results.resize(job->chunks.size());  // a checking sink keeps nothing
   job->have.assign(job->chunks.size(), false);
   job->core = core;
   if (request.job_deadline.count() > 0) job->deadline = Clock::now() + request.job_deadline;
@@ -696,6 +711,7 @@ void Pool::Impl::io_loop() {
       auto frames = wire::receive(*socket_);
       if (!frames) break;
       last_heard_ = Clock::now();
+      if (!broker_link_ && !frames->empty()) broker_link_ = wire::ConnectionProbe::of(frames->front());
       on_message(*frames);
     }
     if (retry_at_ && Clock::now() >= *retry_at_) open_socket();  // refused: nothing was sent on that socket
@@ -707,7 +723,8 @@ void Pool::Impl::io_loop() {
                  "endpoint (poolmap-broker --clients, port 5555 by default)? Still trying",
                  endpoint_, std::chrono::duration_cast<std::chrono::milliseconds>(silent).count());
     }
-    if (waiting && silent > options_.heartbeat_interval * options_.heartbeat_liveness) {
+    const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
+    if (waiting && silent > expiry && !bytes_arriving(expiry)) {
       lost_broker("no word for " + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()) +
                   " ms");
     }
@@ -817,6 +834,7 @@ void Pool::Impl::on_message(std::vector<zmq::message_t>& frames) {
       ever_welcomed_ = true;
       if (!session_welcomed_) {
         session_welcomed_ = true;
+        handshakes_.reset();  // welcomed: no more handshakes to explain on this socket
         if (broker_lost_at_) {
           deferred_.clear();  // every unanswered chunk is sent again now
           room_ = 0;
@@ -1003,13 +1021,15 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   }
   const detail::ChunkRequest& chunk = job.chunks[result.chunk];
   if (job.sink) {
-    // Decoded into the output now; the received bytes go at the end of this scope.
+    // Decoded into the output now (or only checked); the received bytes go at the end of this scope.
     Status decoded = job.sink->take(chunk.first_index, chunk.count, wire::view(payload));
     if (!decoded.is_ok()) {
+      if (run_again_after_bad_result(job, result, decoded)) return;
       fail_job(result.job, JobOutcome{{}, std::move(decoded), std::nullopt});
       return;
     }
-  } else {
+  }
+  if (!job.sink || !job.sink->keeps()) {
     auto owned = std::make_shared<zmq::message_t>(std::move(payload));
     job.results[result.chunk] = detail::ChunkResult{wire::view(*owned), owned, chunk.count};
   }
@@ -1029,6 +1049,25 @@ void Pool::Impl::on_result(const proto::ClientResult& result, zmq::message_t& pa
   }
 }
 
+bool Pool::Impl::run_again_after_bad_result(Job& job, const proto::ClientResult& result, Status& why) {
+  // Results that do not decode to the chunk's items are the worker's fault, not the caller's: the
+  // broker drops that worker, and the chunk runs again elsewhere, kRejectsPerChunk times at most.
+  auto reject = wire::make(Command::kReject, proto::Reject{result.job, result.chunk, result.attempt, why.message()});
+  send(reject);
+  std::uint32_t& rejected = job.rejected[static_cast<std::size_t>(result.chunk)];
+  if (++rejected > kRejectsPerChunk) {
+    why = Status(ErrorCode::kMalformed, "task '" + job.task + "': " + std::to_string(rejected) +
+                                            " workers in a row returned results that do not decode for chunk " +
+                                            std::to_string(result.chunk) + "; the last: " + why.message());
+    return false;
+  }
+  log_->warn("a worker returned results for chunk {} of job {} that do not decode ({}); the broker drops it and the "
+             "chunk runs again",
+             result.chunk, result.job, why.message());
+  send_chunk(job, static_cast<std::size_t>(result.chunk));
+  return true;
+}
+
 void Pool::Impl::fail_job(std::uint64_t id, JobOutcome outcome) {
   const auto found = jobs_.find(id);
   if (found == jobs_.end()) return;
@@ -1044,6 +1083,7 @@ void Pool::Impl::fail_job(std::uint64_t id, JobOutcome outcome) {
 }
 
 void Pool::Impl::on_handshake_event() {
+  if (!handshakes_) return;
   const auto failure = handshakes_->failure(endpoint_, curve_.has_value());
   if (!failure) return;
   // A refused key or a mismatched mechanism does not mend itself: say so at once and fail what

@@ -1,6 +1,7 @@
 // Internal (not installed): facts about this process that several components report.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -17,12 +18,26 @@ std::string self_executable(const std::string& fallback = {});
 // crash.
 inline constexpr int kDeadlineExitCode = 75;
 
+// Exit status of a worker process that heard no broker for kSilentPeriodsBeforeExit liveness
+// periods (and at least kSilenceBeforeExitAtLeast) while it was registering again after losing
+// one: its ZeroMQ context may be wedged (a blocked I/O thread never recovers), so it ends and its
+// supervisor starts a fresh one. Not a crash. The floor leaves room for ZeroMQ's reconnect
+// back-off (at most 1 s) to reach a broker that came back.
+inline constexpr int kSilenceExitCode = 76;
+inline constexpr int kSilentPeriodsBeforeExit = 10;
+inline constexpr std::chrono::seconds kSilenceBeforeExitAtLeast{15};
+
 // A fresh random 64-bit instance id (never 0). Worker processes and supervisors are told apart by
 // it, not by (host, pid): containers and pid namespaces repeat pids, restarts repeat them too.
 std::uint64_t new_instance_id();
 
 // The 8 hex digits that logs and `poolmap status` show of an instance id.
 std::string short_id(std::uint64_t instance);
+
+// The half of an instance id that may be shown to anyone (status, logs): its high 32 bits, the
+// low ones zero. The whole id stays with the process, its supervisor and the broker: it is what a
+// worker registers with and what a supervisor's exit report must name.
+constexpr std::uint64_t public_id(std::uint64_t instance) { return instance & 0xffff'ffff'0000'0000ULL; }
 
 // Environment variables through which a supervisor gives a worker process its instance id and its
 // own (16 hex digits each).

@@ -1,5 +1,9 @@
 #include "wire.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -47,7 +51,7 @@ void apply_password(zmq::socket_t& socket, const std::string& password) {
 }
 
 HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched)
-    : monitor_(context, zmq::socket_type::pair) {
+    : watched_(watched.handle()), monitor_(context, zmq::socket_type::pair) {
   static std::atomic<std::uint64_t> number{0};
   const std::string endpoint = "inproc://poolmap-handshake-watch-" + std::to_string(number.fetch_add(1));
   if (zmq_socket_monitor(watched.handle(), endpoint.c_str(),
@@ -56,7 +60,13 @@ HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched)
     throw Error(ErrorCode::kInternal, std::string("cannot watch a socket: ") + zmq_strerror(zmq_errno()));
   }
   monitor_.set(zmq::sockopt::linger, 0);
+  monitor_.set(zmq::sockopt::rcvhwm, 0);  // unbounded: the monitor's blocking send must never wait
   monitor_.connect(endpoint);
+}
+
+HandshakeWatch::~HandshakeWatch() {
+  // Stops the events at their source first (see the class comment); only then is the reader closed.
+  (void)zmq_socket_monitor(watched_, nullptr, 0);
 }
 
 std::optional<std::string> HandshakeWatch::failure(const std::string& endpoint, bool curve) {
@@ -85,6 +95,34 @@ std::optional<std::string> HandshakeWatch::failure(const std::string& endpoint, 
                                 "an embedded Pool's own broker (only that Pool's worker copies may join it)"));
   }
   return std::nullopt;
+}
+
+namespace {
+// The peer address of socket `fd` as bytes, or "" when it has none (closed, not connected).
+std::string peer_of(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) return {};
+  return {reinterpret_cast<const char*>(&address), length};
+}
+}  // namespace
+
+std::optional<ConnectionProbe> ConnectionProbe::of(const zmq::message_t& message) {
+  const int fd = zmq_msg_get(message.handle(), ZMQ_SRCFD);
+  if (fd < 0) return std::nullopt;
+  ConnectionProbe probe;
+  probe.fd_ = fd;
+  probe.peer_ = peer_of(fd);
+  if (probe.peer_.empty()) return std::nullopt;
+  return probe;
+}
+
+std::optional<std::chrono::milliseconds> ConnectionProbe::since_data_received() const {
+  if (peer_of(fd_) != peer_) return std::nullopt;
+  tcp_info info{};
+  socklen_t length = sizeof(info);
+  if (::getsockopt(fd_, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return std::nullopt;
+  return std::chrono::milliseconds(info.tcpi_last_data_recv);
 }
 
 zmq::message_t to_message(Bytes&& bytes) {

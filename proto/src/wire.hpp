@@ -63,9 +63,22 @@ void apply_password(zmq::socket_t& socket, const std::string& password);
 // after a SIGHUP).
 inline constexpr std::chrono::seconds kRetryAfterRefusal{5};
 
+//
+// Lifetime: ZeroMQ's I/O thread sends monitor events with a blocking send, so an event sent to a
+// reader that is gone (or whose queue is full) blocks that I/O thread for ever, and with it every
+// socket of the context (the wedge of issue 23: workers that never registered again after a burst
+// of broker restarts, because a socket closed before its watch kept reconnecting through its
+// linger and reported the handshake to a reader already closed). So the reader's queue is
+// unbounded, and the destructor first stops the monitor on the watched socket (under the lock
+// ZeroMQ holds while it sends an event) and only then closes the reader. Destroy the watch BEFORE
+// closing the watched socket, and stop watching (destroy it) once the broker has answered: an
+// unread watch would only gather events.
 class HandshakeWatch {
  public:
   HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched);
+  ~HandshakeWatch();
+  HandshakeWatch(const HandshakeWatch&) = delete;
+  HandshakeWatch& operator=(const HandshakeWatch&) = delete;
   zmq::socket_t& socket() { return monitor_; }
   // A sentence for the handshake failure that was reported, or nullopt (none, or another event).
   // A broker that refuses the mechanism may close the connection before its greeting is out (a
@@ -77,8 +90,33 @@ class HandshakeWatch {
   static constexpr int kClosedHandshakesMeanRefused = 3;
 
  private:
+  void* watched_;  // the watched socket's handle; it outlives this watch
   zmq::socket_t monitor_;
   int closed_handshakes_ = 0;  // in a row, since the last handshake that succeeded
+};
+
+// Whether bytes arrived lately on the TCP connection a message came over, as the kernel counts
+// them: a peer whose heartbeats queue behind one large message on a slow link is silent to the
+// application for as long as that message takes, yet its bytes keep arriving. Liveness checks ask
+// this before they declare a silent peer gone.
+//
+// The connection is the socket descriptor ZeroMQ names in the message's metadata (ZMQ_SRCFD),
+// checked against the peer address seen when the probe was made: ZeroMQ's I/O thread owns that
+// descriptor and may close it, and the number may be reused by another connection, which the
+// address tells apart. Only read-only queries (getpeername, TCP_INFO) are made on it.
+class ConnectionProbe {
+ public:
+  // The probe of the connection `message` arrived on; nullopt for a transport that is not TCP
+  // (inproc, ipc) or when ZeroMQ does not say.
+  static std::optional<ConnectionProbe> of(const zmq::message_t& message);
+  // How long ago the kernel last received data on that connection; nullopt when it cannot tell
+  // (the connection closed, or its descriptor now belongs to another one).
+  std::optional<std::chrono::milliseconds> since_data_received() const;
+
+ private:
+  ConnectionProbe() = default;
+  int fd_ = -1;
+  std::string peer_;  // the peer's address bytes (sockaddr) when the probe was made
 };
 
 // Wraps an encoded buffer into a message without copying it (ownership moves to ZeroMQ); a

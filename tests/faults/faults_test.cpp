@@ -5,7 +5,11 @@
 // so a lost, duplicated or misplaced item shows as a wrong value at its position.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -106,6 +110,113 @@ struct MapRun {
     });
   }
   void join() { thread.join(); }
+};
+
+// A TCP relay on loopback that passes the bytes from its clients to `target` at most at
+// `bytes_per_second` (a slow link), and the other way at full speed. Counts the connections made
+// through it. Stops and closes everything when destroyed.
+class SlowLink {
+ public:
+  SlowLink(const std::string& target, std::size_t bytes_per_second) : rate_(bytes_per_second) {
+    const auto colon = target.rfind(':');
+    target_port_ = static_cast<std::uint16_t>(std::stoi(target.substr(colon + 1)));
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(listener_ >= 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+    REQUIRE(::listen(listener_, 8) == 0);
+    socklen_t length = sizeof(address);
+    REQUIRE(::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) == 0);
+    endpoint_ = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+    thread_ = std::thread([this] { run(); });
+  }
+  ~SlowLink() {
+    running_ = false;
+    thread_.join();
+    for (const auto& [from, to] : pairs_) {
+      ::close(from);
+      ::close(to);
+    }
+    ::close(listener_);
+  }
+  SlowLink(const SlowLink&) = delete;
+  SlowLink& operator=(const SlowLink&) = delete;
+  const std::string& endpoint() const { return endpoint_; }
+  int connections() const { return connections_.load(); }
+
+ private:
+  void run() {
+    std::vector<char> buffer(64 * 1024);
+    double tokens = 0;
+    auto last = Clock::now();
+    while (running_.load()) {
+      std::vector<pollfd> fds{{listener_, POLLIN, 0}};
+      for (const auto& [from, to] : pairs_) {
+        fds.push_back({from, POLLIN, 0});  // from the client: throttled
+        fds.push_back({to, POLLIN, 0});    // from the target
+      }
+      (void)::poll(fds.data(), fds.size(), 5);
+      const auto now = Clock::now();
+      tokens = std::min<double>(tokens + std::chrono::duration<double>(now - last).count() * static_cast<double>(rate_),
+                                static_cast<double>(buffer.size()));
+      last = now;
+      const std::size_t polled = pairs_.size();  // accept_one() may add one below
+      for (std::size_t i = 0; i < polled; ++i) {
+        const auto [from, to] = pairs_[i];
+        if ((fds[1 + 2 * i].revents & (POLLIN | POLLHUP)) != 0 && tokens >= 1) {
+          const auto got = ::read(from, buffer.data(), static_cast<std::size_t>(tokens));
+          if (got > 0) {
+            tokens -= static_cast<double>(got);
+            write_all(to, buffer.data(), static_cast<std::size_t>(got));
+          }
+        }
+        if ((fds[2 + 2 * i].revents & (POLLIN | POLLHUP)) != 0) {
+          const auto got = ::read(to, buffer.data(), buffer.size());
+          if (got > 0) write_all(from, buffer.data(), static_cast<std::size_t>(got));
+        }
+      }
+      if ((fds[0].revents & POLLIN) != 0) accept_one();
+    }
+  }
+  void accept_one() {
+    const int from = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (from < 0) return;
+    const int to = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(target_port_);
+    if (to < 0 || ::connect(to, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+      ::close(from);
+      if (to >= 0) ::close(to);
+      return;
+    }
+    pairs_.emplace_back(from, to);
+    ++connections_;
+  }
+  static void write_all(int fd, const char* data, std::size_t size) {
+    while (size > 0) {
+      const auto put = ::write(fd, data, size);
+      if (put <= 0) {
+        if (put < 0 && errno == EINTR) continue;
+        if (put < 0 && errno == EAGAIN) continue;
+        return;  // the other side is gone
+      }
+      data += put;
+      size -= static_cast<std::size_t>(put);
+    }
+  }
+
+  std::size_t rate_;
+  std::uint16_t target_port_ = 0;
+  int listener_ = -1;
+  std::string endpoint_;
+  std::vector<std::pair<int, int>> pairs_;  // relay thread only (and the destructor, after it)
+  std::atomic<int> connections_{0};
+  std::atomic<bool> running_{true};
+  std::thread thread_;
 };
 
 }  // namespace
@@ -313,6 +424,74 @@ TEST_CASE("Faults.Broker.KilledAndRestartedMapCompletesExactlyOnce" * doctest::t
   MESSAGE("map finished " << recovered.count() << " ms after the broker was killed");
   REQUIRE_FALSE(run.code.has_value());
   check_hashes(*run.results, 2'000);
+}
+
+// Issue 23's wedge. A worker that hears nothing for its liveness period closes its socket and
+// registers again on a new one; the old socket lingers (500 ms) to flush what it queued, and if a
+// broker comes back meanwhile it reconnects and reports the handshake to its HandshakeWatch. That
+// watch was closed already, and ZeroMQ's I/O thread sends monitor events with a blocking send: it
+// blocked for ever, and with it every socket of the process, which never registered again. Here
+// the broker restarts in bursts, each down time timed around the workers' silence timeout and each
+// up time long enough for them to hear it. Then every worker registers with the last broker, in
+// less than the silence after which a worker ends itself (the safety net must not be what saves
+// it), and a map is exact.
+TEST_CASE("Faults.Broker.BurstsOfRestartsNeverWedgeAWorker" * doctest::timeout(115)) {
+  constexpr int kProcesses = 4;
+  t::Cluster cluster({.workers = kProcesses});
+  const auto beat = t::heartbeat();
+  const auto expiry = beat * 3;
+  {
+    poolmap::Pool observer(remote(cluster));
+    REQUIRE(observer.wait_for_workers(kProcesses, 20s));
+  }
+  int restarts = 0;
+  for (int burst = 0; burst < 3; ++burst) {
+    for (int i = 0; i < 8; ++i) {
+      // A fault schedule, not a wait for readiness: up for 2..5 heartbeats, down for the liveness
+      // period plus 0..350 ms (within the old socket's linger after the workers' timeout fires).
+      std::this_thread::sleep_for(beat * (2 + i % 4));
+      cluster.broker().signal_and_wait(SIGKILL, 5s);
+      std::this_thread::sleep_for(expiry + std::chrono::milliseconds(50 * ((i * 3) % 8)));
+      cluster.start_broker_again();
+      ++restarts;
+    }
+  }
+  poolmap::Pool pool(remote(cluster));
+  // ZeroMQ's reconnect back-off (at most 1 s) may hold a socket back; the safety net ends a
+  // silent process only after max(10 liveness periods, 15 s).
+  const auto back_within = std::max<std::chrono::milliseconds>(10s, 10 * expiry);
+  const auto since = Clock::now();
+  const bool all_back = pool.wait_for_workers(kProcesses, back_within);
+  MESSAGE(restarts << " broker restarts; " << pool.status().workers.size() << " of " << kProcesses
+                   << " workers registered again after "
+                   << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since).count() << " ms");
+  const std::string log = cluster.workers().stderr_text();
+  CHECK(log.find("ended itself") == std::string::npos);  // the safety net was not needed
+  REQUIRE(all_back);
+  check_hashes(pool.map(t::slow_hash, slow_items(200, 100), {.chunksize = 5}), 200);
+}
+
+// Issue 23: a client sending a legal 60 MiB chunk at 3 MiB/s was dropped by the broker for silence
+// half-way through (its heartbeats queue behind the message on the same connection), its SUBMIT
+// was answered with DISCONNECT when it arrived, and it was resent for ever. Bytes arriving on a
+// peer's connection now count as life.
+TEST_CASE("Faults.Network.ALargeChunkOnASlowLinkIsDeliveredAndAnsweredOnce" * doctest::timeout(110)) {
+  t::Cluster cluster({.workers = 1});
+  constexpr std::size_t kRate = 3 << 20;  // bytes per second, client to broker
+  SlowLink link(cluster.client_endpoint(), kRate);
+  poolmap::Pool pool({.broker = link.endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  const std::vector<std::uint8_t> blob(std::size_t{60} << 20, 7);
+  const auto started = Clock::now();
+  CHECK(pool.submit(t::blob_size, blob).get(90s) == blob.size());
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
+  MESSAGE("60 MiB at 3 MiB/s answered after " << took.count() << " ms, through " << link.connections()
+                                              << " connection(s)");
+  CHECK(took >= 15s);  // the link really was slow: far past any liveness period
+  CHECK(link.connections() == 1);  // never dropped, so never sent again on a new connection
+  poolmap::Pool observer(remote(cluster));
+  CHECK(observer.status().chunks_done == 1);  // answered once
+  CHECK(cluster.broker().stderr_text().find("gone (no heartbeat)") == std::string::npos);
 }
 
 TEST_CASE("Faults.Client.KilledClientFreesBrokerMemory" * doctest::timeout(60)) {

@@ -166,15 +166,21 @@ class Supervisor::Impl {
         // item first. Anything else is a crash, which the broker blames on the chunk it ran.
         const bool planned = exited && WIFEXITED(status) && WEXITSTATUS(status) == 0;
         const bool deadline = exited && WIFEXITED(status) && WEXITSTATUS(status) == detail::kDeadlineExitCode;
+        const bool silence = exited && WIFEXITED(status) && WEXITSTATUS(status) == detail::kSilenceExitCode;
         if (!stopping_.load()) {
           const std::string cause = exited ? describe_exit(status) : "ended (status unknown)";
           if (planned) {
             log_->info("worker process {} [{}] finished its work (max tasks per child); starting a fresh one", pid,
                        detail::short_id(child.instance));
+          } else if (silence) {
+            log_->warn("worker process {} [{}] heard no broker for {} liveness periods and ended itself; starting a "
+                       "fresh one",
+                       pid, detail::short_id(child.instance), detail::kSilentPeriodsBeforeExit);
           } else {
             log_->warn("worker process {} [{}] exited ({}); restarting", pid, detail::short_id(child.instance), cause);
           }
-          const bool crashed = exited && !planned && !deadline && (WIFSIGNALED(status) || WIFEXITED(status));
+          const bool crashed =
+              exited && !planned && !deadline && !silence && (WIFSIGNALED(status) || WIFEXITED(status));
           exit_reports_.push_back({host_, static_cast<std::uint32_t>(pid), child.instance, instance_, crashed,
                                    "ended with " + cause, child.progress.load()});
         }

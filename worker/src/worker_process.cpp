@@ -253,10 +253,9 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
                            .max_message_bytes = options_.max_message_bytes},
                   false);
   socket.set(zmq::sockopt::reconnect_ivl, 100);       // reconnect to a restarted broker with
-  socket.set(zmq::sockopt::reconnect_ivl_max, 5000);  // exponential back-off, 0.1 s to 5 s
+  socket.set(zmq::sockopt::reconnect_ivl_max, 1000);  // exponential back-off, 0.1 s to 1 s
   if (curve_) wire::apply_curve_client(socket, *curve_);
   if (!options_.broker_password.empty()) wire::apply_password(socket, options_.broker_password);
-  handshakes_.reset();
   retry_at_.reset();
   if (!options_.broker.starts_with("inproc://")) handshakes_.emplace(context, socket);
   socket.connect(options_.broker);
@@ -286,8 +285,17 @@ void WorkerProcess::Impl::io_loop() {
   // may still be forming (a slow or loaded host), and a new socket would only start over. A
   // broker that lost us says so (DISCONNECT) when our heartbeats reach it.
   bool heard = false;
+  // This socket's TCP connection (once heard): a broker whose heartbeats queue behind one large
+  // TASK on a slow link is silent, yet the bytes of that TASK keep arriving.
+  std::optional<wire::ConnectionProbe> broker_link;
+  const auto bytes_arriving = [&](std::chrono::milliseconds window) {
+    const auto since = broker_link ? broker_link->since_data_received() : std::nullopt;
+    return since && *since < window;
+  };
   auto last_sent = Clock::now();
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
+  const auto silence_before_exit = std::max<std::chrono::milliseconds>(
+      detail::kSilentPeriodsBeforeExit * expiry, detail::kSilenceBeforeExitAtLeast);
 
   for (;;) {
     // The handshake watch only until the broker answers on this socket (a socket opened after a
@@ -383,6 +391,10 @@ void WorkerProcess::Impl::io_loop() {
       auto frames = wire::receive(socket);
       if (!frames) break;
       last_heard = Clock::now();
+      if (!heard) {
+        handshakes_.reset();  // the broker answered: no more handshakes to explain
+        broker_link = wire::ConnectionProbe::of(frames->front());
+      }
       heard = true;
       refusal_logged_ = false;
       if (lost_since_) {
@@ -437,13 +449,26 @@ void WorkerProcess::Impl::io_loop() {
     }
 
     const auto now = Clock::now();
-    if (forget_tasks || (heard && now - last_heard > expiry)) {
+    if (!heard && lost_since_ && now - *lost_since_ > silence_before_exit) {
+      // Registering again for many liveness periods and no broker answers. If one runs, this
+      // process's ZeroMQ context may be wedged (its I/O thread blocked): nothing in this process can
+      // mend that, a fresh process does. Not a crash: the supervisor starts one at once.
+      log_->error("worker {} pid {} [{}] heard no broker at {} for {} ms ({} liveness periods) while registering "
+                  "again; ending this process so that its supervisor starts a fresh one",
+                  host_, pid_, detail::short_id(instance_), options_.broker,
+                  std::chrono::duration_cast<std::chrono::milliseconds>(now - *lost_since_).count(),
+                  detail::kSilentPeriodsBeforeExit);
+      log_->flush();
+      std::_Exit(detail::kSilenceExitCode);  // never through the context: it may be the wedged part
+    }
+    if (forget_tasks || (heard && now - last_heard > expiry && !bytes_arriving(expiry))) {
       if (!forget_tasks) {
         log_->warn("worker {} pid {} [{}] heard nothing from the broker at {} for {} ms; registering again", host_,
                    pid_, detail::short_id(instance_), options_.broker,
                    std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard).count());
         if (!lost_since_) lost_since_ = last_heard;
       } else {
+        if (!lost_since_) lost_since_ = now;  // heard, but as a stranger: registering again from now
         // After a refusal this repeats every heartbeat interval: the refusal was said once.
         log_->log(last_refusal_.empty() ? spdlog::level::info : spdlog::level::debug,
                   "broker asked worker pid {} to register again", pid_);
@@ -452,6 +477,7 @@ void WorkerProcess::Impl::io_loop() {
         std::lock_guard lock(mutex_);
         tasks_.clear();  // the broker has given these chunks to others
       }
+      handshakes_.reset();  // before its socket closes (see HandshakeWatch)
       socket.close();
       socket = connect(context);
       last_heard = last_sent = Clock::now();
@@ -459,6 +485,7 @@ void WorkerProcess::Impl::io_loop() {
       continue;
     }
     if (retry_at_ && now >= *retry_at_) {  // refused: nothing was registered on that socket
+      handshakes_.reset();
       socket.close();
       socket = connect(context);
       last_heard = last_sent = Clock::now();
@@ -696,8 +723,8 @@ void WorkerProcess::Impl::end_process(zmq::socket_t& socket, std::uint64_t ticke
 void WorkerProcess::Impl::say_goodbye_and_exit(zmq::socket_t& socket) {
   auto bye = wire::make_empty(Command::kDisconnect);
   (void)wire::send(socket, bye, true);
+  handshakes_.reset();                  // before the socket closes (see HandshakeWatch)
   socket.close();                       // lingers until what was sent is out (bounded)
-  handshakes_.reset();                  // its monitor socket would keep the context open
   options_.context.impl().zmq.close();  // waits for that
   std::_Exit(detail::kDeadlineExitCode);
 }

@@ -72,6 +72,8 @@ class ChunkSink {
   // Error(kMalformed)'s status when they are not exactly `count` results of the task's type; the
   // job then fails with it. Called once per chunk, on the I/O thread.
   virtual Status take(std::size_t first_index, std::uint32_t count, std::span<const std::byte> bytes) = 0;
+  // False for a sink that only checks the results (CheckingSink): the job then keeps the bytes.
+  virtual bool keeps() const noexcept { return true; }
 };
 
 // The encoded results of one chunk; `bytes` stays valid while `owner` lives.
@@ -146,6 +148,30 @@ void decode_results(const std::vector<ChunkResult>& chunks, std::size_t expected
                                            " results for " + std::to_string(expected) + " inputs");
   }
 }
+
+// Checks that each chunk's bytes are exactly `count` results of R as they arrive, and keeps
+// nothing (the job keeps the bytes, decoded again by get()): a job decoded later (submit, imap)
+// learns of a worker whose results do not decode while the chunk can still run elsewhere.
+template <class R>
+class CheckingSink final : public ChunkSink {
+ public:
+  Status take(std::size_t first_index, std::uint32_t count, std::span<const std::byte> bytes) override {
+    try {
+      decode_chunk<R>(bytes, count, [](std::uint32_t, R&&) {});
+    } catch (const std::exception& e) {  // cereal::Exception, or what a result type's load() throws
+      return Status(ErrorCode::kMalformed, "results for items " + std::to_string(first_index) + " to " +
+                                               std::to_string(first_index + count - 1) + " do not match its " +
+                                               std::to_string(count) + " items: " + e.what());
+    }
+    return Status::ok();
+  }
+  bool keeps() const noexcept override { return false; }
+  // The one instance a type needs (it holds nothing).
+  static std::shared_ptr<ChunkSink> shared() {
+    static const std::shared_ptr<ChunkSink> sink = std::make_shared<CheckingSink<R>>();
+    return sink;
+  }
+};
 
 // A map's output: `total` results, each chunk's decoded into its place as it arrives.
 // Thread-safety: take() on the I/O thread, allocate() on the caller's, values() and release() once

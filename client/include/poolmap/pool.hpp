@@ -144,8 +144,11 @@ struct BrokerStatus {
     std::uint32_t pid = 0;
     std::uint32_t chunks_in_flight = 0;
     std::uint64_t chunks_done = 0;
-    std::uint64_t instance = 0;    // unique id of the process (logs and status show 8 hex digits)
-    std::uint64_t supervisor = 0;  // unique id of the supervisor that started it; 0 = none
+    // The public half of the process's unique 64-bit id: its high 32 bits (the 8 hex digits logs
+    // and `poolmap status` show), low bits zero. The broker never reveals the rest: the whole id
+    // is what the process registers with and what its supervisor's exit reports must name.
+    std::uint64_t instance = 0;
+    std::uint64_t supervisor = 0;  // the same of the supervisor that started it; 0 = none
     std::vector<TaskInfo> tasks;   // what it announced it can run
     std::uint64_t chunks_failed = 0;          // answered with an error
     std::chrono::milliseconds last_seen{0};  // since the broker last heard from it
@@ -496,6 +499,7 @@ class Pool {
       (archive(static_cast<std::decay_t<A>>(std::forward<Args>(args))), ...);
     }
     job.chunks.push_back(std::move(chunk));
+    job.sink = detail::CheckingSink<R>::shared();  // a lying worker's answer is run again, not returned
     static const auto decode = std::make_shared<const typename Future<R>::Decoder>(
         [](const detail::JobOutcome& outcome, const detail::FutureCore& core) {
           std::vector<R> one;

@@ -36,6 +36,7 @@ enum class Command : std::uint8_t {
   kCancel = 0x03,         // Cancel: drop every chunk of a job not yet answered
   kStatusRequest = 0x04,  // (empty); answered with StatusReply
   kContext = 0x05,        // ContextHeader + payload: a broadcast context, sent once per job
+  kReject = 0x06,         // Reject: a chunk's results did not decode at the client (the worker lied)
   // broker -> client
   kWelcome = 0x11,      // Welcome
   kResult = 0x12,       // ClientResult + payload
@@ -179,6 +180,21 @@ struct ClientResult {
   template <class Archive>
   void serialize(Archive& ar) {
     ar(job, chunk, attempt, outcome, workers);
+  }
+};
+
+// Client -> broker: the results of chunk `chunk` of job `job` that attempt `attempt` returned do
+// not decode to the chunk's items (too few, too many, or not the task's result type). That is the
+// worker's fault, not the caller's: the broker drops the worker that answered it (if it still
+// knows which one), and the client sends the chunk again itself, as a new SUBMIT.
+struct Reject {
+  std::uint64_t job = 0;
+  std::uint64_t chunk = 0;
+  std::uint32_t attempt = 0;
+  std::string reason;  // what the client's decoder said
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(job, chunk, attempt, reason);
   }
 };
 
