@@ -728,6 +728,7 @@ TEST_CASE("Api.Futures.AsCompletedTimeoutAndWait" * doctest::timeout(60)) {  // 
     FAIL("as_completed did not time out");
   } catch (const poolmap::Error& e) {
     CHECK(e.code() == poolmap::ErrorCode::kDeadlineExceeded);
+    CHECK(std::string(e.what()) == "1 (of 2) futures unfinished after " + std::to_string((3 * hb).count()) + " ms");
   }
   CHECK(order == std::vector<std::size_t>{1});
 

@@ -1,13 +1,19 @@
 // `poolmap map` and `poolmap exec` against a real broker and workers.
 #include <doctest/doctest.h>
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "poolmap/poolmap.hpp"
@@ -64,6 +70,66 @@ void wait_for_workers(const t::Cluster& cluster, std::size_t count) {
   poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
   REQUIRE(pool.wait_for_workers(count, 20s));
 }
+
+// A directory that is removed, with what is in it, when the test ends.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "poolmap-cli-test-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// The two pids a command wrote to `path` ("SHELL CHILD"), once it has.
+std::optional<std::pair<pid_t, pid_t>> read_pids(const std::string& path) {
+  std::ifstream in(path);
+  long shell = 0;
+  long child = 0;
+  if (!(in >> shell >> child) || shell <= 0 || child <= 0) return std::nullopt;
+  return std::pair{static_cast<pid_t>(shell), static_cast<pid_t>(child)};
+}
+
+// The parent of process `pid` (from /proc), or -1.
+pid_t parent_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return -1;
+  const auto after_name = line.rfind(')');  // "PID (COMM) STATE PPID ..."
+  if (after_name == std::string::npos) return -1;
+  std::istringstream rest(line.substr(after_name + 1));
+  std::string state;
+  long parent = -1;
+  rest >> state >> parent;
+  return static_cast<pid_t>(parent);
+}
+
+// Kills, when the test ends, those of `pids` still running: the processes of a command that
+// outlived its worker process (only a failing test leaves any; they are not this test's children).
+struct KillStrays {
+  std::vector<pid_t> pids;
+  ~KillStrays() {
+    for (const pid_t pid : pids) {
+      if (pid > 0 && t::process_running(pid)) ::kill(pid, SIGKILL);
+    }
+  }
+};
+
+// A shell command for exec_task whose line is a file name: it starts a child that would run for
+// 1000 s, writes "SHELL_PID CHILD_PID" to the file (whole, by rename) and waits for the child.
+// Run again (after its worker process was lost), it finds the file and exits 0 at once.
+const std::vector<std::string> kCommandWithAChild{
+    "sh", "-c", "test -e {} && exit 0; sleep 1000 & echo \"$$ $!\" > {}.tmp && mv {}.tmp {}; wait"};
 
 }  // namespace
 
@@ -183,4 +249,83 @@ TEST_CASE("Cli.Exec.OnlyOnWorkersStartedWithAllowExec" * doctest::timeout(60)) {
                                    std::string("/tmp/poolmap-exec-must-not-run")),
                   poolmap::Error);
   CHECK_FALSE(std::filesystem::exists("/tmp/poolmap-exec-must-not-run"));
+}
+
+TEST_CASE("Cli.Exec.DeadlineEndsTheCommandAndWhatItStarted" * doctest::timeout(60)) {
+  // A command past the item's deadline ends with its worker process: the shell and the child it
+  // started, not only the worker process (they used to run on as orphans).
+  t::Cluster cluster({.workers = 1, .worker_args = {"--allow-exec"}});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  const auto hb = t::heartbeat();
+  const TempDir dir;
+  const std::string pid_file = dir / "pids";
+  const poolmap::SubmitOptions deadline{.task_deadline = 10 * hb};
+  auto result = pool.submit(deadline, poolmap::exec_task.with(kCommandWithAChild), pid_file);
+  std::optional<std::pair<pid_t, pid_t>> pids;
+  REQUIRE(t::eventually([&] { return (pids = read_pids(pid_file)).has_value(); }, 50 * hb));
+  const KillStrays strays{{pids->first, pids->second}};
+  try {
+    (void)result.get(100 * hb);
+    FAIL("a command that runs for 1000 s finished within its deadline");
+  } catch (const poolmap::Error& e) {
+    CHECK(e.code() == poolmap::ErrorCode::kDeadlineExceeded);
+    CHECK(std::string(e.what()).find("ran longer than its deadline of " + std::to_string((10 * hb).count()) + " ms") !=
+          std::string::npos);
+  }
+  CHECK(t::eventually([&] { return !t::process_running(pids->first); }, 50 * hb));   // the shell
+  CHECK(t::eventually([&] { return !t::process_running(pids->second); }, 50 * hb));  // its child
+  // The worker process that ran it was replaced and serves again.
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  CHECK(pool.apply(poolmap::exec_task.with(std::vector<std::string>{"echo"}), std::string("again")) ==
+        poolmap::ExecResult{0, "again\n", ""});
+}
+
+TEST_CASE("Cli.Exec.KilledWorkerProcessTakesTheCommandAndWhatItStartedAlong" * doctest::timeout(60)) {
+  // kill -9 of the worker process that runs a command (by a user, or its supervisor after the
+  // stop grace): the shell and its child end too; the item runs again on the fresh process.
+  t::Cluster cluster({.workers = 1, .worker_args = {"--allow-exec"}});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  const auto hb = t::heartbeat();
+  const TempDir dir;
+  const std::string pid_file = dir / "pids";
+  auto result = pool.submit(poolmap::exec_task.with(kCommandWithAChild), pid_file);
+  std::optional<std::pair<pid_t, pid_t>> pids;
+  REQUIRE(t::eventually([&] { return (pids = read_pids(pid_file)).has_value(); }, 50 * hb));
+  const KillStrays strays{{pids->first, pids->second}};
+  const pid_t worker = parent_of(pids->first);
+  const auto workers = cluster.worker_pids();
+  REQUIRE(std::find(workers.begin(), workers.end(), worker) != workers.end());
+  REQUIRE(::kill(worker, SIGKILL) == 0);
+  CHECK(t::eventually([&] { return !t::process_running(pids->first); }, 50 * hb));   // the shell
+  CHECK(t::eventually([&] { return !t::process_running(pids->second); }, 50 * hb));  // its child
+  // Run again on the fresh worker process, the command finds its file and exits at once.
+  CHECK(result.get(100 * hb) == poolmap::ExecResult{0, "", ""});
+}
+
+TEST_CASE("Cli.Exec.HungCommandEndsWithItsWorkerProcessWhenTheSupervisorIsGone" * doctest::timeout(90)) {
+  // kill -9 of the supervisor: its worker process is asked to stop (PR_SET_PDEATHSIG), waits for
+  // its command up to its stop timeout (10 s), then ends, and takes the command and its child along
+  // (no supervisor is left to do it).
+  t::Cluster cluster({.workers = 1, .worker_args = {"--allow-exec"}});
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  const auto hb = t::heartbeat();
+  const TempDir dir;
+  const std::string pid_file = dir / "pids";
+  auto result = pool.submit(poolmap::exec_task.with(kCommandWithAChild), pid_file);
+  std::optional<std::pair<pid_t, pid_t>> pids;
+  REQUIRE(t::eventually([&] { return (pids = read_pids(pid_file)).has_value(); }, 50 * hb));
+  const pid_t worker = parent_of(pids->first);
+  const KillStrays strays{{pids->first, pids->second, worker}};
+  const auto workers = cluster.worker_pids();
+  REQUIRE(std::find(workers.begin(), workers.end(), worker) != workers.end());
+  REQUIRE(::kill(cluster.workers().pid(), SIGKILL) == 0);
+  REQUIRE(cluster.workers().wait(10s).has_value());
+  CHECK(t::eventually([&] { return !t::process_running(worker); }, 10s + 50 * hb));
+  CHECK(t::eventually([&] { return !t::process_running(pids->first); }, 50 * hb));   // the shell
+  CHECK(t::eventually([&] { return !t::process_running(pids->second); }, 50 * hb));  // its child
+  pool.terminate();  // no worker is left to run it again
+  CHECK_THROWS_AS((void)result.get(), poolmap::Error);
 }

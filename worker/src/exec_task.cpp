@@ -89,6 +89,11 @@ ExecResult run_command(const std::vector<std::string>& command, const std::strin
   sigfillset(&defaults);
   posix_spawnattr_setsigmask(&attributes, &none);
   posix_spawnattr_setsigdefault(&attributes, &defaults);
+  // No POSIX_SPAWN_SETPGROUP, on purpose: the command, and all it starts, stay in this worker
+  // process's process group, which its supervisor kills when it reaps this process, however this
+  // process ended (a deadline or abandon ends it with the command still running; SIGKILL gives it
+  // no chance to act): see Supervisor's reap() in supervisor.cpp. A group of its own would hide
+  // the command from that kill.
   posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid = -1;
   const int spawned = ::posix_spawnp(&pid, argv[0], &files, &attributes, argv.data(), environ);

@@ -129,7 +129,11 @@ class Supervisor::Impl {
     for (const int signo : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGUSR1, SIGUSR2}) sigaddset(&defaults, signo);
     posix_spawnattr_setsigmask(&attributes, &none);
     posix_spawnattr_setsigdefault(&attributes, &defaults);
-    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    // Each child leads a process group of its own, which whatever it starts (the commands of
+    // `poolmap exec`, and what they start) inherits; reap() kills that group when the child has
+    // ended, however it ended (see there).
+    posix_spawnattr_setpgroup(&attributes, 0);
+    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
     pid_t pid = 0;
     const int rc =
         ::posix_spawn(&pid, options_.executable.c_str(), &files, &attributes, argv.data(), envp.data());
@@ -149,17 +153,51 @@ class Supervisor::Impl {
     return pid;
   }
 
+  // Whether child `pid` has ended; if so, kills what is left in its process group and reaps it,
+  // setting `status` (nullopt: it was reaped elsewhere, status unknown).
+  //
+  // A child that ends leaves behind what it started: a `poolmap exec` command cut off by a
+  // deadline (the worker process answers for the item and _Exit()s: a thread cannot be stopped),
+  // by an abandon or stop timeout, or running when the child was killed with SIGKILL (by stop_all()
+  // or by a user), and what that command started (`sh -c 'x & y'`). They would run on as orphans.
+  // They are all in the child's process group (spawn() made the child its leader), so one
+  // kill(-pid, SIGKILL) ends them, from here, because a child killed with SIGKILL runs no code of
+  // its own. It is done before the child is reaped: until then the zombie holds its pid, so the
+  // group id cannot have passed to an unrelated process. The other tools fall short:
+  // PR_SET_PDEATHSIG acts on the direct child only (the shell, not what it started) and cannot be
+  // set through posix_spawn; PR_SET_CHILD_SUBREAPER only changes who reaps orphans and kills
+  // nothing (and would change the user's process, for an embedded Pool). What the group kill
+  // misses: a command that leaves the group (setsid, setpgid, a shell's job control), and a child
+  // killed with SIGKILL after this supervisor is gone (one that ends by itself then kills its group
+  // itself: say_goodbye_and_exit in worker_process.cpp).
+  bool ended(pid_t pid, std::optional<int>& status) {
+    siginfo_t info{};
+    if (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+      if (errno != ECHILD) return false;  // EINTR: next time
+      status.reset();                     // reaped by someone else: its pid may be reused, no kill
+      return true;
+    }
+    if (info.si_pid != pid) return false;  // still running
+    ::kill(-pid, SIGKILL);
+    int raw = 0;
+    pid_t reaped = -1;
+    while ((reaped = ::waitpid(pid, &raw, 0)) < 0 && errno == EINTR) {
+    }
+    status = reaped == pid ? std::optional<int>(raw) : std::nullopt;
+    return true;
+  }
+
   // Reaps children that exited; returns how many.
   std::size_t reap() {
     std::size_t reaped = 0;
     std::lock_guard lock(mutex_);  // also guards exit_reports_
     for (auto it = children_.begin(); it != children_.end();) {
-      int status = 0;
-      const pid_t done = ::waitpid(it->first, &status, WNOHANG);
-      if (done == it->first || (done < 0 && errno == ECHILD)) {
+      std::optional<int> wait_status;
+      if (ended(it->first, wait_status)) {
+        const int status = wait_status.value_or(0);
         const pid_t pid = it->first;
         const Child& child = it->second;
-        const bool exited = done == pid;
+        const bool exited = wait_status.has_value();
         const bool quick = Clock::now() - child.started < std::chrono::seconds(1);
         // Status 0: it ended by itself (max tasks per child) after saying goodbye to the broker, a
         // planned exit that is replaced at once. The deadline status: it answered for the stuck

@@ -1,4 +1,5 @@
 #include <dlfcn.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -63,6 +64,12 @@ class WorkerProcess::Impl {
     prefetch_wanted_ = prefetch_sent_ = options_.prefetch.value_or(1);
     ::unsetenv(detail::kInstanceVariable);
     ::unsetenv(detail::kSupervisorVariable);
+    if (supervisor_ != 0 && ::getpgrp() == ::getpid()) {  // the supervisor made us a group leader
+      supervisor_pid_ = ::getppid();
+      // Out of the terminal's foreground group, a log line to a terminal set to `stty tostop`
+      // would stop this process (SIGTTOU); ignored, the line is written.
+      ::signal(SIGTTOU, SIG_IGN);
+    }
     for (const auto& name : detail::TaskRegistry::instance().names()) {
       tasks_announced_.push_back({name, detail::TaskRegistry::instance().find(name)->signature()});
     }
@@ -192,6 +199,9 @@ class WorkerProcess::Impl {
   std::uint32_t pid_;
   std::uint64_t instance_;    // this process, unique across hosts, pid namespaces and restarts
   std::uint64_t supervisor_;  // the supervisor that started it; 0 = none
+  // The supervisor's pid when it made this process the leader of its own process group (which the
+  // commands it runs inherit; the supervisor kills the group when it reaps this process); 0 = not so.
+  pid_t supervisor_pid_ = 0;
   std::vector<proto::TaskInfo> tasks_announced_;  // what READY says we can run
   std::uint32_t connections_ = 0;                 // I/O thread: sockets opened (READY's generation)
   std::optional<wire::CurveClientKeys> curve_;    // read once, at construction
@@ -726,6 +736,11 @@ void WorkerProcess::Impl::say_goodbye_and_exit(zmq::socket_t& socket) {
   handshakes_.reset();                  // before the socket closes (see HandshakeWatch)
   socket.close();                       // lingers until what was sent is out (bounded)
   options_.context.impl().zmq.close();  // waits for that
+  // The commands still running (a `poolmap exec` past its deadline) and what they started end with
+  // this process: its supervisor kills its process group when it reaps it (supervisor.cpp). With
+  // the supervisor gone (this process is stopping because it died) nobody will, so this process
+  // kills its group itself, itself included: its exit status has no reader any more.
+  if (supervisor_pid_ != 0 && ::getppid() != supervisor_pid_) ::kill(0, SIGKILL);
   std::_Exit(detail::kDeadlineExitCode);
 }
 

@@ -544,13 +544,15 @@ WaitResult wait(const Futures& futures, ReturnWhen return_when = ReturnWhen::kAl
 // Iterating blocks until the next one is ready; each index is given once, when its future is
 // ready. With a timeout (counted from construction, as Python counts from the call), the iteration
 // throws Error(kDeadlineExceeded) when the next future is not ready by then (Python's
-// TimeoutError). Futures ready already come first. Default: no timeout.
+// TimeoutError), with Python's message and the timeout: "2 (of 4) futures unfinished after
+// 500 ms". Futures ready already come first. Default: no timeout.
 class as_completed {
  public:
   template <FutureRange Futures>
   explicit as_completed(const Futures& futures, std::chrono::milliseconds timeout = std::chrono::milliseconds::max())
       : deadline_(detail::deadline_after(timeout)), timeout_(timeout) {
     std::tie(queue_, remaining_) = detail::watch(futures);
+    total_ = remaining_;
   }
 
   class iterator {
@@ -575,11 +577,11 @@ class as_completed {
       }
       const auto next = owner_->queue_->pop_until(owner_->deadline_);
       if (!next) {
-        const std::size_t left = owner_->remaining_;
-        const auto timeout = owner_->timeout_;
+        // concurrent.futures' words (bpo-29733): "N (of M) futures unfinished".
+        std::string message = std::to_string(owner_->remaining_) + " (of " + std::to_string(owner_->total_) +
+                              ") futures unfinished after " + std::to_string(owner_->timeout_.count()) + " ms";
         owner_ = nullptr;
-        throw Error(ErrorCode::kDeadlineExceeded, std::to_string(left) + " futures not done within " +
-                                                      std::to_string(timeout.count()) + " ms");
+        throw Error(ErrorCode::kDeadlineExceeded, message);
       }
       --owner_->remaining_;
       current_ = *next;
@@ -593,7 +595,8 @@ class as_completed {
 
  private:
   std::shared_ptr<detail::CompletionQueue> queue_;
-  std::size_t remaining_ = 0;
+  std::size_t remaining_ = 0;  // not yielded yet
+  std::size_t total_ = 0;      // futures given
   std::chrono::steady_clock::time_point deadline_;
   std::chrono::milliseconds timeout_;
 };

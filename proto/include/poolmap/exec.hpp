@@ -9,7 +9,8 @@
 //   pool.imap(poolmap::exec_task.with(std::vector<std::string>{"gzip", "-k", "{}"}), lines)
 // Every "{}" in an argument is replaced by the line; when no argument holds one, the line is added
 // as the last argument. The program is looked up in the worker's PATH; its standard input is
-// /dev/null.
+// /dev/null. It ends with the worker process that runs it, and so does all it started: past a
+// task deadline (the item fails with kDeadlineExceeded), or when that process is killed.
 #pragma once
 
 #include <cstdint>

@@ -13,7 +13,9 @@
 // A Supervisor starts `processes` copies of a command (normally this executable in its child role)
 // and restarts any that exit, with a back-off, until stop(); a copy that ends with status 0 (max
 // tasks per child) is replaced at once. It gives each copy an instance id and can report each exit
-// to the broker by that id.
+// to the broker by that id. Each copy leads a process group of its own; when a copy has ended, for
+// whatever reason (SIGKILL included), what is left in its group (the commands it ran, what they
+// started) is killed with SIGKILL before the copy is reaped, so nothing it started outlives it.
 //
 // Thread-safety: run() blocks the calling thread; stop() may be called from any thread.
 #pragma once
