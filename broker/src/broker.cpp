@@ -418,6 +418,12 @@ class Broker::Impl {
   detail::Scheduler scheduler_;                      // which queued chunk goes to which worker
   std::unordered_map<detail::Scheduler::WorkerHandle, std::string> identity_by_handle_;
   std::unordered_map<std::uint64_t, std::string> identity_by_instance_;  // registered processes
+  // Supervisors one of whose processes answered a chunk, with their CURVE key name: they vouch for
+  // their other processes, which skip probation. A supervisor's whole id is known only to it, its
+  // processes and this broker (status shows half), so a stranger cannot claim one.
+  std::unordered_map<std::uint64_t, std::string> proven_supervisors_;
+  // The worker answered a chunk: it leaves probation, and so do its siblings (same supervisor).
+  void prove(WorkerState& worker);
   std::unordered_map<std::uint64_t, SilentLoss> silenced_;  // by instance; forgotten after kSilentMemory
   // Chunks past their retry budget for silent losses, and since when: they fail after two more
   // liveness periods unless a worker they were lost on turns out to be alive (refund).
@@ -428,8 +434,6 @@ class Broker::Impl {
   LogThrottle handshake_refusals_;
   LogThrottle cap_refusals_;
   bool announcement_pending_ = false;
-  // Since when chunks have stayed queued after dispatch() (none: the queue was empty after it).
-  std::optional<Clock::time_point> backlog_since_;
   std::unordered_map<std::string, std::uint64_t> bad_by_peer_;  // since the last report
   struct ReadyBudget {
     double tokens = 0;
@@ -1113,9 +1117,12 @@ void Broker::Impl::on_worker_message(std::vector<zmq::message_t>& frames) {
     worker.last_sent = now;
     worker.link = wire::ConnectionProbe::of(frames[1]);
     // On probation until it answers a chunk: one chunk at a time, and only what the proven
-    // workers leave (a stream of peers that register, take chunks and vanish must not starve
-    // the clients); its losses spend no chunk's retries.
-    worker.handle = scheduler_.add_worker(ready.value().credit, ready.value().tasks, now, /*on_probation=*/true);
+    // workers have no credit for (a stream of peers that register, take chunks and vanish must
+    // not starve the clients); its losses spend no chunk's retries.
+    const auto vouched = proven_supervisors_.find(worker.supervisor);
+    const bool on_probation =
+        worker.supervisor == 0 || vouched == proven_supervisors_.end() || vouched->second != worker.key;
+    worker.handle = scheduler_.add_worker(ready.value().credit, ready.value().tasks, now, on_probation);
     worker.credit = ready.value().credit;
     identity_by_handle_[worker.handle] = identity;
     identity_by_instance_[instance] = identity;
@@ -1232,6 +1239,19 @@ void Broker::Impl::forward_result(std::uint64_t ticket, proto::Outcome&& outcome
   finish_chunk(ticket);
 }
 
+void Broker::Impl::prove(WorkerState& worker) {
+  if (!scheduler_.on_probation(worker.handle)) return;
+  scheduler_.prove(worker.handle, worker.tickets.empty());
+  if (worker.supervisor == 0) return;
+  if (proven_supervisors_.size() >= 65536) proven_supervisors_.clear();  // bounded; they prove themselves again
+  proven_supervisors_.try_emplace(worker.supervisor, worker.key);
+  for (auto& [id, sibling] : workers_by_id_) {
+    if (sibling.supervisor == worker.supervisor && sibling.key == worker.key) {
+      scheduler_.prove(sibling.handle, sibling.tickets.empty());
+    }
+  }
+}
+
 void Broker::Impl::on_reject(ClientState& client, const proto::Reject& reject) {
   // Only a delivery to this client, that this broker made: a client can drop the worker that lied
   // to it, not any worker it names.
@@ -1341,7 +1361,7 @@ bool Broker::Impl::on_worker_result(const std::string& identity, const zmq::mess
   } else if (result.value().outcome.code != ErrorCode::kCancelled) {
     ++worker.chunks_failed;
   }
-  scheduler_.prove(worker.handle, worker.tickets.empty());  // it ran a chunk and answered it rightly
+  prove(worker);  // it ran a chunk and answered it
   forward_result(ticket, std::move(result.value().outcome), payload, worker.instance);
   return true;
 }
@@ -1652,22 +1672,11 @@ void Broker::Impl::dispatch() {
   // message (a header and a payload frame each), except one whose context that worker lacks,
   // which goes alone with it (section 5.4 of docs/PROTOCOL.md).
   std::vector<std::pair<detail::Scheduler::WorkerHandle, std::vector<std::uint64_t>>> batches;
-  // Workers on probation (registered, nothing answered yet) get chunks only when no worker is
-  // proven, or when the proven ones have left chunks queued for a heartbeat interval: peers that
-  // register, take chunks and vanish then hold only what nobody else would have run soon.
-  const auto now = Clock::now();
-  const bool with_probation = scheduler_.proven_workers() == 0 ||
-                              (backlog_since_ && now - *backlog_since_ >= options_.heartbeat_interval);
-  while (const auto assignment = scheduler_.next(with_probation)) {
+  while (const auto assignment = scheduler_.next()) {
     auto batch = std::find_if(batches.begin(), batches.end(),
                               [&](const auto& entry) { return entry.first == assignment->worker; });
     if (batch == batches.end()) batch = batches.insert(batches.end(), {assignment->worker, {}});
     batch->second.push_back(assignment->ticket);
-  }
-  if (scheduler_.queued() == 0) {
-    backlog_since_.reset();
-  } else if (!backlog_since_) {
-    backlog_since_ = now;
   }
   std::vector<std::uint64_t> started;  // chunks whose client asked to hear when they reach a worker
   for (const auto& [handle, tickets] : batches) {

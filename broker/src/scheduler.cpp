@@ -46,7 +46,6 @@ Scheduler::WorkerHandle Scheduler::add_worker(std::uint32_t credit, const std::v
   if (worker.on_probation) {
     probation_.push_back(handle);
   } else {
-    ++proven_;
     if (credit > 0) idle_.push_back(handle);
     for (std::uint32_t i = 1; i < credit; ++i) prefetch_.push_back(handle);
   }
@@ -59,7 +58,6 @@ void Scheduler::prove(WorkerHandle handle, bool idle) {
   if (found == workers_.end() || !found->second.on_probation) return;
   Worker& worker = found->second;
   worker.on_probation = false;
-  ++proven_;
   std::erase(probation_, handle);  // its units are listed anew below
   worker.credit += std::exchange(worker.withheld, 0);
   for (std::uint32_t i = 0; i < worker.credit; ++i) (i == 0 && idle ? idle_ : prefetch_).push_back(handle);
@@ -77,7 +75,6 @@ void Scheduler::remove_worker(WorkerHandle handle, Clock::time_point now) {
     --kinds_[id].capable_workers;
     kinds_[id].last_seen = now;
   }
-  if (!found->second.on_probation) --proven_;
   workers_.erase(found);  // its credit entries are skipped lazily
 }
 
@@ -179,12 +176,11 @@ std::optional<Scheduler::Ticket> Scheduler::take_from(ClientQueue& client, const
   return ticket;
 }
 
-std::optional<Scheduler::Assignment> Scheduler::next(bool with_probation) {
+std::optional<Scheduler::Assignment> Scheduler::next() {
   if (queued_.empty()) return std::nullopt;
   std::optional<Assignment> chosen;
   std::vector<WorkerHandle> passed;  // credit entries of workers that can run nothing queued now
   for (std::deque<WorkerHandle>* credit : {&idle_, &prefetch_, &probation_}) {
-    if (credit == &probation_ && !with_probation) break;
     passed.clear();
     while (!chosen && !credit->empty()) {
       const WorkerHandle handle = credit->front();

@@ -8,10 +8,9 @@
 //  - idle workers (nothing in flight) come first, least recently served first; a worker's further
 //    credit (prefetch) is used only when no idle worker takes a chunk;
 //  - a worker on probation (registered, nothing answered yet) has one unit of credit, used only
-//    when the caller allows it (next(with_probation): the broker does when no worker is proven,
-//    or when the proven ones have left chunks queued for a while) and no proven worker takes the
-//    chunk: a stream of workers that register, take chunks and vanish holds at most one chunk
-//    each, and only what the proven workers could not take in time;
+//    when no proven worker has a unit of credit that takes the chunk: a stream of workers that
+//    register, take chunks and vanish holds at most one chunk each, and only what the proven
+//    workers had no room for;
 //  - clients take turns (round-robin), so several clients share the workers fairly;
 //  - within a client, the chunk at the front of each kind's queue that was queued first goes first
 //    (a chunk put back after a loss goes to the front of its queue).
@@ -101,9 +100,7 @@ class Scheduler {
 
   // The next chunk to send and the worker to send it to, or nullopt when no worker with credit
   // can run any queued chunk. Uses one unit of that worker's credit and dequeues the chunk.
-  std::optional<Assignment> next(bool with_probation = true);
-  // Registered workers not on probation.
-  std::size_t proven_workers() const { return proven_; }
+  std::optional<Assignment> next();
 
   // Whether a registered worker can run `kind` now (see the class comment).
   Runnability runnable(KindId kind, Clock::time_point now) const;
@@ -145,7 +142,6 @@ class Scheduler {
   KindId last_kind_ = 0;  // the kind kind() returned last (checked against kinds_.size())
   std::map<WorkerHandle, Worker> workers_;
   WorkerHandle next_worker_ = 1;
-  std::size_t proven_ = 0;  // workers_ not on probation
   // One entry per unit of credit. A worker with nothing in flight is listed in idle_ (least
   // recently served first); its further units wait in prefetch_, used only when no idle worker
   // takes the chunk. Entries of removed workers are skipped lazily.

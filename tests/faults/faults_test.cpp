@@ -561,6 +561,9 @@ TEST_CASE("Faults.Abandon.WorkOfAClientThatLeftOrCancelledStopsHoldingWorkers" *
   t::Cluster cluster({.workers = 2});
   poolmap::Pool observer(remote(cluster));
   REQUIRE(observer.wait_for_workers(2, 20s));
+  // One answer ends the probation of both processes (same supervisor): each then takes a chunk
+  // to run and one to prefetch.
+  REQUIRE(observer.map(t::square, std::vector<std::int64_t>{1, 2}, {.chunksize = 1}) == std::vector<std::int64_t>{1, 4});
   auto instances = [&] {
     std::vector<std::uint64_t> ids;
     for (const auto& worker : observer.status().workers) ids.push_back(worker.instance);

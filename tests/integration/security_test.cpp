@@ -25,6 +25,7 @@
 #include "poolmap/poolmap.hpp"
 #include "poolmap/protocol.hpp"
 #include "process.hpp"
+#include "process_info.hpp"
 #include "test_tasks.hpp"
 #include "wire.hpp"
 
@@ -140,6 +141,16 @@ class Stranger {
   zmq::socket_t socket_;
   zmq::socket_t monitor_;
 };
+
+// A process's whole instance id from its environment (the variable its supervisor set), or 0.
+std::uint64_t whole_id(pid_t pid, const std::string& variable) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
+  std::string entry;
+  while (std::getline(in, entry, '\0')) {
+    if (entry.starts_with(variable + "=")) return std::stoull(entry.substr(variable.size() + 1), nullptr, 16);
+  }
+  return 0;
+}
 
 std::vector<std::int64_t> iota(std::int64_t n) {
   std::vector<std::int64_t> items(static_cast<std::size_t>(n));
@@ -285,12 +296,16 @@ TEST_CASE("Security.Curve.AnAdmittedWorkerCannotSpoofExitsDeliverLiesOrForgeLogL
   insider.set(zmq::sockopt::curve_publickey, node2.public_key);
   insider.set(zmq::sockopt::curve_secretkey, node2.secret_key);
   insider.connect(cluster.worker_endpoint());
-  // 1. Exit reports for the honest workers: with a made-up supervisor id, then with the real one
-  //    (which `poolmap status` shows), over the insider's own connection.
+  // 1. Exit reports for the honest workers, naming their whole instance ids (status shows only half:
+  //    read here from the processes' environment, as if the insider knew them): with a made-up
+  //    supervisor id, then even with the real one, over the insider's own connection and key.
   for (const auto& worker : honest) {
-    for (const std::uint64_t supervisor : {std::uint64_t{0x5eed}, worker.supervisor}) {
+    const std::uint64_t instance = whole_id(static_cast<pid_t>(worker.pid), "POOLMAP_WORKER_INSTANCE");
+    const std::uint64_t real_supervisor = whole_id(static_cast<pid_t>(worker.pid), "POOLMAP_SUPERVISOR_INSTANCE");
+    REQUIRE(poolmap::detail::public_id(instance) == worker.instance);
+    for (const std::uint64_t supervisor : {std::uint64_t{0x5eed}, real_supervisor}) {
       auto frames = wire::make(proto::Command::kWorkerExited,
-                               proto::WorkerExited{worker.host, worker.pid, worker.instance, supervisor, true,
+                               proto::WorkerExited{worker.host, worker.pid, instance, supervisor, true,
                                                    "signal 9 (Killed)", 0});
       REQUIRE(wire::send(insider, frames, false));
     }
@@ -306,11 +321,15 @@ TEST_CASE("Security.Curve.AnAdmittedWorkerCannotSpoofExitsDeliverLiesOrForgeLogL
       },
       20s));
   // 2. It registers under a host name that carries a forged log line, and answers the first chunk
-  //    it is sent with one result too many.
+  //    it is sent with one result too many. A new worker is on probation (it gets only what the
+  //    proven ones have no room for), so the chunk is of a task only it offers.
   const std::string forged = "2026-01-01T00:00:00.000 critical poolmap.broker[1] forged";
-  const proto::Ready ready{"evil\n" + forged, 4242, 4, 0x1dea, 0, {{"test.square", "i64(i64)"}}, 1};
+  const proto::Ready ready{"evil\n" + forged, 4242, 4, 0x1dea, 0, {{"test.insider_only", "i64(i64)"}}, 1};
   auto register_frames = wire::make(proto::Command::kReady, ready);
   REQUIRE(wire::send(insider, register_frames, false));
+  static constexpr poolmap::Task<std::int64_t(std::int64_t)> insider_only{"test.insider_only"};
+  REQUIRE(t::eventually([&] { return pool.status().workers.size() == 3; }, 20s));
+  auto lone = pool.map_async(insider_only, std::vector<std::int64_t>{1, 2}, {.chunksize = 2});
   std::optional<proto::TaskHeader> task;
   zmq::pollitem_t item{insider.handle(), 0, ZMQ_POLLIN, 0};
   const auto give_up = std::chrono::steady_clock::now() + 30s;

@@ -223,3 +223,42 @@ TEST_CASE("Scheduler.Credit.LoweredCreditIsKeptBackFromAnswersUntilRepaid" * doc
   scheduler.change_credit(worker, 2, false);  // and raised again to 3
   CHECK(drain(scheduler).size() == 2);
 }
+
+TEST_CASE("Scheduler.Probation.ANewcomerGetsOneChunkAndOnlyWhatProvenWorkersHaveNoRoomFor" * doctest::timeout(10)) {
+  // Issue 23: peers that registered, took chunks and vanished, ten a second, starved a good
+  // client, because an idle newcomer went before the proven workers' prefetch slots.
+  Scheduler scheduler(kGrace, kStart);
+  const auto square = scheduler.kind("square", "i64(i64)");
+  const auto proven = scheduler.add_worker(3, tasks({"square"}), kStart);
+  const auto newcomer = scheduler.add_worker(20, tasks({"square"}), kStart, /*on_probation=*/true);
+  CHECK(scheduler.on_probation(newcomer));
+  CHECK_FALSE(scheduler.on_probation(proven));
+  for (Scheduler::Ticket t = 1; t <= 6; ++t) scheduler.enqueue("client", t, square, false);
+  const auto assignments = drain(scheduler);
+  // The proven worker's 3 units first (its prefetch before the idle newcomer), then the
+  // newcomer's single unit; 2 chunks wait.
+  REQUIRE(assignments.size() == 4);
+  for (std::size_t i = 0; i < 3; ++i) CHECK(assignments[i].second == proven);
+  CHECK(assignments[3].second == newcomer);
+  CHECK(scheduler.queued() == 2);
+  // Its CREDIT is kept for later; the unit it returns stays its only one.
+  scheduler.change_credit(newcomer, 5, false);
+  scheduler.return_credit(newcomer, true);
+  const auto again = drain(scheduler);
+  REQUIRE(again.size() == 1);
+  CHECK(again[0].second == newcomer);
+}
+
+TEST_CASE("Scheduler.Probation.ItsFirstAnswerGivesItTheCreditItAnnounced" * doctest::timeout(10)) {
+  Scheduler scheduler(kGrace, kStart);
+  const auto square = scheduler.kind("square", "i64(i64)");
+  const auto worker = scheduler.add_worker(4, tasks({"square"}), kStart, /*on_probation=*/true);
+  for (Scheduler::Ticket t = 1; t <= 10; ++t) scheduler.enqueue("client", t, square, false);
+  CHECK(drain(scheduler).size() == 1);  // alone, but on probation: one chunk
+  scheduler.return_credit(worker, true);
+  scheduler.prove(worker, true);
+  CHECK_FALSE(scheduler.on_probation(worker));
+  CHECK(drain(scheduler).size() == 4);  // now the 4 it announced
+  scheduler.prove(worker, true);        // no effect on a proven worker
+  CHECK(drain(scheduler).empty());
+}

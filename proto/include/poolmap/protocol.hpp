@@ -26,7 +26,7 @@ namespace poolmap::proto {
 
 inline constexpr std::byte kTag0{'P'};
 inline constexpr std::byte kTag1{'M'};
-inline constexpr std::uint8_t kVersion = 5;
+inline constexpr std::uint8_t kVersion = 6;
 
 // One byte after the tag and version. Values are part of the protocol: never renumber.
 enum class Command : std::uint8_t {
