@@ -110,10 +110,10 @@ std::string HandshakeWatch::describe(const std::string& endpoint, Credentials cr
                "(--client-keys for clients and `poolmap status`, --worker-keys for workers)";
       case Credentials::kSecret:
         return "the broker at " + endpoint +
-               " refused this user's poolmap secret: the broker runs as another user, or reads another secret file. "
-               "Run this program as the broker's user (same HOME), or give it the broker's secret file with "
-               "--secret-file PATH or POOLMAP_SECRET_FILE=PATH (PoolOptions::secret_file in a program); see "
-               "docs/SECURITY.md";
+               " refused this user's poolmap secret: the broker runs as another user, or reads another secret file "
+               "(or it is an embedded Pool's own broker, which only that Pool's worker copies may join). Run this "
+               "program as the broker's user (same HOME), or give it the broker's secret file with --secret-file PATH "
+               "or POOLMAP_SECRET_FILE=PATH (PoolOptions::secret_file in a program); see docs/SECURITY.md";
       case Credentials::kPassword:
         return "the broker at " + endpoint + " refused this worker's password: " + kEmbedded.substr(3);
       case Credentials::kNone:

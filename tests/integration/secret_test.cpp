@@ -276,3 +276,37 @@ TEST_CASE("Security.Secret.WithoutHomeTheDaemonsNameTheFlagToGive" * doctest::ti
   CHECK(WEXITSTATUS(*exposed_status) == 1);
   CHECK(contains(exposed.stderr_text(), "chmod 600"));
 }
+
+TEST_CASE("Security.Secret.NoneTurnsItOffOnBothSidesAndAMismatchIsSaid" * doctest::timeout(60)) {
+  FreshHome home;
+  // The off switch, on the broker and its workers: anyone who reaches the ports is let in.
+  t::Cluster cluster({.workers = 1, .broker_args = {"--secret-file", "none"}, .worker_args = {"--secret-file", "none"}});
+  CHECK(contains(cluster.broker().stderr_text(), "no CURVE and no secret (--secret-file none)"));
+  CHECK_FALSE(fs::exists(home.secret()));
+  poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat(), .secret_file = "none"});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  CHECK(exact_map(pool, 100));
+
+  // A client that gives a secret to this broker is told, at once, that it takes none.
+  poolmap::Pool giving({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
+  std::string message = "nothing failed";
+  try {
+    (void)giving.status(10s);
+  } catch (const poolmap::Error& e) {
+    message = e.what();
+    CHECK(e.code() == poolmap::ErrorCode::kUnavailable);
+  }
+  CHECK(contains(message, "takes no secret"));
+
+  // And one told to give none, at a broker that wants this user's secret, hears that.
+  t::Cluster guarded({.workers = 0});
+  poolmap::Pool none({.broker = guarded.client_endpoint(), .heartbeat_interval = t::heartbeat(), .secret_file = "none"});
+  message = "nothing failed";
+  try {
+    (void)none.status(10s);
+  } catch (const poolmap::Error& e) {
+    message = e.what();
+  }
+  CHECK(contains(message, "this user's poolmap secret"));
+  CHECK(contains(message, "--secret-file none"));
+}

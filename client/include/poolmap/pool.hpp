@@ -311,7 +311,9 @@ class Pool {
   // processes do not register within start_timeout.
   Pool();
   // Embedded mode if options.broker is empty, remote mode otherwise (connects lazily; never throws
-  // for an unreachable broker, map() does).
+  // for an unreachable broker, map() does). Remote mode throws kInvalidArgument for bad key files
+  // or a secret file that cannot be had (open to others, no HOME: see secret_file); a broker that
+  // refuses the key or secret makes the calls fail with kUnavailable, saying why.
   explicit Pool(PoolOptions options);
   // Like terminate(): work still running is cancelled (its Futures fail with kCancelled), then the
   // I/O thread stops; in embedded mode the workers (SIGTERM, then SIGKILL) and the broker stop too.
