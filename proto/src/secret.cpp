@@ -1,6 +1,7 @@
 #include "secret.hpp"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -166,7 +167,19 @@ std::optional<std::string> create_secret_file(const std::filesystem::path& file)
 }  // namespace
 
 SecretEnvironment secret_environment() {
-  return {variable(kSecretFileVariable), variable("XDG_CONFIG_HOME"), variable("HOME")};
+  SecretEnvironment environment{variable(kSecretFileVariable), variable("XDG_CONFIG_HOME"), variable("HOME"), {}};
+  if (environment.home.empty()) {
+    passwd entry {};
+    passwd* found = nullptr;
+    std::array<char, 4096> buffer{};
+    if (::getpwuid_r(::geteuid(), &entry, buffer.data(), buffer.size(), &found) == 0 && found != nullptr &&
+        found->pw_dir != nullptr) {
+      const std::string home = found->pw_dir;
+      struct stat info {};
+      if (home.size() > 1 && ::stat(home.c_str(), &info) == 0 && S_ISDIR(info.st_mode)) environment.passwd_home = home;
+    }
+  }
+  return environment;
 }
 
 std::optional<SecretLocation> locate_secret(const std::filesystem::path& given, const SecretEnvironment& environment) {
@@ -180,10 +193,15 @@ std::optional<SecretLocation> locate_secret(const std::filesystem::path& given, 
   if (!environment.home.empty() && environment.home.front() == '/') {
     return SecretLocation{std::filesystem::path(environment.home) / ".config" / "poolmap" / "secret", true};
   }
-  fail("no place for this user's poolmap secret: neither HOME nor XDG_CONFIG_HOME is set to an absolute path (a "
-       "service without a home directory, such as a systemd unit with DynamicUser=yes?). Give the broker and all its "
-       "workers and clients the same file with --secret-file PATH or POOLMAP_SECRET_FILE=PATH (PoolOptions::"
-       "secret_file in a program), use CURVE keys (docs/SECURITY.md), or turn the secret off with --secret-file none");
+  if (environment.home.empty() && !environment.passwd_home.empty() && environment.passwd_home.front() == '/' &&
+      environment.passwd_home != "/") {
+    return SecretLocation{std::filesystem::path(environment.passwd_home) / ".config" / "poolmap" / "secret", true};
+  }
+  fail("no place for this user's poolmap secret: neither HOME nor XDG_CONFIG_HOME is set to an absolute path, "
+       "and this user has no home directory (a service such as a systemd unit with DynamicUser=yes?). Give the "
+       "broker and all its workers and clients the same file with --secret-file PATH or POOLMAP_SECRET_FILE=PATH "
+       "(PoolOptions::secret_file in a program), use CURVE keys (docs/SECURITY.md), or turn the secret off with "
+       "--secret-file none");
 }
 
 std::optional<std::string> permission_problem(SecretPath what, const std::filesystem::path& path, mode_t mode,

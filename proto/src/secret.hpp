@@ -11,7 +11,11 @@
 //   2. the environment variable POOLMAP_SECRET_FILE;
 //   3. $XDG_CONFIG_HOME/poolmap/secret, when XDG_CONFIG_HOME is an absolute path;
 //   4. $HOME/.config/poolmap/secret, when HOME is an absolute path;
-//   5. nowhere: an error that names --secret-file (a service without HOME, e.g. systemd's DynamicUser).
+//   5. HOME/.config/poolmap/secret for the home directory of the password database (getpwuid), as
+//      ssh finds it, when HOME is unset (env -i, some batch systems) and that directory exists and
+//      is not "/";
+//   6. nowhere: an error that names --secret-file (a service without a home, e.g. systemd's
+//      DynamicUser=yes, whose home is "/").
 // The value "none" (1 or 2) turns the secret off: no PLAIN, any local user is let in, as before.
 //
 // The file: '#' comment lines and one line of kMinSecretLength..kMaxSecretLength printable ASCII
@@ -43,6 +47,7 @@ struct SecretEnvironment {
   std::string secret_file;      // POOLMAP_SECRET_FILE
   std::string xdg_config_home;  // XDG_CONFIG_HOME
   std::string home;             // HOME
+  std::string passwd_home;      // this user's home in the password database, if it exists and is not "/"
 };
 // This process's environment.
 SecretEnvironment secret_environment();

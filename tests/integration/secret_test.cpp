@@ -1,10 +1,11 @@
 // The per-user secret from outside: a broker started without CURVE or any security flag lets in the
 // same user's workers, Pools and CLI with no flags at all (they find the secret it made), and refuses
 // another user (or a peer given another secret file) at the handshake, on both sockets, while a good
-// client keeps getting exact maps; the refused peer says why in its log. Without HOME the daemons
-// say which flag to give.
+// client keeps getting exact maps; the refused peer says why in its log. Without HOME the home of
+// the password database serves; without any home the daemons say which flag to give.
 #include <doctest/doctest.h>
 
+#include <pwd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -228,39 +229,67 @@ TEST_CASE("Security.Secret.APeerWithAnotherSecretFileIsRefusedAndToldWhy" * doct
   check_stranger_is_refused(Stranger(Stranger::Kind::kOtherSecretFile));
 }
 
-TEST_CASE("Security.Secret.WithoutHomeTheDaemonsNameTheFlagToGive" * doctest::timeout(60)) {
+TEST_CASE("Security.Secret.WithoutHomeThePasswdHomeServesElseTheFlagIsNamed" * doctest::timeout(60)) {
   TempDir dir;
-  // No HOME, no XDG_CONFIG_HOME (a systemd unit with DynamicUser=yes, a bare container).
+  // No HOME, no XDG_CONFIG_HOME (env -i, a systemd unit with DynamicUser=yes, a bare container).
   const std::vector<std::string> no_home{"env", "-u", "HOME", "-u", "XDG_CONFIG_HOME", "-u", "POOLMAP_SECRET_FILE"};
-  auto command = [&](std::vector<std::string> argv) {
+  auto command = [&](std::vector<std::string> argv, bool as_nobody = false) {
     argv.insert(argv.begin(), no_home.begin(), no_home.end());
+    if (as_nobody) {
+      argv.insert(argv.begin(), {"setpriv", "--reuid=" + std::to_string(kNobody), "--regid=" + std::to_string(kNobody),
+                                 "--clear-groups"});
+    }
     return argv;
   };
-  t::ChildProcess broker(command({t::broker_binary(), "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*"}));
-  const auto status = broker.wait(10s);
-  REQUIRE(status.has_value());
-  CHECK(WIFEXITED(*status));
-  CHECK(WEXITSTATUS(*status) == 1);
-  CHECK(contains(broker.stderr_text(), "neither HOME nor XDG_CONFIG_HOME"));
-  CHECK(contains(broker.stderr_text(), "--secret-file PATH"));
+  const std::vector<std::string> loopback{"--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*"};
+  auto broker_command = [&](std::vector<std::string> extra, bool as_nobody = false) {
+    std::vector<std::string> argv{t::broker_binary()};
+    argv.insert(argv.end(), loopback.begin(), loopback.end());
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return command(argv, as_nobody);
+  };
 
-  t::ChildProcess worker(command({t::worker_binary(), "--broker", "tcp://127.0.0.1:5556", "--tasks",
-                                  t::test_tasks_library()}));
-  const auto worker_status = worker.wait(10s);
-  REQUIRE(worker_status.has_value());
-  CHECK(WEXITSTATUS(*worker_status) == 1);
-  CHECK(contains(worker.stderr_text(), "--secret-file PATH"));
+  // This user's home in the password database serves, as ssh finds it.
+  const passwd* entry = ::getpwuid(::geteuid());
+  if (entry != nullptr && entry->pw_dir != nullptr && fs::is_directory(entry->pw_dir) && fs::path(entry->pw_dir) != "/") {
+    t::ChildProcess broker(broker_command({}));
+    const auto ready = broker.read_line(10s);
+    INFO(broker.stderr_text());
+    REQUIRE(ready.has_value());
+    CHECK(contains(broker.stderr_text(), (fs::path(entry->pw_dir) / ".config" / "poolmap" / "secret").string()));
+  }
 
-  // With the file given, all of them run without HOME.
+  // A user with no home at all (nobody's is /nonexistent) is told which flag to give.
+  if (::geteuid() == 0) {
+    t::ChildProcess broker(broker_command({}, true));
+    const auto status = broker.wait(10s);
+    REQUIRE(status.has_value());
+    CHECK(WIFEXITED(*status));
+    CHECK(WEXITSTATUS(*status) == 1);
+    CHECK(contains(broker.stderr_text(), "neither HOME nor XDG_CONFIG_HOME"));
+    CHECK(contains(broker.stderr_text(), "--secret-file PATH"));
+
+    t::ChildProcess worker(command({t::worker_binary(), "--broker", "tcp://127.0.0.1:5556", "--tasks",
+                                    t::test_tasks_library()},
+                                   true));
+    const auto worker_status = worker.wait(10s);
+    REQUIRE(worker_status.has_value());
+    CHECK(WEXITSTATUS(*worker_status) == 1);
+    CHECK(contains(worker.stderr_text(), "--secret-file PATH"));
+  } else {
+    MESSAGE("not root: cannot run a process as a user without a home directory here");
+  }
+
+  // With the file given, the broker and the CLI run without HOME.
   const std::string secret = (dir.path / "secret").string();
-  t::ChildProcess given(command({t::broker_binary(), "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*",
-                                 "--secret-file", secret}));
+  t::ChildProcess given(broker_command({"--secret-file", secret}));
   const auto ready = given.read_line(10s);
   INFO(given.stderr_text());
   REQUIRE(ready.has_value());
   CHECK(contains(*ready, "poolmap-broker ready"));
   CHECK(mode_of(secret) == 0600);
-  const std::string clients = ready->substr(ready->find("clients=") + 8, ready->find(" workers=") - ready->find("clients=") - 8);
+  const auto at = ready->find("clients=") + 8;
+  const std::string clients = ready->substr(at, ready->find(" workers=") - at);
   t::ChildProcess cli(command({t::cli_binary(), "status", "--broker", clients, "--secret-file", secret}));
   CHECK(contains(cli.read_all(20s), "workers    0"));
   const auto cli_status = cli.wait(10s);
@@ -269,8 +298,7 @@ TEST_CASE("Security.Secret.WithoutHomeTheDaemonsNameTheFlagToGive" * doctest::ti
 
   // A secret file others may read is refused, as ssh refuses such a key.
   fs::permissions(secret, fs::perms(0644));
-  t::ChildProcess exposed(command({t::broker_binary(), "--clients", "tcp://127.0.0.1:*", "--workers",
-                                   "tcp://127.0.0.1:*", "--secret-file", secret}));
+  t::ChildProcess exposed(broker_command({"--secret-file", secret}));
   const auto exposed_status = exposed.wait(10s);
   REQUIRE(exposed_status.has_value());
   CHECK(WEXITSTATUS(*exposed_status) == 1);

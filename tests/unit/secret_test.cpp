@@ -70,40 +70,47 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
 }  // namespace
 
 TEST_CASE("Secret.Locate.GivenFileThenVariableThenXdgConfigHomeThenHome" * doctest::timeout(10)) {
-  const SecretEnvironment all{"/from/variable", "/xdg", "/home/alice"};
+  const SecretEnvironment all{"/from/variable", "/xdg", "/home/alice", ""};
   const auto given = locate_secret("/given/secret", all);
   REQUIRE(given.has_value());
   CHECK(given->file == "/given/secret");
   CHECK_FALSE(given->default_place);
   CHECK(locate_secret({}, all)->file == "/from/variable");
   CHECK_FALSE(locate_secret({}, all)->default_place);
-  const auto xdg = locate_secret({}, {"", "/xdg", "/home/alice"});
+  const auto xdg = locate_secret({}, {"", "/xdg", "/home/alice", ""});
   CHECK(xdg->file == "/xdg/poolmap/secret");
   CHECK(xdg->default_place);
-  const auto home = locate_secret({}, {"", "", "/home/alice"});
+  const auto home = locate_secret({}, {"", "", "/home/alice", ""});
   CHECK(home->file == "/home/alice/.config/poolmap/secret");
   CHECK(home->default_place);
   // A relative XDG_CONFIG_HOME is ignored, as the XDG specification says.
-  CHECK(locate_secret({}, {"", "relative", "/home/alice"})->file == "/home/alice/.config/poolmap/secret");
+  CHECK(locate_secret({}, {"", "relative", "/home/alice", ""})->file == "/home/alice/.config/poolmap/secret");
 }
 
 TEST_CASE("Secret.Locate.NoneTurnsTheSecretOff" * doctest::timeout(10)) {
-  CHECK_FALSE(locate_secret("none", {"", "", "/home/alice"}).has_value());
-  CHECK_FALSE(locate_secret({}, {"none", "", "/home/alice"}).has_value());
+  CHECK_FALSE(locate_secret("none", {"", "", "/home/alice", ""}).has_value());
+  CHECK_FALSE(locate_secret({}, {"none", "", "/home/alice", ""}).has_value());
   // A file given beats the variable's "none".
-  CHECK(locate_secret("/given", {"none", "", ""})->file == "/given");
+  CHECK(locate_secret("/given", {"none", "", "", ""})->file == "/given");
 }
 
-TEST_CASE("Secret.Locate.WithoutHomeTheErrorNamesSecretFile" * doctest::timeout(10)) {
+TEST_CASE("Secret.Locate.WithoutAHomeTheErrorNamesSecretFile" * doctest::timeout(10)) {
   for (const SecretEnvironment& environment :
-       {SecretEnvironment{"", "", ""}, SecretEnvironment{"", "", "relative/home"}, SecretEnvironment{"", "x", ""}}) {
+       {SecretEnvironment{"", "", "", ""}, SecretEnvironment{"", "", "relative/home", ""},
+        SecretEnvironment{"", "x", "", ""}, SecretEnvironment{"", "", "", "/"}}) {
     const std::string error = error_of([&] { (void)locate_secret({}, environment); });
     CHECK(contains(error, "neither HOME nor XDG_CONFIG_HOME"));
     CHECK(contains(error, "--secret-file PATH"));
     CHECK(contains(error, "POOLMAP_SECRET_FILE"));
   }
+  // Without HOME, the home directory of the password database, as ssh finds it; HOME wins over it.
+  const auto from_passwd = locate_secret({}, {"", "", "", "/home/bob"});
+  REQUIRE(from_passwd.has_value());
+  CHECK(from_passwd->file == "/home/bob/.config/poolmap/secret");
+  CHECK(from_passwd->default_place);
+  CHECK(locate_secret({}, {"", "", "/home/alice", "/home/bob"})->file == "/home/alice/.config/poolmap/secret");
   // A file given needs no HOME.
-  CHECK(locate_secret("/run/poolmap/secret", {"", "", ""})->file == "/run/poolmap/secret");
+  CHECK(locate_secret("/run/poolmap/secret", {"", "", "", ""})->file == "/run/poolmap/secret");
 }
 
 TEST_CASE("Secret.Permissions.TheFileAndItsDirectoryAreClosedToOthers" * doctest::timeout(10)) {
@@ -148,7 +155,7 @@ TEST_CASE("Secret.Parse.OneLineOfPrintableCharactersWithComments" * doctest::tim
 
 TEST_CASE("Secret.File.MadeOnFirstUseInAPrivateDirectoryAndReadAfter" * doctest::timeout(10)) {
   TempDir home;
-  const auto where = locate_secret({}, {"", "", home.path.string()});
+  const auto where = locate_secret({}, {"", "", home.path.string(), ""});
   REQUIRE(where.has_value());
   const std::string made = read_or_create_secret(*where);
   CHECK(made.size() == 64);

@@ -107,7 +107,8 @@ struct BrokerOptions {
   // secret, anyone who reaches the endpoints is let in. Ignored with CURVE. Throws (at construction)
   // for a file or directory open to others, or no place for it.
   // Default: "" = the POOLMAP_SECRET_FILE environment variable, else
-  // ${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret.
+  // ${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret (without HOME: the home directory of the
+  // password database; without any home, an error naming --secret-file).
   std::filesystem::path secret_file{};
   // Serve Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9464" (port 0: a free
   // one, see metrics_url()). Default: "" = none.
