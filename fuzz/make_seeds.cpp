@@ -270,6 +270,9 @@ void zap_seeds() {
   zap_request("plain_worker_password",
               {"1.0", "5", "poolmap-workers", "127.0.0.1", "", "PLAIN", "poolmap-worker", "0123456789abcdef"},
               "tcp://127.0.0.1:*");
+  zap_request("plain_user_secret",
+              {"1.0", "6", "poolmap-clients", "127.0.0.1", "", "PLAIN", "poolmap-user", "0123456789abcdef"},
+              "tcp://127.0.0.1:5555");
 }
 
 int main(int argc, char** argv) {

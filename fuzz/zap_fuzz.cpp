@@ -33,12 +33,17 @@ const std::string kClientKey = "0000000000000000000000000000000000000000";
 const std::string kWorkerKey = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
 
 const detail::KeyRing& keys() {
-  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {{kWorkerKey, "node1"}}, {}};
+  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {{kWorkerKey, "node1"}}, {}, {}};
   return ring;
 }
 const std::string kPassword = "0123456789abcdef";
 const detail::KeyRing& keys_with_password() {
-  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {}, kPassword};
+  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {}, kPassword, {}};
+  return ring;
+}
+// A daemon broker without CURVE: the per-user secret on both sockets.
+const detail::KeyRing& keys_with_secret() {
+  static const detail::KeyRing ring{{}, {}, kPassword, kPassword};
   return ring;
 }
 
@@ -78,6 +83,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     require(client || worker, "with a worker password, a worker gets in only with PLAIN and that password");
   } else {
     require(with_password.user_id.empty(), "a refusal names nobody");
+  }
+
+  const detail::ZapReply with_secret = detail::decide_zap(request, keys_with_secret());
+  if (with_secret.status_code == "200") {
+    require(request.size() == 8 && request[0] == "1.0" && request[5] == "PLAIN" && request[7] == kPassword &&
+                (request[2] == detail::kClientDomain || request[2] == detail::kWorkerDomain) &&
+                with_secret.user_id.empty(),
+            "with the per-user secret, a peer gets in only with PLAIN and that secret, on either socket");
+  } else {
+    require(with_secret.user_id.empty(), "a refusal names nobody");
   }
 
   const auto rest = input.rest();

@@ -23,6 +23,7 @@
 #include "poolmap/protocol.hpp"
 #include "process_info.hpp"
 #include "scheduler.hpp"
+#include "secret.hpp"
 #include "security.hpp"
 #include "wire.hpp"
 
@@ -96,7 +97,7 @@ std::string key_name(const zmq::message_t& frame) {
 }
 
 detail::KeyRing read_key_ring(const BrokerOptions& options) {
-  return {read_curve_public_dir(options.client_keys_dir), read_curve_public_dir(options.worker_keys_dir), {}};
+  return {read_curve_public_dir(options.client_keys_dir), read_curve_public_dir(options.worker_keys_dir), {}, {}};
 }
 }  // namespace
 
@@ -282,8 +283,9 @@ class Broker::Impl {
   bool curve() const { return !options_.curve_secret_file.empty(); }
   // CURVE on both sockets with the ZAP handler bound first, or the loopback-only rule.
   void set_up_security();
-  // Without CURVE, with BrokerOptions::worker_password: the worker socket takes PLAIN with it only.
-  void require_worker_password();
+  // Without CURVE: PLAIN on each socket with a password (the per-user secret, or
+  // BrokerOptions::worker_password on the worker socket), checked by the ZAP handler.
+  void set_up_passwords();
   // Answers one ZAP request (the handshake of a connection waits for it).
   void serve_zap();
   void apply_reload();
@@ -468,13 +470,7 @@ void Broker::Impl::set_up_security() {
                         "address such as tcp://127.0.0.1:5555, or pass --insecure on a network you trust");
       }
     }
-    if (options_.insecure && !(detail::is_loopback_endpoint(options_.client_endpoint) &&
-                               detail::is_loopback_endpoint(options_.worker_endpoint))) {
-      log_->warn("INSECURE: no CURVE; anyone who can reach {} or {} can submit work, register as a worker and read "
-                 "every input and result",
-                 options_.client_endpoint, options_.worker_endpoint);
-    }
-    if (!options_.worker_password.empty()) require_worker_password();
+    set_up_passwords();
     return;
   }
   if (!options_.worker_password.empty()) {
@@ -511,26 +507,63 @@ void Broker::Impl::set_up_security() {
              keys_.workers.size());
 }
 
-void Broker::Impl::require_worker_password() {
-  if (!detail::is_loopback_endpoint(options_.worker_endpoint)) {
+void Broker::Impl::set_up_passwords() {
+  if (!options_.worker_password.empty() && !detail::is_loopback_endpoint(options_.worker_endpoint)) {
     throw Error(ErrorCode::kInvalidArgument, "broker: a worker password travels in clear: the worker endpoint '" +
                                                  options_.worker_endpoint + "' must be a loopback one");
   }
-  keys_.worker_password = options_.worker_password;
-  try {
-    zap_.bind(kZapEndpoint);
-    zap_bound_ = true;
-  } catch (const zmq::error_t& e) {
-    throw Error(ErrorCode::kInvalidArgument,
-                std::string("broker: cannot start the ZAP handler (another broker with keys in this context?): ") +
-                    e.what());
+  // The per-user secret on every socket that has no password of its own and is not inproc:// (where
+  // only this process can connect).
+  const bool clients_need_secret = !options_.client_endpoint.starts_with("inproc://");
+  const bool workers_need_secret =
+      options_.worker_password.empty() && !options_.worker_endpoint.starts_with("inproc://");
+  std::string secret;
+  std::optional<detail::SecretLocation> location;
+  if (clients_need_secret || workers_need_secret) {
+    location = detail::locate_secret(options_.secret_file, detail::secret_environment());
+    if (location) secret = detail::read_or_create_secret(*location);
   }
-  workers_.set(zmq::sockopt::plain_server, 1);
-  workers_.set(zmq::sockopt::zap_domain, std::string(detail::kWorkerDomain));
-  const int enforce = 1;
-  if (zmq_setsockopt(workers_.handle(), ZMQ_ZAP_ENFORCE_DOMAIN, &enforce, sizeof(enforce)) != 0) {
-    throw Error(ErrorCode::kInternal, std::string("broker: cannot set ZMQ_ZAP_ENFORCE_DOMAIN: ") +
-                                          zmq_strerror(zmq_errno()));
+  keys_.client_password = clients_need_secret ? secret : std::string();
+  keys_.worker_password = workers_need_secret ? secret : options_.worker_password;
+  const bool reachable = !(detail::is_loopback_endpoint(options_.client_endpoint) &&
+                           detail::is_loopback_endpoint(options_.worker_endpoint));
+  if (location) {
+    log_->info("without CURVE: clients and workers must give this user's secret from {} (the same user's programs "
+               "find it by themselves; others give --secret-file)",
+               location->file.string());
+    if (options_.insecure && reachable) {
+      log_->warn("INSECURE: no CURVE; the secret travels in clear to {} and {}: whoever can read that network can take "
+                 "it, then submit work, register as a worker and read every input and result",
+                 options_.client_endpoint, options_.worker_endpoint);
+    }
+  } else if (clients_need_secret || workers_need_secret) {
+    log_->warn("{}: no CURVE and no secret (--secret-file none): anyone who can reach {} or {} can submit work, "
+               "register as a worker and read every input and result",
+               options_.insecure && reachable ? "INSECURE" : "UNPROTECTED", options_.client_endpoint,
+               options_.worker_endpoint);
+  }
+  const std::pair<zmq::socket_t*, const std::string*> sockets[] = {{&clients_, &keys_.client_password},
+                                                                   {&workers_, &keys_.worker_password}};
+  for (const auto& [socket, password] : sockets) {
+    if (password->empty()) continue;
+    if (!zap_bound_) {
+      try {
+        zap_.bind(kZapEndpoint);
+        zap_bound_ = true;
+      } catch (const zmq::error_t& e) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    std::string("broker: cannot start the ZAP handler (another broker with keys in this context?): ") +
+                        e.what());
+      }
+    }
+    socket->set(zmq::sockopt::plain_server, 1);
+    socket->set(zmq::sockopt::zap_domain,
+                std::string(socket == &clients_ ? detail::kClientDomain : detail::kWorkerDomain));
+    const int enforce = 1;
+    if (zmq_setsockopt(socket->handle(), ZMQ_ZAP_ENFORCE_DOMAIN, &enforce, sizeof(enforce)) != 0) {
+      throw Error(ErrorCode::kInternal, std::string("broker: cannot set ZMQ_ZAP_ENFORCE_DOMAIN: ") +
+                                            zmq_strerror(zmq_errno()));
+    }
   }
 }
 

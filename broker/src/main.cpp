@@ -4,7 +4,9 @@
 //   poolmap-broker --clients tcp://127.0.0.1:5555 --workers tcp://127.0.0.1:5556   (no CURVE: loopback)
 //
 // With CURVE the endpoints default to every interface (tcp://*:5555, tcp://*:5556); without it to
-// loopback, and binding anything else without CURVE needs --insecure. SIGHUP reloads the key
+// loopback, and binding anything else without CURVE needs --insecure; without CURVE clients and
+// workers must also give this user's secret (--secret-file, POOLMAP_SECRET_FILE, by default
+// ${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret, made on first start). SIGHUP reloads the key
 // directories.
 // Runs in the foreground (--daemon: in the background, see daemon.hpp). Once both endpoints are
 // bound it prints one line on stdout,
@@ -12,7 +14,8 @@
 // with wildcard ports resolved, so scripts and tests can bind port 0 (tcp://127.0.0.1:*) and read
 // the real endpoints back. Logs go to stderr, or to --log-file (reopened on SIGHUP). SIGINT/SIGTERM
 // stop it cleanly. Every flag can also be given as an environment variable, POOLMAP_BROKER_ and
-// the flag's name in upper case with '_' for '-' (POOLMAP_BROKER_HEARTBEAT_MS=500).
+// the flag's name in upper case with '_' for '-' (POOLMAP_BROKER_HEARTBEAT_MS=500), except
+// --secret-file, whose POOLMAP_SECRET_FILE the workers and clients read too.
 #include <unistd.h>
 
 #include <iostream>
@@ -46,6 +49,11 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   app.add_flag("--insecure", options.insecure,
                "without CURVE, allow binding endpoints other hosts can reach (anyone there can run tasks)");
+  app.add_option("--secret-file", options.secret_file,
+                 "without CURVE: the file of this user's secret that clients and workers must give (made if "
+                 "missing; 'none': no secret)")
+      ->default_str("${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret")
+      ->envname("POOLMAP_SECRET_FILE");
   app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval in milliseconds")
       ->default_val(1000)
       ->check(CLI::PositiveNumber);

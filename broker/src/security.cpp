@@ -46,16 +46,17 @@ ZapReply decide_zap(const std::vector<std::string>& request, const KeyRing& keys
     reply.status_text = "unknown domain";
     return reply;
   }
-  if (domain == kWorkerDomain && !keys.worker_password.empty()) {
+  const std::string& password = domain == kWorkerDomain ? keys.worker_password : keys.client_password;
+  if (!password.empty()) {
     // PLAIN credentials: user name, password. Compared in time that does not depend on where they differ.
     if (mechanism != "PLAIN" || request.size() != 8) {
       reply.status_text = "password required";
       return reply;
     }
     const std::string& given = request[7];
-    unsigned char difference = given.size() == keys.worker_password.size() ? 0 : 1;
-    for (std::size_t i = 0; i < given.size() && i < keys.worker_password.size(); ++i) {
-      difference |= static_cast<unsigned char>(given[i] ^ keys.worker_password[i]);
+    unsigned char difference = given.size() == password.size() ? 0 : 1;
+    for (std::size_t i = 0; i < given.size() && i < password.size(); ++i) {
+      difference |= static_cast<unsigned char>(given[i] ^ password[i]);
     }
     if (difference != 0) {
       reply.status_text = "wrong password";

@@ -8,7 +8,8 @@
 // cannot register as a worker, a worker key cannot submit work or ask for status.
 //
 // Without CURVE, the broker binds only endpoints is_loopback_endpoint() accepts, unless told
-// --insecure.
+// --insecure, and asks each peer for a password with ZeroMQ's PLAIN mechanism, checked by the same
+// handler: the per-user secret (secret.hpp) on both sockets, or an embedded Pool's own worker password.
 #pragma once
 
 #include <map>
@@ -25,9 +26,11 @@ inline constexpr std::string_view kWorkerDomain = "poolmap-workers";
 struct KeyRing {
   std::map<std::string, std::string> clients;
   std::map<std::string, std::string> workers;
-  // When not empty (a broker without CURVE, BrokerOptions::worker_password): the worker socket
-  // accepts only the PLAIN mechanism with this password.
+  // When not empty (a broker without CURVE: the per-user secret, or BrokerOptions::worker_password):
+  // the worker socket accepts only the PLAIN mechanism with this password.
   std::string worker_password;
+  // Likewise for the client socket (the per-user secret).
+  std::string client_password;
 };
 
 // The reply to one ZAP request: RFC 27 frames 2..5 (version "1.0" and empty metadata are added by
@@ -41,7 +44,7 @@ struct ZapReply {
 
 // Decides a ZAP request given as its frames (version, request id, domain, address, routing id,
 // mechanism, credentials...). Accepts only the CURVE mechanism with a key in the domain's list, or,
-// on the worker domain of a KeyRing with a worker_password, only PLAIN with that password.
+// on a domain whose password is set, only PLAIN with that password (compared in constant time).
 ZapReply decide_zap(const std::vector<std::string>& request, const KeyRing& keys);
 
 // True for endpoints only this host can reach: inproc://, ipc://, and tcp:// on 127.0.0.0/8,

@@ -1,7 +1,7 @@
 // poolmap: the command-line tool.
 //
 //   poolmap status --broker tcp://HOST:5555 [--verbose] [--json] [--watch [--interval-ms MS]]
-//                  [--curve-secret FILE --broker-key FILE]
+//                  [--curve-secret FILE --broker-key FILE] [--secret-file FILE]
 //       workers (with their tasks), queue depth and counters of a broker; --watch: again every
 //       interval (in place on a terminal, one snapshot after another when piped) until Ctrl-C
 //   poolmap map TASK [FILE] [--chunksize N] [--no-progress]
@@ -117,6 +117,7 @@ struct Connection {
   int timeout_ms = 5000;
   std::string curve_secret;
   std::string broker_key;
+  std::string secret_file;
 };
 
 void add_connection_options(CLI::App& command, Connection& connection) {
@@ -130,13 +131,19 @@ void add_connection_options(CLI::App& command, Connection& connection) {
       ->envname("POOLMAP_CURVE_SECRET");
   command.add_option("--broker-key", connection.broker_key, "the broker's CURVE public key file")
       ->envname("POOLMAP_BROKER_KEY");
+  command.add_option("--secret-file", connection.secret_file,
+                     "without CURVE: the file of this user's secret that the broker requires (made if missing; "
+                     "'none': give none)")
+      ->default_str("${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret")
+      ->envname("POOLMAP_SECRET_FILE");
 }
 
 poolmap::PoolOptions pool_options(const Connection& connection) {
   return {.broker = connection.broker,
           .start_timeout = std::chrono::milliseconds(connection.timeout_ms),
           .curve_secret_file = connection.curve_secret,
-          .broker_key_file = connection.broker_key};
+          .broker_key_file = connection.broker_key,
+          .secret_file = connection.secret_file};
 }
 
 struct StatusOptions {

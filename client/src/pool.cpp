@@ -293,6 +293,7 @@ class Pool::Impl {
   std::uint64_t session_ = 0;                       // counts sockets opened (broker sessions)
   std::optional<Clock::time_point> broker_lost_at_;  // set while trying to reach the broker again
   std::optional<wire::CurveClientKeys> curve_;        // remote mode with keys
+  std::string secret_;                                // remote mode without keys: the per-user secret, or ""
   bool send_failed_ = false;                          // a message of a welcomed session was not sent
   std::optional<wire::HandshakeWatch> handshakes_;    // I/O thread: the current socket's handshakes
   std::optional<Status> refused_;                     // guarded by mutex_: why the broker refused us
@@ -321,6 +322,7 @@ Pool::Impl::Impl(PoolOptions options)
       if (option->empty() && from_environment != nullptr) *option = from_environment;
     }
     curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
+    if (!curve_ && !options_.broker.starts_with("inproc://")) secret_ = wire::load_secret(options_.secret_file);
   }
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "Pool: eventfd failed");
@@ -454,6 +456,7 @@ void Pool::Impl::open_socket() {
   socket_->set(zmq::sockopt::reconnect_ivl, 100);
   socket_->set(zmq::sockopt::reconnect_ivl_max, 1000);
   if (curve_) wire::apply_curve_client(*socket_, *curve_);
+  if (!secret_.empty()) wire::apply_secret(*socket_, secret_);
   retry_at_.reset();
   if (!endpoint_.starts_with("inproc://")) handshakes_.emplace(context_.impl().zmq, *socket_);
   socket_->connect(endpoint_);

@@ -11,6 +11,7 @@
 
 #include "poolmap/curve.hpp"
 #include "poolmap/error.hpp"
+#include "secret.hpp"
 
 namespace poolmap {
 Context::Context() : impl_(std::make_shared<Impl>()) {}
@@ -46,8 +47,15 @@ void apply_curve_client(zmq::socket_t& socket, const CurveClientKeys& keys) {
 }
 
 void apply_password(zmq::socket_t& socket, const std::string& password) {
-  socket.set(zmq::sockopt::plain_username, "poolmap-worker");
+  socket.set(zmq::sockopt::plain_username, kPasswordUser);
   socket.set(zmq::sockopt::plain_password, password);
+}
+
+std::string load_secret(const std::filesystem::path& secret_file) { return detail::load_user_secret(secret_file); }
+
+void apply_secret(zmq::socket_t& socket, const std::string& secret) {
+  socket.set(zmq::sockopt::plain_username, kSecretUser);
+  socket.set(zmq::sockopt::plain_password, secret);
 }
 
 HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched)
@@ -62,39 +70,84 @@ HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& watched)
   monitor_.set(zmq::sockopt::linger, 0);
   monitor_.set(zmq::sockopt::rcvhwm, 0);  // unbounded: the monitor's blocking send must never wait
   monitor_.connect(endpoint);
+  const int mechanism = watched.get(zmq::sockopt::mechanism);
+  if (mechanism == ZMQ_CURVE) {
+    credentials_ = Credentials::kCurve;
+  } else if (mechanism == ZMQ_PLAIN) {
+    credentials_ = watched.get(zmq::sockopt::plain_username) == kSecretUser ? Credentials::kSecret : Credentials::kPassword;
+  }
 }
 
 HandshakeWatch::~HandshakeWatch() {
   // Stops the events at their source first (see the class comment); only then is the reader closed.
-  (void)zmq_socket_monitor(watched_, nullptr, 0);
+  stop_monitor();
 }
 
-std::optional<std::string> HandshakeWatch::failure(const std::string& endpoint, bool curve) {
+std::optional<std::string> HandshakeWatch::failure(const std::string& endpoint, bool /*curve*/) {
   auto frames = receive(monitor_);
   if (!frames || frames->size() < 2 || frames->front().size() < 2) return std::nullopt;
   std::uint16_t event = 0;
   std::memcpy(&event, frames->front().data(), sizeof(event));
   if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
     closed_handshakes_ = 0;
+    stop_monitor();  // this socket got in; what follows is the protocol's business
     return std::nullopt;
   }
   if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && ++closed_handshakes_ >= kClosedHandshakesMeanRefused) {
     event = ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL;
   }
-  if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
-    return "the broker at " + endpoint +
-           " refused this peer's CURVE key: its .pub file is not in the broker's key directory for this socket "
-           "(--client-keys for clients and `poolmap status`, --worker-keys for workers)";
+  if (event != ZMQ_EVENT_HANDSHAKE_FAILED_AUTH && event != ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) return std::nullopt;
+  stop_monitor();  // said once; the owner opens a new socket (and watch) to try again
+  return describe(endpoint, credentials_, event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+}
+
+void HandshakeWatch::stop_monitor() noexcept {
+  if (watched_ == nullptr) return;
+  (void)zmq_socket_monitor(watched_, nullptr, 0);
+  watched_ = nullptr;
+}
+
+std::string HandshakeWatch::describe(const std::string& endpoint, Credentials credentials, bool refused) {
+  static const std::string kCurveFlags =
+      "set --curve-secret and --broker-key, or POOLMAP_CURVE_SECRET and POOLMAP_BROKER_KEY";
+  static const std::string kEmbedded =
+      "or it is an embedded Pool's own broker (only that Pool's worker copies may join it)";
+  if (refused) {
+    switch (credentials) {
+      case Credentials::kCurve:
+        return "the broker at " + endpoint +
+               " refused this peer's CURVE key: its .pub file is not in the broker's key directory for this socket "
+               "(--client-keys for clients and `poolmap status`, --worker-keys for workers)";
+      case Credentials::kSecret:
+        return "the broker at " + endpoint +
+               " refused this user's poolmap secret: the broker runs as another user, or reads another secret file "
+               "(or it is an embedded Pool's own broker, which only that Pool's worker copies may join). Run this "
+               "program as the broker's user (same HOME), or give it the broker's secret file with --secret-file PATH "
+               "or POOLMAP_SECRET_FILE=PATH (PoolOptions::secret_file in a program); see docs/SECURITY.md";
+      case Credentials::kPassword:
+        return "the broker at " + endpoint + " refused this worker's password: " + kEmbedded.substr(3);
+      case Credentials::kNone:
+        break;
+    }
+    return "the broker at " + endpoint + " refused this peer";
   }
-  if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
-    return "the handshake with " + endpoint + " failed: " +
-           (curve ? std::string("the broker there does not use CURVE (started without --curve-secret?), or it is "
-                                "not a poolmap broker")
-                  : std::string("the broker there requires CURVE keys (set --curve-secret and --broker-key, or "
-                                "POOLMAP_CURVE_SECRET and POOLMAP_BROKER_KEY), or it is not a poolmap broker, or it is "
-                                "an embedded Pool's own broker (only that Pool's worker copies may join it)"));
+  const std::string head = "the handshake with " + endpoint + " failed: ";
+  switch (credentials) {
+    case Credentials::kCurve:
+      return head + "the broker there does not use CURVE (started without --curve-secret?), or it is not a poolmap "
+                    "broker";
+    case Credentials::kSecret:
+      return head + "the broker there requires CURVE keys (" + kCurveFlags +
+             "), or takes no secret (started with --secret-file none: give this program --secret-file none or "
+             "POOLMAP_SECRET_FILE=none too), or it is not a poolmap broker, " + kEmbedded;
+    case Credentials::kPassword:
+      return head + "it is not the embedded Pool's broker that started this worker copy";
+    case Credentials::kNone:
+      break;
   }
-  return std::nullopt;
+  return head + "the broker there requires CURVE keys (" + kCurveFlags +
+         ") or this user's poolmap secret (this program was told --secret-file none or POOLMAP_SECRET_FILE=none), or "
+         "it is not a poolmap broker, " + kEmbedded;
 }
 
 namespace {

@@ -52,15 +52,30 @@ std::optional<CurveClientKeys> load_curve_client(const std::filesystem::path& se
 void apply_curve_client(zmq::socket_t& socket, const CurveClientKeys& keys);
 // Makes `socket` a PLAIN client giving `password` (before connect()): a broker's worker_password.
 void apply_password(zmq::socket_t& socket, const std::string& password);
+// The per-user secret a client or worker gives a broker without CURVE (secret.hpp): `secret_file`, or
+// POOLMAP_SECRET_FILE, or the default file, read or made now. "" when it is "none". Throws
+// poolmap::Error (kInvalidArgument) with what to do when the file cannot be had or is open to others.
+std::string load_secret(const std::filesystem::path& secret_file);
+// Makes `socket` a PLAIN client giving the per-user secret (before connect()). User name
+// kSecretUser, which HandshakeWatch reads back to word a refusal.
+void apply_secret(zmq::socket_t& socket, const std::string& secret);
+inline constexpr const char* kSecretUser = "poolmap-user";
+inline constexpr const char* kPasswordUser = "poolmap-worker";
 
 // Watches the handshakes of one connecting socket (a ZeroMQ socket monitor over inproc), so that a
 // peer the broker refuses learns why instead of waiting in silence. Poll socket() for POLLIN, then
-// call failure(). Owned by the thread that owns the watched socket.
+// call failure(). Owned by the thread that owns the watched socket. Construct it after the socket's
+// security is set (apply_curve_client, apply_password, apply_secret): it words failures after it.
 //
 // ZeroMQ (4.3) never reconnects after a refused handshake, and the refused socket may have no pipe
 // left, so a blocking send on it waits for ever: send with dont_wait on a socket whose handshake
 // may fail, and open a new socket kRetryAfterRefusal after a refusal (a broker may admit the key
 // after a SIGHUP).
+//
+// The watch stops the socket's monitor itself once a handshake succeeded or a failure was reported
+// (while the socket is surely open): ZeroMQ's I/O thread sends each event with a blocking send, so
+// an event for a socket whose watch was closed first (a reconnection's handshake finishing while the
+// socket lingers after close) would block that thread, and with it every socket of the context.
 inline constexpr std::chrono::seconds kRetryAfterRefusal{5};
 
 //
@@ -85,13 +100,23 @@ class HandshakeWatch {
   // loaded broker reads the end of ours before it writes the rest of its own), which ZeroMQ
   // reports without detail and retries: kClosedHandshakesMeanRefused such closes in a row, with
   // no handshake succeeding between them, are reported as the mechanism's refusal.
+  // `curve` is kept for callers; the watched socket's own mechanism decides the wording.
   std::optional<std::string> failure(const std::string& endpoint, bool curve);
 
   static constexpr int kClosedHandshakesMeanRefused = 3;
 
+  // How the watched socket proves who it is.
+  enum class Credentials { kNone, kCurve, kSecret, kPassword };
+  // The sentence for a refusal (`refused`: the broker's handler said no) or a mechanism that does not
+  // match the broker's, for a peer with these credentials. No I/O.
+  static std::string describe(const std::string& endpoint, Credentials credentials, bool refused);
+
  private:
-  void* watched_;  // the watched socket's handle; it outlives this watch
+  void stop_monitor() noexcept;
+
+  void* watched_;  // the watched socket's handle until stop_monitor(); it outlives this watch
   zmq::socket_t monitor_;
+  Credentials credentials_ = Credentials::kNone;
   int closed_handshakes_ = 0;  // in a row, since the last handshake that succeeded
 };
 

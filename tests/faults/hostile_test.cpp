@@ -35,6 +35,9 @@ class RawPeer {
  public:
   explicit RawPeer(const std::string& endpoint) : socket_(context_, zmq::socket_type::dealer) {
     socket_.set(zmq::sockopt::linger, 0);
+    // This user's secret: a hostile peer of the same user (or one that has the secret) is what
+    // these tests are about; strangers are refused at the handshake (tests/integration/secret_test.cpp).
+    wire::apply_secret(socket_, t::user_secret());
     socket_.connect(endpoint);
   }
   template <class Header>

@@ -24,6 +24,7 @@
 #include "poolmap/protocol.hpp"
 #include "process.hpp"
 #include "test_tasks.hpp"
+#include "wire.hpp"
 
 using namespace std::chrono_literals;
 namespace t = poolmap::test;
@@ -206,6 +207,7 @@ TEST_CASE("Daemons.Broker.AnswersGarbageAndKeepsServing" * doctest::timeout(30))
   zmq::socket_t raw(context, zmq::socket_type::dealer);
   raw.set(zmq::sockopt::linger, 0);
   raw.set(zmq::sockopt::rcvtimeo, 5000);
+  poolmap::wire::apply_secret(raw, t::user_secret());  // an authenticated peer: the protocol is under test
   raw.connect(cluster.client_endpoint());
 
   const std::vector<std::vector<std::string>> garbage{
@@ -282,7 +284,8 @@ TEST_CASE("Daemons.Client.UnreadableResultFailsTheMapInsteadOfHanging" * doctest
   fake.set(zmq::sockopt::linger, 0);
   fake.bind("tcp://127.0.0.1:*");
   const std::string endpoint = fake.get(zmq::sockopt::last_endpoint);
-  poolmap::Pool pool({.broker = endpoint, .heartbeat_interval = t::heartbeat()});
+  // The fake broker takes no secret (a raw ROUTER has no ZAP handler), so neither does the client.
+  poolmap::Pool pool({.broker = endpoint, .heartbeat_interval = t::heartbeat(), .secret_file = "none"});
   std::optional<poolmap::ErrorCode> code;
   std::thread mapper([&] {
     try {
@@ -333,6 +336,7 @@ class LyingWorker {
       : socket_(context_, zmq::socket_type::dealer) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::rcvtimeo, 10000);
+    poolmap::wire::apply_secret(socket_, t::user_secret());  // this user's, as a real worker or client gives
     socket_.connect(endpoint);
     poolmap::proto::Ready ready{host, 1, credit, 0x1dea, 0,
                                 {{"test.square", poolmap::Task<std::int64_t(std::int64_t)>::signature()}},
@@ -480,6 +484,7 @@ class RawClient {
   explicit RawClient(const std::string& endpoint) : socket_(context_, zmq::socket_type::dealer) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::rcvtimeo, 10000);
+    poolmap::wire::apply_secret(socket_, t::user_secret());  // this user's, as a real worker or client gives
     socket_.connect(endpoint);
     send({poolmap::proto::encode(poolmap::proto::Hello{"raw", 1})}, poolmap::proto::Command::kHello);
   }
@@ -634,6 +639,7 @@ TEST_CASE("Daemons.Broker.PeerStringsCannotForgeOrFloodTheLog" * doctest::timeou
   zmq::context_t context;
   zmq::socket_t raw(context, zmq::socket_type::dealer);
   raw.set(zmq::sockopt::linger, 0);
+  poolmap::wire::apply_secret(raw, t::user_secret());  // an authenticated peer: the protocol is under test
   raw.connect(cluster.client_endpoint());
   for (int i = 0; i < 2000; ++i) raw.send(zmq::str_buffer("XXXX"), zmq::send_flags::none);
   REQUIRE(t::eventually([&] { return pool.status().bad_messages >= 2000; }, 20s));
@@ -658,6 +664,7 @@ TEST_CASE("Daemons.Broker.StatusRequestWithoutHelloLeavesNoState" * doctest::tim
     zmq::socket_t raw(context, zmq::socket_type::dealer);
     raw.set(zmq::sockopt::linger, 0);
     raw.set(zmq::sockopt::rcvtimeo, 10000);
+    poolmap::wire::apply_secret(raw, t::user_secret());
     raw.connect(cluster.client_endpoint());
     const auto signature = poolmap::proto::signature_frame(poolmap::proto::Command::kStatusRequest);
     raw.send(zmq::buffer(signature.data(), signature.size()), zmq::send_flags::sndmore);

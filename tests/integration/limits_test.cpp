@@ -154,6 +154,7 @@ TEST_CASE("Limits.Peers.RegistrationChurnFromOneAddressIsRateLimited" * doctest:
   for (std::uint32_t i = 0; i < 40; ++i) {
     zmq::socket_t& peer = peers.emplace_back(context, zmq::socket_type::dealer);
     peer.set(zmq::sockopt::linger, 0);
+    wire::apply_secret(peer, t::user_secret());  // this user's peers: the rate limit is under test
     peer.connect(cluster.worker_endpoint());
     proto::Ready ready;
     ready.host = "churn";

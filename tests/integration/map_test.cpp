@@ -268,7 +268,7 @@ TEST_CASE("Map.Embedded.AnotherLocalProgramCannotRegisterAsItsWorker" * doctest:
                             "--tasks", t::test_tasks_library(), "--processes", "1", "--heartbeat-ms",
                             std::to_string(t::heartbeat().count())});
   const bool told =
-      t::eventually([&] { return stranger.stderr_text().find("the handshake with") != std::string::npos; }, 30s);
+      t::eventually([&] { return stranger.stderr_text().find("embedded Pool's own broker") != std::string::npos; }, 30s);
   if (!told) MESSAGE("the stranger's log: " << stranger.stderr_text());
   CHECK(told);
   CHECK(pool.status().workers.size() == 1);

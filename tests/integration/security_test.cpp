@@ -603,11 +603,12 @@ std::uint64_t resident_bytes(pid_t pid) {
   return 0;
 }
 
-// A raw TCP peer that speaks just enough ZMTP 3.0 (NULL mechanism) to get past the handshake,
+// A raw TCP peer that speaks just enough ZMTP 3.0 to get past the handshake (PLAIN with `secret`,
+// as the broker without CURVE requires; NULL when `secret` is empty, which that broker refuses),
 // then declares one frame of `declared` bytes and sends `sent` bytes of it; `before_close` runs
 // before it closes the connection. Returns false if the broker closed the connection first.
 bool send_forged_frame(const std::string& endpoint, std::uint64_t declared, std::size_t sent,
-                       const std::function<void()>& before_close = {}) {
+                       const std::function<void()>& before_close = {}, const std::string& secret = t::user_secret()) {
   const auto colon = endpoint.rfind(':');
   const int port = std::stoi(endpoint.substr(colon + 1));
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -629,22 +630,50 @@ bool send_forged_frame(const std::string& endpoint, std::uint64_t declared, std:
     }
     return true;
   };
-  // Greeting: signature, version 3.0, mechanism "NULL", as-server 0, filler.
+  auto read_exactly = [&](std::string& bytes) {
+    for (std::size_t got = 0; got < bytes.size();) {
+      const auto n = ::recv(fd, bytes.data() + got, bytes.size() - got, 0);
+      if (n <= 0) return false;
+      got += static_cast<std::size_t>(n);
+    }
+    return true;
+  };
+  // One command frame from the broker: its body starts with the command's name.
+  auto read_command = [&](const std::string& name) {
+    std::string flags(1, '\0');
+    if (!read_exactly(flags) || (flags[0] & 0x04) == 0) return false;
+    std::string size((flags[0] & 0x02) != 0 ? 8 : 1, '\0');
+    if (!read_exactly(size)) return false;
+    std::uint64_t length = 0;
+    for (const char c : size) length = length << 8 | static_cast<unsigned char>(c);
+    if (length > 4096) return false;
+    std::string body(length, '\0');
+    return read_exactly(body) && body.size() > name.size() && body[0] == static_cast<char>(name.size()) &&
+           body.compare(1, name.size(), name) == 0;
+  };
+  auto command = [](const std::string& body) { return std::string("\x04", 1) + static_cast<char>(body.size()) + body; };
+  const std::string socket_type = std::string("\x0bSocket-Type", 12) + std::string("\0\0\0\x06", 4) + "DEALER";
+  // Greeting: signature, version 3.0, mechanism, as-server 0, filler.
   std::string greeting(64, '\0');
   greeting[0] = '\xff';
   greeting[9] = '\x7f';
   greeting[10] = 3;
-  greeting.replace(12, 4, "NULL");
+  greeting.replace(12, secret.empty() ? 4 : 5, secret.empty() ? "NULL" : "PLAIN");
   bool open = write_all(greeting);
   std::string peer(64, '\0');
-  for (std::size_t got = 0; open && got < peer.size();) {
-    const auto n = ::recv(fd, peer.data() + got, peer.size() - got, 0);
-    if (n <= 0) open = false;
-    got += n > 0 ? static_cast<std::size_t>(n) : 0;
+  open = open && read_exactly(peer);
+  if (!secret.empty()) {
+    // PLAIN: HELLO with user name and password, WELCOME, INITIATE with our metadata, READY.
+    const std::string user = wire::kSecretUser;
+    open = open && write_all(command(std::string("\x05HELLO", 6) + static_cast<char>(user.size()) + user +
+                                     static_cast<char>(secret.size()) + secret));
+    open = open && read_command("WELCOME");
+    open = open && write_all(command(std::string("\x08INITIATE", 9) + socket_type));
+    open = open && read_command("READY");
+  } else {
+    // NULL: READY command with Socket-Type DEALER.
+    open = open && write_all(command(std::string("\x05READY", 6) + socket_type));
   }
-  // READY command with Socket-Type DEALER.
-  const std::string ready_body = std::string("\x05READY\x0bSocket-Type", 18) + std::string("\0\0\0\x06", 4) + "DEALER";
-  open = open && write_all(std::string("\x04", 1) + static_cast<char>(ready_body.size()) + ready_body);
   // A long message frame: flags 0x02, 8-byte big-endian size.
   std::string header(9, '\0');
   header[0] = 0x02;
@@ -659,8 +688,8 @@ bool send_forged_frame(const std::string& endpoint, std::uint64_t declared, std:
 }  // namespace
 
 TEST_CASE("Security.Broker.AForgedOneGibibyteFrameCostsTheBrokerNothing" * doctest::timeout(60)) {
-  // No CURVE here: a raw peer on loopback, the worst case (with CURVE it would not get past the
-  // handshake at all).
+  // No CURVE here: a raw peer on loopback with this user's secret, the worst case (with CURVE, or
+  // without the secret, it would not get past the handshake at all).
   t::Cluster cluster({.workers = 1});
   poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
   REQUIRE(pool.wait_for_workers(1, 20s));
@@ -680,6 +709,9 @@ TEST_CASE("Security.Broker.AForgedOneGibibyteFrameCostsTheBrokerNothing" * docte
     // (--max-message-bytes, 64 MiB), so the connection is cut before the bytes are buffered.
     (void)send_forged_frame(cluster.client_endpoint(), 1ULL << 30, 8 << 20);
     (void)send_forged_frame(cluster.worker_endpoint(), 1ULL << 30, 8 << 20);
+    // Without this user's secret, even a frame within the limit is never read: the handshake fails.
+    (void)send_forged_frame(cluster.client_endpoint(), 1 << 20, 1 << 20, {}, "");
+    (void)send_forged_frame(cluster.worker_endpoint(), 1 << 20, 1 << 20, {}, "");
     peak = std::max(peak, resident_bytes(cluster.broker().pid()));
   }
   MESSAGE("broker RSS before " << before / 1024 << " KiB, peak during 8 forged 1 GiB frames " << peak / 1024 << " KiB");
@@ -705,6 +737,7 @@ TEST_CASE("Security.Broker.HoardedContextsStayWithinTheClientQuota" * doctest::t
   zmq::context_t context;
   zmq::socket_t hoarder(context, zmq::socket_type::dealer);
   hoarder.set(zmq::sockopt::linger, 0);
+  wire::apply_secret(hoarder, t::user_secret());  // a client of this user: the quota is under test
   hoarder.connect(cluster.client_endpoint());
   auto hello = wire::make(proto::Command::kHello, proto::Hello{"hoarder", 1});
   REQUIRE(wire::send(hoarder, hello, true));

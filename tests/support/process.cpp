@@ -1,5 +1,7 @@
 #include "process.hpp"
 
+#include "secret.hpp"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -62,8 +64,18 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, std::vector<std::strin
   std::vector<char*> args;
   for (auto& arg : argv) args.push_back(arg.data());
   args.push_back(nullptr);
+  // An extra entry replaces the inherited one of the same name (getenv() would find the first).
   std::vector<std::string> env_storage;
-  for (char** entry = environ; *entry != nullptr; ++entry) env_storage.emplace_back(*entry);
+  auto replaced = [&](const char* entry) {
+    for (const auto& extra : extra_env) {
+      const auto equals = extra.find('=');
+      if (equals != std::string::npos && std::strncmp(entry, extra.data(), equals + 1) == 0) return true;
+    }
+    return false;
+  };
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    if (!replaced(*entry)) env_storage.emplace_back(*entry);
+  }
   for (auto& entry : extra_env) env_storage.push_back(entry);
   std::vector<char*> env;
   for (auto& entry : env_storage) env.push_back(entry.data());
@@ -188,6 +200,8 @@ bool process_running(pid_t pid) {
   return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] != 'Z' &&
          line[after_name + 2] != 'X';
 }
+
+std::string user_secret() { return poolmap::detail::load_user_secret({}); }
 
 std::chrono::milliseconds heartbeat() {
   const char* text = std::getenv("POOLMAP_TEST_HEARTBEAT_MS");

@@ -20,7 +20,8 @@ using namespace std::chrono_literals;
 
 class ChildProcess {
  public:
-  // Starts `argv[0]` with `argv`. Extra environment entries ("NAME=value") are added.
+  // Starts `argv[0]` with `argv`. Extra environment entries ("NAME=value") are added, each
+  // replacing an inherited variable of the same name.
   // Throws std::runtime_error when it cannot be started.
   explicit ChildProcess(std::vector<std::string> argv, std::vector<std::string> extra_env = {});
   ~ChildProcess();  // stop(): SIGTERM, 5 s grace, SIGKILL; always reaped
@@ -111,6 +112,11 @@ class Cluster {
 // Whether process `pid` runs: not gone, and not a zombie its new parent has yet to reap (a daemon
 // or an orphan whose parent was not this test).
 bool process_running(pid_t pid);
+
+// This user's poolmap secret: what a broker started without CURVE (as Cluster starts it) requires
+// of every peer. Raw ZeroMQ sockets of tests give it with wire::apply_secret() before connect().
+// Made on first use, as the daemons make it (secret.hpp).
+std::string user_secret();
 
 // Polls `condition` every 10 ms until it holds or `timeout` passes; returns its last value.
 template <class Condition>

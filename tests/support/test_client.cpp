@@ -3,6 +3,7 @@
 //   poolmap_test_client no-init            Pool() without poolmap::init: must fail with a clear error
 //   poolmap_test_client hold ENDPOINT      connect, print "connected", then wait to be killed
 //   poolmap_test_client map ENDPOINT N     map test.square over 0..N-1, print the sum of results
+//                                          (or "error: ..." on stderr and exit status 1)
 //   poolmap_test_client blobs ENDPOINT COUNT BYTES
 //                                          map test.blob_size over COUNT blobs of BYTES (chunksize 1)
 #include <poll.h>
@@ -46,12 +47,17 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc >= 4 && std::strcmp(argv[1], "map") == 0) {
-    poolmap::Pool pool({.broker = argv[2]});
-    std::vector<std::int64_t> inputs(std::stoul(argv[3]));
-    std::iota(inputs.begin(), inputs.end(), 0);
-    const auto results = pool.map(poolmap::test::square, inputs);
-    std::printf("%lld\n", static_cast<long long>(std::accumulate(results.begin(), results.end(), std::int64_t{0})));
-    return 0;
+    try {
+      poolmap::Pool pool({.broker = argv[2]});
+      std::vector<std::int64_t> inputs(std::stoul(argv[3]));
+      std::iota(inputs.begin(), inputs.end(), 0);
+      const auto results = pool.map(poolmap::test::square, inputs);
+      std::printf("%lld\n", static_cast<long long>(std::accumulate(results.begin(), results.end(), std::int64_t{0})));
+      return 0;
+    } catch (const poolmap::Error& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    }
   }
   if (argc >= 5 && std::strcmp(argv[1], "blobs") == 0) {
     poolmap::Pool pool({.broker = argv[2], .heartbeat_interval = heartbeat()});

@@ -1,7 +1,7 @@
 // poolmap-worker: starts N worker processes that take chunks from a broker and run them.
 //
 //   poolmap-worker --broker tcp://HOST:5556 [--processes N] [--tasks LIB.so ...] [--allow-exec]
-//                  [--curve-secret worker.key --broker-key broker.pub]
+//                  [--curve-secret worker.key --broker-key broker.pub] [--secret-file FILE]
 //
 // The process started by the user is a supervisor: it detects the worker count (physical cores,
 // CPU affinity, cgroup quota, SLURM/PBS allocation), starts that many copies of itself in the
@@ -9,7 +9,8 @@
 // --pidfile and --log-file (reopened on SIGHUP, by the children too) as for the broker. Every flag
 // can also be given as an environment variable, POOLMAP_WORKER_ and the flag's name in upper case
 // with '_' for '-' (POOLMAP_WORKER_PREFETCH=4), except the keys (POOLMAP_CURVE_SECRET,
-// POOLMAP_BROKER_KEY, shared with the client library).
+// POOLMAP_BROKER_KEY, shared with the client library) and the per-user secret of a broker without
+// CURVE (--secret-file, POOLMAP_SECRET_FILE; by default found where the same user's broker made it).
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -87,6 +88,12 @@ int main(int argc, char** argv) {
       ->envname("POOLMAP_CURVE_SECRET");
   app.add_option("--broker-key", broker_key, "the broker's CURVE public key file (its .pub)")
       ->envname("POOLMAP_BROKER_KEY");
+  std::string secret_file;
+  app.add_option("--secret-file", secret_file,
+                 "without CURVE: the file of this user's secret that the broker requires (made if missing; 'none': "
+                 "give none)")
+      ->default_str("${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret")
+      ->envname("POOLMAP_SECRET_FILE");
   bool daemon = false;
   std::string pidfile;
   std::string log_file;
@@ -151,7 +158,8 @@ int main(int argc, char** argv) {
                                      .max_tasks_per_child = max_tasks_per_child,
                                      .init_args = init_args,
                                      .curve_secret_file = curve_secret,
-                                     .broker_key_file = broker_key});
+                                     .broker_key_file = broker_key,
+                                     .secret_file = secret_file});
       signals.on_signal([&worker, &log, &log_file](int signo) {
         if (signo == SIGHUP) return poolmap::detail::reopen_log_file(log_file, *log);
         worker.stop();
@@ -167,10 +175,13 @@ int main(int argc, char** argv) {
     }
 
     // Refuse a malformed endpoint here, not in every child of a restart loop.
-    // Bad key files too.
+    // Bad key files too, and a secret file open to others (a missing one is made here, once).
     {
-      poolmap::WorkerProcess check(
-          {.broker = broker, .prefetch = fixed_prefetch, .curve_secret_file = curve_secret, .broker_key_file = broker_key});
+      poolmap::WorkerProcess check({.broker = broker,
+                                    .prefetch = fixed_prefetch,
+                                    .curve_secret_file = curve_secret,
+                                    .broker_key_file = broker_key,
+                                    .secret_file = secret_file});
     }
     if (processes == 0) {
       const auto detected = poolmap::detect_worker_count();
@@ -200,6 +211,7 @@ int main(int argc, char** argv) {
     if (!curve_secret.empty()) child_args.insert(child_args.end(), {"--curve-secret", curve_secret});
     if (!log_file.empty()) child_args.insert(child_args.end(), {"--log-file", log_file});
     if (!broker_key.empty()) child_args.insert(child_args.end(), {"--broker-key", broker_key});
+    if (!secret_file.empty()) child_args.insert(child_args.end(), {"--secret-file", secret_file});
     std::vector<std::pair<std::string, std::string>> environment;
     for (const char* name : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {
       if (std::getenv(name) == nullptr) environment.emplace_back(name, "1");
@@ -210,7 +222,8 @@ int main(int argc, char** argv) {
                                     .processes = processes,
                                     .report_endpoint = broker,
                                     .curve_secret_file = curve_secret,
-                                    .broker_key_file = broker_key});
+                                    .broker_key_file = broker_key,
+                                    .secret_file = secret_file});
     std::optional<poolmap::detail::PidFile> pid_file;
     if (!pidfile.empty()) pid_file.emplace(pidfile);
     signals.on_signal([&supervisor, &log, &log_file](int signo) {

@@ -46,6 +46,10 @@ class Supervisor::Impl {
     if (options_.processes == 0) throw Error(ErrorCode::kInvalidArgument, "supervisor: processes must be >= 1");
     if (options_.arguments.empty()) options_.arguments.push_back(options_.executable);
     curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
+    if (!curve_ && options_.report_password.empty() && !options_.report_endpoint.empty() &&
+        !options_.report_endpoint.starts_with("inproc://")) {
+      secret_ = wire::load_secret(options_.secret_file);
+    }
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "supervisor: eventfd failed");
     build_environment();
@@ -279,6 +283,7 @@ class Supervisor::Impl {
   std::uint64_t instance_ = detail::new_instance_id();  // this supervisor, named in its exit reports
   std::vector<proto::WorkerExited> exit_reports_;  // guarded by mutex_; sent by run()
   std::optional<wire::CurveClientKeys> curve_;     // for the report connection
+  std::string secret_;                             // or the per-user secret ("" = none)
   std::chrono::milliseconds last_backoff_{0};  // guarded by mutex_
 };
 
@@ -293,6 +298,7 @@ void Supervisor::Impl::run() {
     try {
       if (curve_) wire::apply_curve_client(*reporter, *curve_);
       if (!options_.report_password.empty()) wire::apply_password(*reporter, options_.report_password);
+      if (!secret_.empty()) wire::apply_secret(*reporter, secret_);
       reporter->connect(options_.report_endpoint);
     } catch (const zmq::error_t& e) {
       log_->error("supervisor cannot report exits to '{}': {}", options_.report_endpoint, e.what());

@@ -92,6 +92,9 @@ class WorkerProcess::Impl {
     if (curve_ && !options_.broker_password.empty()) {
       throw Error(ErrorCode::kInvalidArgument, "worker: CURVE keys and a broker password exclude each other");
     }
+    if (!curve_ && options_.broker_password.empty() && !options_.broker.starts_with("inproc://")) {
+      secret_ = wire::load_secret(options_.secret_file);  // this user's, as the broker's (docs/SECURITY.md)
+    }
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "worker: eventfd failed");
   }
@@ -205,6 +208,7 @@ class WorkerProcess::Impl {
   std::vector<proto::TaskInfo> tasks_announced_;  // what READY says we can run
   std::uint32_t connections_ = 0;                 // I/O thread: sockets opened (READY's generation)
   std::optional<wire::CurveClientKeys> curve_;    // read once, at construction
+  std::string secret_;                            // the per-user secret, or "": read at construction
   std::optional<wire::HandshakeWatch> handshakes_;  // I/O thread: the current socket's handshakes
   bool refusal_logged_ = false;                     // I/O thread: said since the broker last answered
   std::optional<Clock::time_point> retry_at_;       // I/O thread: a new socket then (the handshake was refused)
@@ -266,6 +270,7 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   socket.set(zmq::sockopt::reconnect_ivl_max, 1000);  // exponential back-off, 0.1 s to 1 s
   if (curve_) wire::apply_curve_client(socket, *curve_);
   if (!options_.broker_password.empty()) wire::apply_password(socket, options_.broker_password);
+  if (!secret_.empty()) wire::apply_secret(socket, secret_);
   retry_at_.reset();
   if (!options_.broker.starts_with("inproc://")) handshakes_.emplace(context, socket);
   socket.connect(options_.broker);

@@ -18,7 +18,9 @@
 // encrypted and authenticated: a ZAP handler, bound before either endpoint and served by run(),
 // admits a client only if its public key is in client_keys_dir and a worker only if its key is in
 // worker_keys_dir. Without CURVE the broker binds only loopback endpoints (127.0.0.0/8, [::1],
-// localhost, ipc://, inproc://) unless `insecure` is set. See docs/SECURITY.md.
+// localhost, ipc://, inproc://) unless `insecure` is set, and admits on each socket only peers that
+// give this user's secret (secret_file): other local users, who cannot read it, are refused at the
+// handshake. See docs/SECURITY.md.
 //
 // Thread-safety: construct anywhere; run() blocks the thread that calls it and is the only thread
 // touching the sockets; stop(), reload_keys() and the endpoint accessors may be called from any
@@ -93,8 +95,21 @@ struct BrokerOptions {
   // Without CURVE and with a loopback worker endpoint only: a password every peer of the worker
   // socket must give with ZeroMQ's PLAIN mechanism (in clear, which is why it needs loopback). An
   // embedded Pool sets a random one, so that no other local user who finds its loopback port can
-  // register as one of its workers. Default: "" = none.
+  // register as one of its workers. It replaces the per-user secret on the worker socket.
+  // Default: "" = none.
   std::string worker_password{};
+  // Without CURVE: the file of this user's secret, which every client and worker must give (ZeroMQ
+  // PLAIN, checked by the ZAP handler in constant time) on each socket not bound to inproc:// (and,
+  // with worker_password, on the client socket only). Read, or made when missing: 32 random bytes as
+  // hex, mode 0600, in a directory only this user may open. The same user's workers, `Pool`s and CLI
+  // find the same file by themselves; other local users cannot read it and are refused. PLAIN sends
+  // it in clear: on loopback only root can see it, with `insecure` the network can. "none": no
+  // secret, anyone who reaches the endpoints is let in. Ignored with CURVE. Throws (at construction)
+  // for a file or directory open to others, or no place for it.
+  // Default: "" = the POOLMAP_SECRET_FILE environment variable, else
+  // ${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret (without HOME: the home directory of the
+  // password database; without any home, an error naming --secret-file).
+  std::filesystem::path secret_file{};
   // Serve Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9464" (port 0: a free
   // one, see metrics_url()). Default: "" = none.
   std::string metrics_address{};

@@ -83,6 +83,14 @@ struct PoolOptions {
   // POOLMAP_BROKER_KEY environment variables if set, else no CURVE. Embedded mode needs no keys.
   std::filesystem::path curve_secret_file{};
   std::filesystem::path broker_key_file{};
+  // Remote mode without CURVE: the file of this user's secret, which a poolmap-broker started without
+  // CURVE requires of every client (ZeroMQ PLAIN; docs/SECURITY.md). Read, or made when missing, by the
+  // constructor. The same user's broker uses the same file by default, so nothing needs setting on
+  // one host; give the broker's file (--secret-file) to join a broker whose user or HOME differs.
+  // "none": give no secret (for a broker started with --secret-file none). Ignored with CURVE keys
+  // and in embedded mode (its workers get a password of their own). Default: "" = the
+  // POOLMAP_SECRET_FILE environment variable if set, else ${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret.
+  std::filesystem::path secret_file{};
   // Largest message this client sends or accepts, in bytes; keep it equal to the daemons'
   // --max-message-bytes. map() splits chunks so that each fits; an item (or a broadcast context)
   // that alone is larger fails the call with kInvalidArgument before anything is sent. Embedded
@@ -306,7 +314,9 @@ class Pool {
   // processes do not register within start_timeout.
   Pool();
   // Embedded mode if options.broker is empty, remote mode otherwise (connects lazily; never throws
-  // for an unreachable broker, map() does).
+  // for an unreachable broker, map() does). Remote mode throws kInvalidArgument for bad key files
+  // or a secret file that cannot be had (open to others, no HOME: see secret_file); a broker that
+  // refuses the key or secret makes the calls fail with kUnavailable, saying why.
   explicit Pool(PoolOptions options);
   // Like terminate(): work still running is cancelled (its Futures fail with kCancelled), then the
   // I/O thread stops; in embedded mode the workers (SIGTERM, then SIGKILL) and the broker stop too.

@@ -65,6 +65,11 @@ struct WorkerOptions {
   // ZeroMQ PLAIN, in clear: loopback only). An embedded Pool gives its worker copies one.
   // Default: "" = none.
   std::string broker_password{};
+  // Without CURVE and broker_password (and not over inproc://): the file of this user's secret,
+  // which a broker without CURVE requires (BrokerOptions::secret_file; read, or made when missing,
+  // at construction). "none": give no secret. Default: "" = the POOLMAP_SECRET_FILE environment
+  // variable, else ${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret, as the same user's broker does.
+  std::filesystem::path secret_file{};
   // After stop(), how long the running chunk may still take. Past it the process says goodbye
   // (the broker gives the chunk to another worker without counting it against the chunk) and
   // ends at once, so a hung task cannot keep a process alive whose supervisor is gone. Default: 10 s.
@@ -74,7 +79,8 @@ struct WorkerOptions {
 class WorkerProcess {
  public:
   // Does not connect yet. Throws poolmap::Error (kInvalidArgument) for an empty or malformed broker
-  // endpoint, non-positive heartbeat settings, too much prefetch or bad key files.
+  // endpoint, non-positive heartbeat settings, too much prefetch, bad key files or a secret file
+  // that cannot be had or is open to others.
   explicit WorkerProcess(WorkerOptions options);
   ~WorkerProcess();
   WorkerProcess(const WorkerProcess&) = delete;
@@ -124,6 +130,9 @@ struct SupervisorOptions {
   std::filesystem::path broker_key_file{};
   // Or, without CURVE, the workers' broker_password. Default: "" = none.
   std::string report_password{};
+  // Or, without either, the workers' secret_file (WorkerOptions::secret_file). Default: "" = the
+  // same default place.
+  std::filesystem::path secret_file{};
 };
 
 class Supervisor {
