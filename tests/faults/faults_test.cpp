@@ -120,16 +120,7 @@ class SlowLink {
   SlowLink(const std::string& target, std::size_t bytes_per_second) : rate_(bytes_per_second) {
     const auto colon = target.rfind(':');
     target_port_ = static_cast<std::uint16_t>(std::stoi(target.substr(colon + 1)));
-    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(listener_ >= 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-    REQUIRE(::listen(listener_, 8) == 0);
-    socklen_t length = sizeof(address);
-    REQUIRE(::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-    endpoint_ = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+    listener_ = t::listen_on_loopback(endpoint_);
     thread_ = std::thread([this] { run(); });
   }
   ~SlowLink() {

@@ -464,16 +464,7 @@ TEST_CASE("Security.Curve.RefusedPeersAreToldWhyAtOnce" * doctest::timeout(60)) 
 class ClosesEveryHandshake {
  public:
   ClosesEveryHandshake() {
-    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(listener_ >= 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-    REQUIRE(::listen(listener_, 16) == 0);
-    socklen_t length = sizeof(address);
-    REQUIRE(::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-    endpoint_ = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+    listener_ = t::listen_on_loopback(endpoint_);
     thread_ = std::thread([this] {
       while (!stop_) {
         pollfd waiting{listener_, POLLIN, 0};

@@ -2,10 +2,13 @@
 
 #include "secret.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -281,6 +284,24 @@ ChildProcess& Cluster::add_workers(int processes, const std::string& tasks_libra
 Cluster::~Cluster() {
   workers_.clear();  // supervisors first: they stop and reap their worker processes
   broker_.reset();
+}
+
+int listen_on_loopback(std::string& endpoint, int backlog) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listener < 0) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  if (::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+      ::listen(listener, backlog) != 0 ||
+      ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    const int error = errno;
+    ::close(listener);
+    throw std::runtime_error(std::string("cannot listen on loopback: ") + std::strerror(error));
+  }
+  endpoint = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+  return listener;
 }
 
 }  // namespace poolmap::test

@@ -118,6 +118,11 @@ bool process_running(pid_t pid);
 // Made on first use, as the daemons make it (secret.hpp).
 std::string user_secret();
 
+// A TCP socket listening on 127.0.0.1, on a port the kernel picks, for a test's own relay or fake
+// peer; `endpoint` gets "tcp://127.0.0.1:PORT". The caller closes it. Throws std::runtime_error
+// when it cannot.
+int listen_on_loopback(std::string& endpoint, int backlog = 16);
+
 // Polls `condition` every 10 ms until it holds or `timeout` passes; returns its last value.
 template <class Condition>
 bool eventually(Condition condition, std::chrono::milliseconds timeout) {
