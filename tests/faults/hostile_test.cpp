@@ -7,7 +7,6 @@
 #include <atomic>
 #include <fstream>
 #include <random>
-#include <regex>
 #include <thread>
 
 #include <zmq.hpp>
@@ -143,6 +142,24 @@ std::string environment_of(pid_t pid, const std::string& name) {
   return {};
 }
 
+// The value of the first field `key` in `json` at or after `at` (a string's text without its
+// quotes, or a number's digits), and `at` moved past it; "" when there is none.
+std::string json_field(const std::string& json, const std::string& key, std::size_t& at) {
+  const std::string tag = "\"" + key + "\":";
+  const auto found = json.find(tag, at);
+  if (found == std::string::npos) return {};
+  std::size_t start = found + tag.size();
+  std::size_t end = 0;
+  if (start < json.size() && json[start] == '"') {
+    end = json.find('"', ++start);
+  } else {
+    end = json.find_first_of(",}]", start);
+  }
+  if (end == std::string::npos) end = json.size();
+  at = end;
+  return json.substr(start, end - start);
+}
+
 std::size_t occurrences(const std::string& text, const std::string& what) {
   std::size_t count = 0;
   for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++count;
@@ -172,11 +189,14 @@ TEST_CASE("Faults.Hostile.Identity.IdsReadFromStatusGrantNothing" * doctest::tim
     std::uint64_t supervisor = 0;
   };
   std::vector<Seen> seen;
-  const std::regex worker_json(R"re("host":"([^"]*)","pid":(\d+),"id":"([0-9a-f]+)","supervisor":"([0-9a-f]+)")re");
-  for (auto it = std::sregex_iterator(json.begin(), json.end(), worker_json); it != std::sregex_iterator(); ++it) {
+  for (std::size_t at = 0; (at = json.find("\"host\":", at)) != std::string::npos;) {
+    Seen worker;
+    worker.host = json_field(json, "host", at);
+    worker.pid = static_cast<std::uint32_t>(std::stoul(json_field(json, "pid", at)));
     // As shown: 8 hex digits, the high half of each id.
-    seen.push_back({(*it)[1], static_cast<std::uint32_t>(std::stoul((*it)[2])), std::stoull((*it)[3], nullptr, 16) << 32,
-                    std::stoull((*it)[4], nullptr, 16) << 32});
+    worker.id = std::stoull(json_field(json, "id", at), nullptr, 16) << 32;
+    worker.supervisor = std::stoull(json_field(json, "supervisor", at), nullptr, 16) << 32;
+    seen.push_back(worker);
   }
   REQUIRE_MESSAGE(seen.size() == 2, json);
   std::vector<std::uint64_t> claimed;  // every id the forger tries results under
