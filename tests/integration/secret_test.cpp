@@ -269,6 +269,7 @@ TEST_CASE("Security.Secret.WithoutHomeThePasswdHomeServesElseTheFlagIsNamed" * d
     CHECK(contains(broker.stderr_text(), "neither HOME nor XDG_CONFIG_HOME"));
     CHECK(contains(broker.stderr_text(), "--secret-file PATH"));
 
+    // The worker fails before it opens a socket (no secret to give): the address is never used.
     t::ChildProcess worker(command({t::worker_binary(), "--broker", "tcp://127.0.0.1:5556", "--tasks",
                                     t::test_tasks_library()},
                                    true));
