@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <memory>
 #include <optional>
+#include <random>
 #include <utility>
 #include <vector>
 
@@ -121,7 +122,9 @@ class Broker::Impl final : public detail::Outbox {
     metrics_url_ = metrics_->url();
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "broker: eventfd failed");
-    core_ = std::make_unique<detail::BrokerCore>(options_, Clock::now(), *this, *metrics_, log_);
+    std::random_device random;
+    const std::uint64_t first_ticket = static_cast<std::uint64_t>(random()) << 32 | random();
+    core_ = std::make_unique<detail::BrokerCore>(options_, Clock::now(), *this, *metrics_, log_, first_ticket);
   }
 
   ~Impl() {

@@ -17,13 +17,15 @@ const char* plural(std::uint64_t n) { return n == 1 ? "" : "s"; }
 }  // namespace
 
 BrokerCore::BrokerCore(const BrokerOptions& options, Clock::time_point now, Outbox& out, Metrics& metrics,
-                       std::shared_ptr<spdlog::logger> log)
+                       std::shared_ptr<spdlog::logger> log, std::uint64_t first_ticket)
     : options_(options),
       out_(out),
       metrics_(metrics),
       log_(std::move(log)),
       now_(now),
-      scheduler_(options_.heartbeat_interval * options_.heartbeat_liveness, now) {}
+      scheduler_(options_.heartbeat_interval * options_.heartbeat_liveness, now),
+      // Bounded away from 0 and from wrapping round for as many chunks as any broker will see.
+      next_ticket_((first_ticket & 0x7fffffffffffffffULL) | 1) {}
 
 void BrokerCore::end_of_pass(Clock::time_point now) {
   now_ = now;

@@ -87,8 +87,12 @@ class BrokerCore {
   using Clock = std::chrono::steady_clock;
 
   // `options` as checked by the shell (BrokerOptions' comments say what each one means).
+  // `first_ticket`: where this broker's chunk numbers start, drawn at random by the caller (the
+  // shell from the system, the simulator from its seed). Workers keep running across a broker
+  // restart and answer the chunks they had on their next connection: numbers that started at 1
+  // again would make an old chunk's answer look like the answer of a new chunk of the same number.
   BrokerCore(const BrokerOptions& options, Clock::time_point now, Outbox& out, Metrics& metrics,
-             std::shared_ptr<spdlog::logger> log);
+             std::shared_ptr<spdlog::logger> log, std::uint64_t first_ticket);
 
   // One message from a peer: frames[0] is its routing id, then [signature, header, payload...].
   // Payload frames are moved out, never copied.
@@ -239,6 +243,7 @@ class BrokerCore {
     std::string key;
     std::string identity;  // the connection it was registered on: the only one it may speak on unregistered
     std::vector<std::uint64_t> tickets;
+    bool counted = false;  // the loss cost those chunks a retry each (a proven worker's)
   };
   // Ok deliveries a client's REJECT can name, per client (see ClientState::deliveries).
   static constexpr std::size_t kDeliveriesKept = 4096;
@@ -288,6 +293,8 @@ class BrokerCore {
                    std::uint64_t running = 0);  // by value: callers pass keys it erases
   // A worker declared lost for silence is alive after all: the chunks it held get their retry back.
   void refund(std::uint64_t instance, const char* how);
+  // Gives the chunks of a silent loss back the retry it cost them; returns how many got one.
+  std::size_t give_back_retries(const SilentLoss& silent);
   // The supervisor of a worker already declared lost (unreachable: its connection went as it
   // died, before this report came) says it crashed: the chunk it was running is blamed for the
   // crash as if the report had come first, so a poison chunk still fails after --poison-kills
@@ -399,7 +406,7 @@ class BrokerCore {
   // Chunks past their retry budget for silent losses, and since when: they fail after two more
   // liveness periods unless a worker they were lost on turns out to be alive (refund).
   std::unordered_map<std::uint64_t, Clock::time_point> over_budget_;
-  std::uint64_t next_ticket_ = 1;
+  std::uint64_t next_ticket_;  // never 0 (0 names no chunk)
   Clock::time_point last_refusal_logged_{};
   LogThrottle bad_message_log_;
   LogThrottle cap_refusals_;

@@ -251,17 +251,23 @@ void BrokerCore::prove(WorkerState& worker) {
   }
 }
 
-void BrokerCore::refund(std::uint64_t instance, const char* how) {
-  const auto found = silenced_.find(instance);
-  if (found == silenced_.end()) return;
-  std::size_t refunded = 0;
-  for (const std::uint64_t ticket : found->second.tickets) {
+std::size_t BrokerCore::give_back_retries(const SilentLoss& silent) {
+  if (!silent.counted) return 0;  // its loss spent no retries (it was on probation)
+  std::size_t given = 0;
+  for (const std::uint64_t ticket : silent.tickets) {
     const auto chunk = chunks_.find(ticket);
     if (chunk == chunks_.end() || chunk->second.retries == 0) continue;
     --chunk->second.retries;
-    ++refunded;
+    ++given;
     if (chunk->second.retries <= static_cast<std::uint32_t>(options_.max_retries)) over_budget_.erase(ticket);
   }
+  return given;
+}
+
+void BrokerCore::refund(std::uint64_t instance, const char* how) {
+  const auto found = silenced_.find(instance);
+  if (found == silenced_.end()) return;
+  const std::size_t refunded = give_back_retries(found->second);
   log_->info("worker {} pid {} [{}] {} {} ms after it was declared lost: busy, not dead; {} chunks get their retry back",
              found->second.host, found->second.pid, short_id(instance), how,
              since(found->second.when, now_).count(), refunded);
@@ -278,6 +284,11 @@ void BrokerCore::blame_crash_after_loss(const proto::WorkerExited& report, const
                silent.pid, short_id(report.instance));
     return;
   }
+  // It crashed: its loss was not a silent one after all. The chunks it held get back the retry that
+  // loss cost them (those it had prefetched are not to blame, as when the report comes first), and
+  // the one it was running is blamed for the crash instead (found by the simulator: a chunk
+  // prefetched by processes that other chunks crashed failed for lost retries).
+  give_back_retries(silent);
   const auto chunk = chunks_.find(report.running_ticket);
   const bool held = std::find(silent.tickets.begin(), silent.tickets.end(), report.running_ticket) != silent.tickets.end();
   if (report.crashed && report.running_ticket != 0 && held && chunk != chunks_.end()) {
@@ -291,8 +302,6 @@ void BrokerCore::blame_crash_after_loss(const proto::WorkerExited& report, const
         break;
       }
     }
-    if (blamed.retries > 0) --blamed.retries;
-    if (blamed.retries <= static_cast<std::uint32_t>(options_.max_retries)) over_budget_.erase(report.running_ticket);
     ++blamed.kills;
     log_->info("worker {} pid {} [{}], declared lost, had crashed: chunk {} of job {} is blamed ({} of {} kills)",
                silent.host, silent.pid, short_id(report.instance), blamed.header.chunk, blamed.header.job,
@@ -339,13 +348,17 @@ void BrokerCore::lose_worker(std::string identity, const std::string& cause, Los
     silent.key = worker.key;
     silent.identity = identity;
     silent.tickets.assign(worker.tickets.begin(), worker.tickets.end());
+    silent.counted = proven;
   }
   const std::string described =
       cause + " (worker " + worker.host + " pid " + std::to_string(worker.pid) + " [" + id + "])";
   // A crash is blamed on the chunk its supervisor saw running, and on no other: the chunks
   // prefetched beside it go back without penalty.
+  // A ticket appears in dispatch_order once per time it was sent: a chunk answered kContextMissing
+  // or handed back may go to the same worker again. Each chunk goes back once (found by the
+  // simulator: a crash counted twice against --poison-kills, and the chunk queued twice).
   for (const std::uint64_t ticket : worker.dispatch_order) {
-    if (!worker.tickets.contains(ticket)) continue;
+    if (worker.tickets.erase(ticket) == 0) continue;
     const bool blamed = loss == Loss::kCrash && running != 0 && running == ticket;
     const bool counted = proven && (loss == Loss::kLost || loss == Loss::kBroken);
     requeue(ticket, blamed ? described : (loss == Loss::kCrash ? "prefetched by a crashed " + described : described),

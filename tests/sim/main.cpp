@@ -1,0 +1,82 @@
+// poolmap-sim: runs the deterministic simulator (tests/sim) over seeds. scripts/simulate drives it.
+//
+//   poolmap-sim --seed S                 one seed, its whole summary (the same output every time)
+//   poolmap-sim --seeds N [--seed S]     N seeds from S (default 1)
+//   poolmap-sim --minutes M [--seed S]   seeds from S until M minutes have passed
+//   --corpus FILE                        seeds to run first (one per line, # comments)
+//   --stride K --offset I                only seeds S+I, S+I+K, ... (for K processes side by side)
+// Prints each failing seed with the trace that led to its failure; the last line is
+// "N seeds, F failed". Exit status 1 when a seed failed.
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sim.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"poolmap-sim: the broker core through simulated bad days, one seed at a time"};
+  std::optional<std::uint64_t> seed;
+  std::optional<std::uint64_t> seeds;
+  std::optional<double> minutes;
+  std::string corpus;
+  std::uint64_t stride = 1, offset = 0;
+  std::size_t trace_lines = 120;
+  app.add_option("--seed", seed, "the first seed (alone: run only this one and print its summary)");
+  app.add_option("--seeds", seeds, "how many seeds to run");
+  app.add_option("--minutes", minutes, "run seeds until this much time has passed");
+  app.add_option("--corpus", corpus, "a file of seeds to run first (past failures)");
+  app.add_option("--stride", stride, "run every K-th seed")->check(CLI::PositiveNumber);
+  app.add_option("--offset", offset, "starting I seeds after --seed");
+  app.add_option("--trace-lines", trace_lines, "events shown for a failing seed")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  std::uint64_t ran = 0, failed = 0;
+  auto run = [&](std::uint64_t s, bool verbose) {
+    const auto result = poolmap::sim::run_seed(s, trace_lines);
+    ++ran;
+    if (verbose) std::cout << result.summary;
+    if (!result.passed) {
+      ++failed;
+      if (!verbose) std::cout << result.summary;
+      std::cout << result.failure << "  replay: scripts/simulate --seed " << s << "\n" << std::flush;
+    }
+  };
+  if (seed && !seeds && !minutes) {
+    const auto start = std::chrono::steady_clock::now();
+    run(*seed, true);
+    const auto took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::cout << "(" << took << " s of wall-clock time)\n";
+    std::cout << ran << " seeds, " << failed << " failed\n";
+    return failed == 0 ? 0 : 1;
+  }
+  if (!corpus.empty()) {
+    std::ifstream in(corpus);
+    if (!in) {
+      std::cerr << "poolmap-sim: cannot read the corpus " << corpus << "\n";
+      return 2;
+    }
+    std::string line;
+    std::uint64_t index = 0;
+    while (std::getline(in, line)) {
+      if (const auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+      if (line.find_first_not_of(" \t") == std::string::npos) continue;
+      if (index++ % stride == offset % stride) run(std::stoull(line), false);
+    }
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::uint64_t first = seed.value_or(1) + offset;
+  for (std::uint64_t i = 0;; ++i) {
+    if (seeds && i * stride + offset >= *seeds) break;
+    if (minutes && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >= *minutes * 60) break;
+    if (!seeds && !minutes) break;
+    run(first + i * stride, false);
+  }
+  std::cout << ran << " seeds, " << failed << " failed\n";
+  return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,597 @@
+#include "peers.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "process_info.hpp"
+#include "wire.hpp"
+
+namespace poolmap::sim {
+
+namespace {
+using proto::Command;
+
+zmq::message_t encode_items(const std::vector<std::uint64_t>& values) {
+  return zmq::message_t(values.data(), values.size() * sizeof(std::uint64_t));
+}
+std::vector<std::uint64_t> decode_items(const zmq::message_t& message) {
+  std::vector<std::uint64_t> values(message.size() / sizeof(std::uint64_t));
+  if (!values.empty()) std::memcpy(values.data(), message.data(), values.size() * sizeof(std::uint64_t));
+  return values;
+}
+std::uint64_t fnv1a(const std::string& bytes) {
+  std::uint64_t hash = 14695981039346656037ULL;
+  for (const char c : bytes) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+  return hash == 0 ? 1 : hash;
+}
+template <class Header>
+Frames message(Command command, const Header& header) {
+  return wire::make(command, header);
+}
+}  // namespace
+
+// --- WorkerProcess ----------------------------------------------------------------------------
+
+WorkerProcess::WorkerProcess(World& world, Ledger& ledger, Supervisor* supervisor, std::uint64_t supervisor_id,
+                             std::vector<proto::TaskInfo> tasks, Kind kind, std::string name)
+    : Peer(world, std::move(name)),
+      ledger_(ledger),
+      supervisor_(supervisor),
+      supervisor_id_(supervisor_id),
+      tasks_(std::move(tasks)),
+      kind_(kind),
+      instance_(world.rng().next() | 1),
+      pid_(static_cast<std::uint32_t>(1000 + world.rng().below(30000))),
+      credit_(static_cast<std::uint32_t>(world.rng().between(1, 3))) {}
+
+void WorkerProcess::start() {
+  register_again(nullptr);
+  world_.at(world_.heartbeat(), [this] { heartbeat(); }, this);
+}
+
+void WorkerProcess::register_again(const char* why) {
+  if (why != nullptr) {
+    world_.trace(name_ + " registers again: " + why);
+    disrupted();  // the broker may count its chunks as lost
+  }
+  if (socket_ != nullptr) world_.close(socket_);
+  socket_ = world_.open(*this, Side::kWorker);
+  ++generation_;
+  last_heard_ = world_.now();
+  proto::Ready ready{"host-" + name_.substr(0, name_.find('/')), pid_, credit_, instance_, supervisor_id_, tasks_,
+                     generation_};
+  send(message(Command::kReady, ready));
+}
+
+void WorkerProcess::send(Frames frames) {
+  last_sent_ = world_.now();
+  world_.send(*socket_, std::move(frames));
+}
+
+void WorkerProcess::heartbeat() {
+  const auto expiry = world_.heartbeat() * world_.options().heartbeat_liveness;
+  if (world_.now() - last_heard_ > expiry) {
+    register_again("no word from the broker");
+  } else if (world_.now() - last_sent_ >= world_.heartbeat()) {
+    send(wire::make_empty(Command::kHeartbeat));
+  }
+  if (world_.rng().chance(0.02)) {  // adaptive prefetch
+    credit_ = static_cast<std::uint32_t>(world_.rng().between(1, 4));
+    send(message(Command::kCredit, proto::Credit{credit_}));
+  }
+  world_.at(world_.heartbeat(), [this] { heartbeat(); }, this);
+}
+
+void WorkerProcess::on_message(Socket& socket, Frames& frames) {
+  if (&socket != socket_ || frames.empty()) return;  // an old connection's leftovers
+  last_heard_ = world_.now();
+  const auto command = proto::parse_signature(wire::view(frames[0]));
+  if (!command) return world_.fail(name_ + " got a message without a signature");
+  switch (command.value()) {
+    case Command::kTask: {
+      const bool with_context = frames.size() == 4;
+      for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+        auto header = proto::decode<proto::TaskHeader>(wire::view(frames[i]));
+        if (!header) return world_.fail(name_ + " got a TASK header that does not decode");
+        const auto task = proto::TaskInfo{header.value().task, header.value().signature};
+        if (std::find(tasks_.begin(), tasks_.end(), task) == tasks_.end()) {
+          return world_.fail(name_ + " was sent a chunk of task " + task.name + ", which it does not offer");
+        }
+        const std::uint64_t hash = header.value().context_hash;
+        if (hash != 0 && with_context) contexts_.insert(hash);
+        if (hash != 0 && !contexts_.contains(hash)) {
+          proto::WorkerResult missing{header.value().ticket, {ErrorCode::kContextMissing, 0, {}, "evicted", "", pid_, 0},
+                                      instance_, 0};
+          Frames out = message(Command::kWorkerResult, missing);
+          out.emplace_back();
+          send(std::move(out));
+          continue;
+        }
+        queue_.push_back({header.value(), decode_items(frames[i + 1]), false});
+        world_.trace(name_ + " gets ticket " + std::to_string(header.value().ticket % 100000) + " (items " +
+                     std::to_string(header.value().first_index) + "+" + std::to_string(header.value().count) + ")");
+        if (with_context) break;
+      }
+      if (world_.rng().chance(0.05) && !contexts_.empty()) contexts_.erase(contexts_.begin());  // evicted
+      run_next();
+      return;
+    }
+    case Command::kAbandon: {
+      auto abandon = proto::decode<proto::Abandon>(wire::view(frames[1]));
+      if (!abandon) return;
+      const auto queued = std::find_if(queue_.begin(), queue_.end(),
+                                       [&](const Held& held) { return held.header.ticket == abandon.value().ticket; });
+      if (queued != queue_.end()) {
+        proto::WorkerResult dropped{abandon.value().ticket, {ErrorCode::kCancelled, 0, {}, "abandoned", "", pid_, 0},
+                                    instance_, 0};
+        queue_.erase(queued);
+        Frames out = message(Command::kWorkerResult, dropped);
+        out.emplace_back();
+        send(std::move(out));
+      } else if (running_ && running_->header.ticket == abandon.value().ticket) {
+        running_->abandoned = true;
+      }
+      return;
+    }
+    case Command::kDisconnect:
+      return register_again("the broker said DISCONNECT");
+    case Command::kError: {
+      auto error = proto::decode<proto::ErrorReply>(wire::view(frames[1]));
+      if (error && error.value().code == ErrorCode::kUnavailable) {  // refused READY: try again later
+        world_.at(world_.heartbeat(), [this] { register_again("its READY was refused"); }, this);
+        return;
+      }
+      return world_.fail(name_ + " got ERROR from the broker: " + (error ? error.value().message : "?"));
+    }
+    default:
+      return;
+  }
+}
+
+void WorkerProcess::run_next() {
+  if (running_ || queue_.empty()) return;
+  running_ = std::move(queue_.front());
+  queue_.pop_front();
+  const std::uint64_t run = ++runs_;
+  const auto& items = running_->items;
+  if (!items.empty()) {
+    auto& fate = ledger_.fates[key_of(items.front(), running_->header.first_index)];
+    if (++fate.executions > 1) ++world_.stats().re_executions;
+    ++world_.stats().executions;
+  }
+  std::int64_t cost = 0;
+  bool poison = false;
+  for (const std::uint64_t item : items) {
+    cost += (item & kSlow) != 0 ? 400 : world_.rng().between(1, 30);
+    poison = poison || (item & kPoison) != 0;
+  }
+  if (poison) {
+    world_.at(milliseconds(world_.rng().between(0, std::max<std::int64_t>(cost, 1))),
+              [this, run] {
+                if (run == runs_ && running_) crash("signal 11 (a poison item)");
+              },
+              this);
+    return;
+  }
+  if (cost > 100) {
+    world_.at(milliseconds(cost / 2), [this, run] {
+      if (run != runs_ || !running_) return;
+      send(message(Command::kWorkerProgress,
+                   proto::WorkerProgress{running_->header.ticket, std::max<std::uint32_t>(1, running_->header.count / 2)}));
+    }, this);
+  }
+  world_.at(milliseconds(cost), [this, run] { finish(running_ ? running_->header.ticket : 0, run); }, this);
+}
+
+void WorkerProcess::finish(std::uint64_t ticket, std::uint64_t run) {
+  if (run != runs_ || !running_ || running_->header.ticket != ticket) return;
+  const Held held = std::move(*running_);
+  running_.reset();
+  proto::WorkerResult result{ticket, {}, instance_, held.header.count};
+  result.outcome.worker_pid = pid_;
+  zmq::message_t payload;
+  const auto thrower = std::find_if(held.items.begin(), held.items.end(), [](std::uint64_t i) { return (i & kThrows) != 0; });
+  if (thrower != held.items.end()) {
+    result.outcome.code = ErrorCode::kTaskFailed;
+    result.outcome.failed_offset = static_cast<std::uint32_t>(thrower - held.items.begin());
+    result.outcome.error_type = "ValueError";
+    result.outcome.message = "the task threw";
+    result.count = 0;
+  } else if (kind_ == Kind::kLiar) {
+    if (!held.items.empty()) ++ledger_.fates[key_of(held.items.front(), held.header.first_index)].liar_answers;
+    payload = zmq::message_t("garbage", 7);
+    disrupted();  // the broker drops it (REJECT) with what it holds
+  } else {
+    std::vector<std::uint64_t> values{held.header.first_index};
+    for (const std::uint64_t item : held.items) values.push_back(f(item));
+    payload = encode_items(values);
+  }
+  world_.trace(name_ + " answers ticket " + std::to_string(ticket % 100000) + " (items " +
+               std::to_string(held.header.first_index) + "+" + std::to_string(held.header.count) + ")");
+  Frames out = message(Command::kWorkerResult, result);
+  if (kind_ == Kind::kDuplicator) {
+    Frames again = message(Command::kWorkerResult, result);
+    again.emplace_back().copy(payload);
+    out.push_back(std::move(payload));
+    send(std::move(out));
+    ++world_.stats().duplicated;
+    send(std::move(again));
+  } else {
+    out.push_back(std::move(payload));
+    send(std::move(out));
+  }
+  run_next();
+}
+
+void WorkerProcess::disrupted() {
+  auto hit = [&](const Held& held) {
+    if (!held.items.empty()) ++ledger_.fates[key_of(held.items.front(), held.header.first_index)].disruptions;
+  };
+  for (const Held& held : queue_) hit(held);
+  if (running_) hit(*running_);
+}
+
+void WorkerProcess::crash(const std::string& cause) {
+  if (!alive()) return;
+  ++world_.stats().crashes;
+  world_.trace("fault: " + name_ + " [" + detail::short_id(instance_) + "] crashes: " + cause);
+  // Its supervisor reports the crash and the chunk it was running, which alone is to blame: the
+  // chunks it had prefetched lose nothing by it (with no supervisor to report it, see vanish()).
+  std::uint64_t running_ticket = 0;
+  if (running_) {
+    running_ticket = running_->header.ticket;
+    if (!running_->items.empty()) {
+      auto& fate = ledger_.fates[key_of(running_->items.front(), running_->header.first_index)];
+      ++fate.crashes_running;
+      ++fate.disruptions;
+    }
+  }
+  std::vector<ChunkKey> prefetched;
+  for (const Held& held : queue_) {
+    if (!held.items.empty()) prefetched.push_back(key_of(held.items.front(), held.header.first_index));
+  }
+  world_.kill(*this);
+  if (supervisor_ != nullptr) supervisor_->exited(*this, true, cause, running_ticket, std::move(prefetched));
+}
+
+// --- Supervisor -------------------------------------------------------------------------------
+
+Supervisor::Supervisor(World& world, Ledger& ledger, std::vector<proto::TaskInfo> tasks, std::size_t processes,
+                       WorkerProcess::Kind kind, std::string name, std::vector<std::unique_ptr<Peer>>& owned)
+    : Peer(world, std::move(name)),
+      ledger_(ledger),
+      tasks_(std::move(tasks)),
+      wanted_(processes),
+      kind_(kind),
+      id_(world.rng().next() | 1),
+      owned_(owned) {}
+
+void Supervisor::start() {
+  socket_ = world_.open(*this, Side::kWorker);
+  for (std::size_t i = 0; i < wanted_; ++i) spawn();
+}
+
+void Supervisor::spawn() {
+  auto process = std::make_unique<WorkerProcess>(world_, ledger_, this, id_, tasks_, kind_,
+                                                 name_ + "/p" + std::to_string(++spawned_));
+  processes_.push_back(process.get());
+  WorkerProcess* started = process.get();
+  owned_.push_back(std::move(process));
+  started->start();
+}
+
+void Supervisor::exited(WorkerProcess& process, bool crashed, std::string cause, std::uint64_t running_ticket,
+                        std::vector<ChunkKey> prefetched) {
+  std::erase(processes_, &process);
+  proto::WorkerExited report{"host-" + name_, 0, process.instance(), id_, crashed, std::move(cause), running_ticket};
+  const std::uint64_t number = ++reports_;
+  unreported_[number] = std::move(prefetched);
+  world_.at(world_.rng().ms(0, 400), [this, report, number] {
+    unreported_.erase(number);
+    world_.send(*socket_, message(Command::kWorkerExited, report));
+  }, this);
+  world_.at(world_.rng().ms(20, 400), [this] { spawn(); }, this);
+}
+
+void Supervisor::vanish() {
+  world_.trace("fault: supervisor " + name_ + " and its " + std::to_string(processes_.size()) + " processes vanish");
+  ++world_.stats().supervisor_losses;
+  for (WorkerProcess* process : processes_) {
+    process->disrupted();
+    world_.kill(*process);
+  }
+  for (const auto& [number, keys] : unreported_) {  // crashes it never reported: silent losses
+    for (const ChunkKey& key : keys) ++ledger_.fates[key].disruptions;
+  }
+  processes_.clear();
+  world_.kill(*this);
+}
+
+// --- Client -----------------------------------------------------------------------------------
+
+Client::Client(World& world, Ledger& ledger, std::uint64_t number, std::size_t window, std::string name)
+    : Peer(world, std::move(name)), ledger_(ledger), number_(number), window_(window) {}
+
+void Client::start() {
+  socket_ = world_.open(*this, Side::kClient);
+  last_heard_ = world_.now();
+  send(message(Command::kHello, proto::Hello{"client-host", static_cast<std::uint32_t>(number_)}));
+  world_.at(world_.heartbeat(), [this] { heartbeat(); }, this);
+}
+
+void Client::add_job(Job job, milliseconds start_after) {
+  job.sent.assign(job.chunks(), false);
+  job.have.assign(job.chunks(), false);
+  job.rejected.assign(job.chunks(), 0);
+  job.results.resize(job.chunks());
+  if (job.context) job.context_hash = fnv1a(*job.context);
+  job.id = jobs_.size() + 1;  // RESULTs name jobs by id: 1, 2, ...
+  jobs_.push_back(std::move(job));
+  const std::size_t index = jobs_.size() - 1;
+  world_.at(start_after, [this, index] {
+    jobs_[index].state = Job::State::kRunning;
+    jobs_[index].started = world_.now();
+    fill_window();
+  }, this);
+}
+
+bool Client::finished() const {
+  return std::all_of(jobs_.begin(), jobs_.end(), [](const Job& job) {
+    return job.state != Job::State::kWaiting && job.state != Job::State::kRunning;
+  });
+}
+
+void Client::send(Frames frames) {
+  last_sent_ = world_.now();
+  world_.send(*socket_, std::move(frames));
+}
+
+void Client::lost_broker(const char* why) {
+  world_.trace(name_ + " lost the broker (" + why + "): a new connection, HELLO, then every unanswered chunk again");
+  welcomed_ = false;
+  contexts_sent_.clear();
+  deferred_.clear();
+  world_.close(socket_);
+  socket_ = world_.open(*this, Side::kClient);
+  last_heard_ = world_.now();
+  send(message(Command::kHello, proto::Hello{"client-host", static_cast<std::uint32_t>(number_)}));
+}
+
+void Client::heartbeat() {
+  if (left_) return;
+  const auto expiry = world_.heartbeat() * world_.options().heartbeat_liveness;
+  if (world_.now() - last_heard_ > expiry) {
+    lost_broker("no word for a liveness period");
+  } else if (world_.now() - last_sent_ >= world_.heartbeat()) {
+    send(wire::make_empty(Command::kHeartbeat));
+  }
+  if (welcomed_ && !deferred_.empty()) {  // the broker had no room: one again per heartbeat at least
+    const auto [job, chunk] = deferred_.front();
+    deferred_.pop_front();
+    if (jobs_[job].state == Job::State::kRunning && !jobs_[job].have[chunk]) send_chunk(jobs_[job], chunk);
+  }
+  if (leave_when_done_ && finished()) {
+    send(wire::make_empty(Command::kDisconnect));
+    left_ = true;
+    world_.trace(name_ + " leaves (DISCONNECT)");
+    return;
+  }
+  world_.at(world_.heartbeat(), [this] { heartbeat(); }, this);
+}
+
+std::size_t Client::in_flight() const {
+  std::size_t count = 0;
+  for (const Job& job : jobs_) {
+    if (job.state != Job::State::kRunning) continue;
+    for (std::size_t c = 0; c < job.sent.size(); ++c) count += job.sent[c] && !job.have[c];
+  }
+  return count;
+}
+
+void Client::fill_window() {
+  if (!welcomed_ || left_) return;
+  std::size_t flying = in_flight();
+  for (Job& job : jobs_) {
+    if (job.state != Job::State::kRunning) continue;
+    for (std::size_t c = 0; c < job.sent.size() && flying < window_; ++c) {
+      if (job.sent[c]) continue;
+      job.sent[c] = true;
+      ++flying;
+      send_chunk(job, c);
+    }
+  }
+}
+
+void Client::send_chunk(Job& job, std::size_t chunk) {
+  if (job.context && !contexts_sent_.contains(job.context_hash)) {
+    Frames context = message(Command::kContext, proto::ContextHeader{job.context_hash});
+    context.emplace_back(job.context->data(), job.context->size());
+    send(std::move(context));
+    contexts_sent_.insert(job.context_hash);
+  }
+  const std::size_t first = chunk * job.chunksize;
+  const std::size_t count = std::min(job.chunksize, job.items.size() - first);
+  const std::vector<std::uint64_t> items(job.items.begin() + static_cast<std::ptrdiff_t>(first),
+                                         job.items.begin() + static_cast<std::ptrdiff_t>(first + count));
+  proto::Submit submit{job.id, chunk, first, static_cast<std::uint32_t>(count), job.task.name, job.task.signature,
+                       0, job.context_hash, job.flags, job.items.size()};
+  Frames out = message(Command::kSubmit, submit);
+  out.push_back(encode_items(items));
+  send(std::move(out));
+}
+
+void Client::on_message(Socket& socket, Frames& frames) {
+  if (&socket != socket_ || frames.empty() || left_) return;
+  last_heard_ = world_.now();
+  const auto command = proto::parse_signature(wire::view(frames[0]));
+  if (!command) return world_.fail(name_ + " got a message without a signature");
+  switch (command.value()) {
+    case Command::kWelcome:
+      if (!welcomed_) {
+        welcomed_ = true;
+        if (ever_welcomed_) {  // a new session: every chunk sent and not answered goes again
+          for (Job& job : jobs_) {
+            if (job.state != Job::State::kRunning) continue;
+            for (std::size_t c = 0; c < job.sent.size(); ++c) {
+              if (job.sent[c] && !job.have[c]) send_chunk(job, c);
+            }
+          }
+        }
+        ever_welcomed_ = true;
+        fill_window();
+      }
+      return;
+    case Command::kResult:
+      for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+        auto result = proto::decode<proto::ClientResult>(wire::view(frames[i]));
+        if (!result) return world_.fail(name_ + " got a RESULT that does not decode");
+        on_result(result.value(), frames[i + 1]);
+      }
+      return;
+    case Command::kDisconnect:
+      return lost_broker("the broker said DISCONNECT");
+    case Command::kError: {
+      auto error = proto::decode<proto::ErrorReply>(wire::view(frames[1]));
+      return world_.fail(name_ + " got ERROR from the broker: " + (error ? error.value().message : "?"));
+    }
+    default:
+      return;
+  }
+}
+
+void Client::on_result(const proto::ClientResult& result, zmq::message_t& payload) {
+  if (result.job == 0 || result.job > jobs_.size()) return world_.fail(name_ + " got a result for a job it never sent");
+  Job& job = jobs_[result.job - 1];
+  if (job.state != Job::State::kRunning) return;
+  if (result.chunk >= job.chunks()) return world_.fail(name_ + " got a result for a chunk it never sent");
+  const std::size_t c = static_cast<std::size_t>(result.chunk);
+  if (!job.sent[c]) return world_.fail(name_ + " got a result for a chunk not sent yet");
+  if (job.have[c]) {
+    ++world_.stats().duplicate_answers;
+    return;
+  }
+  const ErrorCode code = result.outcome.code;
+  if (code == ErrorCode::kResourceExhausted) {
+    contexts_sent_.erase(job.context_hash);
+    deferred_.emplace_back(result.job - 1, c);
+    return;
+  }
+  if (code == ErrorCode::kContextMissing) {
+    contexts_sent_.erase(job.context_hash);
+    send_chunk(job, c);
+    return;
+  }
+  if (code != ErrorCode::kOk) {
+    job.error = code;
+    job.error_message = result.outcome.message;
+    job.failed_chunk = c;
+    world_.trace(name_ + " job " + std::to_string(job.id) + " fails: " + result.outcome.message);
+    return end(job, Job::State::kFailed);
+  }
+  const std::size_t first = c * job.chunksize;
+  const std::size_t count = std::min(job.chunksize, job.items.size() - first);
+  auto values = decode_items(payload);
+  if (payload.size() != (count + 1) * sizeof(std::uint64_t)) {  // does not decode: the worker lied
+    ++world_.stats().rejects;
+    send(message(Command::kReject, proto::Reject{job.id, c, result.attempt, "does not decode"}));
+    if (++job.rejected[c] > 3) {
+      job.error = ErrorCode::kMalformed;
+      job.error_message = "results that do not decode, 4 times";
+      job.failed_chunk = c;
+      return end(job, Job::State::kFailed);
+    }
+    send_chunk(job, c);
+    return;
+  }
+  bool right = values[0] == first;
+  for (std::size_t i = 0; right && i < count; ++i) right = values[i + 1] == f(job.items[first + i]);
+  if (!right) {
+    ++wrong_results;
+    return world_.fail(name_ + " job " + std::to_string(job.id) + " chunk " + std::to_string(c) +
+                       ": a result that decodes but is not this chunk's (first index " + std::to_string(values[0]) +
+                       ", expected " + std::to_string(first) + ")");
+  }
+  job.have[c] = true;
+  job.results[c] = std::move(values);
+  if (std::all_of(job.have.begin(), job.have.end(), [](bool b) { return b; })) end(job, Job::State::kDone);
+  fill_window();
+}
+
+void Client::end(Job& job, Job::State state) {
+  job.state = state;
+  job.ended = world_.now();
+  fill_window();
+}
+
+void Client::cancel_one() {
+  for (Job& job : jobs_) {
+    if (job.state != Job::State::kRunning) continue;
+    ++world_.stats().cancels;
+    world_.trace(name_ + " cancels job " + std::to_string(job.id));
+    send(message(Command::kCancel, proto::Cancel{job.id}));
+    return end(job, Job::State::kCancelled);
+  }
+}
+
+void Client::vanish() {
+  ++world_.stats().vanished_clients;
+  world_.trace("fault: " + name_ + " vanishes without a word");
+  vanished_ = true;
+  world_.kill(*this);
+}
+
+// --- Forger -----------------------------------------------------------------------------------
+
+Forger::Forger(World& world, const std::vector<Supervisor*>& supervisors, std::string name)
+    : Peer(world, std::move(name)), supervisors_(supervisors) {}
+
+void Forger::start() {
+  socket_ = world_.open(*this, Side::kWorker);
+  world_.at(world_.rng().ms(20, 200), [this] { strike(); }, this);
+}
+
+void Forger::strike() {
+  ++world_.stats().forged;
+  // It knows what status shows, the public (high) half of each real instance id, and sometimes a
+  // whole one (a neighbour that read it somewhere): neither may make the broker believe it.
+  std::uint64_t instance = world_.rng().next();
+  std::vector<WorkerProcess*> processes;
+  for (const Supervisor* supervisor : supervisors_) {
+    if (supervisor->alive()) {
+      for (WorkerProcess* p : supervisor->processes()) processes.push_back(p);
+    }
+  }
+  if (!processes.empty()) {
+    const std::uint64_t real = processes[world_.rng().below(processes.size())]->instance();
+    instance = world_.rng().chance(0.5) ? real : (real & 0xffffffff00000000ULL) | (world_.rng().next() & 0xffffffffULL);
+  }
+  switch (world_.rng().below(4)) {
+    case 0: {  // a result for a chunk it was never given
+      proto::WorkerResult result{static_cast<std::uint64_t>(world_.rng().between(1, 400)), {}, instance,
+                                 static_cast<std::uint32_t>(world_.rng().between(1, 8))};
+      Frames out = message(Command::kWorkerResult, result);
+      std::vector<std::uint64_t> values(result.count + 1, 0);
+      out.push_back(encode_items(values));
+      world_.send(*socket_, std::move(out));
+      break;
+    }
+    case 1: {  // an exit report for a process that is not its own
+      proto::WorkerExited report{"forged", 1, instance, world_.rng().next() | 1, true, "forged",
+                                 static_cast<std::uint64_t>(world_.rng().between(0, 400))};
+      world_.send(*socket_, message(Command::kWorkerExited, report));
+      break;
+    }
+    case 2: {  // garbage
+      Frames out;
+      out.emplace_back("PMxx", 4);
+      out.emplace_back("garbage", 7);
+      world_.send(*socket_, std::move(out));
+      break;
+    }
+    default:  // a client's command on the worker socket
+      world_.send(*socket_, message(Command::kHello, proto::Hello{"forger", 1}));
+  }
+  world_.at(world_.rng().ms(20, 300), [this] { strike(); }, this);
+}
+
+}  // namespace poolmap::sim

@@ -1,0 +1,219 @@
+// The simulator's peers: worker processes, their supervisors, clients, and misbehaving peers. Each
+// speaks poolmap's protocol (docs/PROTOCOL.md) to the broker core over the simulated network, with
+// the rules of the real programs that matter to the broker: workers register (READY, a new
+// generation on each new connection), heartbeat, run chunks one at a time with prefetched ones
+// behind, answer kContextMissing for a context they do not hold, and register again when the broker
+// is silent or says DISCONNECT; supervisors report their processes' exits and start replacements;
+// clients say HELLO, send chunks within a window (and contexts before them), resend every
+// unanswered chunk after a new WELCOME, drop second answers, resend on kResourceExhausted and
+// kContextMissing, REJECT results that do not decode, cancel jobs and vanish.
+//
+// Items carry who they belong to and how they behave: item = client << 40 | job << 24 | index,
+// with kPoison (kills the process that runs it), kThrows (the task throws) and kSlow in the top
+// bits. A result payload is [first_index, f(item)...]: a client checks every value, so a result
+// given to the wrong chunk is seen.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "world.hpp"
+
+namespace poolmap::sim {
+
+inline constexpr std::uint64_t kPoison = 1ULL << 63;
+inline constexpr std::uint64_t kThrows = 1ULL << 62;
+inline constexpr std::uint64_t kSlow = 1ULL << 61;
+inline constexpr std::uint64_t kFlags = kPoison | kThrows | kSlow;
+inline std::uint64_t make_item(std::uint64_t client, std::uint64_t job, std::uint64_t index) {
+  return client << 40 | job << 24 | index;
+}
+inline std::uint64_t f(std::uint64_t item) { return (item & ~kFlags) * 2654435761ULL + 12345; }
+
+// A chunk as the whole simulation names it: (client, job, first item index).
+struct ChunkKey {
+  std::uint64_t client = 0, job = 0, first = 0;
+  auto operator<=>(const ChunkKey&) const = default;
+};
+inline ChunkKey key_of(std::uint64_t first_item, std::uint64_t first_index) {
+  return {(first_item & ~kFlags) >> 40, ((first_item & ~kFlags) >> 24) & 0xffff, first_index};
+}
+
+// What happened to each chunk, to tell a failure the faults justify from one they do not.
+struct Ledger {
+  struct Fate {
+    std::uint32_t crashes_running = 0;  // processes that crashed while running it
+    std::uint32_t disruptions = 0;      // faults that hit a process holding it
+    std::uint32_t executions = 0;
+    std::uint32_t liar_answers = 0;
+  };
+  std::map<ChunkKey, Fate> fates;
+  bool lost_all_capable_workers = false;  // some task had no live process for a while
+};
+
+inline const proto::TaskInfo kSquare{"sq", "u64(u64)"};
+inline const proto::TaskInfo kWithContext{"ctx", "u64(u64,ctx)"};
+
+class Supervisor;
+
+// One worker process.
+class WorkerProcess final : public Peer {
+ public:
+  enum class Kind { kHonest, kLiar, kDuplicator };
+  WorkerProcess(World& world, Ledger& ledger, Supervisor* supervisor, std::uint64_t supervisor_id,
+                std::vector<proto::TaskInfo> tasks, Kind kind, std::string name);
+  void start();
+  void on_message(Socket& socket, Frames& frames) override;
+  // Faults: SIGKILL (its supervisor reports it), and its link.
+  void crash(const std::string& cause);
+  Socket* socket() const { return socket_; }
+  std::uint64_t instance() const { return instance_; }
+  const std::vector<proto::TaskInfo>& tasks() const { return tasks_; }
+  // Every chunk it holds (running or prefetched) is hit by a fault.
+  void disrupted();
+
+ private:
+  struct Held {
+    proto::TaskHeader header;
+    std::vector<std::uint64_t> items;
+    bool abandoned = false;
+  };
+  void register_again(const char* why);
+  void send(Frames frames);
+  void heartbeat();
+  void run_next();
+  void finish(std::uint64_t ticket, std::uint64_t run);
+
+  Ledger& ledger_;
+  Supervisor* supervisor_;
+  std::uint64_t supervisor_id_;
+  std::vector<proto::TaskInfo> tasks_;
+  Kind kind_;
+  std::uint64_t instance_;
+  std::uint32_t pid_;
+  std::uint32_t generation_ = 0;
+  std::uint32_t credit_ = 1;
+  Socket* socket_ = nullptr;
+  Time last_heard_{};
+  Time last_sent_{};
+  std::deque<Held> queue_;
+  std::optional<Held> running_;
+  std::uint64_t runs_ = 0;  // counts runs, so a stale finish event is told apart
+  std::set<std::uint64_t> contexts_;
+};
+
+// A worker supervisor: its processes, their exit reports, replacements.
+class Supervisor final : public Peer {
+ public:
+  Supervisor(World& world, Ledger& ledger, std::vector<proto::TaskInfo> tasks, std::size_t processes,
+             WorkerProcess::Kind kind, std::string name, std::vector<std::unique_ptr<Peer>>& owned);
+  void start();
+  void on_message(Socket&, Frames&) override {}
+  // One of its processes ended: report it (after `delay`), start a replacement.
+  // `prefetched`: the chunks it held besides the running one, which lose nothing by the crash once
+  // the report is through (a report never sent leaves them lost to silence).
+  void exited(WorkerProcess& process, bool crashed, std::string cause, std::uint64_t running_ticket,
+              std::vector<ChunkKey> prefetched);
+  // The whole supervisor and its processes vanish, without a word; a new one comes later.
+  void vanish();
+  std::vector<WorkerProcess*> processes() const { return processes_; }
+  std::uint64_t id() const { return id_; }
+  const std::vector<proto::TaskInfo>& tasks() const { return tasks_; }
+
+ private:
+  void spawn();
+  Ledger& ledger_;
+  std::vector<proto::TaskInfo> tasks_;
+  std::size_t wanted_;
+  WorkerProcess::Kind kind_;
+  std::uint64_t id_;
+  Socket* socket_ = nullptr;
+  std::vector<WorkerProcess*> processes_;
+  std::vector<std::unique_ptr<Peer>>& owned_;
+  std::uint64_t spawned_ = 0;
+  std::map<std::uint64_t, std::vector<ChunkKey>> unreported_;  // reports not sent yet
+  std::uint64_t reports_ = 0;
+};
+
+// A client with its maps.
+class Client final : public Peer {
+ public:
+  struct Job {
+    std::uint64_t id = 0;
+    proto::TaskInfo task;
+    std::vector<std::uint64_t> items;
+    std::size_t chunksize = 1;
+    std::optional<std::string> context;  // payload
+    std::uint64_t context_hash = 0;
+    std::uint32_t flags = 0;
+    enum class State { kWaiting, kRunning, kDone, kFailed, kCancelled } state = State::kWaiting;
+    std::vector<bool> sent, have;
+    std::vector<std::uint32_t> rejected;
+    std::vector<std::optional<std::vector<std::uint64_t>>> results;
+    ErrorCode error = ErrorCode::kOk;
+    std::string error_message;
+    std::size_t failed_chunk = 0;
+    Time started{}, ended{};
+    std::size_t chunks() const { return (items.size() + chunksize - 1) / chunksize; }
+  };
+  Client(World& world, Ledger& ledger, std::uint64_t number, std::size_t window, std::string name);
+  void add_job(Job job, milliseconds start_after);
+  void start();
+  void on_message(Socket& socket, Frames& frames) override;
+  void cancel_one();
+  void vanish();
+  // Says goodbye (DISCONNECT) once every job has ended.
+  void leave_when_done() { leave_when_done_ = true; }
+  const std::vector<Job>& jobs() const { return jobs_; }
+  bool vanished() const { return vanished_; }
+  bool finished() const;  // every job ended
+  bool left() const { return left_; }
+  std::uint64_t number() const { return number_; }
+  Socket* socket() const { return socket_; }
+  std::uint64_t wrong_results = 0;  // results that decoded and were wrong: never allowed
+
+ private:
+  void send(Frames frames);
+  void lost_broker(const char* why);
+  void heartbeat();
+  void fill_window();
+  void send_chunk(Job& job, std::size_t chunk);
+  void on_result(const proto::ClientResult& result, zmq::message_t& payload);
+  void end(Job& job, Job::State state);
+  std::size_t in_flight() const;
+
+  Ledger& ledger_;
+  std::uint64_t number_;
+  std::size_t window_;
+  Socket* socket_ = nullptr;
+  bool welcomed_ = false;
+  bool ever_welcomed_ = false;
+  Time last_heard_{};
+  Time last_sent_{};
+  std::vector<Job> jobs_;
+  std::set<std::uint64_t> contexts_sent_;  // this session
+  std::deque<std::pair<std::size_t, std::size_t>> deferred_;  // kResourceExhausted: (job index, chunk)
+  bool leave_when_done_ = false;
+  bool left_ = false;
+  bool vanished_ = false;
+};
+
+// A peer on the worker socket that never registers and lies: results for chunks it was never
+// given (with instance ids that share the public half of real ones), exit reports for processes
+// that are not its own, and garbage.
+class Forger final : public Peer {
+ public:
+  Forger(World& world, const std::vector<Supervisor*>& supervisors, std::string name);
+  void start();
+  void on_message(Socket&, Frames&) override {}
+
+ private:
+  void strike();
+  const std::vector<Supervisor*>& supervisors_;
+  Socket* socket_ = nullptr;
+};
+
+}  // namespace poolmap::sim
