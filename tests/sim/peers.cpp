@@ -508,8 +508,11 @@ void Client::on_result(const proto::ClientResult& result, zmq::message_t& payloa
   if (!right) {
     ++wrong_results;
     return world_.fail(name_ + " job " + std::to_string(job.id) + " chunk " + std::to_string(c) +
-                       ": a result that decodes but is not this chunk's (first index " + std::to_string(values[0]) +
-                       ", expected " + std::to_string(first) + ")");
+                       ": a result that decodes but is not this chunk's (" +
+                       (values[0] == first ? std::string("its values differ")
+                                           : "it is for first index " + std::to_string(values[0]) + ", this chunk's is " +
+                                                 std::to_string(first)) +
+                       ")");
   }
   job.have[c] = true;
   job.results[c] = std::move(values);
@@ -561,13 +564,16 @@ void Forger::strike() {
       for (WorkerProcess* p : supervisor->processes()) processes.push_back(p);
     }
   }
+  std::uint64_t running = static_cast<std::uint64_t>(world_.rng().between(0, 400));
   if (!processes.empty()) {
-    const std::uint64_t real = processes[world_.rng().below(processes.size())]->instance();
+    const WorkerProcess* victim = processes[world_.rng().below(processes.size())];
+    const std::uint64_t real = victim->instance();
+    if (world_.rng().chance(0.5)) running = victim->running_ticket();  // as if it could read the progress slot
     instance = world_.rng().chance(0.5) ? real : (real & 0xffffffff00000000ULL) | (world_.rng().next() & 0xffffffffULL);
   }
   switch (world_.rng().below(4)) {
     case 0: {  // a result for a chunk it was never given
-      proto::WorkerResult result{static_cast<std::uint64_t>(world_.rng().between(1, 400)), {}, instance,
+      proto::WorkerResult result{running, {}, instance,
                                  static_cast<std::uint32_t>(world_.rng().between(1, 8))};
       Frames out = message(Command::kWorkerResult, result);
       std::vector<std::uint64_t> values(result.count + 1, 0);
@@ -576,8 +582,7 @@ void Forger::strike() {
       break;
     }
     case 1: {  // an exit report for a process that is not its own
-      proto::WorkerExited report{"forged", 1, instance, world_.rng().next() | 1, true, "forged",
-                                 static_cast<std::uint64_t>(world_.rng().between(0, 400))};
+      proto::WorkerExited report{"forged", 1, instance, world_.rng().next() | 1, true, "forged", running};
       world_.send(*socket_, message(Command::kWorkerExited, report));
       break;
     }

@@ -71,6 +71,7 @@ class WorkerProcess final : public Peer {
   void crash(const std::string& cause);
   Socket* socket() const { return socket_; }
   std::uint64_t instance() const { return instance_; }
+  std::uint64_t running_ticket() const { return running_ ? running_->header.ticket : 0; }
   const std::vector<proto::TaskInfo>& tasks() const { return tasks_; }
   // Every chunk it holds (running or prefetched) is hit by a fault.
   void disrupted();

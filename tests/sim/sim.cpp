@@ -1,9 +1,11 @@
 #include "sim.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <sstream>
 
 #include "peers.hpp"
+#include "wire.hpp"
 
 namespace poolmap::sim {
 
@@ -43,6 +45,7 @@ class Run {
     world_.on_broker_send = [this](Side side, const std::string& identity, const Frames& frames) {
       check_task_sent(side, identity, frames);
     };
+    world_.on_disrupted_delivery = [this](const Frames& frames) { note_disrupted_task(frames); };
     const Time start = world_.now();
     // The faults, then the heal: every fault ends by itself (stops end, links reconnect, the broker
     // comes back, vanished supervisors are replaced); then every map must end within a bound.
@@ -321,6 +324,21 @@ class Run {
       if (tasks == nullptr || std::find(tasks->begin(), tasks->end(), task) == tasks->end()) {
         return world_.fail("the broker sent a chunk of " + task.name + " to " + identity + ", which does not offer it");
       }
+      if (frames.size() == 4) break;
+    }
+  }
+
+  // The chunks of a TASK that a fault kept from its worker (lost, or held while it was stopped).
+  void note_disrupted_task(const Frames& frames) {
+    if (frames.size() < 3) return;
+    const auto command = proto::parse_signature(wire::view(frames[0]));
+    if (!command || command.value() != proto::Command::kTask) return;
+    for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+      const auto header = proto::decode<proto::TaskHeader>(wire::view(frames[i]));
+      if (!header || frames[i + 1].size() < sizeof(std::uint64_t)) continue;
+      std::uint64_t first_item = 0;
+      std::memcpy(&first_item, frames[i + 1].data(), sizeof(first_item));
+      ++ledger_.fates[key_of(first_item, header.value().first_index)].disruptions;
       if (frames.size() == 4) break;
     }
   }

@@ -169,9 +169,11 @@ void World::deliver_to_peer(Socket& socket, std::uint64_t connection, std::share
   Peer& peer = *socket.owner;
   if (socket.closed || socket.connection != connection || !peer.alive_) {
     ++stats_.lost_on_wire;
+    if (on_disrupted_delivery) on_disrupted_delivery(*frames);
     return;
   }
   if (peer.stopped_) {  // it sits in the socket until the process runs again
+    if (on_disrupted_delivery) on_disrupted_delivery(*frames);
     peer.deferred_.push_back([this, s = &socket, connection, frames] { deliver_to_peer(*s, connection, frames); });
     return;
   }

@@ -145,6 +145,9 @@ class World {
   // Checked after each event the broker handled (set by the run).
   std::function<void()> after_broker_event;
   std::function<void(Side, const std::string&, const Frames&)> on_broker_send;  // every message the broker sends
+  // A message from the broker that a fault kept from its peer: lost on the wire (a dropped link, a
+  // dead process) or held while the process was stopped.
+  std::function<void(const Frames&)> on_disrupted_delivery;
 
  private:
   class Outbox;
