@@ -309,29 +309,89 @@ void Supervisor::vanish() {
 
 // --- Client -----------------------------------------------------------------------------------
 
+// Takes each chunk's results as a typed sink does: bytes that are not [first_index, one value per
+// item] do not decode (the session REJECTs them and runs the chunk again); values that decode but
+// are not this chunk's are a violation at once.
+class Client::Sink final : public detail::ChunkSink {
+ public:
+  Sink(World& world, Client::Job& job, std::string name) : world_(world), job_(job), name_(std::move(name)) {}
+  Status take(std::size_t first_index, std::uint32_t count, std::span<const std::byte> bytes) override {
+    if (bytes.size() != (std::size_t{count} + 1) * sizeof(std::uint64_t)) {
+      ++world_.stats().rejects;
+      return Status(ErrorCode::kMalformed, "results that do not decode");
+    }
+    std::vector<std::uint64_t> values(count + 1);
+    std::memcpy(values.data(), bytes.data(), bytes.size());
+    bool right = values[0] == first_index && first_index % job_.chunksize == 0;
+    for (std::size_t i = 0; right && i < count; ++i) right = values[i + 1] == f(job_.items[first_index + i]);
+    if (!right) {
+      world_.fail(name_ + " job " + std::to_string(job_.id) + " chunk " + std::to_string(first_index / job_.chunksize) +
+                  ": a result that decodes but is not this chunk's (" +
+                  (values[0] == first_index ? std::string("its values differ")
+                                            : "it is for first index " + std::to_string(values[0]) + ", this chunk's is " +
+                                                  std::to_string(first_index)) +
+                  ")");
+      return Status::ok();
+    }
+    auto& slot = job_.results[first_index / job_.chunksize];
+    if (slot) world_.fail(name_ + " job " + std::to_string(job_.id) + ": a chunk's results were taken twice");
+    slot = std::move(values);
+    return Status::ok();
+  }
+
+ private:
+  World& world_;
+  Client::Job& job_;
+  std::string name_;
+};
+
 Client::Client(World& world, Ledger& ledger, std::uint64_t number, std::size_t window, std::string name)
-    : Peer(world, std::move(name)), ledger_(ledger), number_(number), window_(window) {}
+    : Peer(world, std::move(name)),
+      ledger_(ledger),
+      number_(number),
+      session_(detail::ClientSession::Options{.heartbeat_interval = world.heartbeat(),
+                                              .heartbeat_liveness = world.options().heartbeat_liveness,
+                                              .reconnect_timeout = std::chrono::seconds(60),
+                                              .max_chunks_in_flight = window,
+                                              .endpoint = "sim",
+                                              .hello = proto::Hello{"client-host", static_cast<std::uint32_t>(number)}},
+               static_cast<detail::ClientSession::Port&>(*this), world.client_logger()) {}
 
 void Client::start() {
-  socket_ = world_.open(*this, Side::kClient);
-  last_heard_ = world_.now();
-  send(message(Command::kHello, proto::Hello{"client-host", static_cast<std::uint32_t>(number_)}));
-  world_.at(world_.heartbeat(), [this] { heartbeat(); }, this);
+  session_.start(world_.now());
+  schedule_pass();
 }
 
 void Client::add_job(Job job, milliseconds start_after) {
-  job.sent.assign(job.chunks(), false);
-  job.have.assign(job.chunks(), false);
-  job.rejected.assign(job.chunks(), 0);
+  job.id = jobs_.size() + 1;  // the session's job ids: 1, 2, ...
   job.results.resize(job.chunks());
-  if (job.context) job.context_hash = fnv1a(*job.context);
-  job.id = jobs_.size() + 1;  // RESULTs name jobs by id: 1, 2, ...
+  jobs_.reserve(16);  // the sinks refer to their jobs: no reallocation (at most 6 jobs)
   jobs_.push_back(std::move(job));
   const std::size_t index = jobs_.size() - 1;
   world_.at(start_after, [this, index] {
-    jobs_[index].state = Job::State::kRunning;
-    jobs_[index].started = world_.now();
-    fill_window();
+    Job& spec = jobs_[index];
+    spec.state = Job::State::kRunning;
+    spec.started = world_.now();
+    detail::JobRequest request;
+    request.task = spec.task.name;
+    request.signature = spec.task.signature;
+    request.total_items = spec.items.size();
+    for (std::size_t first = 0; first < spec.items.size(); first += spec.chunksize) {
+      const std::size_t count = std::min(spec.chunksize, spec.items.size() - first);
+      Bytes payload(count * sizeof(std::uint64_t));
+      std::memcpy(payload.data(), spec.items.data() + first, payload.size());
+      request.chunks.push_back({first, static_cast<std::uint32_t>(count), std::move(payload)});
+    }
+    if (spec.context) {
+      auto context = std::make_shared<Bytes>(spec.context->size());
+      std::memcpy(context->data(), spec.context->data(), context->size());
+      request.context = context;
+      request.context_hash = fnv1a(*spec.context);
+    }
+    request.sink = std::make_shared<Sink>(world_, spec, name_);
+    session_.add_job(detail::ClientSession::make_job(std::move(request), spec.id,
+                                                     std::make_shared<detail::FutureCore>(), world_.now()));
+    pass();
   }, this);
 }
 
@@ -341,189 +401,65 @@ bool Client::finished() const {
   });
 }
 
-void Client::send(Frames frames) {
-  last_sent_ = world_.now();
+bool Client::send(std::vector<zmq::message_t>& frames) {
   world_.send(*socket_, std::move(frames));
+  frames.clear();
+  return true;
 }
 
-void Client::lost_broker(const char* why) {
-  world_.trace(name_ + " lost the broker (" + why + "): a new connection, HELLO, then every unanswered chunk again");
-  welcomed_ = false;
-  contexts_sent_.clear();
-  deferred_.clear();
+void Client::open_connection() {
+  if (socket_ != nullptr) world_.trace(name_ + " opens a new connection (HELLO, then every unanswered chunk again)");
   world_.close(socket_);
   socket_ = world_.open(*this, Side::kClient);
-  last_heard_ = world_.now();
-  send(message(Command::kHello, proto::Hello{"client-host", static_cast<std::uint32_t>(number_)}));
 }
 
-void Client::heartbeat() {
-  if (left_) return;
-  const auto expiry = world_.heartbeat() * world_.options().heartbeat_liveness;
-  if (world_.now() - last_heard_ > expiry) {
-    lost_broker("no word for a liveness period");
-  } else if (world_.now() - last_sent_ >= world_.heartbeat()) {
-    send(wire::make_empty(Command::kHeartbeat));
+void Client::refused(const Status& why) { world_.fail(name_ + " was refused by the broker: " + why.message()); }
+
+void Client::job_ended(std::unique_ptr<detail::ClientSession::Job> ended, detail::JobOutcome outcome) {
+  Job& job = jobs_.at(ended->id - 1);
+  if (job.state == Job::State::kCancelled) return;
+  job.ended = world_.now();
+  if (outcome.error.is_ok()) {
+    job.state = Job::State::kDone;
+    return;
   }
-  if (welcomed_ && !deferred_.empty()) {  // the broker had no room: one again per heartbeat at least
-    const auto [job, chunk] = deferred_.front();
-    deferred_.pop_front();
-    if (jobs_[job].state == Job::State::kRunning && !jobs_[job].have[chunk]) send_chunk(jobs_[job], chunk);
+  job.state = Job::State::kFailed;
+  job.error = outcome.error.code();
+  job.error_message = outcome.error.message();
+  // Which chunk: the one the broker's message or the task error names.
+  if (outcome.task_error) {
+    job.failed_chunk = static_cast<std::size_t>(outcome.task_error->index) / job.chunksize;
+  } else if (const auto at = job.error_message.find("chunk "); at != std::string::npos) {
+    job.failed_chunk = std::strtoull(job.error_message.c_str() + at + 6, nullptr, 10);
   }
+  world_.trace(name_ + " job " + std::to_string(job.id) + " fails: " + job.error_message);
+}
+
+void Client::on_message(Socket& socket, Frames& frames) {
+  if (&socket != socket_ || left_) return;
+  session_.on_message(world_.now(), frames);
+  pass();
+}
+
+void Client::pass() {
+  if (left_ || !alive()) return;
+  session_.pass(world_.now());
   if (leave_when_done_ && finished()) {
-    send(wire::make_empty(Command::kDisconnect));
+    session_.goodbye();
     left_ = true;
     world_.trace(name_ + " leaves (DISCONNECT)");
     return;
   }
-  world_.at(world_.heartbeat(), [this] { heartbeat(); }, this);
+  schedule_pass();
 }
 
-std::size_t Client::in_flight() const {
-  std::size_t count = 0;
-  for (const Job& job : jobs_) {
-    if (job.state != Job::State::kRunning) continue;
-    for (std::size_t c = 0; c < job.sent.size(); ++c) count += job.sent[c] && !job.have[c];
-  }
-  return count;
-}
-
-void Client::fill_window() {
-  if (!welcomed_ || left_) return;
-  std::size_t flying = in_flight();
-  for (Job& job : jobs_) {
-    if (job.state != Job::State::kRunning) continue;
-    for (std::size_t c = 0; c < job.sent.size() && flying < window_; ++c) {
-      if (job.sent[c]) continue;
-      job.sent[c] = true;
-      ++flying;
-      send_chunk(job, c);
-    }
-  }
-}
-
-void Client::send_chunk(Job& job, std::size_t chunk) {
-  if (job.context && !contexts_sent_.contains(job.context_hash)) {
-    Frames context = message(Command::kContext, proto::ContextHeader{job.context_hash});
-    context.emplace_back(job.context->data(), job.context->size());
-    send(std::move(context));
-    contexts_sent_.insert(job.context_hash);
-  }
-  const std::size_t first = chunk * job.chunksize;
-  const std::size_t count = std::min(job.chunksize, job.items.size() - first);
-  const std::vector<std::uint64_t> items(job.items.begin() + static_cast<std::ptrdiff_t>(first),
-                                         job.items.begin() + static_cast<std::ptrdiff_t>(first + count));
-  proto::Submit submit{job.id, chunk, first, static_cast<std::uint32_t>(count), job.task.name, job.task.signature,
-                       0, job.context_hash, job.flags, job.items.size()};
-  Frames out = message(Command::kSubmit, submit);
-  out.push_back(encode_items(items));
-  send(std::move(out));
-}
-
-void Client::on_message(Socket& socket, Frames& frames) {
-  if (&socket != socket_ || frames.empty() || left_) return;
-  last_heard_ = world_.now();
-  const auto command = proto::parse_signature(wire::view(frames[0]));
-  if (!command) return world_.fail(name_ + " got a message without a signature");
-  switch (command.value()) {
-    case Command::kWelcome:
-      if (!welcomed_) {
-        welcomed_ = true;
-        if (ever_welcomed_) {  // a new session: every chunk sent and not answered goes again
-          for (Job& job : jobs_) {
-            if (job.state != Job::State::kRunning) continue;
-            for (std::size_t c = 0; c < job.sent.size(); ++c) {
-              if (job.sent[c] && !job.have[c]) send_chunk(job, c);
-            }
-          }
-        }
-        ever_welcomed_ = true;
-        fill_window();
-      }
-      return;
-    case Command::kResult:
-      for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
-        auto result = proto::decode<proto::ClientResult>(wire::view(frames[i]));
-        if (!result) return world_.fail(name_ + " got a RESULT that does not decode");
-        on_result(result.value(), frames[i + 1]);
-      }
-      return;
-    case Command::kDisconnect:
-      return lost_broker("the broker said DISCONNECT");
-    case Command::kError: {
-      auto error = proto::decode<proto::ErrorReply>(wire::view(frames[1]));
-      return world_.fail(name_ + " got ERROR from the broker: " + (error ? error.value().message : "?"));
-    }
-    default:
-      return;
-  }
-}
-
-void Client::on_result(const proto::ClientResult& result, zmq::message_t& payload) {
-  if (result.job == 0 || result.job > jobs_.size()) return world_.fail(name_ + " got a result for a job it never sent");
-  Job& job = jobs_[result.job - 1];
-  if (job.state != Job::State::kRunning) return;
-  if (result.chunk >= job.chunks()) return world_.fail(name_ + " got a result for a chunk it never sent");
-  const std::size_t c = static_cast<std::size_t>(result.chunk);
-  if (!job.sent[c]) return world_.fail(name_ + " got a result for a chunk not sent yet");
-  if (job.have[c]) {
-    ++world_.stats().duplicate_answers;
-    return;
-  }
-  const ErrorCode code = result.outcome.code;
-  if (code == ErrorCode::kResourceExhausted) {
-    contexts_sent_.erase(job.context_hash);
-    deferred_.emplace_back(result.job - 1, c);
-    return;
-  }
-  if (code == ErrorCode::kContextMissing) {
-    contexts_sent_.erase(job.context_hash);
-    send_chunk(job, c);
-    return;
-  }
-  if (code != ErrorCode::kOk) {
-    job.error = code;
-    job.error_message = result.outcome.message;
-    job.failed_chunk = c;
-    world_.trace(name_ + " job " + std::to_string(job.id) + " fails: " + result.outcome.message);
-    return end(job, Job::State::kFailed);
-  }
-  const std::size_t first = c * job.chunksize;
-  const std::size_t count = std::min(job.chunksize, job.items.size() - first);
-  auto values = decode_items(payload);
-  if (payload.size() != (count + 1) * sizeof(std::uint64_t)) {  // does not decode: the worker lied
-    ++world_.stats().rejects;
-    send(message(Command::kReject, proto::Reject{job.id, c, result.attempt, "does not decode"}));
-    if (++job.rejected[c] > 3) {
-      job.error = ErrorCode::kMalformed;
-      job.error_message = "results that do not decode, 4 times";
-      job.failed_chunk = c;
-      return end(job, Job::State::kFailed);
-    }
-    send_chunk(job, c);
-    return;
-  }
-  bool right = values[0] == first;
-  for (std::size_t i = 0; right && i < count; ++i) right = values[i + 1] == f(job.items[first + i]);
-  if (!right) {
-    ++wrong_results;
-    return world_.fail(name_ + " job " + std::to_string(job.id) + " chunk " + std::to_string(c) +
-                       ": a result that decodes but is not this chunk's (" +
-                       (values[0] == first ? std::string("its values differ")
-                                           : "it is for first index " + std::to_string(values[0]) + ", this chunk's is " +
-                                                 std::to_string(first)) +
-                       ")");
-  }
-  job.have[c] = true;
-  job.results[c] = std::move(values);
-  if (std::all_of(job.have.begin(), job.have.end(), [](bool b) { return b; })) end(job, Job::State::kDone);
-  fill_window();
-}
-
-void Client::end(Job& job, Job::State state) {
-  job.state = state;
-  job.ended = world_.now();
-  fill_window();
+void Client::schedule_pass() {
+  const Time at = std::max(session_.next_pass(), world_.now() + milliseconds(1));
+  if (at == pass_at_) return;
+  pass_at_ = at;
+  world_.at(std::chrono::ceil<milliseconds>(at - world_.now()), [this, at] {
+    if (at == pass_at_) pass();
+  }, this);
 }
 
 void Client::cancel_one() {
@@ -531,8 +467,10 @@ void Client::cancel_one() {
     if (job.state != Job::State::kRunning) continue;
     ++world_.stats().cancels;
     world_.trace(name_ + " cancels job " + std::to_string(job.id));
-    send(message(Command::kCancel, proto::Cancel{job.id}));
-    return end(job, Job::State::kCancelled);
+    job.state = Job::State::kCancelled;
+    session_.fail_job(job.id, detail::JobOutcome{{}, Status(ErrorCode::kCancelled, "cancelled"), std::nullopt});
+    pass();
+    return;
   }
 }
 

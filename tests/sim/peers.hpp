@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "session.hpp"
 #include "world.hpp"
 
 namespace poolmap::sim {
@@ -139,8 +140,9 @@ class Supervisor final : public Peer {
   std::uint64_t reports_ = 0;
 };
 
-// A client with its maps.
-class Client final : public Peer {
+// A client with its maps: the real client session (client/src/session.hpp, what a Pool's I/O
+// thread runs) over a simulated socket, with a sink that checks every result it takes.
+class Client final : public Peer, private detail::ClientSession::Port {
  public:
   struct Job {
     std::uint64_t id = 0;
@@ -148,15 +150,11 @@ class Client final : public Peer {
     std::vector<std::uint64_t> items;
     std::size_t chunksize = 1;
     std::optional<std::string> context;  // payload
-    std::uint64_t context_hash = 0;
-    std::uint32_t flags = 0;
     enum class State { kWaiting, kRunning, kDone, kFailed, kCancelled } state = State::kWaiting;
-    std::vector<bool> sent, have;
-    std::vector<std::uint32_t> rejected;
-    std::vector<std::optional<std::vector<std::uint64_t>>> results;
+    std::vector<std::optional<std::vector<std::uint64_t>>> results;  // per chunk, as the sink took them
     ErrorCode error = ErrorCode::kOk;
     std::string error_message;
-    std::size_t failed_chunk = 0;
+    std::size_t failed_chunk = 0;  // the chunk the error names (kWorkerLost, kTaskFailed, kMalformed)
     Time started{}, ended{};
     std::size_t chunks() const { return (items.size() + chunksize - 1) / chunksize; }
   };
@@ -174,29 +172,26 @@ class Client final : public Peer {
   bool left() const { return left_; }
   std::uint64_t number() const { return number_; }
   Socket* socket() const { return socket_; }
-  std::uint64_t wrong_results = 0;  // results that decoded and were wrong: never allowed
 
  private:
-  void send(Frames frames);
-  void lost_broker(const char* why);
-  void heartbeat();
-  void fill_window();
-  void send_chunk(Job& job, std::size_t chunk);
-  void on_result(const proto::ClientResult& result, zmq::message_t& payload);
-  void end(Job& job, Job::State state);
-  std::size_t in_flight() const;
+  class Sink;
+  // detail::ClientSession::Port
+  bool send(std::vector<zmq::message_t>& frames) override;
+  void open_connection() override;
+  bool bytes_arriving(std::chrono::milliseconds) override { return false; }
+  void job_ended(std::unique_ptr<detail::ClientSession::Job> job, detail::JobOutcome outcome) override;
+  void heard_workers(std::size_t, bool) override {}
+  void refused(const Status& why) override;
+  // The I/O loop's pass after each event, and at the session's next_pass() at the latest.
+  void pass();
+  void schedule_pass();
 
   Ledger& ledger_;
   std::uint64_t number_;
-  std::size_t window_;
+  detail::ClientSession session_;
   Socket* socket_ = nullptr;
-  bool welcomed_ = false;
-  bool ever_welcomed_ = false;
-  Time last_heard_{};
-  Time last_sent_{};
   std::vector<Job> jobs_;
-  std::set<std::uint64_t> contexts_sent_;  // this session
-  std::deque<std::pair<std::size_t, std::size_t>> deferred_;  // kResourceExhausted: (job index, chunk)
+  Time pass_at_{};
   bool leave_when_done_ = false;
   bool left_ = false;
   bool vanished_ = false;

@@ -97,8 +97,8 @@ class Run {
         << " clock jumps, " << s.vanished_clients << " clients vanished, " << s.cancels << " cancels, " << s.forged
         << " forged messages, " << s.duplicated << " duplicated results\n";
     out << "  traffic: " << s.messages << " messages, " << s.lost_on_wire << " lost on the wire, " << s.executions
-        << " chunk executions (" << s.re_executions << " re-executions), " << s.duplicate_answers
-        << " second answers dropped by clients, " << s.rejects << " rejects; " << world_.events_run << " events, "
+        << " chunk executions (" << s.re_executions << " re-executions), " << s.rejects
+        << " results that did not decode; " << world_.events_run << " events, "
         << std::chrono::duration_cast<milliseconds>(ended - start).count() << " ms of virtual time\n";
     for (Client* client : clients_) {
       out << "  " << client->name() << (client->vanished() ? " (vanished)" : "") << ":";
@@ -164,7 +164,6 @@ class Run {
         if (rng.chance(0.08)) job.items[rng.below(items)] |= kThrows;
         if (rng.chance(0.15)) job.items[rng.below(items)] |= kSlow;
         if (job.task == kWithContext) job.context = "context of job " + std::to_string(j) + std::string(rng.below(64), 'x');
-        if (rng.chance(0.5)) job.flags = proto::kNotifyStarted;
         client->add_job(std::move(job), rng.ms(0, plan_.fault_phase.count()));
       }
       if (rng.chance(0.1)) {

@@ -35,16 +35,17 @@ namespace {
 // The core's log lines go into the trace.
 class TraceSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
  public:
-  explicit TraceSink(World& world) : world_(world) {}
+  TraceSink(World& world, std::string prefix) : world_(world), prefix_(std::move(prefix)) {}
 
  protected:
   void sink_it_(const spdlog::details::log_msg& msg) override {
-    world_.trace("broker: " + std::string(msg.payload.data(), msg.payload.size()));
+    world_.trace(prefix_ + std::string(msg.payload.data(), msg.payload.size()));
   }
   void flush_() override {}
 
  private:
   World& world_;
+  std::string prefix_;
 };
 }  // namespace
 
@@ -54,8 +55,10 @@ World::World(std::uint64_t seed, milliseconds heartbeat)
   options_.heartbeat_interval = heartbeat;
   outbox_ = std::make_unique<Outbox>(*this);
   metrics_ = std::make_unique<detail::Metrics>("");
-  log_ = std::make_shared<spdlog::logger>("sim", std::make_shared<TraceSink>(*this));
+  log_ = std::make_shared<spdlog::logger>("sim", std::make_shared<TraceSink>(*this, "broker: "));
   log_->set_level(spdlog::level::info);
+  client_log_ = std::make_shared<spdlog::logger>("sim-client", std::make_shared<TraceSink>(*this, "client: "));
+  client_log_->set_level(spdlog::level::info);
 }
 
 World::~World() { core_.reset(); }

@@ -133,6 +133,8 @@ class World {
   // The broker core and its view of the world.
   detail::BrokerCore& core() { return *core_; }
   const BrokerOptions& options() const { return options_; }
+  // Log lines of the real client code (the session) go into the trace too.
+  std::shared_ptr<spdlog::logger> client_logger() const { return client_log_; }
   BrokerOptions& options() { return options_; }
   void start_broker();
 
@@ -185,6 +187,7 @@ class World {
   std::unique_ptr<Outbox> outbox_;
   std::unique_ptr<detail::Metrics> metrics_;
   std::shared_ptr<spdlog::logger> log_;
+  std::shared_ptr<spdlog::logger> client_log_;
   std::unique_ptr<detail::BrokerCore> core_;
   std::deque<std::string> trace_;
   std::string failure_;
