@@ -1,0 +1,214 @@
+// The broker's core without sockets: events in, messages out, with the time given. Each case is a
+// bug the simulator (tests/sim) found, replayed as the few events that make it.
+#include <doctest/doctest.h>
+
+#include <spdlog/sinks/null_sink.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/core.hpp"
+
+using namespace std::chrono_literals;
+using poolmap::ErrorCode;
+using poolmap::detail::BrokerCore;
+using poolmap::detail::Side;
+namespace proto = poolmap::proto;
+namespace wire = poolmap::wire;
+using Frames = std::vector<zmq::message_t>;
+
+namespace {
+
+const BrokerCore::Clock::time_point kStart = BrokerCore::Clock::time_point{} + 1h;
+
+class NoFacts final : public poolmap::detail::PeerFacts {
+ public:
+  std::string key() const override { return ""; }
+  std::string address() const override { return "test"; }
+  std::unique_ptr<poolmap::detail::LinkWatch> link() const override { return nullptr; }
+};
+
+// A broker core with everything it sends recorded, per peer.
+class Harness final : public poolmap::detail::Outbox {
+ public:
+  explicit Harness(poolmap::BrokerOptions options, std::uint64_t first_ticket = 1)
+      : options_(std::move(options)),
+        metrics_(""),
+        core_(options_, kStart, *this, metrics_,
+              std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>()), first_ticket) {}
+
+  bool send(Side, const std::string& identity, Frames& frames) override {
+    sent[identity].push_back(std::move(frames));
+    return true;
+  }
+
+  template <class Header>
+  void from(Side side, const std::string& identity, proto::Command command, const Header& header,
+            std::vector<std::string> payloads = {}) {
+    deliver(side, identity, wire::make(command, header), std::move(payloads));
+  }
+  void from(Side side, const std::string& identity, proto::Command command) {
+    deliver(side, identity, wire::make_empty(command), {});
+  }
+  void deliver(Side side, const std::string& identity, Frames frames, std::vector<std::string> payloads) {
+    for (const auto& payload : payloads) frames.emplace_back(payload.data(), payload.size());
+    frames.insert(frames.begin(), zmq::message_t(identity.data(), identity.size()));
+    if (side == Side::kClient) {
+      core_.on_client_message(now, frames, facts_);
+    } else {
+      core_.on_worker_message(now, frames, facts_);
+    }
+    core_.end_of_pass(now);
+  }
+
+  // The TASK headers sent to `worker` so far, and forgets them.
+  std::vector<proto::TaskHeader> tasks_to(const std::string& worker) {
+    std::vector<proto::TaskHeader> out;
+    for (auto& frames : sent[worker]) {
+      if (proto::parse_signature(wire::view(frames[0])).value() != proto::Command::kTask) continue;
+      for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+        out.push_back(proto::decode<proto::TaskHeader>(wire::view(frames[i])).value());
+        if (frames.size() == 4) break;
+      }
+    }
+    sent[worker].clear();
+    return out;
+  }
+  // The RESULTs sent to `client` so far, and forgets them.
+  std::vector<proto::ClientResult> results_to(const std::string& client) {
+    std::vector<proto::ClientResult> out;
+    for (auto& frames : sent[client]) {
+      if (proto::parse_signature(wire::view(frames[0])).value() != proto::Command::kResult) continue;
+      for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+        out.push_back(proto::decode<proto::ClientResult>(wire::view(frames[i])).value());
+      }
+    }
+    sent[client].clear();
+    return out;
+  }
+
+  BrokerCore& core() { return core_; }
+  BrokerCore::Clock::time_point now = kStart;
+  std::map<std::string, std::vector<Frames>> sent;
+
+ private:
+  poolmap::BrokerOptions options_;
+  poolmap::detail::Metrics metrics_;
+  NoFacts facts_;
+  BrokerCore core_;
+};
+
+const proto::TaskInfo kTask{"sq", "u64(u64)"};
+
+proto::Submit chunk(std::uint64_t job, std::uint64_t number, std::uint64_t context = 0) {
+  return proto::Submit{job, number, number, 1, kTask.name, kTask.signature, 0, context, 0, 0};
+}
+
+proto::Ready ready(std::uint64_t instance, std::uint64_t supervisor, std::uint32_t credit, std::uint32_t generation = 1) {
+  return proto::Ready{"host", 1, credit, instance, supervisor, {kTask}, generation};
+}
+
+proto::WorkerResult ok(std::uint64_t ticket, std::uint64_t instance) {
+  return proto::WorkerResult{ticket, {}, instance, 1};
+}
+
+}  // namespace
+
+TEST_CASE("BrokerCore.Tickets.AnAnswerFromBeforeARestartIsNotTakenForANewChunk" * doctest::timeout(10)) {
+  // A worker keeps running across a broker restart and answers its chunk on its next connection.
+  // The new broker must not take that answer for its own chunk of the same number.
+  Harness before({}, 1000);
+  before.from(Side::kClient, "c1", proto::Command::kHello, proto::Hello{"host", 1});
+  before.from(Side::kWorker, "w1", proto::Command::kReady, ready(7, 70, 1));
+  before.from(Side::kClient, "c1", proto::Command::kSubmit, chunk(1, 0), {"A"});
+  const auto old_tasks = before.tasks_to("w1");
+  REQUIRE(old_tasks.size() == 1);
+
+  Harness after({}, 5000);  // the shell draws a new start at random
+  after.from(Side::kClient, "c2", proto::Command::kHello, proto::Hello{"host", 1});
+  after.from(Side::kWorker, "w2", proto::Command::kReady, ready(7, 70, 2, 2));
+  after.from(Side::kClient, "c2", proto::Command::kSubmit, chunk(9, 0), {"B"});
+  const auto new_tasks = after.tasks_to("w2");
+  REQUIRE(new_tasks.size() == 1);
+  CHECK(new_tasks[0].ticket != old_tasks[0].ticket);
+  after.results_to("c2");
+
+  // The old chunk's answer arrives on the worker's new connection: it answers nothing here.
+  after.from(Side::kWorker, "w2", proto::Command::kWorkerResult, ok(old_tasks[0].ticket, 7), {"result of A"});
+  after.core().flush_results();
+  CHECK(after.results_to("c2").empty());
+  // The new chunk's own answer is delivered.
+  after.from(Side::kWorker, "w2", proto::Command::kWorkerResult, ok(new_tasks[0].ticket, 7), {"result of B"});
+  after.core().flush_results();
+  const auto results = after.results_to("c2");
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].job == 9);
+  CHECK(results[0].outcome.code == ErrorCode::kOk);
+  CHECK(after.core().self_check() == "");
+}
+
+TEST_CASE("BrokerCore.Crash.IsCountedOncePerChunkThoughItWentTwiceToThatWorker" * doctest::timeout(10)) {
+  // The worker answers kContextMissing (it evicted the context), gets the chunk again with it,
+  // and crashes running it: one crash, one kill, however often the chunk went to that worker.
+  Harness broker({.poison_kills = 2});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1});
+  broker.from(Side::kClient, "c", proto::Command::kContext, proto::ContextHeader{42}, {"context"});
+  broker.from(Side::kWorker, "w", proto::Command::kReady, ready(7, 70, 1));
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(1, 0, 42), {"A"});
+  const auto first = broker.tasks_to("w");
+  REQUIRE(first.size() == 1);
+  proto::WorkerResult missing{first[0].ticket, {ErrorCode::kContextMissing, 0, {}, "evicted", "host", 1, 0}, 7, 0};
+  broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, missing, {""});
+  const auto again = broker.tasks_to("w");
+  REQUIRE(again.size() == 1);
+  CHECK(again[0].ticket == first[0].ticket);
+
+  broker.from(Side::kWorker, "supervisor", proto::Command::kWorkerExited,
+              proto::WorkerExited{"host", 1, 7, 70, true, "signal 9", first[0].ticket});
+  broker.core().flush_results();
+  CHECK(broker.results_to("c").empty());  // one kill of two: queued again, not failed
+  CHECK(broker.core().chunks_queued() == 1);  // and queued once
+  CHECK(broker.core().self_check() == "");
+}
+
+TEST_CASE("BrokerCore.Crash.ReportedAfterTheLossCostsThePrefetchedChunksNoRetry" * doctest::timeout(10)) {
+  // A proven worker holding a running chunk and a prefetched one dies; its connection's loss is
+  // seen first (a silent loss: a retry each), then its supervisor's report: only the running chunk
+  // is to blame, and the prefetched one gets its retry back. With --max-retries 0, a retry spent
+  // for nothing would fail it.
+  Harness broker({.max_retries = 0});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1});
+  broker.from(Side::kWorker, "w", proto::Command::kReady, ready(7, 70, 3));
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(1, 0), {"warm-up"});
+  const auto warm = broker.tasks_to("w");
+  REQUIRE(warm.size() == 1);
+  broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, ok(warm[0].ticket, 7), {"r"});  // proven
+  broker.core().flush_results();
+  broker.results_to("c");
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(2, 0), {"running"});
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(3, 0), {"prefetched"});
+  const auto held = broker.tasks_to("w");
+  REQUIRE(held.size() == 2);
+
+  // Silent for longer than a liveness period: lost (retries spent: both chunks over budget).
+  broker.now += 5s;
+  broker.core().tick(broker.now);
+  broker.core().end_of_pass(broker.now);
+  // The report: it crashed running the first.
+  broker.from(Side::kWorker, "supervisor", proto::Command::kWorkerExited,
+              proto::WorkerExited{"host", 1, 7, 70, true, "signal 9", held[0].ticket});
+  // Two liveness periods later, nothing may fail for lost retries.
+  for (int i = 0; i < 4; ++i) {
+    broker.now += 3s;
+    broker.from(Side::kClient, "c", proto::Command::kHeartbeat);  // the client stays
+    broker.core().tick(broker.now);
+    broker.core().end_of_pass(broker.now);
+  }
+  for (const auto& result : broker.results_to("c")) {
+    CHECK_MESSAGE(result.outcome.code != ErrorCode::kWorkerLost, result.outcome.message);
+  }
+  CHECK(broker.core().chunks() == 2);
+  CHECK(broker.core().self_check() == "");
+}
