@@ -124,6 +124,9 @@ class ClientSession {
   Clock::time_point next_pass() const;
 
   bool welcomed() const { return session_welcomed_; }
+  // Chunks sent and not answered, and how many may be (the window).
+  std::size_t chunks_in_flight() const { return in_flight_; }
+  std::size_t window_now() const { return window(); }
   bool ever_welcomed() const { return ever_welcomed_; }
   std::vector<std::uint64_t> job_ids() const;
   // After a refused handshake: no "no answer" warning any more (the broker answered with that).

@@ -444,6 +444,10 @@ void Client::on_message(Socket& socket, Frames& frames) {
 void Client::pass() {
   if (left_ || !alive()) return;
   session_.pass(world_.now());
+  if (session_.chunks_in_flight() > session_.window_now()) {
+    world_.fail(name_ + " has " + std::to_string(session_.chunks_in_flight()) + " chunks in flight, its window is " +
+                std::to_string(session_.window_now()));
+  }
   if (leave_when_done_ && finished()) {
     session_.goodbye();
     left_ = true;

@@ -272,6 +272,12 @@ std::string BrokerCore::self_check() const {
       }
     }
     if (context_bytes != client.context_bytes) return "client " + printable_identity(id) + " miscounts its context bytes";
+    if (client.chunks > options_.max_client_chunks || client.chunk_bytes > options_.max_client_bytes ||
+        client.contexts.size() > options_.max_client_contexts ||
+        client.context_bytes > options_.max_client_context_bytes) {
+      return "client " + printable_identity(id) + " holds more than its quotas (" + std::to_string(client.chunks) +
+             " chunks, " + std::to_string(client.contexts.size()) + " contexts)";
+    }
   }
   if (queued != scheduler_.queued()) {
     return std::to_string(queued) + " chunks wait for a worker, the scheduler has " + std::to_string(scheduler_.queued());

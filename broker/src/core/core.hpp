@@ -129,9 +129,9 @@ class BrokerCore {
                 proven_supervisors = 0;
   };
   Footprint footprint() const;
-  // Checks the core's own bookkeeping against itself (each client's counts against the ledger, each
-  // worker's tickets against the chunks' holders, the scheduler's queue against the queued chunks);
-  // returns what is wrong, or "" when all agrees.
+  // Checks the core's own bookkeeping against itself (each client's counts against the ledger and
+  // within its quotas, each worker's tickets against the chunks' holders, the scheduler's queue
+  // against the queued chunks); returns what is wrong, or "" when all agrees.
   std::string self_check() const;
   // The chunk a worker process (by routing id) was sent, for checks: the tasks it offered.
   const std::vector<proto::TaskInfo>* tasks_of(const std::string& worker_identity) const;
