@@ -100,6 +100,10 @@ void WorkerProcess::on_message(Socket& socket, Frames& frames) {
         const std::uint64_t hash = header.value().context_hash;
         if (hash != 0 && with_context) contexts_.insert(hash);
         if (hash != 0 && !contexts_.contains(hash)) {
+          if (frames[i + 1].size() >= sizeof(std::uint64_t)) {
+            const auto items = decode_items(frames[i + 1]);
+            answered_[header.value().ticket] = key_of(items.front(), header.value().first_index);
+          }
           proto::WorkerResult missing{header.value().ticket, {ErrorCode::kContextMissing, 0, {}, "evicted", "", pid_, 0},
                                       instance_, 0};
           Frames out = message(Command::kWorkerResult, missing);
@@ -206,6 +210,10 @@ void WorkerProcess::finish(std::uint64_t ticket, std::uint64_t run) {
     for (const std::uint64_t item : held.items) values.push_back(f(item));
     payload = encode_items(values);
   }
+  if (!held.items.empty()) {
+    if (answered_.size() >= 64) answered_.erase(answered_.begin());
+    answered_[ticket] = key_of(held.items.front(), held.header.first_index);
+  }
   world_.trace(name_ + " answers ticket " + std::to_string(ticket % 100000) + " (items " +
                std::to_string(held.header.first_index) + "+" + std::to_string(held.header.count) + ")");
   Frames out = message(Command::kWorkerResult, result);
@@ -221,6 +229,19 @@ void WorkerProcess::finish(std::uint64_t ticket, std::uint64_t run) {
     send(std::move(out));
   }
   run_next();
+}
+
+void WorkerProcess::lost_on_the_wire(const Frames& frames) {
+  if (frames.size() < 3) return;
+  const auto command = proto::parse_signature(wire::view(frames[0]));
+  if (!command || command.value() != Command::kWorkerResult) return;
+  for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+    const auto result = proto::decode<proto::WorkerResult>(wire::view(frames[i]));
+    if (!result) continue;
+    if (const auto key = answered_.find(result.value().ticket); key != answered_.end()) {
+      ++ledger_.fates[key->second].disruptions;
+    }
+  }
 }
 
 void WorkerProcess::disrupted() {

@@ -53,6 +53,7 @@ struct Ledger {
   };
   std::map<ChunkKey, Fate> fates;
   bool lost_all_capable_workers = false;  // some task had no live process for a while
+  std::vector<Time> clock_jumps;  // the broker's clock jumped forward then: every wait it had was cut short
 };
 
 inline const proto::TaskInfo kSquare{"sq", "u64(u64)"};
@@ -76,6 +77,8 @@ class WorkerProcess final : public Peer {
   const std::vector<proto::TaskInfo>& tasks() const { return tasks_; }
   // Every chunk it holds (running or prefetched) is hit by a fault.
   void disrupted();
+  // Its answers lost on the wire: their chunks were hit by a fault too.
+  void lost_on_the_wire(const Frames& frames) override;
 
  private:
   struct Held {
@@ -104,6 +107,7 @@ class WorkerProcess final : public Peer {
   std::deque<Held> queue_;
   std::optional<Held> running_;
   std::uint64_t runs_ = 0;  // counts runs, so a stale finish event is told apart
+  std::map<std::uint64_t, ChunkKey> answered_;  // ticket -> chunk, of its last answers
   std::set<std::uint64_t> contexts_;
 };
 

@@ -123,6 +123,9 @@ void World::send(Socket& socket, Frames frames) {
   ++stats_.messages;
   if (socket.closed) return;
   if (socket.routing_id.empty()) {
+    // It waits in the socket and goes on the next connection, where the broker knows nobody: for
+    // what it answers, as good as lost.
+    socket.owner->lost_on_the_wire(frames);
     if (socket.waiting.size() < 1000) socket.waiting.push_back(std::move(frames));  // ZeroMQ's queue (its HWM)
     return;
   }
@@ -138,6 +141,7 @@ void World::send(Socket& socket, Frames frames) {
 void World::deliver_to_broker(Socket& socket, std::uint64_t connection, const std::string& routing_id, Frames& frames) {
   if (!broker_up_ || socket.connection != connection || socket.routing_id != routing_id) {
     ++stats_.lost_on_wire;
+    socket.owner->lost_on_the_wire(frames);
     return;
   }
   frames.insert(frames.begin(), zmq::message_t(routing_id.data(), routing_id.size()));

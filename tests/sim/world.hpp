@@ -83,6 +83,8 @@ class Peer {
   virtual void on_message(Socket& socket, Frames& frames) = 0;
   bool alive() const { return alive_; }
   bool stopped() const { return stopped_; }
+  // A message it sent was lost on the wire (its connection broke, it died before the message left).
+  virtual void lost_on_the_wire(const Frames&) {}
 
  protected:
   friend class World;
