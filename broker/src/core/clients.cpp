@@ -19,7 +19,8 @@ constexpr std::string_view kClientEndpointMistake =
 }  // namespace
 
 BrokerCore::ClientState& BrokerCore::touch_client(const std::string& identity) {
-  auto [it, inserted] = clients_by_id_.try_emplace(identity, &node_pool_);
+  auto [it, inserted] = clients_by_id_.try_emplace(
+      identity, &node_pool_, ClientContexts::Quota{options_.max_client_contexts, options_.max_client_context_bytes});
   ClientState& client = it->second;
   const auto now = now_;
   if (inserted) {
@@ -68,42 +69,14 @@ void BrokerCore::note_job(ClientState& client, const proto::Submit& submit) {
 }
 
 void BrokerCore::keep_context(ClientState& client, std::uint64_t hash, zmq::message_t& payload) {
-  const auto now = now_;
-  if (const auto held = client.contexts.find(hash); held != client.contexts.end()) {
-    held->second.idle_since = now;
-    return;
-  }
-  const auto bytes = static_cast<std::int64_t>(payload.size());
-  auto remember_refused = [&](bool never) {
-    if (client.refused_contexts.size() >= 256) client.refused_contexts.clear();  // bounded; they are resent
-    client.refused_contexts[hash] = never;
-    log_->log(never ? spdlog::level::warn : spdlog::level::debug,
-              "client {} pid {}: not keeping a broadcast context of {} bytes ({} contexts, {} bytes held; quota {} "
-              "contexts, {} bytes)",
-              client.host, client.pid, bytes, client.contexts.size(), client.context_bytes,
-              options_.max_client_contexts, options_.max_client_context_bytes);
-  };
-  if (bytes > options_.max_client_context_bytes) return remember_refused(true);
-  auto fits = [&] {
-    return client.contexts.size() < options_.max_client_contexts &&
-           client.context_bytes + bytes <= options_.max_client_context_bytes;
-  };
-  while (!fits()) {  // free the context unused for longest, if any
-    auto oldest = client.contexts.end();
-    for (auto it = client.contexts.begin(); it != client.contexts.end(); ++it) {
-      if (it->second.live_chunks == 0 && (oldest == client.contexts.end() || it->second.idle_since < oldest->second.idle_since)) {
-        oldest = it;
-      }
-    }
-    if (oldest == client.contexts.end()) return remember_refused(false);
-    client.context_bytes -= static_cast<std::int64_t>(oldest->second.payload.size());
-    client.contexts.erase(oldest);
-  }
-  ClientState::SharedContext& kept = client.contexts[hash];
-  kept.payload = std::move(payload);
-  kept.idle_since = now;
-  client.context_bytes += bytes;
-  client.refused_contexts.erase(hash);
+  const std::size_t bytes = payload.size();
+  const auto state = client.contexts.keep(hash, payload, now_);
+  if (state == ClientContexts::State::kHeld) return;
+  log_->log(state == ClientContexts::State::kRefusedForEver ? spdlog::level::warn : spdlog::level::debug,
+            "client {} pid {}: not keeping a broadcast context of {} bytes ({} contexts, {} bytes held; quota {} "
+            "contexts, {} bytes)",
+            client.host, client.pid, bytes, client.contexts.held(), client.contexts.bytes(), options_.max_client_contexts,
+            options_.max_client_context_bytes);
 }
 
 void BrokerCore::on_client_message(Clock::time_point now, std::vector<zmq::message_t>& frames, const PeerFacts& facts) {
@@ -240,10 +213,10 @@ bool BrokerCore::on_submit(const std::string& identity, const zmq::message_t& he
   ClientState& client = touch_client(identity);
   if (draining_) return false;  // draining: the client resends it to the next broker
   const std::uint64_t hash = submit.value().context_hash;
-  const auto context = hash == 0 ? client.contexts.end() : client.contexts.find(hash);
-  const bool context_missing = hash != 0 && context == client.contexts.end();
+  const auto context = hash == 0 ? ClientContexts::State::kHeld : client.contexts.state(hash);
+  const bool context_missing = context != ClientContexts::State::kHeld;
   const auto over = over_quota(client, submit.value().job, static_cast<std::int64_t>(payload.size()));
-  if (hash != 0 && !context_missing && !over) ++context->second.live_chunks;
+  if (hash != 0 && !context_missing && !over) client.contexts.use(hash);
   const std::uint64_t ticket = next_ticket_++;
   const auto kind = scheduler_.kind(submit.value().task, submit.value().signature);
   client.jobs[submit.value().job].insert(ticket);
@@ -263,20 +236,20 @@ bool BrokerCore::on_submit(const std::string& identity, const zmq::message_t& he
     return true;
   }
   if (context_missing) {
-    if (const auto refused = client.refused_contexts.find(hash); refused != client.refused_contexts.end()) {
-      if (refused->second) {
-        answer_with_error(ticket, ErrorCode::kInvalidArgument,
-                          "the broadcast context is larger than the broker's per-client quota of " +
-                              std::to_string(options_.max_client_context_bytes) + " bytes (--max-client-context-bytes)");
-      } else {
-        answer_with_error(ticket, ErrorCode::kResourceExhausted,
-                          "client " + client.host + " pid " + std::to_string(client.pid) +
-                              " holds its quota of broadcast contexts at the broker (" +
-                              std::to_string(client.contexts.size()) + " contexts, " +
-                              std::to_string(client.context_bytes) +
-                              " bytes; --max-client-contexts, --max-client-context-bytes); "
-                              "send it again when earlier work is answered");
-      }
+    if (context == ClientContexts::State::kRefusedForEver) {
+      answer_with_error(ticket, ErrorCode::kInvalidArgument,
+                        "the broadcast context is larger than the broker's per-client quota of " +
+                            std::to_string(options_.max_client_context_bytes) + " bytes (--max-client-context-bytes)");
+      return true;
+    }
+    if (context == ClientContexts::State::kRefusedForNow) {
+      answer_with_error(ticket, ErrorCode::kResourceExhausted,
+                        "client " + client.host + " pid " + std::to_string(client.pid) +
+                            " holds its quota of broadcast contexts at the broker (" +
+                            std::to_string(client.contexts.held()) + " contexts, " +
+                            std::to_string(client.contexts.bytes()) +
+                            " bytes; --max-client-contexts, --max-client-context-bytes); "
+                            "send it again when earlier work is answered");
       return true;
     }
     // Never sent, or freed after it went unused: the client sends it again.
@@ -387,9 +360,7 @@ void BrokerCore::on_cancel(ClientState& client, std::uint64_t job_id) {
 }
 
 void BrokerCore::release_context(ClientState& client, std::uint64_t hash) const {
-  const auto context = client.contexts.find(hash);
-  if (hash == 0 || context == client.contexts.end() || context->second.live_chunks == 0) return;
-  if (--context->second.live_chunks == 0) context->second.idle_since = now_;
+  if (hash != 0) client.contexts.release(hash, now_);
 }
 
 void BrokerCore::expire_client_state() {
@@ -397,11 +368,7 @@ void BrokerCore::expire_client_state() {
     std::erase_if(client.job_records, [&](const auto& entry) {
       return !client.jobs.contains(entry.first) && now_ - entry.second.idle_since >= expiry();
     });
-    std::erase_if(client.contexts, [&](const auto& entry) {
-      const bool unused = entry.second.live_chunks == 0 && now_ - entry.second.idle_since >= expiry();
-      if (unused) client.context_bytes -= static_cast<std::int64_t>(entry.second.payload.size());
-      return unused;
-    });
+    client.contexts.expire(now_, expiry());
   }
 }
 

@@ -206,7 +206,7 @@ proto::StatusReply BrokerCore::status_reply() const {
   reply.context_bytes_received = context_bytes_received_;
   reply.context_bytes_sent = context_bytes_sent_;
   for (const auto& [id, client] : clients_by_id_) {
-    for (const auto& [hash, context] : client.contexts) reply.context_bytes_held += context.payload.size();
+    reply.context_bytes_held += static_cast<std::uint64_t>(client.contexts.bytes());
   }
   return reply;
 }
@@ -223,10 +223,10 @@ BrokerCore::Footprint BrokerCore::footprint() const {
   f.ready_budgets = ready_budgets_.size();
   f.proven_supervisors = proven_supervisors_.size();
   for (const auto& [id, client] : clients_by_id_) {
-    f.contexts += client.contexts.size();
+    f.contexts += client.contexts.held();
     f.job_records += client.job_records.size();
     f.deliveries += client.deliveries.size();
-    f.refused_contexts += client.refused_contexts.size();
+    f.refused_contexts += client.contexts.refused();
   }
   return f;
 }
@@ -264,19 +264,21 @@ std::string BrokerCore::self_check() const {
              std::to_string(chunks_of[id]) + " (" + std::to_string(bytes_of[id]) + " bytes)";
     }
     std::int64_t context_bytes = 0;
-    for (const auto& [hash, context] : client.contexts) {
-      context_bytes += static_cast<std::int64_t>(context.payload.size());
-      const auto users = context_users.find({id, hash});
-      if (context.live_chunks != (users == context_users.end() ? 0 : users->second)) {
-        return "context " + std::to_string(hash) + " counts " + std::to_string(context.live_chunks) + " users";
+    std::string wrong;
+    client.contexts.for_each([&](std::uint64_t hash, std::size_t users, std::size_t bytes) {
+      context_bytes += static_cast<std::int64_t>(bytes);
+      const auto named = context_users.find({id, hash});
+      if (users != (named == context_users.end() ? 0 : named->second) && wrong.empty()) {
+        wrong = "context " + std::to_string(hash) + " counts " + std::to_string(users) + " users";
       }
-    }
-    if (context_bytes != client.context_bytes) return "client " + printable_identity(id) + " miscounts its context bytes";
+    });
+    if (!wrong.empty()) return wrong;
+    if (context_bytes != client.contexts.bytes()) return "client " + printable_identity(id) + " miscounts its context bytes";
     if (client.chunks > options_.max_client_chunks || client.chunk_bytes > options_.max_client_bytes ||
-        client.contexts.size() > options_.max_client_contexts ||
-        client.context_bytes > options_.max_client_context_bytes) {
+        client.contexts.held() > options_.max_client_contexts ||
+        client.contexts.bytes() > options_.max_client_context_bytes) {
       return "client " + printable_identity(id) + " holds more than its quotas (" + std::to_string(client.chunks) +
-             " chunks, " + std::to_string(client.contexts.size()) + " contexts)";
+             " chunks, " + std::to_string(client.contexts.held()) + " contexts)";
     }
   }
   if (queued != scheduler_.queued()) {

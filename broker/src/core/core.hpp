@@ -10,15 +10,16 @@
 // loop) and the deterministic simulator (tests/sim) drive this same code.
 //
 // The core is one class whose members are defined by concern, one file each:
-//   clients.cpp  HELLO, SUBMIT, CONTEXT, CANCEL, REJECT, STATUS; per-client quotas, broadcast
-//                contexts, job records; results gathered per client and sent once per pass
+//   clients.cpp  HELLO, SUBMIT, CONTEXT, CANCEL, REJECT, STATUS; per-client quotas, job records;
+//                results gathered per client and sent once per pass
+//   contexts.hpp each client's broadcast contexts (ClientContexts): a unit of its own, tested alone
 //   workers.cpp  READY, CREDIT, progress, goodbyes, exit reports; the worker registry, probation,
 //                liveness (busy is not dead: silent losses are refunded when the worker speaks)
 //   ledger.cpp   the chunk ledger: every chunk not yet answered, where each copy was sent, first
 //                answer wins, late answers, retries, poison (kills), failure
 //   dispatch.cpp what goes to which worker now (the Scheduler decides), TASK batches, STARTED
 //   core.cpp     construction, the heartbeat tick, sending, errors, the status view
-// The dispatch policy itself is the Scheduler (../scheduler.hpp), a unit of its own.
+// The dispatch policy itself is the Scheduler (../scheduler.hpp), a unit of its own too.
 //
 // Thread-safety: none; one thread (the shell's loop, or the simulator) drives it.
 #pragma once
@@ -39,6 +40,7 @@
 #include <zmq.hpp>
 
 #include "../metrics.hpp"
+#include "contexts.hpp"
 #include "../scheduler.hpp"
 #include "poolmap/broker.hpp"
 #include "poolmap/error.hpp"
@@ -162,7 +164,7 @@ class BrokerCore {
     std::unique_ptr<LinkWatch> link;  // its connection: bytes arriving count as life
   };
   struct ClientState {
-    explicit ClientState(std::pmr::memory_resource* nodes) : jobs(nodes) {}
+    ClientState(std::pmr::memory_resource* nodes, ClientContexts::Quota quota) : jobs(nodes), contexts(quota) {}
     std::string identity;
     std::string key;  // the name of its CURVE key ("" without CURVE)
     std::string host;
@@ -182,13 +184,7 @@ class BrokerCore {
       Clock::time_point idle_since;  // no live tickets since then
     };
     std::map<std::uint64_t, JobRecord> job_records;
-    struct SharedContext {
-      zmq::message_t payload;
-      std::size_t live_chunks = 0;   // chunks not yet answered that use it
-      Clock::time_point idle_since;  // live_chunks == 0 since then (or since the client sent it);
-                                     // freed a liveness period later
-    };
-    std::unordered_map<std::uint64_t, SharedContext> contexts;  // broadcast contexts by hash
+    ClientContexts contexts;  // its broadcast contexts, within its quotas (contexts.hpp)
     // RESULT frames not sent yet ([signature, then a header and a payload frame per chunk]): the
     // results of one pass of the loop go in one message (flush_results).
     wire::ChunkBatch results_out{proto::Command::kResult};
@@ -205,11 +201,6 @@ class BrokerCore {
     // What it holds, against its quotas (BrokerOptions::max_client_*).
     std::size_t chunks = 0;  // not yet answered
     std::int64_t chunk_bytes = 0;
-    std::int64_t context_bytes = 0;
-    // Contexts not kept for lack of quota, by hash (true: larger than the whole quota). A SUBMIT
-    // naming one is answered kResourceExhausted (kInvalidArgument) rather than kContextMissing,
-    // so that its Pool waits (fails) instead of sending the context straight back.
-    std::unordered_map<std::uint64_t, bool> refused_contexts;
   };
   struct Chunk {
     std::string client;

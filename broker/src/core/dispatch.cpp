@@ -112,14 +112,18 @@ void BrokerCore::send_tasks(WorkerState& worker, const std::vector<std::uint64_t
       // The first chunk of this context for this worker carries it, alone: [signature, header,
       // payload, context], after the chunks gathered before it.
       if (!send_batch()) return give_up(i);
-      zmq::message_t& context = clients_by_id_.at(chunk.client).contexts.at(context_hash).payload;
+      zmq::message_t* context = clients_by_id_.at(chunk.client).contexts.payload(context_hash);
+      if (context == nullptr) {  // never: a queued chunk keeps its context (the self-check holds it)
+        answer_with_error(tickets[i], ErrorCode::kContextMissing, "the broker lost the chunk's context; send it again");
+        continue;
+      }
       std::vector<zmq::message_t> frames;
       frames.push_back(wire::signature_message(Command::kTask));
       frames.push_back(std::move(header));
       frames.push_back(std::move(payload));
       frames.emplace_back();
-      frames.back().copy(context);
-      const std::size_t context_bytes = context.size();
+      frames.back().copy(*context);
+      const std::size_t context_bytes = context->size();
       sending.push_back(tickets[i]);
       if (!send(frames)) return give_up(i + 1);
       worker.contexts.insert(context_hash);
