@@ -511,12 +511,15 @@ void Client::vanish() {
 Forger::Forger(World& world, const std::vector<Supervisor*>& supervisors, std::string name)
     : Peer(world, std::move(name)), supervisors_(supervisors) {}
 
-void Forger::start() {
+void Forger::start(Time until) {
+  until_ = until;
   socket_ = world_.open(*this, Side::kWorker);
+  client_socket_ = world_.open(*this, Side::kClient);
   world_.at(world_.rng().ms(20, 200), [this] { strike(); }, this);
 }
 
 void Forger::strike() {
+  if (world_.now() > until_) return;
   ++world_.stats().forged;
   // It knows what status shows, the public (high) half of each real instance id, and sometimes a
   // whole one (a neighbour that read it somewhere): neither may make the broker believe it.
@@ -534,7 +537,7 @@ void Forger::strike() {
     if (world_.rng().chance(0.5)) running = victim->running_ticket();  // as if it could read the progress slot
     instance = world_.rng().chance(0.5) ? real : (real & 0xffffffff00000000ULL) | (world_.rng().next() & 0xffffffffULL);
   }
-  switch (world_.rng().below(4)) {
+  switch (world_.rng().below(5)) {
     case 0: {  // a result for a chunk it was never given
       proto::WorkerResult result{running, {}, instance,
                                  static_cast<std::uint32_t>(world_.rng().between(1, 8))};
@@ -556,8 +559,25 @@ void Forger::strike() {
       world_.send(*socket_, std::move(out));
       break;
     }
-    default:  // a client's command on the worker socket
+    case 3:  // a client's command on the worker socket
       world_.send(*socket_, message(Command::kHello, proto::Hello{"forger", 1}));
+      break;
+    default: {  // a real command with a header of random bytes and random frames, on either socket
+      static constexpr Command kCommands[] = {
+          Command::kHello,       Command::kSubmit,        Command::kCancel,       Command::kStatusRequest,
+          Command::kContext,     Command::kReject,        Command::kReady,        Command::kWorkerResult,
+          Command::kWorkerExited, Command::kWorkerProgress, Command::kCredit,      Command::kHeartbeat,
+          Command::kDisconnect,  Command::kResult,        Command::kTask};
+      Frames out;
+      out.push_back(wire::signature_message(kCommands[world_.rng().below(std::size(kCommands))]));
+      const auto frames = world_.rng().between(0, 4);
+      for (std::int64_t f = 0; f < frames; ++f) {
+        std::string bytes(static_cast<std::size_t>(world_.rng().between(0, 48)), '\0');
+        for (char& c : bytes) c = static_cast<char>(world_.rng().below(256));
+        out.emplace_back(bytes.data(), bytes.size());
+      }
+      world_.send(world_.rng().chance(0.5) ? *socket_ : *client_socket_, std::move(out));
+    }
   }
   world_.at(world_.rng().ms(20, 300), [this] { strike(); }, this);
 }

@@ -201,19 +201,22 @@ class Client final : public Peer, private detail::ClientSession::Port {
   bool vanished_ = false;
 };
 
-// A peer on the worker socket that never registers and lies: results for chunks it was never
-// given (with instance ids that share the public half of real ones), exit reports for processes
-// that are not its own, and garbage.
+// A peer that never registers and lies: results for chunks it was never given and exit reports for
+// processes that are not its own (naming real instance ids, whole or by their public half, and the
+// tickets they run), and real commands with random headers and frames on both endpoints.
 class Forger final : public Peer {
  public:
   Forger(World& world, const std::vector<Supervisor*>& supervisors, std::string name);
-  void start();
+  // Strikes at random moments until `until` (it is one of the faults: the heal ends it).
+  void start(Time until);
   void on_message(Socket&, Frames&) override {}
 
  private:
   void strike();
+  Time until_{};
   const std::vector<Supervisor*>& supervisors_;
-  Socket* socket_ = nullptr;
+  Socket* socket_ = nullptr;         // on the worker endpoint
+  Socket* client_socket_ = nullptr;  // on the client endpoint
 };
 
 }  // namespace poolmap::sim

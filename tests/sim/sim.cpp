@@ -38,7 +38,7 @@ class Run {
     draw();
     world_.start_broker();
     for (auto* supervisor : supervisors_) supervisor->start();
-    if (forger_) forger_->start();
+    if (forger_) forger_->start(world_.now() + plan_.fault_phase);
     for (auto* client : clients_) client->start();
     schedule_faults();
     world_.after_broker_event = [this] { check_step(); };
