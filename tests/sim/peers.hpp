@@ -1,12 +1,13 @@
-// The simulator's peers: worker processes, their supervisors, clients, and misbehaving peers. Each
-// speaks poolmap's protocol (docs/PROTOCOL.md) to the broker core over the simulated network, with
-// the rules of the real programs that matter to the broker: workers register (READY, a new
-// generation on each new connection), heartbeat, run chunks one at a time with prefetched ones
-// behind, answer kContextMissing for a context they do not hold, and register again when the broker
-// is silent or says DISCONNECT; supervisors report their processes' exits and start replacements;
-// clients say HELLO, send chunks within a window (and contexts before them), resend every
-// unanswered chunk after a new WELCOME, drop second answers, resend on kResourceExhausted and
-// kContextMissing, REJECT results that do not decode, cancel jobs and vanish.
+// The simulator's peers: worker processes, their supervisors, clients, and misbehaving peers, each
+// speaking poolmap's protocol (docs/PROTOCOL.md) to the broker core over the simulated network.
+//
+// Clients are the real thing: each runs the client's session (client/src/session.hpp, what a Pool's
+// I/O thread runs) over a simulated socket, with a sink that checks every result it takes. Worker
+// processes and supervisors are models that follow the rules of the real programs that matter to
+// the broker: workers register (READY, a new generation on each new connection), heartbeat, run
+// chunks one at a time with prefetched ones behind, answer kContextMissing for a context they do not
+// hold, and register again when the broker is silent or says DISCONNECT; supervisors report their
+// processes' exits and start replacements.
 //
 // Items carry who they belong to and how they behave: item = client << 40 | job << 24 | index,
 // with kPoison (kills the process that runs it), kThrows (the task throws) and kSlow in the top

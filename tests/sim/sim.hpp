@@ -1,6 +1,6 @@
 // One simulated run: a seed draws the cluster, the workload and the fault rates, the run goes through
-// its faults, everything heals, and the checks of tests/sim/README (docs/RELIABILITY.md, "How we
-// test it") are made after every step and at the end.
+// its faults, everything heals, and the checks of docs/RELIABILITY.md ("The deterministic
+// simulator") are made after every step and at the end.
 #pragma once
 
 #include <cstdint>
