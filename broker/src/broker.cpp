@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/core.hpp"
+#include "core/log_throttle.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
 #include "poolmap/curve.hpp"
@@ -46,8 +47,6 @@ std::chrono::milliseconds since(Clock::time_point then, Clock::time_point now) {
 #define ZMQ_ZAP_ENFORCE_DOMAIN 93
 #endif
 constexpr const char* kZapEndpoint = "inproc://zeromq.zap.01";
-
-const char* plural(std::uint64_t n) { return n == 1 ? "" : "s"; }
 
 // A connection's TCP state as the kernel counts it.
 class ProbeWatch final : public detail::LinkWatch {
@@ -193,17 +192,7 @@ class Broker::Impl final : public detail::Outbox {
   int wake_fd_ = -1;
   std::atomic<bool> stop_requested_{false};  // drain, then return
   std::atomic<bool> stop_now_{false};        // return without draining
-  struct LogThrottle {  // handshake refusals, logged at most once per interval with a count
-    std::uint64_t unlogged = 0;
-    Clock::time_point logged{};
-    std::uint64_t count(Clock::time_point now, Clock::duration interval) {
-      ++unlogged;
-      if (now - logged < interval) return 0;
-      logged = now;
-      return std::exchange(unlogged, 0);
-    }
-  };
-  LogThrottle handshake_refusals_;
+  detail::LogThrottle handshake_refusals_;  // refused handshakes, logged with a count
   std::unique_ptr<detail::BrokerCore> core_;  // every decision
 };
 
@@ -335,7 +324,7 @@ void Broker::Impl::serve_zap() {
         const std::string domain = request.size() > 2 ? detail::printable(request[2], 32) : "";
         const std::string address = request.size() > 3 ? detail::printable(request[3], 64) : "";
         log_->warn("refused {} connection{} since the last report; latest from {} on {}: {}", refused,
-                   plural(refused), address, domain, reply.status_text);
+                   detail::plural(refused), address, domain, reply.status_text);
       }
     }
     std::vector<zmq::message_t> out;

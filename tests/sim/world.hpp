@@ -98,7 +98,7 @@ class Peer {
 struct Stats {
   std::uint64_t messages = 0, lost_on_wire = 0, link_drops = 0, broker_restarts = 0, stops = 0, crashes = 0,
                 supervisor_losses = 0, clock_jumps = 0, forged = 0, duplicated = 0, executions = 0, re_executions = 0,
-                duplicate_answers = 0, rejects = 0, cancels = 0, vanished_clients = 0;
+                rejects = 0, cancels = 0, vanished_clients = 0;
 };
 
 class World {

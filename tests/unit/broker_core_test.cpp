@@ -63,30 +63,26 @@ class Harness final : public poolmap::detail::Outbox {
     core_.end_of_pass(now);
   }
 
-  // The TASK headers sent to `worker` so far, and forgets them.
-  std::vector<proto::TaskHeader> tasks_to(const std::string& worker) {
-    std::vector<proto::TaskHeader> out;
-    for (auto& frames : sent[worker]) {
-      if (proto::parse_signature(wire::view(frames[0])).value() != proto::Command::kTask) continue;
+  // The headers of every chunk in the `command` messages sent to `peer` so far ([signature, then a
+  // header and a payload per chunk], a TASK with its context as a 4th frame); forgets what was sent.
+  template <class Header>
+  std::vector<Header> chunks_sent(const std::string& peer, proto::Command command) {
+    std::vector<Header> out;
+    for (auto& frames : sent[peer]) {
+      if (proto::parse_signature(wire::view(frames[0])).value() != command) continue;
       for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
-        out.push_back(proto::decode<proto::TaskHeader>(wire::view(frames[i])).value());
-        if (frames.size() == 4) break;
+        out.push_back(proto::decode<Header>(wire::view(frames[i])).value());
+        if (command == proto::Command::kTask && frames.size() == 4) break;
       }
     }
-    sent[worker].clear();
+    sent[peer].clear();
     return out;
   }
-  // The RESULTs sent to `client` so far, and forgets them.
+  std::vector<proto::TaskHeader> tasks_to(const std::string& worker) {
+    return chunks_sent<proto::TaskHeader>(worker, proto::Command::kTask);
+  }
   std::vector<proto::ClientResult> results_to(const std::string& client) {
-    std::vector<proto::ClientResult> out;
-    for (auto& frames : sent[client]) {
-      if (proto::parse_signature(wire::view(frames[0])).value() != proto::Command::kResult) continue;
-      for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
-        out.push_back(proto::decode<proto::ClientResult>(wire::view(frames[i])).value());
-      }
-    }
-    sent[client].clear();
-    return out;
+    return chunks_sent<proto::ClientResult>(client, proto::Command::kResult);
   }
 
   BrokerCore& core() { return core_; }

@@ -12,8 +12,6 @@ namespace poolmap::detail {
 
 namespace {
 using proto::Command;
-
-const char* plural(std::uint64_t n) { return n == 1 ? "" : "s"; }
 }  // namespace
 
 BrokerCore::BrokerCore(const BrokerOptions& options, Clock::time_point now, Outbox& out, Metrics& metrics,

@@ -41,6 +41,7 @@
 
 #include "../metrics.hpp"
 #include "contexts.hpp"
+#include "log_throttle.hpp"
 #include "../scheduler.hpp"
 #include "poolmap/broker.hpp"
 #include "poolmap/error.hpp"
@@ -352,23 +353,6 @@ class BrokerCore {
   static std::chrono::milliseconds since(Clock::time_point then, Clock::time_point now) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(now - then);
   }
-
-  // Counts events that are logged at most once per interval, each line saying how many happened
-  // since the last one: a peer sending garbage must not flood the log.
-  class LogThrottle {
-   public:
-    // Counts one event. Returns how many to report when a line is due now, else 0.
-    std::uint64_t count(Clock::time_point now, Clock::duration interval) {
-      ++unlogged_;
-      if (now - logged_ < interval) return 0;
-      logged_ = now;
-      return std::exchange(unlogged_, 0);
-    }
-
-   private:
-    std::uint64_t unlogged_ = 0;
-    Clock::time_point logged_{};
-  };
 
   const BrokerOptions options_;
   Outbox& out_;
