@@ -76,6 +76,7 @@ class WorkerProcess final : public Peer {
   std::uint64_t instance() const { return instance_; }
   std::uint64_t running_ticket() const { return running_ ? running_->header.ticket : 0; }
   const std::vector<proto::TaskInfo>& tasks() const { return tasks_; }
+  Kind kind() const { return kind_; }
   // Every chunk it holds (running or prefetched) is hit by a fault.
   void disrupted();
   // Its answers lost on the wire: their chunks were hit by a fault too.

@@ -279,11 +279,16 @@ class Run {
     note_capable_workers();
   }
 
+  // Whether some task has no process that can serve it now (alive, running, and not the liar, which
+  // the broker drops each time it answers): the broker may then rightly fail its chunks as
+  // kUnknownTask once its grace has passed. Checked after every fault and every broker event.
   void note_capable_workers() {
+    if (ledger_.lost_all_capable_workers) return;
     for (const proto::TaskInfo& task : {kSquare, kWithContext}) {
       bool any = false;
       for (WorkerProcess* p : live_processes()) {
-        any = any || (!p->stopped() && std::find(p->tasks().begin(), p->tasks().end(), task) != p->tasks().end());
+        any = any || (!p->stopped() && p->kind() != WorkerProcess::Kind::kLiar &&
+                      std::find(p->tasks().begin(), p->tasks().end(), task) != p->tasks().end());
       }
       if (!any) ledger_.lost_all_capable_workers = true;
     }
@@ -293,6 +298,7 @@ class Run {
   // bounded by the work outstanding.
   void check_step() {
     if (world_.failed()) return;
+    note_capable_workers();
     detail::BrokerCore& core = world_.core();
     if (const std::string wrong = core.self_check(); !wrong.empty()) return world_.fail("broker bookkeeping: " + wrong);
     const auto f = core.footprint();
