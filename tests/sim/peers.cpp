@@ -308,10 +308,25 @@ void Supervisor::exited(WorkerProcess& process, bool crashed, std::string cause,
   const std::uint64_t number = ++reports_;
   unreported_[number] = std::move(prefetched);
   world_.at(world_.rng().ms(0, 400), [this, report, number] {
-    unreported_.erase(number);
+    auto keys = unreported_.extract(number);
+    if (!keys.empty()) {
+      if (reported_.size() >= 64) reported_.erase(reported_.begin());
+      reported_[report.instance] = std::move(keys.mapped());
+    }
     world_.send(*socket_, message(Command::kWorkerExited, report));
   }, this);
   world_.at(world_.rng().ms(20, 400), [this] { spawn(); }, this);
+}
+
+void Supervisor::lost_on_the_wire(const Frames& frames) {
+  if (frames.size() < 2) return;
+  const auto command = proto::parse_signature(wire::view(frames[0]));
+  if (!command || command.value() != Command::kWorkerExited) return;
+  const auto report = proto::decode<proto::WorkerExited>(wire::view(frames[1]));
+  if (!report) return;
+  if (const auto keys = reported_.find(report.value().instance); keys != reported_.end()) {
+    for (const ChunkKey& key : keys->second) ++ledger_.fates[key].disruptions;
+  }
 }
 
 void Supervisor::vanish() {

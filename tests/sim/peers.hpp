@@ -120,6 +120,8 @@ class Supervisor final : public Peer {
              WorkerProcess::Kind kind, std::string name, std::vector<std::unique_ptr<Peer>>& owned);
   void start();
   void on_message(Socket&, Frames&) override {}
+  // An exit report lost on the wire (the supervisor vanished while it travelled): as if never sent.
+  void lost_on_the_wire(const Frames& frames) override;
   // One of its processes ended: report it (after `delay`), start a replacement.
   // `prefetched`: the chunks it held besides the running one, which lose nothing by the crash once
   // the report is through (a report never sent leaves them lost to silence).
@@ -143,6 +145,7 @@ class Supervisor final : public Peer {
   std::vector<std::unique_ptr<Peer>>& owned_;
   std::uint64_t spawned_ = 0;
   std::map<std::uint64_t, std::vector<ChunkKey>> unreported_;  // reports not sent yet
+  std::map<std::uint64_t, std::vector<ChunkKey>> reported_;    // by instance: sent, perhaps lost on the way
   std::uint64_t reports_ = 0;
 };
 
