@@ -26,7 +26,10 @@
 #include "wire.hpp"
 
 // The broker's shell: its sockets, ZAP (CURVE keys, passwords), the poll loop, and moving messages
-// between the sockets and the core (core/core.hpp), which makes every decision.
+// between the sockets and the core (core/core.hpp), which makes every decision. In a pair (--ha)
+// also the peer link (a PUB socket this broker binds, a SUB socket connected to the peer's), and
+// the pair's decisions (core/pair.hpp): while passive there is no core; the shell answers status
+// and PASSIVE, and keeps a client's or worker's first message while the vote is held.
 
 namespace poolmap {
 
@@ -36,10 +39,6 @@ using detail::Side;
 
 // Most messages read from one socket before the other socket gets its turn.
 constexpr int kReceiveBatch = 256;
-
-std::chrono::milliseconds since(Clock::time_point then, Clock::time_point now) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(now - then);
-}
 
 // Not in the non-draft zmq.h of libzmq 4.3, but honoured by it: a CURVE handshake fails when no
 // ZAP handler answers, instead of letting every key in.
@@ -81,8 +80,16 @@ class FrameFacts final : public detail::PeerFacts {
 };
 
 detail::KeyRing read_key_ring(const BrokerOptions& options) {
-  return {read_curve_public_dir(options.client_keys_dir), read_curve_public_dir(options.worker_keys_dir), {}, {}};
+  detail::KeyRing ring{read_curve_public_dir(options.client_keys_dir), read_curve_public_dir(options.worker_keys_dir),
+                       {}, {}, {}};
+  if (!options.ha_peer_key_file.empty()) {
+    ring.peers.emplace(read_curve_public_file(options.ha_peer_key_file), "peer " + options.ha_peer_key_file.stem().string());
+  }
+  return ring;
 }
+
+// Most client and worker messages kept while a vote is held (beyond: answered PASSIVE).
+constexpr std::size_t kMaxHeldVotes = 10000;
 }  // namespace
 
 class Broker::Impl final : public detail::Outbox {
@@ -94,6 +101,7 @@ class Broker::Impl final : public detail::Outbox {
         clients_(context_.impl().zmq, zmq::socket_type::router),
         workers_(context_.impl().zmq, zmq::socket_type::router),
         log_(detail::logger("poolmap.broker")) {
+    check_pair_options();
     if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 || options_.max_retries < 0 ||
         options_.poison_kills < 1) {
       throw Error(ErrorCode::kInvalidArgument,
@@ -121,9 +129,11 @@ class Broker::Impl final : public detail::Outbox {
     metrics_url_ = metrics_->url();
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "broker: eventfd failed");
-    std::random_device random;
-    const std::uint64_t first_ticket = static_cast<std::uint64_t>(random()) << 32 | random();
-    core_ = std::make_unique<detail::BrokerCore>(options_, Clock::now(), *this, *metrics_, log_, first_ticket);
+    if (options_.ha_role.empty()) {
+      start_core(Clock::now());
+    } else {
+      set_up_peer_link();
+    }
   }
 
   ~Impl() {
@@ -139,15 +149,28 @@ class Broker::Impl final : public detail::Outbox {
     reload_requested_.store(true);
     wake();
   }
+  void hand_over() noexcept {
+    hand_over_requested_.store(true);
+    wake();
+  }
 
   std::string client_endpoint_;
   std::string worker_endpoint_;
   std::string metrics_url_;
+  std::string ha_endpoint_;
 
  private:
   // detail::Outbox: the core's messages go out through the sockets.
   bool send(Side side, const std::string& identity, std::vector<zmq::message_t>& frames) override {
+    if (pair_ && !frames.empty()) stamp_epoch(frames[0]);
     return wire::send_to(side == Side::kClient ? clients_ : workers_, identity, frames);
+  }
+  // A broker of a pair says its epoch in every message (the newest it knows while passive).
+  void stamp_epoch(zmq::message_t& signature) const {
+    if (signature.size() != 4) return;
+    const auto command = static_cast<proto::Command>(static_cast<const std::uint8_t*>(signature.data())[3]);
+    const auto stamped = proto::signature_frame(command, pair_->active() ? pair_->epoch() : pair_->newest_epoch());
+    signature.rebuild(stamped.data(), stamped.size());
   }
   // Dropped payloads were freed into malloc's arenas; hand that memory back to the system now
   // rather than keeping the peak of a client that is gone.
@@ -166,6 +189,24 @@ class Broker::Impl final : public detail::Outbox {
   // Answers one ZAP request (the handshake of a connection waits for it).
   void serve_zap();
   void apply_reload();
+
+  // The pair (--ha): options, the peer link, and what the shell does for it.
+  void check_pair_options() const;
+  void set_up_peer_link();
+  void start_core(Clock::time_point now);
+  // Reads the peer's PEER_STATE messages.
+  void read_peer(Clock::time_point now);
+  // Publishes this broker's state to its peer (every heartbeat interval, and at once on a change).
+  void publish_state(Clock::time_point now);
+  void apply(const detail::Pair::Change& change, Clock::time_point now);
+  // Whether a client's or worker's message goes to the core now. A passive broker answers it
+  // itself (status, PASSIVE) or keeps it while the vote it carries is held.
+  bool admit(Side side, std::vector<zmq::message_t>& frames, Clock::time_point now);
+  // Held votes go to the core once active, or are answered PASSIVE.
+  void settle_votes(Clock::time_point now);
+  void send_passive(Side side, const std::string& identity);
+  void reply_passive_status(const std::string& identity, Clock::time_point now);
+  void feed(Side side, std::vector<zmq::message_t>& frames, Clock::time_point now);
 
   static std::string bind(zmq::socket_t& socket, const std::string& endpoint, const char* what) {
     try {
@@ -193,8 +234,252 @@ class Broker::Impl final : public detail::Outbox {
   std::atomic<bool> stop_requested_{false};  // drain, then return
   std::atomic<bool> stop_now_{false};        // return without draining
   detail::LogThrottle handshake_refusals_;  // refused handshakes, logged with a count
-  std::unique_ptr<detail::BrokerCore> core_;  // every decision
+  std::unique_ptr<detail::BrokerCore> core_;  // every decision; none while passive
+  // The pair (--ha): nullopt without one.
+  std::optional<detail::Pair> pair_;
+  std::optional<zmq::socket_t> peer_out_;  // PUB, bound at ha_bind: this broker's state
+  std::optional<zmq::socket_t> peer_in_;   // SUB, connected to ha_peer: the peer's state
+  Clock::time_point next_state_{};         // when publish_state() is due
+  struct HeldVote {
+    Side side;
+    std::vector<zmq::message_t> frames;
+  };
+  std::vector<HeldVote> held_votes_;
+  std::atomic<bool> hand_over_requested_{false};
+  detail::LogThrottle passive_refusals_;  // votes refused while passive, logged with a count
 };
+
+void Broker::Impl::check_pair_options() const {
+  if (options_.ha_role.empty()) {
+    if (!options_.ha_bind.empty() || !options_.ha_peer.empty() || !options_.ha_peer_key_file.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, "broker: --ha-bind, --ha-peer and --ha-peer-key need --ha primary|backup");
+    }
+    return;
+  }
+  if (options_.ha_role != "primary" && options_.ha_role != "backup") {
+    throw Error(ErrorCode::kInvalidArgument, "broker: --ha must be 'primary' or 'backup', not '" + options_.ha_role + "'");
+  }
+  if (options_.ha_bind.empty() || options_.ha_peer.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "broker: a pair needs --ha-bind (where this broker publishes its state) and --ha-peer (the other "
+                "broker's --ha-bind)");
+  }
+  if (curve() && options_.ha_peer_key_file.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "broker: with CURVE a pair needs --ha-peer-key (the peer broker's .pub file)");
+  }
+  if (!curve() && !options_.ha_peer_key_file.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "broker: --ha-peer-key is for CURVE (give --curve-secret too)");
+  }
+  if (!curve() && !options_.insecure && !detail::is_loopback_endpoint(options_.ha_bind)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "broker: refusing to bind the peer link '" + options_.ha_bind +
+                    "' without CURVE: anyone who can reach it could read this broker's state. Give --curve-secret, "
+                    "--client-keys, --worker-keys and --ha-peer-key (see docs/SECURITY.md), bind a loopback address, "
+                    "or pass --insecure on a network you trust");
+  }
+}
+
+void Broker::Impl::set_up_peer_link() {
+  pair_.emplace(detail::Pair::Options{options_.ha_role == "primary" ? detail::Pair::Role::kPrimary
+                                                                     : detail::Pair::Role::kBackup,
+                                      options_.heartbeat_interval, options_.heartbeat_liveness},
+                Clock::now());
+  zmq::context_t& zmq_context = context_.impl().zmq;
+  peer_out_.emplace(zmq_context, zmq::socket_type::pub);
+  peer_in_.emplace(zmq_context, zmq::socket_type::sub);
+  for (zmq::socket_t* socket : {&*peer_out_, &*peer_in_}) {
+    socket->set(zmq::sockopt::linger, 500);
+    socket->set(zmq::sockopt::maxmsgsize, std::int64_t{4096});
+    socket->set(zmq::sockopt::reconnect_ivl, 100);
+    socket->set(zmq::sockopt::reconnect_ivl_max, 1000);
+  }
+  peer_out_->set(zmq::sockopt::sndhwm, 100);  // a state older than the newest is worth nothing
+  peer_in_->set(zmq::sockopt::rcvhwm, 100);
+  peer_in_->set(zmq::sockopt::subscribe, "");
+  if (curve()) {
+    const CurveKeyPair own = read_curve_secret_file(options_.curve_secret_file);
+    peer_out_->set(zmq::sockopt::curve_server, 1);
+    peer_out_->set(zmq::sockopt::curve_secretkey, own.secret_key);
+    peer_out_->set(zmq::sockopt::zap_domain, std::string(detail::kPeerDomain));
+    const int enforce = 1;
+    if (zmq_setsockopt(peer_out_->handle(), ZMQ_ZAP_ENFORCE_DOMAIN, &enforce, sizeof(enforce)) != 0) {
+      throw Error(ErrorCode::kInternal, "broker: cannot set ZMQ_ZAP_ENFORCE_DOMAIN on the peer link");
+    }
+    wire::apply_curve_client(*peer_in_, {own.public_key, own.secret_key, read_curve_public_file(options_.ha_peer_key_file)});
+  } else if (!keys_.client_password.empty()) {
+    // This user's secret, as on the client socket (ZAP is bound for it already).
+    peer_out_->set(zmq::sockopt::plain_server, 1);
+    peer_out_->set(zmq::sockopt::zap_domain, std::string(detail::kPeerDomain));
+    const int enforce = 1;
+    if (zmq_setsockopt(peer_out_->handle(), ZMQ_ZAP_ENFORCE_DOMAIN, &enforce, sizeof(enforce)) != 0) {
+      throw Error(ErrorCode::kInternal, "broker: cannot set ZMQ_ZAP_ENFORCE_DOMAIN on the peer link");
+    }
+    wire::apply_secret(*peer_in_, keys_.client_password);
+  }
+  ha_endpoint_ = bind(*peer_out_, options_.ha_bind, "peer link (--ha-bind)");
+  try {
+    peer_in_->connect(options_.ha_peer);
+  } catch (const zmq::error_t& e) {
+    throw Error(ErrorCode::kInvalidArgument, "broker: bad --ha-peer endpoint '" + options_.ha_peer + "': " + e.what());
+  }
+  metrics_->set_pair(false, 0, false);
+}
+
+void Broker::Impl::start_core(Clock::time_point now) {
+  std::random_device random;
+  const std::uint64_t first_ticket = static_cast<std::uint64_t>(random()) << 32 | random();
+  core_ = std::make_unique<detail::BrokerCore>(options_, now, *this, *metrics_, log_, first_ticket);
+  if (pair_) core_->set_pair(&*pair_);
+}
+
+void Broker::Impl::publish_state(Clock::time_point now) {
+  if (!peer_out_) return;
+  const proto::PeerState state = pair_->state_message();
+  std::vector<zmq::message_t> frames;
+  const auto signature = proto::signature_frame(proto::Command::kPeerState, state.epoch);
+  frames.emplace_back(signature.data(), signature.size());
+  frames.push_back(wire::header_message(state));
+  (void)wire::send(*peer_out_, frames, true);  // PUB drops what no subscriber takes
+  next_state_ = now + options_.heartbeat_interval;
+  metrics_->set_pair(pair_->active(), pair_->active() ? pair_->epoch() : pair_->newest_epoch(),
+                     pair_->peer_view(now) != detail::Pair::PeerView::kNeverHeard);
+}
+
+void Broker::Impl::read_peer(Clock::time_point now) {
+  for (int i = 0; i < kReceiveBatch; ++i) {
+    auto frames = wire::receive(*peer_in_);
+    if (!frames) return;
+    if (frames->size() != 2) continue;
+    const auto command = proto::parse_signature(wire::view((*frames)[0]));
+    if (!command || command.value() != proto::Command::kPeerState) continue;
+    const auto state = proto::decode<proto::PeerState>(wire::view((*frames)[1]));
+    if (!state) continue;
+    if (state.value().role == static_cast<std::uint8_t>(pair_->role())) {
+      log_->error("the peer at {} is also the {}: one broker of a pair must be --ha primary, the other --ha backup",
+                  options_.ha_peer, detail::Pair::name(pair_->role()));
+    }
+    apply(pair_->on_peer(now, state.value()), now);
+  }
+}
+
+void Broker::Impl::apply(const detail::Pair::Change& change, Clock::time_point now) {
+  if (change.two_actives && change.kind == detail::Pair::Change::kNone) log_->error("{}", change.cause);
+  switch (change.kind) {
+    case detail::Pair::Change::kNone:
+      return;
+    case detail::Pair::Change::kBecameActive:
+      log_->warn("this broker ({}) is now ACTIVE at epoch {}: {}", detail::Pair::name(pair_->role()), pair_->epoch(),
+                 change.cause);
+      metrics_->transition();
+      start_core(now);
+      break;
+    case detail::Pair::Change::kSteppedDown:
+      log_->log(change.two_actives ? spdlog::level::err : spdlog::level::warn,
+                "this broker ({}) is now PASSIVE (it was active at epoch {}): {}", detail::Pair::name(pair_->role()),
+                pair_->epoch(), change.cause);
+      metrics_->transition();
+      if (core_) {
+        // Nothing it holds is delivered: its clients send their chunks to the active broker.
+        core_->send_everyone_away();
+        core_.reset();
+      }
+      break;
+  }
+  publish_state(now);
+}
+
+void Broker::Impl::send_passive(Side side, const std::string& identity) {
+  auto frames = wire::make_empty(proto::Command::kPassive);
+  (void)send(side, identity, frames);
+}
+
+void Broker::Impl::reply_passive_status(const std::string& identity, Clock::time_point now) {
+  proto::StatusReply reply;
+  pair_->describe(reply, now);
+  auto frames = wire::make(proto::Command::kStatusReply, reply);
+  (void)send(Side::kClient, identity, frames);
+}
+
+void Broker::Impl::feed(Side side, std::vector<zmq::message_t>& frames, Clock::time_point now) {
+  if (side == Side::kClient) {
+    core_->on_client_message(now, frames, FrameFacts(frames[1]));
+  } else {
+    core_->on_worker_message(now, frames, FrameFacts(frames[1]));
+  }
+}
+
+bool Broker::Impl::admit(Side side, std::vector<zmq::message_t>& frames, Clock::time_point now) {
+  if (!pair_) return true;
+  const auto command = proto::parse_signature(wire::view(frames[1]));
+  const std::string identity = wire::to_string(frames[0]);
+  const bool vote = command && frames.size() >= 3 &&
+                    ((side == Side::kClient && command.value() == proto::Command::kHello) ||
+                     (side == Side::kWorker && command.value() == proto::Command::kReady));
+  if (vote) {
+    std::uint64_t epoch = 0;
+    bool observer = false;
+    if (side == Side::kClient) {
+      if (const auto hello = proto::decode<proto::Hello>(wire::view(frames[2]))) {
+        epoch = hello.value().epoch;
+        observer = (hello.value().flags & proto::kObserver) != 0;
+      }
+    } else if (const auto ready = proto::decode<proto::Ready>(wire::view(frames[2]))) {
+      epoch = ready.value().epoch;
+    }
+    if (observer && !core_) {  // asks for status only: no vote
+      send_passive(side, identity);
+      return false;
+    }
+    detail::Pair::Change change;
+    const auto verdict = pair_->on_vote(now, epoch, change);
+    apply(change, now);
+    switch (verdict) {
+      case detail::Pair::Vote::kAccept:
+        settle_votes(now);  // those held before it go first
+        return true;
+      case detail::Pair::Vote::kRefuse:
+        if (const auto refused = passive_refusals_.count(now, options_.heartbeat_interval)) {
+          log_->info("stays passive ({}): the peer is {}; {} client{} or worker{} sent to it", 
+                     detail::Pair::name(pair_->role()),
+                     pair_->peer_view(now) == detail::Pair::PeerView::kActive ? "active" : "passive and the primary",
+                     refused, detail::plural(refused), detail::plural(refused));
+        }
+        send_passive(side, identity);
+        return false;
+      case detail::Pair::Vote::kHold:
+        if (held_votes_.size() >= kMaxHeldVotes) {
+          send_passive(side, identity);
+        } else {
+          held_votes_.push_back({side, std::move(frames)});
+        }
+        return false;
+    }
+  }
+  if (core_) return true;
+  if (!command) return false;
+  if (side == Side::kClient && command.value() == proto::Command::kStatusRequest) {
+    reply_passive_status(identity, now);
+  } else if (command.value() != proto::Command::kDisconnect) {
+    send_passive(side, identity);
+  }
+  return false;
+}
+
+void Broker::Impl::settle_votes(Clock::time_point now) {
+  if (!pair_ || held_votes_.empty()) return;
+  if (pair_->active() && core_) {
+    auto held = std::move(held_votes_);
+    held_votes_.clear();
+    pair_->forget_held();
+    for (auto& vote : held) feed(vote.side, vote.frames, now);
+    return;
+  }
+  if (pair_->refuse_held(now)) {
+    for (auto& vote : held_votes_) send_passive(vote.side, wire::to_string(vote.frames[0]));
+    held_votes_.clear();
+    pair_->forget_held();
+  }
+}
 
 void Broker::Impl::set_up_security() {
   const bool any_curve_option = !options_.curve_secret_file.empty() || !options_.client_keys_dir.empty() ||
@@ -351,29 +636,45 @@ void Broker::Impl::apply_reload() {
 void Broker::Impl::run() {
   log_->info("broker serving clients={} workers={} heartbeat={}ms x{}", client_endpoint_, worker_endpoint_,
              options_.heartbeat_interval.count(), options_.heartbeat_liveness);
+  if (pair_) {
+    log_->warn("this broker ({}) starts PASSIVE; its peer's state is read from {}, its own published at {}: it "
+               "becomes active when a client or worker turns to it and the peer is passive (this being the primary) "
+               "or silent for {} ms",
+               detail::Pair::name(pair_->role()), options_.ha_peer, ha_endpoint_,
+               (options_.heartbeat_interval * options_.heartbeat_liveness).count());
+    publish_state(Clock::now());
+  }
   // Each ZeroMQ socket in the poll, and each receive that finds nothing, costs two system calls
   // (ZeroMQ looks at the socket's command pipe): the loop polls zap_ only where it is bound, and
   // reads only the sockets the poll found readable (a socket left with messages after
   // kReceiveBatch is readable at the next poll).
-  std::array<zmq::pollitem_t, 4> items{{
+  std::array<zmq::pollitem_t, 5> items{{
       {clients_.handle(), 0, ZMQ_POLLIN, 0},
       {workers_.handle(), 0, ZMQ_POLLIN, 0},
       {nullptr, wake_fd_, ZMQ_POLLIN, 0},
       {zap_bound_ ? zap_.handle() : nullptr, -1, ZMQ_POLLIN, 0},
+      {peer_in_ ? peer_in_->handle() : nullptr, -1, ZMQ_POLLIN, 0},
   }};
+  const auto until = [](Clock::time_point then) {
+    return std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(then - Clock::now()));
+  };
   auto next_tick = Clock::now() + options_.heartbeat_interval;
   std::optional<Clock::time_point> drain_deadline;
   while (!stop_now_.load()) {
     if (stop_requested_.load() && !drain_deadline) {
+      if (!core_) break;  // passive: nothing to drain
       drain_deadline = Clock::now() + options_.drain_timeout;
       core_->start_drain(Clock::now());
     }
-    if (drain_deadline && (core_->chunks_in_flight() == 0 || Clock::now() >= *drain_deadline)) break;
-    auto wait = std::max(std::chrono::milliseconds(0), since(Clock::now(), next_tick));
+    if (drain_deadline && (!core_ || core_->chunks_in_flight() == 0 || Clock::now() >= *drain_deadline)) break;
+    auto wait = until(next_tick);
     if (drain_deadline) wait = std::min(wait, std::chrono::milliseconds(10));
-    if (const auto started_due = core_->next_started_due()) {
-      wait = std::min(wait, std::max(std::chrono::milliseconds(0),
-                                     std::chrono::ceil<std::chrono::milliseconds>(*started_due - Clock::now())));
+    if (core_) {
+      if (const auto started_due = core_->next_started_due()) wait = std::min(wait, until(*started_due));
+    }
+    if (pair_) {
+      wait = std::min(wait, until(next_state_));
+      if (const auto due = pair_->next_due()) wait = std::min(wait, until(*due));
     }
     zmq::poll(items.data(), items.size(), wait);
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
@@ -382,28 +683,54 @@ void Broker::Impl::run() {
     }
     apply_reload();
     if ((items[3].revents & ZMQ_POLLIN) != 0) serve_zap();
+    if (pair_) {
+      // The peer first: a broker frozen while its peer took over learns it before it acts.
+      const auto now = Clock::now();
+      if ((items[4].revents & ZMQ_POLLIN) != 0) read_peer(now);
+      if (hand_over_requested_.exchange(false)) {
+        const auto change = pair_->hand_over(now);
+        if (change.kind == detail::Pair::Change::kNone) log_->warn("not handing over (SIGUSR1): {}", change.cause);
+        apply(change, now);
+      }
+      apply(pair_->decide(now), now);
+      settle_votes(now);
+      if (now >= next_state_) publish_state(now);
+    }
     for (int i = 0; (items[1].revents & ZMQ_POLLIN) != 0 && i < kReceiveBatch; ++i) {
       auto frames = wire::receive(workers_);
       if (!frames) break;
       if (frames->size() < 2) continue;  // nothing but an identity: cannot even answer
+      if (!admit(Side::kWorker, *frames, Clock::now())) continue;
       core_->on_worker_message(Clock::now(), *frames, FrameFacts((*frames)[1]));
     }
-    core_->flush_results();  // the results of those, at once
+    if (core_) core_->flush_results();  // the results of those, at once
     for (int i = 0; (items[0].revents & ZMQ_POLLIN) != 0 && i < kReceiveBatch; ++i) {
       auto frames = wire::receive(clients_);
       if (!frames) break;
       if (frames->size() < 2) continue;
+      if (!admit(Side::kClient, *frames, Clock::now())) continue;
       core_->on_client_message(Clock::now(), *frames, FrameFacts((*frames)[1]));
     }
-    core_->end_of_pass(Clock::now());
+    if (core_) core_->end_of_pass(Clock::now());
     if (Clock::now() >= next_tick) {
-      core_->tick(Clock::now());
+      if (core_) core_->tick(Clock::now());
       next_tick = Clock::now() + options_.heartbeat_interval;
     }
   }
+  if (!core_) {
+    log_->info("broker stopped (passive)");
+    return;
+  }
   core_->flush_results();
-  core_->disconnect_everyone();
-  log_->info("broker stopped: {}", core_->summary());
+  const std::string summary = core_->summary();
+  if (pair_) {
+    // The peer takes the work over at once, and every client and worker is sent to it.
+    const auto change = pair_->hand_over(Clock::now());
+    if (change.kind == detail::Pair::Change::kNone) log_->warn("stopping without handing over: {}", change.cause);
+    apply(change, Clock::now());
+  }
+  if (core_) core_->disconnect_everyone();
+  log_->info("broker stopped: {}", summary);
 }
 
 Broker::Broker(BrokerOptions options, Context context)
@@ -412,6 +739,8 @@ Broker::~Broker() = default;
 const std::string& Broker::client_endpoint() const noexcept { return impl_->client_endpoint_; }
 const std::string& Broker::worker_endpoint() const noexcept { return impl_->worker_endpoint_; }
 const std::string& Broker::metrics_url() const noexcept { return impl_->metrics_url_; }
+const std::string& Broker::ha_endpoint() const noexcept { return impl_->ha_endpoint_; }
+void Broker::hand_over() noexcept { impl_->hand_over(); }
 void Broker::run() { impl_->run(); }
 void Broker::stop() noexcept { impl_->stop(); }
 void Broker::reload_keys() noexcept { impl_->reload_keys(); }

@@ -8,9 +8,12 @@
 // workers must also give this user's secret (--secret-file, POOLMAP_SECRET_FILE, by default
 // ${XDG_CONFIG_HOME:-$HOME/.config}/poolmap/secret, made on first start). SIGHUP reloads the key
 // directories.
+// A pair of brokers (docs/OPERATIONS.md, "A standby broker"): --ha primary|backup, --ha-bind (where
+// this one publishes its state), --ha-peer (the other's --ha-bind), with CURVE --ha-peer-key; SIGUSR1
+// makes the active one hand the work over to its passive peer (failing back).
 // Runs in the foreground (--daemon: in the background, see daemon.hpp). Once both endpoints are
 // bound it prints one line on stdout,
-//   poolmap-broker ready clients=<endpoint> workers=<endpoint>
+//   poolmap-broker ready clients=<endpoint> workers=<endpoint>[ ha=<endpoint>]
 // with wildcard ports resolved, so scripts and tests can bind port 0 (tcp://127.0.0.1:*) and read
 // the real endpoints back. Logs go to stderr, or to --log-file (reopened on SIGHUP). SIGINT/SIGTERM
 // stop it cleanly. Every flag can also be given as an environment variable, POOLMAP_BROKER_ and
@@ -106,6 +109,15 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--metrics", options.metrics_address,
                  "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (port 0: a free one)");
+  app.add_option("--ha", options.ha_role,
+                 "one of a pair of brokers: 'primary' or 'backup' (both start passive; one is active at a time)")
+      ->check(CLI::IsMember({"primary", "backup"}));
+  app.add_option("--ha-bind", options.ha_bind,
+                 "with --ha: where this broker publishes its state to its peer, e.g. tcp://10.0.0.1:5557");
+  app.add_option("--ha-peer", options.ha_peer, "with --ha: the other broker's --ha-bind endpoint");
+  app.add_option("--ha-peer-key", options.ha_peer_key_file,
+                 "with --ha and CURVE: the other broker's public key file (.pub)")
+      ->check(CLI::ExistingFile);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->default_val("info");
   bool daemon = false;
   std::string pidfile;
@@ -146,8 +158,9 @@ int main(int argc, char** argv) {
     std::optional<poolmap::detail::PidFile> pid_file;
     if (!pidfile.empty()) pid_file.emplace(pidfile);
     poolmap::Broker broker(options);
-    const std::string ready =
-        "poolmap-broker ready clients=" + broker.client_endpoint() + " workers=" + broker.worker_endpoint();
+    const std::string ready = "poolmap-broker ready clients=" + broker.client_endpoint() +
+                              " workers=" + broker.worker_endpoint() +
+                              (broker.ha_endpoint().empty() ? "" : " ha=" + broker.ha_endpoint());
     if (!broker.metrics_url().empty()) log->info("metrics at {}", broker.metrics_url());
     if (background) {
       log->info("{} (pid {}, in the background)", ready, ::getpid());
@@ -160,6 +173,11 @@ int main(int argc, char** argv) {
         poolmap::detail::reopen_log_file(log_file, *log);
         log->info("SIGHUP: reloading the key directories");
         broker.reload_keys();
+        return;
+      }
+      if (signo == SIGUSR1) {
+        log->info("SIGUSR1: handing the work over to the peer broker");
+        broker.hand_over();
         return;
       }
       log->info("signal {}: draining (a second signal stops at once)", signo);

@@ -26,6 +26,10 @@ struct Metrics::Impl {
         clients(gauge("poolmap_clients", "Clients connected")),
         queued(gauge("poolmap_chunks_queued", "Chunks waiting for a worker")),
         in_flight(gauge("poolmap_chunks_in_flight", "Chunks on workers")),
+        active(gauge("poolmap_broker_active", "1 while this broker serves work, 0 while it is the passive one of a pair")),
+        epoch(gauge("poolmap_broker_epoch", "This broker's epoch (0 without a peer)")),
+        peer_up(gauge("poolmap_broker_peer_up", "1 while the peer broker of the pair is heard")),
+        transitions(counter("poolmap_broker_transitions_total", "Times this broker became active or stepped down")),
         latency(prometheus::BuildHistogram()
                     .Name("poolmap_chunk_seconds")
                     .Help("Seconds from a chunk's SUBMIT to its RESULT, chunks answered ok")
@@ -58,6 +62,10 @@ struct Metrics::Impl {
   prometheus::Gauge& clients;
   prometheus::Gauge& queued;
   prometheus::Gauge& in_flight;
+  prometheus::Gauge& active;
+  prometheus::Gauge& epoch;
+  prometheus::Gauge& peer_up;
+  prometheus::Counter& transitions;
   prometheus::Histogram& latency;
   std::string url;
 };
@@ -66,6 +74,7 @@ Metrics::Metrics(const std::string& address) {
   if (address.empty()) return;
   try {
     impl_ = std::make_unique<Impl>(address);
+    impl_->active.Set(1);
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot serve metrics on '" + address + "': " + e.what());
   }
@@ -100,6 +109,15 @@ void Metrics::set_gauges(std::size_t workers, std::size_t clients, std::size_t q
   impl_->clients.Set(static_cast<double>(clients));
   impl_->queued.Set(static_cast<double>(queued));
   impl_->in_flight.Set(static_cast<double>(in_flight));
+}
+void Metrics::set_pair(bool active, std::uint64_t epoch, bool peer_up) {
+  if (!impl_) return;
+  impl_->active.Set(active ? 1 : 0);
+  impl_->epoch.Set(static_cast<double>(epoch));
+  impl_->peer_up.Set(peer_up ? 1 : 0);
+}
+void Metrics::transition() {
+  if (impl_) impl_->transitions.Increment();
 }
 
 }  // namespace poolmap::detail

@@ -14,6 +14,10 @@
 //   poolmap_workers, poolmap_clients    registered now
 //   poolmap_chunks_queued, poolmap_chunks_in_flight
 //   poolmap_chunk_seconds               histogram: from SUBMIT received to RESULT sent, ok chunks
+//   poolmap_broker_active               1 while this broker serves work (always, without a peer), 0 passive
+//   poolmap_broker_epoch                its epoch (0 without a peer)
+//   poolmap_broker_peer_up              1 while its peer (--ha-peer) is heard, 0 when silent or none
+//   poolmap_broker_transitions_total    times it became active or stepped down
 #pragma once
 
 #include <cstdint>
@@ -41,6 +45,8 @@ class Metrics {
   void bytes_received(std::uint64_t bytes);
   void bytes_sent(std::uint64_t bytes);
   void set_gauges(std::size_t workers, std::size_t clients, std::size_t queued, std::size_t in_flight);
+  void set_pair(bool active, std::uint64_t epoch, bool peer_up);
+  void transition();
 
  private:
   struct Impl;

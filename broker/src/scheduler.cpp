@@ -89,6 +89,16 @@ void Scheduler::return_credit(WorkerHandle handle, bool idle) {
   (found->second.on_probation ? probation_ : idle ? idle_ : prefetch_).push_back(handle);
 }
 
+void Scheduler::take_credit(WorkerHandle handle) {
+  const auto found = workers_.find(handle);
+  if (found == workers_.end()) return;
+  if (found->second.credit > 0) {
+    --found->second.credit;  // its entry is skipped lazily
+  } else {
+    ++found->second.owed;
+  }
+}
+
 void Scheduler::change_credit(WorkerHandle handle, std::int64_t delta, bool idle) {
   const auto found = workers_.find(handle);
   if (found == workers_.end()) return;

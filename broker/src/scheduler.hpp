@@ -86,6 +86,9 @@ class Scheduler {
   // The worker answered a chunk: one unit of credit back (unless it owes some after a lowered
   // credit). `idle`: it holds no other chunk.
   void return_credit(WorkerHandle worker, bool idle);
+  // The worker holds a chunk next() did not give it (adopted from an earlier broker): one unit of
+  // its credit is in use (owed, when it has none free).
+  void take_credit(WorkerHandle worker);
   // The worker's credit changed by `delta` (CREDIT). Raised: the new units are usable at once, as
   // prefetch (an idle worker keeps one entry among the idle). Lowered: units not in use are dropped; the rest are
   // owed and kept back from the next return_credit()s.
@@ -109,6 +112,7 @@ class Scheduler {
   std::vector<std::pair<Ticket, Runnability>> take_unrunnable(Clock::time_point now);
 
   std::size_t queued() const { return queued_.size(); }
+  bool is_queued(Ticket ticket) const { return queued_.contains(ticket); }
   std::size_t workers() const { return workers_.size(); }
 
  private:

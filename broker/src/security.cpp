@@ -42,6 +42,8 @@ ZapReply decide_zap(const std::vector<std::string>& request, const KeyRing& keys
     allowed = &keys.clients;
   } else if (domain == kWorkerDomain) {
     allowed = &keys.workers;
+  } else if (domain == kPeerDomain) {
+    allowed = &keys.peers;
   } else {
     reply.status_text = "unknown domain";
     return reply;

@@ -21,6 +21,7 @@ namespace poolmap::detail {
 
 inline constexpr std::string_view kClientDomain = "poolmap-clients";
 inline constexpr std::string_view kWorkerDomain = "poolmap-workers";
+inline constexpr std::string_view kPeerDomain = "poolmap-peer";  // the other broker of a pair (--ha)
 
 // The public keys allowed on each socket: Z85 key -> name (the .pub file's stem, logged as the peer).
 struct KeyRing {
@@ -29,8 +30,9 @@ struct KeyRing {
   // When not empty (a broker without CURVE: the per-user secret, or BrokerOptions::worker_password):
   // the worker socket accepts only the PLAIN mechanism with this password.
   std::string worker_password;
-  // Likewise for the client socket (the per-user secret).
+  // Likewise for the client socket (the per-user secret), and for the peer link of a pair.
   std::string client_password;
+  std::map<std::string, std::string> peers;  // CURVE: the peer broker's key (--ha-peer-key)
 };
 
 // The reply to one ZAP request: RFC 27 frames 2..5 (version "1.0" and empty metadata are added by

@@ -5,6 +5,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -18,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <thread>
 #include <unordered_map>
 
@@ -173,7 +175,7 @@ class Pool::Impl final : private detail::ClientSession::Port {
 
   // detail::ClientSession::Port, on the I/O thread.
   bool send(std::vector<zmq::message_t>& frames) override;
-  void open_connection() override;
+  void open_connection(const std::string& endpoint) override;
   bool bytes_arriving(std::chrono::milliseconds window) override {
     if (!broker_link_) return false;
     const auto since = broker_link_->since_data_received();
@@ -186,7 +188,9 @@ class Pool::Impl final : private detail::ClientSession::Port {
   PoolOptions options_;
   Context context_;
   std::shared_ptr<spdlog::logger> log_;
-  std::string endpoint_;
+  std::string endpoint_;  // as given: one endpoint, or the list of a pair
+  std::vector<std::string> endpoints_;
+  std::string connected_to_;  // the one of endpoints_ the socket connects to
   int wake_fd_ = -1;
 
   // Embedded mode: the broker and the worker supervisor, each on a thread of its own.
@@ -242,7 +246,10 @@ Pool::Impl::Impl(PoolOptions options)
       if (option->empty() && from_environment != nullptr) *option = from_environment;
     }
     curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
-    if (!curve_ && !options_.broker.starts_with("inproc://")) secret_ = wire::load_secret(options_.secret_file);
+    endpoints_ = wire::split_endpoints(options_.broker);
+    const bool all_inproc = std::all_of(endpoints_.begin(), endpoints_.end(),
+                                        [](const std::string& endpoint) { return endpoint.starts_with("inproc://"); });
+    if (!curve_ && !all_inproc) secret_ = wire::load_secret(options_.secret_file);
   }
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "Pool: eventfd failed");
@@ -251,13 +258,18 @@ Pool::Impl::Impl(PoolOptions options)
   } else {
     endpoint_ = options_.broker;
   }
+  std::random_device random;
+  std::uint64_t session_id = 0;
+  while (session_id == 0) session_id = static_cast<std::uint64_t>(random()) << 32 | random();
   session_.emplace(detail::ClientSession::Options{.heartbeat_interval = options_.heartbeat_interval,
                                                  .heartbeat_liveness = options_.heartbeat_liveness,
                                                  .reconnect_timeout = options_.reconnect_timeout,
                                                  .max_chunks_in_flight = options_.max_chunks_in_flight,
                                                  .endpoint = endpoint_,
+                                                 .endpoints = endpoints_,
                                                  .hello = proto::Hello{detail::host_name(),
-                                                                       static_cast<std::uint32_t>(::getpid())}},
+                                                                       static_cast<std::uint32_t>(::getpid()),
+                                                                       session_id, 0, 0}},
                    static_cast<detail::ClientSession::Port&>(*this), log_);
   try {
     session_->start(Clock::now());
@@ -314,6 +326,7 @@ void Pool::Impl::start_embedded() {
                     .worker_password = password},
       context_);
   endpoint_ = broker_->client_endpoint();
+  endpoints_ = {endpoint_};
   broker_thread_ = std::thread([this] { broker_->run(); });
 
   std::vector<std::pair<std::string, std::string>> environment{
@@ -372,7 +385,8 @@ void Pool::Impl::shutdown() {
   }
 }
 
-void Pool::Impl::open_connection() {
+void Pool::Impl::open_connection(const std::string& endpoint) {
+  connected_to_ = endpoint;
   if (socket_) socket_->set(zmq::sockopt::linger, 0);  // what is queued for a lost broker is resent anyway
   handshakes_.reset();  // before its socket closes (see HandshakeWatch)
   socket_ = std::make_unique<zmq::socket_t>(context_.impl().zmq, zmq::socket_type::dealer);
@@ -386,8 +400,8 @@ void Pool::Impl::open_connection() {
   if (curve_) wire::apply_curve_client(*socket_, *curve_);
   if (!secret_.empty()) wire::apply_secret(*socket_, secret_);
   retry_at_.reset();
-  if (!endpoint_.starts_with("inproc://")) handshakes_.emplace(context_.impl().zmq, *socket_);
-  socket_->connect(endpoint_);
+  if (!endpoint.starts_with("inproc://")) handshakes_.emplace(context_.impl().zmq, *socket_);
+  socket_->connect(endpoint);
   broker_link_.reset();
 }
 
@@ -584,7 +598,7 @@ void Pool::Impl::io_loop() {
 
 void Pool::Impl::on_handshake_event() {
   if (!handshakes_) return;
-  const auto failure = handshakes_->failure(endpoint_, curve_.has_value());
+  const auto failure = handshakes_->failure(connected_to_, curve_.has_value());
   if (!failure) return;
   // A refused key or a mismatched mechanism does not mend itself: say so at once and fail what
   // waits, instead of letting every call run into its timeout. ZeroMQ does not retry a refused

@@ -12,7 +12,10 @@ using proto::Command;
 }  // namespace
 
 ClientSession::ClientSession(Options options, Port& port, std::shared_ptr<spdlog::logger> log)
-    : options_(std::move(options)), port_(port), log_(std::move(log)) {}
+    : options_(std::move(options)), port_(port), log_(std::move(log)) {
+  if (options_.endpoints.empty()) options_.endpoints.push_back(options_.endpoint);
+  passive_at_.resize(options_.endpoints.size());
+}
 
 std::unique_ptr<ClientSession::Job> ClientSession::make_job(JobRequest request, std::uint64_t id,
                                                             std::shared_ptr<FutureCore> core, Clock::time_point now) {
@@ -49,10 +52,19 @@ void ClientSession::reconnect(Clock::time_point now) { connect(now); }
 
 void ClientSession::connect(Clock::time_point now) {
   now_ = now;
-  port_.open_connection();
+  connect_at_.reset();
+  port_.open_connection(options_.endpoints[current_]);
   submits_out_.clear();  // for the lost session; every chunk not yet answered is sent after the WELCOME
+  options_.hello.epoch = newest_epoch_;
+  // A session with no work does not ask a passive broker to take over (`poolmap status` must not
+  // make a second active broker while the link between the two is cut).
+  options_.hello.flags = jobs_.empty() ? proto::kObserver : 0;
   auto hello = wire::make(Command::kHello, options_.hello);
   (void)port_.send(hello);  // never blocks: a handshake refused before this leaves the connection without a pipe
+  for (std::size_t i = 0; i < status_waiting_.size(); ++i) {  // asked of the lost broker: ask this one
+    auto request = wire::make_empty(Command::kStatusRequest);
+    (void)port_.send(request);
+  }
   session_welcomed_ = false;
   ++session_;
   last_sent_ = last_heard_ = now;
@@ -65,12 +77,34 @@ void ClientSession::lost_broker(Clock::time_point now, const std::string& why) {
   if (!broker_lost_at_) {
     broker_lost_at_ = now;
     // A broker never reached was not lost: the "no answer" warning has said so already.
-    if (ever_welcomed_) log_->warn("lost the broker at {} ({}); reconnecting", options_.endpoint, why);
+    if (ever_welcomed_) log_->warn("lost the broker at {} ({}); reconnecting", current_endpoint(), why);
+  }
+  next_endpoint(now);
+}
+
+void ClientSession::next_endpoint(Clock::time_point now) {
+  const std::size_t from = current_;
+  current_ = (current_ + 1) % options_.endpoints.size();
+  if (current_ != from) {
+    log_->warn("turning from the broker at {} to the one at {}", options_.endpoints[from], current_endpoint());
+  }
+  // One that said PASSIVE a moment ago is asked again only half an interval later.
+  const auto& passive = passive_at_[current_];
+  if (passive && now - *passive < options_.heartbeat_interval / 2) {
+    connect_at_ = *passive + options_.heartbeat_interval / 2;
+    session_welcomed_ = false;
+    last_heard_ = now;
+    return;
   }
   connect(now);
 }
 
 void ClientSession::add_job(std::unique_ptr<Job> job) {
+  // Work for a session that said HELLO without any and was not welcomed (a passive broker): say
+  // HELLO again, with work now.
+  if (jobs_.empty() && !session_welcomed_ && (options_.hello.flags & proto::kObserver) != 0 && !connect_at_) {
+    connect_at_ = now_;
+  }
   send_order_.push_back(job->id);
   const std::uint64_t id = job->id;
   jobs_.emplace(id, std::move(job));
@@ -117,6 +151,7 @@ void ClientSession::finish(std::unique_ptr<Job> job, JobOutcome outcome) {
 
 ClientSession::Clock::time_point ClientSession::next_pass() const {
   auto at = last_sent_ + options_.heartbeat_interval;
+  if (connect_at_) at = std::min(at, *connect_at_);
   for (const auto& [id, job] : jobs_) {
     if (job->deadline) at = std::min(at, *job->deadline);
   }
@@ -126,16 +161,17 @@ ClientSession::Clock::time_point ClientSession::next_pass() const {
 
 void ClientSession::pass(Clock::time_point now) {
   now_ = now;
+  if (connect_at_ && now >= *connect_at_) connect(now);
   const bool waiting = !jobs_.empty() || !status_waiting_.empty();
   const auto silent = now - last_heard_;
   if (!ever_welcomed_ && !unanswered_logged_ && silent > options_.heartbeat_interval) {
     unanswered_logged_ = true;
     log_->warn("no answer from a poolmap broker at {} after {} ms: is one running there, and is this its client "
                "endpoint (poolmap-broker --clients, port 5555 by default)? Still trying",
-               options_.endpoint, std::chrono::duration_cast<std::chrono::milliseconds>(silent).count());
+               current_endpoint(), std::chrono::duration_cast<std::chrono::milliseconds>(silent).count());
   }
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
-  if (waiting && silent > expiry && !port_.bytes_arriving(expiry)) {
+  if (waiting && !connect_at_ && silent > expiry && !port_.bytes_arriving(expiry)) {
     lost_broker(now, "no word for " +
                          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()) + " ms");
   }
@@ -165,6 +201,22 @@ void ClientSession::pass(Clock::time_point now) {
 
 void ClientSession::on_message(Clock::time_point now, std::vector<zmq::message_t>& frames) {
   now_ = now;
+  if (frames.empty()) return;
+  // A broker of a pair says its epoch in every message: one older than an epoch seen is a broker
+  // that another has taken over from (frozen, or cut off, while that happened); never heeded.
+  const std::uint64_t epoch = proto::epoch_of(wire::view(frames[0]));
+  if (epoch < newest_epoch_) {
+    if (!stale_logged_) {
+      log_->warn("ignoring the broker at {}: its epoch {} is older than epoch {} seen (another broker has taken over)",
+                 current_endpoint(), epoch, newest_epoch_);
+      stale_logged_ = true;
+    }
+    return;
+  }
+  if (epoch > newest_epoch_) {
+    newest_epoch_ = epoch;
+    stale_logged_ = false;
+  }
   last_heard_ = now;
   if (frames.size() < 2) return;
   auto command = proto::parse_signature(wire::view(frames[0]));
@@ -178,6 +230,7 @@ void ClientSession::on_message(Clock::time_point now, std::vector<zmq::message_t
       auto welcome = proto::decode<proto::Welcome>(header);
       if (!welcome) return;
       workers_seen_ = welcome.value().workers;
+      passive_at_[current_].reset();
       port_.heard_workers(workers_seen_, true);
       ever_welcomed_ = true;
       if (!session_welcomed_) {
@@ -189,12 +242,12 @@ void ClientSession::on_message(Clock::time_point now, std::vector<zmq::message_t
           for (auto& [id, job] : jobs_) {
             for (std::size_t i = 0; i < job->next_to_send; ++i) {
               if (!job->have[i]) {
-                send_chunk(*job, i);
+                send_chunk(*job, i, true);
                 ++resent;
               }
             }
           }
-          log_->warn("reached the broker at {} again after {} ms; resent {} unanswered chunks", options_.endpoint,
+          log_->warn("reached the broker at {} again after {} ms; resent {} unanswered chunks", current_endpoint(),
                      std::chrono::duration_cast<std::chrono::milliseconds>(now_ - *broker_lost_at_).count(),
                      resent);
           broker_lost_at_.reset();
@@ -208,8 +261,8 @@ void ClientSession::on_message(Clock::time_point now, std::vector<zmq::message_t
         if (!result || i + 1 == frames.size()) {
           // Its job cannot be told, so waiting for it could be for ever: fail what is waiting.
           const std::string why = result ? "a RESULT without a payload frame" : result.status().message();
-          log_->error("the broker at {} sent a RESULT this client cannot read ({})", options_.endpoint, why);
-          fail_all(Status(ErrorCode::kMalformed, "the poolmap broker at " + options_.endpoint +
+          log_->error("the broker at {} sent a RESULT this client cannot read ({})", current_endpoint(), why);
+          fail_all(Status(ErrorCode::kMalformed, "the poolmap broker at " + current_endpoint() +
                                                      " sent a RESULT this client cannot read (" + why +
                                                      "); are the broker, workers and client the same poolmap version?"));
           return;
@@ -273,6 +326,10 @@ void ClientSession::on_message(Clock::time_point now, std::vector<zmq::message_t
       status.context_bytes_received = reply.value().context_bytes_received;
       status.context_bytes_sent = reply.value().context_bytes_sent;
       status.context_bytes_held = reply.value().context_bytes_held;
+      status.role = reply.value().role;
+      status.epoch = reply.value().epoch;
+      status.peer = reply.value().peer;
+      status.peer_silent = std::chrono::milliseconds(reply.value().peer_silent_ms);
       status_waiting_.front().set_value(Result<BrokerStatus>(std::move(status)));
       status_waiting_.pop_front();
       return;
@@ -280,9 +337,9 @@ void ClientSession::on_message(Clock::time_point now, std::vector<zmq::message_t
     case Command::kError: {
       auto error = proto::decode<proto::ErrorReply>(header);
       const std::string text = error ? error.value().message : "unreadable error";
-      log_->error("the poolmap broker at {} refused a message: {}", options_.endpoint, text);
+      log_->error("the poolmap broker at {} refused a message: {}", current_endpoint(), text);
       const Status refused(error ? error.value().code : ErrorCode::kMalformed,
-                           "the poolmap broker at " + options_.endpoint + " refused this client: " + text);
+                           "the poolmap broker at " + current_endpoint() + " refused this client: " + text);
       if (!session_welcomed_) port_.refused(refused);  // it refused our HELLO (e.g. --max-clients): calls fail now
       fail_all(refused);
       return;
@@ -290,6 +347,11 @@ void ClientSession::on_message(Clock::time_point now, std::vector<zmq::message_t
     case Command::kDisconnect:
       // The broker is going away, or it does not know us (it restarted): register again.
       lost_broker(now_, "it said goodbye or does not know this client");
+      return;
+    case Command::kPassive:
+      // The passive broker of a pair (or one that just stepped down): the other one serves.
+      passive_at_[current_] = now_;
+      lost_broker(now_, "it is the passive broker of a pair");
       return;
     case Command::kHeartbeat:
     default:
@@ -311,7 +373,7 @@ void ClientSession::on_result(const proto::ClientResult& result, zmq::message_t&
       quota_logged_ = true;
       log_->info("the broker at {} holds as much of this client's work as its quotas allow; sending the rest as "
                  "earlier chunks are answered ({})",
-                 options_.endpoint, outcome.message);
+                 current_endpoint(), outcome.message);
     }
     if (job.context) {  // the broker did not keep the context either, perhaps: send it with the chunk
       const auto sent = contexts_sent_.find(job.context_hash);
@@ -413,7 +475,7 @@ void ClientSession::fail_job(std::uint64_t id, JobOutcome outcome) {
   finish(std::move(done), std::move(outcome));
 }
 
-void ClientSession::send_chunk(Job& job, std::size_t index) {
+void ClientSession::send_chunk(Job& job, std::size_t index, bool resent) {
   if (job.context) {  // the broker needs the context before the chunk
     const auto sent = contexts_sent_.find(job.context_hash);
     if (sent == contexts_sent_.end() || sent->second.session != session_) {
@@ -435,7 +497,8 @@ void ClientSession::send_chunk(Job& job, std::size_t index) {
   shared.copy(*payload);  // reference-counted: the payload stays here until answered
   submits_out_.add(wire::header_message(proto::Submit{job.id, index, chunk.first_index, chunk.count, job.task,
                                                       job.signature, job.deadline_ms, job.context_hash,
-                                                      index == 0 ? proto::kNotifyStarted : 0,
+                                                      (index == 0 ? proto::kNotifyStarted : 0) |
+                                                          (resent ? proto::kResent : 0),
                                                       static_cast<std::uint64_t>(job.total_items)}),
                    std::move(shared));
 }

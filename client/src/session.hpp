@@ -5,7 +5,9 @@
 // of every unanswered chunk after a new WELCOME, second answers dropped, results handed to the
 // job's sink or kept in chunk order, REJECT for results that do not decode, backpressure
 // (kResourceExhausted), contexts sent again (kContextMissing), task retries, deadlines, liveness
-// of the broker, heartbeats.
+// of the broker, heartbeats. With several brokers (a pair, --ha): one at a time, the next one after
+// losing it or hearing PASSIVE, epochs (a broker whose epoch is older than one seen is ignored), and
+// chunks sent again to a new broker marked kResent (a worker may hold them, or their answer).
 //
 // The session takes events, each with the time: a job, a cancel, a message from the broker, a pass
 // of the I/O loop. It acts through a Port: messages to send, a new connection to open, jobs that
@@ -44,8 +46,9 @@ class ClientSession {
     int heartbeat_liveness = 3;
     std::chrono::milliseconds reconnect_timeout{60000};  // a lost broker fails what waits after this
     std::size_t max_chunks_in_flight = 0;                // 0 = automatic_window()
-    std::string endpoint;                                // for messages
-    proto::Hello hello;                                  // who we are
+    std::string endpoint;                                // for messages: the list as given
+    std::vector<std::string> endpoints;                  // the brokers, tried in turn (at least one)
+    proto::Hello hello;                                  // who we are (its session: random, not 0)
   };
 
   // One job: its chunks, what was sent and answered, its results.
@@ -83,9 +86,9 @@ class ClientSession {
     // Sends a message to the broker on the current connection, never blocking: false when it
     // could not go (no pipe, a full queue).
     virtual bool send(std::vector<zmq::message_t>& frames) = 0;
-    // Drops the current connection and opens a new one (a new peer to the broker); the session then
-    // says HELLO on it.
-    virtual void open_connection() = 0;
+    // Drops the current connection and opens a new one to `endpoint` (a new peer to that broker);
+    // the session then says HELLO on it.
+    virtual void open_connection(const std::string& endpoint) = 0;
     // Whether bytes from the broker arrived within `window` on the current connection (a broker
     // whose heartbeats queue behind one large RESULT on a slow link is silent but alive). Asked
     // only when the broker has been silent for a liveness period.
@@ -128,6 +131,8 @@ class ClientSession {
   std::size_t chunks_in_flight() const { return in_flight_; }
   std::size_t window_now() const { return window(); }
   bool ever_welcomed() const { return ever_welcomed_; }
+  std::uint64_t newest_epoch() const { return newest_epoch_; }
+  const std::string& current_endpoint() const { return options_.endpoints[current_]; }
   std::vector<std::uint64_t> job_ids() const;
   // After a refused handshake: no "no answer" warning any more (the broker answered with that).
   void answered_by_refusal() { unanswered_logged_ = true; }
@@ -137,6 +142,8 @@ class ClientSession {
  private:
   void connect(Clock::time_point now);
   void lost_broker(Clock::time_point now, const std::string& why);
+  // The next broker to turn to after losing the current one (the same with one broker).
+  void next_endpoint(Clock::time_point now);
   void on_result(const proto::ClientResult& result, zmq::message_t& payload);
   // A chunk's results did not decode (`why`): tells the broker (REJECT) and sends the chunk again;
   // false once kRejectsPerChunk answers of it were rejected (`why` then says so: the job fails).
@@ -148,7 +155,8 @@ class ClientSession {
   // answered since, so what we hold there stays at its quota, and one per heartbeat interval in
   // any case (room also frees as contexts expire).
   void send_deferred(Clock::time_point now);
-  void send_chunk(Job& job, std::size_t index);
+  // `resent`: sent before to a broker this session lost (SUBMIT kResent).
+  void send_chunk(Job& job, std::size_t index, bool resent = false);
   // Sends a message, after the SUBMITs gathered so far (so that messages leave in the order they
   // were made).
   void send(std::vector<zmq::message_t>& frames);
@@ -196,6 +204,13 @@ class ClientSession {
   std::uint64_t session_ = 0;                        // counts connections opened (broker sessions)
   std::optional<Clock::time_point> broker_lost_at_;  // set while trying to reach the broker again
   bool send_failed_ = false;                         // a message of a welcomed session was not sent
+  // Several brokers (a pair): which one now, the newest epoch heard, when each last said PASSIVE,
+  // and a connection put off until then (two passive brokers are not asked in a busy loop).
+  std::size_t current_ = 0;
+  std::uint64_t newest_epoch_ = 0;
+  std::vector<std::optional<Clock::time_point>> passive_at_;
+  std::optional<Clock::time_point> connect_at_;
+  bool stale_logged_ = false;  // said once that an older broker's messages are ignored
 };
 
 }  // namespace poolmap::detail

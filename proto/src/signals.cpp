@@ -14,6 +14,7 @@ SignalWaiter::SignalWaiter() {
   sigaddset(&set_, SIGINT);
   sigaddset(&set_, SIGTERM);
   sigaddset(&set_, SIGHUP);
+  sigaddset(&set_, SIGUSR1);
   sigaddset(&set_, kQuitSignal);
   pthread_sigmask(SIG_BLOCK, &set_, nullptr);
   thread_ = std::thread([this] {

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <memory>
 
 #include "poolmap/curve.hpp"
@@ -18,6 +19,31 @@ Context::Context() : impl_(std::make_shared<Impl>()) {}
 }  // namespace poolmap
 
 namespace poolmap::wire {
+
+std::vector<std::string> split_endpoints(const std::string& list) {
+  std::vector<std::string> endpoints;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t comma = std::min(list.find(',', start), list.size());
+    std::string endpoint = list.substr(start, comma - start);
+    const auto first = endpoint.find_first_not_of(" \t");
+    const auto last = endpoint.find_last_not_of(" \t");
+    endpoint = first == std::string::npos ? std::string() : endpoint.substr(first, last - first + 1);
+    if (endpoint.empty()) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "bad broker endpoint list '" + list +
+                      "': an entry is empty (give one endpoint, or a pair separated by a comma, e.g. "
+                      "tcp://broker-a:5556,tcp://broker-b:5556)");
+    }
+    if (!endpoints.empty() && endpoint.find("://") == std::string::npos) {
+      const std::string& before = endpoints.back();
+      endpoint = before.substr(0, before.find("://") + 3) + endpoint;
+    }
+    endpoints.push_back(std::move(endpoint));
+    if (comma == list.size()) return endpoints;
+    start = comma + 1;
+  }
+}
 
 void configure(zmq::socket_t& socket, const SocketLimits& limits, bool is_router) {
   socket.set(zmq::sockopt::sndhwm, limits.high_water_mark);

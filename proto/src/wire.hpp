@@ -27,6 +27,12 @@ class Context::Impl {
 
 namespace poolmap::wire {
 
+// The endpoints of a broker address: one, or a comma-separated list (the two brokers of a pair),
+// spaces around each trimmed; an entry without a transport takes the one before it
+// ("tcp://a:5556,b:5556" is tcp://a:5556 and tcp://b:5556, as a systemd instance name gives it).
+// Throws poolmap::Error (kInvalidArgument) naming `list` for an empty one or an empty entry.
+std::vector<std::string> split_endpoints(const std::string& list);
+
 // Limits applied to every poolmap socket.
 struct SocketLimits {
   int high_water_mark = 10000;                  // ZMQ_SNDHWM and ZMQ_RCVHWM, in messages

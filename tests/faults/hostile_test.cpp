@@ -48,7 +48,7 @@ class RawPeer {
   // Registers as a worker process offering `task` (name, signature) with `credit`.
   void register_as(const std::string& name, const std::string& signature, std::uint32_t credit) {
     static std::mt19937_64 random{std::random_device{}()};
-    send(proto::Command::kReady, proto::Ready{"raw-peer", 1, credit, random() | 1, 0, {{name, signature}}, 1});
+    send(proto::Command::kReady, proto::Ready{"raw-peer", 1, credit, random() | 1, 0, {{name, signature}}, 1, 0, {}});
   }
   // The chunks of the TASK messages that arrive within `wait` (heartbeats and the rest skipped).
   std::vector<proto::TaskHeader> tasks(std::chrono::milliseconds wait) {

@@ -340,7 +340,7 @@ class LyingWorker {
     socket_.connect(endpoint);
     poolmap::proto::Ready ready{host, 1, credit, 0x1dea, 0,
                                 {{"test.square", poolmap::Task<std::int64_t(std::int64_t)>::signature()}},
-                                generation};
+                                generation, 0, {}};
     send(poolmap::proto::Command::kReady, poolmap::proto::encode(ready), std::nullopt);
   }
   // The next chunk's TASK header (skipping heartbeats), or nullopt on timeout. A TASK message

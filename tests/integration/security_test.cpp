@@ -222,7 +222,7 @@ TEST_CASE("Security.Curve.StrangersGetNothingInWhileAGoodClientWorks" * doctest:
   const std::string broker_public = poolmap::read_curve_public_file(keys.dir / "broker.pub");
   const auto alice = poolmap::read_curve_secret_file(keys.dir / "clients" / "alice.key");
   const auto node1 = poolmap::read_curve_secret_file(keys.dir / "workers" / "node1.key");
-  const proto::Ready ready{"evil-host", 4242, 8, 0x5eed, 0, {{"test.square", "i64(i64)"}}, 1};
+  const proto::Ready ready{"evil-host", 4242, 8, 0x5eed, 0, {{"test.square", "i64(i64)"}}, 1, 0, {}};
   const proto::Hello hello{"evil-host", 4242};
   const proto::Submit submit{.job = 1, .chunk = 0, .first_index = 0, .count = 1, .task = "test.square",
                              .signature = "i64(i64)"};
@@ -324,7 +324,7 @@ TEST_CASE("Security.Curve.AnAdmittedWorkerCannotSpoofExitsDeliverLiesOrForgeLogL
   //    it is sent with one result too many. A new worker is on probation (it gets only what the
   //    proven ones have no room for), so the chunk is of a task only it offers.
   const std::string forged = "2026-01-01T00:00:00.000 critical poolmap.broker[1] forged";
-  const proto::Ready ready{"evil\n" + forged, 4242, 4, 0x1dea, 0, {{"test.insider_only", "i64(i64)"}}, 1};
+  const proto::Ready ready{"evil\n" + forged, 4242, 4, 0x1dea, 0, {{"test.insider_only", "i64(i64)"}}, 1, 0, {}};
   auto register_frames = wire::make(proto::Command::kReady, ready);
   REQUIRE(wire::send(insider, register_frames, false));
   static constexpr poolmap::Task<std::int64_t(std::int64_t)> insider_only{"test.insider_only"};

@@ -59,7 +59,7 @@ void WorkerProcess::register_again(const char* why) {
   ++generation_;
   last_heard_ = world_.now();
   proto::Ready ready{"host-" + name_.substr(0, name_.find('/')), pid_, credit_, instance_, supervisor_id_, tasks_,
-                     generation_};
+                     generation_, 0, {}};
   send(message(Command::kReady, ready));
 }
 
@@ -105,7 +105,7 @@ void WorkerProcess::on_message(Socket& socket, Frames& frames) {
             answered_[header.value().ticket] = key_of(items.front(), header.value().first_index);
           }
           proto::WorkerResult missing{header.value().ticket, {ErrorCode::kContextMissing, 0, {}, "evicted", "", pid_, 0},
-                                      instance_, 0};
+                                      instance_, 0, header.value().origin};
           Frames out = message(Command::kWorkerResult, missing);
           out.emplace_back();
           send(std::move(out));
@@ -127,7 +127,7 @@ void WorkerProcess::on_message(Socket& socket, Frames& frames) {
                                        [&](const Held& held) { return held.header.ticket == abandon.value().ticket; });
       if (queued != queue_.end()) {
         proto::WorkerResult dropped{abandon.value().ticket, {ErrorCode::kCancelled, 0, {}, "abandoned", "", pid_, 0},
-                                    instance_, 0};
+                                    instance_, 0, {}};
         queue_.erase(queued);
         Frames out = message(Command::kWorkerResult, dropped);
         out.emplace_back();
@@ -191,7 +191,7 @@ void WorkerProcess::finish(std::uint64_t ticket, std::uint64_t run) {
   if (run != runs_ || !running_ || running_->header.ticket != ticket) return;
   const Held held = std::move(*running_);
   running_.reset();
-  proto::WorkerResult result{ticket, {}, instance_, held.header.count};
+  proto::WorkerResult result{ticket, {}, instance_, held.header.count, held.header.origin};
   result.outcome.worker_pid = pid_;
   zmq::message_t payload;
   const auto thrower = std::find_if(held.items.begin(), held.items.end(), [](std::uint64_t i) { return (i & kThrows) != 0; });
@@ -390,7 +390,8 @@ Client::Client(World& world, Ledger& ledger, std::uint64_t number, std::size_t w
                                               .reconnect_timeout = std::chrono::seconds(60),
                                               .max_chunks_in_flight = window,
                                               .endpoint = "sim",
-                                              .hello = proto::Hello{"client-host", static_cast<std::uint32_t>(number)}},
+                                              .endpoints = {"sim"},
+                                              .hello = proto::Hello{"client-host", static_cast<std::uint32_t>(number), 0x5e5510000ULL + number, 0, 0}},
                static_cast<detail::ClientSession::Port&>(*this), world.client_logger()) {}
 
 void Client::start() {
@@ -443,7 +444,7 @@ bool Client::send(std::vector<zmq::message_t>& frames) {
   return true;
 }
 
-void Client::open_connection() {
+void Client::open_connection(const std::string&) {
   if (socket_ != nullptr) world_.trace(name_ + " opens a new connection (HELLO, then every unanswered chunk again)");
   world_.close(socket_);
   socket_ = world_.open(*this, Side::kClient);
@@ -555,7 +556,7 @@ void Forger::strike() {
   switch (world_.rng().below(5)) {
     case 0: {  // a result for a chunk it was never given
       proto::WorkerResult result{running, {}, instance,
-                                 static_cast<std::uint32_t>(world_.rng().between(1, 8))};
+                                 static_cast<std::uint32_t>(world_.rng().between(1, 8)), {}};
       Frames out = message(Command::kWorkerResult, result);
       std::vector<std::uint64_t> values(result.count + 1, 0);
       out.push_back(encode_items(values));

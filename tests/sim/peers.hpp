@@ -186,7 +186,7 @@ class Client final : public Peer, private detail::ClientSession::Port {
   class Sink;
   // detail::ClientSession::Port
   bool send(std::vector<zmq::message_t>& frames) override;
-  void open_connection() override;
+  void open_connection(const std::string& endpoint) override;
   bool bytes_arriving(std::chrono::milliseconds) override { return false; }
   void job_ended(std::unique_ptr<detail::ClientSession::Job> job, detail::JobOutcome outcome) override;
   void heard_workers(std::size_t, bool) override {}

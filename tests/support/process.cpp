@@ -1,5 +1,6 @@
 #include "process.hpp"
 
+#include "poolmap/pool.hpp"
 #include "secret.hpp"
 
 #include <arpa/inet.h>
@@ -14,6 +15,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
+#include <thread>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -242,7 +245,7 @@ void Cluster::start_broker(const std::string& clients, const std::string& worker
     throw std::runtime_error("unexpected broker ready line: " + *line);
   }
   client_endpoint_ = line->substr(at_clients + 8, at_workers - at_clients - 8);
-  worker_endpoint_ = line->substr(at_workers + 9);
+  worker_endpoint_ = line->substr(at_workers + 9, line->find(' ', at_workers + 9) - (at_workers + 9));
 }
 
 void Cluster::restart_broker() {
@@ -302,6 +305,193 @@ int listen_on_loopback(std::string& endpoint, int backlog) {
   }
   endpoint = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
   return listener;
+}
+
+struct Relay::Impl {
+  int listener = -1;
+  int wake[2] = {-1, -1};
+  sockaddr_in target{};
+  std::mutex mutex;
+  bool cut = false;
+  std::vector<std::pair<int, int>> links;  // accepted, outgoing
+  std::atomic<bool> quit{false};
+  std::thread thread;
+
+  void close_links() {
+    for (auto [a, b] : links) {
+      ::close(a);
+      ::close(b);
+    }
+    links.clear();
+  }
+  void poke() { [[maybe_unused]] const auto n = ::write(wake[1], "x", 1); }
+  void run() {
+    std::vector<char> buffer(1 << 16);
+    while (!quit.load()) {
+      std::vector<pollfd> fds{{listener, POLLIN, 0}, {wake[0], POLLIN, 0}};
+      {
+        std::lock_guard lock(mutex);
+        for (auto [a, b] : links) {
+          fds.push_back({a, POLLIN, 0});
+          fds.push_back({b, POLLIN, 0});
+        }
+      }
+      if (::poll(fds.data(), fds.size(), 100) <= 0) continue;
+      if ((fds[1].revents & POLLIN) != 0) {
+        char drain[64];
+        [[maybe_unused]] const auto n = ::read(wake[0], drain, sizeof(drain));
+      }
+      std::lock_guard lock(mutex);
+      if ((fds[0].revents & POLLIN) != 0) {
+        const int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+        if (accepted >= 0) {
+          const int outgoing = cut ? -1 : ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+          if (outgoing >= 0 && ::connect(outgoing, reinterpret_cast<const sockaddr*>(&target), sizeof(target)) == 0) {
+            links.emplace_back(accepted, outgoing);
+          } else {
+            if (outgoing >= 0) ::close(outgoing);
+            ::close(accepted);
+          }
+        }
+      }
+      std::vector<std::pair<int, int>> dead;
+      for (std::size_t i = 2; i + 1 < fds.size(); i += 2) {
+        for (int side = 0; side < 2; ++side) {
+          const pollfd& from = fds[i + side];
+          if (from.revents == 0) continue;
+          const int to = fds[i + 1 - side].fd;
+          const auto got = ::read(from.fd, buffer.data(), buffer.size());
+          bool ok = got > 0;
+          for (ssize_t sent = 0; ok && sent < got;) {
+            const auto n = ::send(to, buffer.data() + sent, static_cast<std::size_t>(got - sent), MSG_NOSIGNAL);
+            ok = n > 0;
+            sent += std::max<ssize_t>(n, 0);
+          }
+          if (!ok) dead.emplace_back(fds[i].fd, fds[i + 1].fd);
+        }
+      }
+      for (auto link : dead) {
+        const auto found = std::find(links.begin(), links.end(), link);
+        if (found == links.end()) continue;
+        ::close(link.first);
+        ::close(link.second);
+        links.erase(found);
+      }
+    }
+  }
+};
+
+Relay::Relay(const std::string& target) : impl_(std::make_unique<Impl>()) {
+  const auto colon = target.rfind(':');
+  impl_->target.sin_family = AF_INET;
+  impl_->target.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  impl_->target.sin_port = htons(static_cast<std::uint16_t>(std::stoi(target.substr(colon + 1))));
+  impl_->listener = listen_on_loopback(endpoint_);
+  if (::pipe2(impl_->wake, O_CLOEXEC | O_NONBLOCK) != 0) throw std::runtime_error("pipe2 failed");
+  impl_->thread = std::thread([this] { impl_->run(); });
+}
+
+Relay::~Relay() {
+  impl_->quit.store(true);
+  impl_->poke();
+  impl_->thread.join();
+  impl_->close_links();
+  ::close(impl_->listener);
+  ::close(impl_->wake[0]);
+  ::close(impl_->wake[1]);
+}
+
+void Relay::cut() {
+  std::lock_guard lock(impl_->mutex);
+  impl_->cut = true;
+  impl_->close_links();
+  impl_->poke();
+}
+
+void Relay::heal() {
+  std::lock_guard lock(impl_->mutex);
+  impl_->cut = false;
+}
+
+BrokerPair::BrokerPair(ClusterOptions options) : options_(std::move(options)) {
+  // Each peer link is bound first on a free port, then the relays to them are made, then each
+  // broker is started again with its peer's relay (the first start only learns the endpoints).
+  for (int i = 0; i < 2; ++i) {
+    start_broker(i, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+    brokers_[i].reset();
+  }
+  for (int i = 0; i < 2; ++i) to_[i].emplace(ha_[i]);
+  for (int i = 0; i < 2; ++i) start(i);
+}
+
+BrokerPair::~BrokerPair() {
+  workers_.clear();
+  for (auto& broker : brokers_) broker.reset();
+}
+
+void BrokerPair::start_broker(int i, const std::string& clients, const std::string& workers, const std::string& ha) {
+  const std::string peer = to_[1 - i] ? to_[1 - i]->endpoint() : "tcp://127.0.0.1:1";
+  std::vector<std::string> argv{broker_binary(), "--clients", clients, "--workers", workers, "--heartbeat-ms",
+                                std::to_string(options_.heartbeat_ms), "--liveness", std::to_string(options_.liveness),
+                                "--log-level", "debug", "--ha", i == 0 ? "primary" : "backup", "--ha-bind", ha,
+                                "--ha-peer", peer};
+  argv.insert(argv.end(), options_.broker_args.begin(), options_.broker_args.end());
+  brokers_[i].emplace(std::move(argv));
+  const auto line = brokers_[i]->read_line(10s);
+  if (!line) throw std::runtime_error("broker printed no ready line; stderr:\n" + brokers_[i]->stderr_text());
+  // "poolmap-broker ready clients=<c> workers=<w> ha=<h>"
+  const auto field = [&](const std::string& name) {
+    const auto at = line->find(" " + name + "=");
+    if (at == std::string::npos) throw std::runtime_error("unexpected broker ready line: " + *line);
+    const auto from = at + name.size() + 2;
+    return line->substr(from, line->find(' ', from) - from);
+  };
+  client_[i] = field("clients");
+  worker_[i] = field("workers");
+  ha_[i] = field("ha");
+}
+
+void BrokerPair::kill(int i) {
+  if (brokers_[i]) brokers_[i]->signal_and_wait(SIGKILL, 5s);
+  brokers_[i].reset();
+}
+
+void BrokerPair::start(int i) { start_broker(i, client_[i], worker_[i], ha_[i]); }
+
+ChildProcess& BrokerPair::add_workers(int processes, std::vector<std::string> extra_env) {
+  std::vector<std::string> argv{worker_binary(), "--broker",      worker_endpoints(),
+                                "--processes",   std::to_string(processes), "--heartbeat-ms",
+                                std::to_string(options_.heartbeat_ms),      "--liveness",
+                                std::to_string(options_.liveness),          "--log-level",
+                                "debug",         "--tasks",                 test_tasks_library()};
+  argv.insert(argv.end(), options_.worker_args.begin(), options_.worker_args.end());
+  workers_.emplace_back(std::move(argv), std::move(extra_env));
+  return workers_.back();
+}
+
+std::string BrokerPair::role(int i, std::chrono::milliseconds timeout) {
+  if (!brokers_[i]) return "";
+  try {
+    poolmap::Pool probe({.broker = client_[i], .heartbeat_interval = std::chrono::milliseconds(options_.heartbeat_ms)});
+    return probe.status(timeout).role;
+  } catch (const std::exception&) {
+    return "";
+  }
+}
+
+int BrokerPair::active(std::chrono::milliseconds timeout) {
+  for (int i = 0; i < 2; ++i) {
+    if (role(i, timeout) == "active") return i;
+  }
+  return -1;
+}
+
+void BrokerPair::cut_peer_link() {
+  for (auto& relay : to_) relay->cut();
+}
+
+void BrokerPair::heal_peer_link() {
+  for (auto& relay : to_) relay->heal();
 }
 
 }  // namespace poolmap::test

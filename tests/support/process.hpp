@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -107,6 +108,62 @@ class Cluster {
   std::vector<ChildProcess> workers_;
   std::string client_endpoint_;
   std::string worker_endpoint_;
+};
+
+// Forwards TCP connections made to its own loopback endpoint to `target` (host:port of a
+// tcp://127.0.0.1:PORT endpoint), on a thread of its own, until cut(): then every connection through
+// it is closed and new ones are refused at once, until heal(). A link a test can break.
+class Relay {
+ public:
+  explicit Relay(const std::string& target);
+  ~Relay();
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+  const std::string& endpoint() const { return endpoint_; }
+  void cut();
+  void heal();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string endpoint_;
+};
+
+// Two poolmap-brokers of a pair (--ha primary, --ha backup) on loopback, their peer link through
+// two Relays (so a test can cut it), each broker restartable on the endpoints it had; worker
+// supervisors are given both brokers. Broker 0 is the primary.
+class BrokerPair {
+ public:
+  explicit BrokerPair(ClusterOptions options = {});
+  ~BrokerPair();
+
+  // "tcp://127.0.0.1:A,tcp://127.0.0.1:B": for PoolOptions::broker and poolmap-worker --broker.
+  std::string client_endpoints() const { return client_[0] + "," + client_[1]; }
+  std::string worker_endpoints() const { return worker_[0] + "," + worker_[1]; }
+  const std::string& client_endpoint(int i) const { return client_[i]; }
+  ChildProcess& broker(int i) { return *brokers_[i]; }
+  bool running(int i) const { return brokers_[i].has_value(); }
+  // SIGKILL, reaped.
+  void kill(int i);
+  // Starts broker `i` (after kill) on the endpoints it had.
+  void start(int i);
+  ChildProcess& add_workers(int processes, std::vector<std::string> extra_env = {});
+  // The broker whose status says "active" (asked of each running one), or -1.
+  int active(std::chrono::milliseconds timeout = 5s);
+  // The role broker `i`'s status gives ("active", "passive"), or "" when it does not answer.
+  std::string role(int i, std::chrono::milliseconds timeout = 5s);
+  // The peer link: cut both directions, or heal them.
+  void cut_peer_link();
+  void heal_peer_link();
+
+ private:
+  void start_broker(int i, const std::string& clients, const std::string& workers, const std::string& ha);
+
+  ClusterOptions options_;
+  std::optional<ChildProcess> brokers_[2];
+  std::vector<ChildProcess> workers_;
+  std::string client_[2], worker_[2], ha_[2];
+  std::optional<Relay> to_[2];  // relays to broker i's peer link
 };
 
 // Whether process `pid` runs: not gone, and not a zombie its new parent has yet to reap (a daemon

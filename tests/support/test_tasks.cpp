@@ -1,10 +1,12 @@
 #include "test_tasks.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <csignal>
+#include <cstdlib>
 #include <ctime>
 #include <set>
 #include <stdexcept>
@@ -49,6 +51,19 @@ void sleep_us(std::int64_t us) {
 }  // namespace
 
 POOLMAP_TASK(slow_hash, [](const SlowItem& item) {
+  sleep_us(item.sleep_us);
+  return hash_index(item.index);
+});
+
+POOLMAP_TASK(logged_hash, [](const SlowItem& item) {
+  if (const char* path = std::getenv("POOLMAP_TEST_RUN_LOG"); path != nullptr) {
+    const int fd = ::open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      const std::string line = std::to_string(item.index) + "\n";  // one write: O_APPEND keeps lines whole
+      [[maybe_unused]] const auto written = ::write(fd, line.data(), line.size());
+      ::close(fd);
+    }
+  }
   sleep_us(item.sleep_us);
   return hash_index(item.index);
 });

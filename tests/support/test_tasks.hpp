@@ -50,6 +50,9 @@ constexpr std::uint64_t hash_index(std::int64_t index) {
   return x ^ (x >> 31);
 }
 inline constexpr Task<std::uint64_t(SlowItem)> slow_hash{"test.slow_hash"};
+// Like slow_hash, and first appends the index and a newline to the file POOLMAP_TEST_RUN_LOG names
+// (when set): a test counts how many times each item ran.
+inline constexpr Task<std::uint64_t(SlowItem)> logged_hash{"test.logged_hash"};
 // Like slow_hash, but the process dies of SIGSEGV on index 13, every time.
 inline constexpr Task<std::uint64_t(SlowItem)> segfault_at_13{"test.segfault_at_13"};
 // Like slow_hash, but index 7 never returns.

@@ -103,11 +103,11 @@ proto::Submit chunk(std::uint64_t job, std::uint64_t number, std::uint64_t conte
 }
 
 proto::Ready ready(std::uint64_t instance, std::uint64_t supervisor, std::uint32_t credit, std::uint32_t generation = 1) {
-  return proto::Ready{"host", 1, credit, instance, supervisor, {kTask}, generation};
+  return proto::Ready{"host", 1, credit, instance, supervisor, {kTask}, generation, 0, {}};
 }
 
 proto::WorkerResult ok(std::uint64_t ticket, std::uint64_t instance) {
-  return proto::WorkerResult{ticket, {}, instance, 1};
+  return proto::WorkerResult{ticket, {}, instance, 1, {}};
 }
 
 }  // namespace
@@ -155,7 +155,7 @@ TEST_CASE("BrokerCore.Crash.IsCountedOncePerChunkThoughItWentTwiceToThatWorker" 
   broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(1, 0, 42), {"A"});
   const auto first = broker.tasks_to("w");
   REQUIRE(first.size() == 1);
-  proto::WorkerResult missing{first[0].ticket, {ErrorCode::kContextMissing, 0, {}, "evicted", "host", 1, 0}, 7, 0};
+  proto::WorkerResult missing{first[0].ticket, {ErrorCode::kContextMissing, 0, {}, "evicted", "host", 1, 0}, 7, 0, {}};
   broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, missing, {""});
   const auto again = broker.tasks_to("w");
   REQUIRE(again.size() == 1);
@@ -207,4 +207,85 @@ TEST_CASE("BrokerCore.Crash.ReportedAfterTheLossCostsThePrefetchedChunksNoRetry"
   }
   CHECK(broker.core().chunks() == 2);
   CHECK(broker.core().self_check() == "");
+}
+
+namespace {
+constexpr std::uint64_t kSession = 0xC11E27;
+
+proto::Submit resent(std::uint64_t job, std::uint64_t number) {
+  proto::Submit submit = chunk(job, number);
+  submit.flags = proto::kResent;
+  return submit;
+}
+
+proto::Ready holding(std::uint64_t instance, std::uint32_t credit, std::vector<proto::HeldChunk> held) {
+  proto::Ready out = ready(instance, 0, credit);
+  out.held = std::move(held);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("BrokerCore.Takeover.AChunkStillRunningOnItsWorkerIsNotSentToAnother" * doctest::timeout(10)) {
+  // The broker that sent chunk 0 of job 1 to w1 (as ticket 777) is gone. Its worker registers here
+  // and says it holds that chunk; the client sends the chunk again. It stays on w1, and w1's
+  // answer, under the old ticket, is the chunk's.
+  Harness broker({}, 5000);
+  broker.from(Side::kWorker, "w1", proto::Command::kReady,
+              holding(7, 2, {{777, proto::Origin{kSession, 1, 0}, true}}));
+  broker.from(Side::kWorker, "w2", proto::Command::kReady, ready(8, 0, 2));
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1, kSession, 1});
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, resent(1, 0), {"A"});
+  broker.now += 1s;  // past the hold for resent chunks
+  broker.core().end_of_pass(broker.now);
+  CHECK(broker.tasks_to("w1").empty());
+  CHECK(broker.tasks_to("w2").empty());
+  CHECK(broker.core().self_check().empty());
+  broker.from(Side::kWorker, "w1", proto::Command::kWorkerResult,
+              proto::WorkerResult{777, {}, 7, 1, proto::Origin{kSession, 1, 0}}, {"a"});
+  const auto results = broker.results_to("c");
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].job == 1);
+  CHECK(results[0].chunk == 0);
+  CHECK(broker.core().chunks() == 0);
+  CHECK(broker.core().self_check().empty());
+}
+
+TEST_CASE("BrokerCore.Takeover.AResentChunkWaitsForTheWorkerThatHoldsIt" * doctest::timeout(10)) {
+  // The client is faster than the worker: its resent chunk waits (a heartbeat interval at most)
+  // rather than going to the idle w2, and is the holder's once that registers.
+  Harness broker({}, 5000);
+  broker.from(Side::kWorker, "w2", proto::Command::kReady, ready(8, 0, 2));
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1, kSession, 1});
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, resent(1, 0), {"A"});
+  CHECK(broker.tasks_to("w2").empty());
+  CHECK(broker.core().self_check().empty());
+  broker.from(Side::kWorker, "w1", proto::Command::kReady,
+              holding(7, 2, {{777, proto::Origin{kSession, 1, 0}, false}}));
+  broker.now += 1s;
+  broker.core().end_of_pass(broker.now);
+  CHECK(broker.tasks_to("w2").empty());
+  CHECK(broker.core().self_check().empty());
+  // A chunk no worker holds goes out once the hold is over.
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, resent(1, 1), {"B"});
+  CHECK(broker.tasks_to("w2").size() == 1);
+}
+
+TEST_CASE("BrokerCore.Takeover.AnAnswerThatCameBeforeTheResendIsDelivered" * doctest::timeout(10)) {
+  // The worker finished the chunk while no broker could take its answer, and hands it to this one
+  // after registering; the client's resend is answered with it, and nothing runs again.
+  Harness broker({}, 5000);
+  broker.from(Side::kWorker, "w1", proto::Command::kReady, ready(7, 0, 2));
+  broker.from(Side::kWorker, "w1", proto::Command::kWorkerResult,
+              proto::WorkerResult{777, {}, 7, 1, proto::Origin{kSession, 1, 0}}, {"a"});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1, kSession, 1});
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, resent(1, 0), {"A"});
+  const auto results = broker.results_to("c");
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].outcome.code == ErrorCode::kOk);
+  CHECK(broker.tasks_to("w1").empty());
+  CHECK(broker.core().chunks() == 0);
+  // Another client that names the same chunk of another session gets nothing of it.
+  broker.from(Side::kClient, "d", proto::Command::kHello, proto::Hello{"host", 2, kSession + 1, 1});
+  broker.from(Side::kClient, "d", proto::Command::kSubmit, resent(1, 0), {"A"});
+  CHECK(broker.results_to("d").empty());
 }

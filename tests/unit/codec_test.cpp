@@ -16,6 +16,7 @@
 #include "poolmap/future.hpp"
 #include "poolmap/pool.hpp"
 #include "poolmap/protocol.hpp"
+#include "wire.hpp"
 
 namespace proto = poolmap::proto;
 using poolmap::Bytes;
@@ -93,7 +94,7 @@ TEST_CASE("Codec.RoundTrip.EveryHeader" * doctest::timeout(10)) {
   CHECK(status_back.value().chunks_done == 99);
 
   const auto ready = proto::decode<proto::Ready>(
-      proto::encode(proto::Ready{"w", 10, 2, 11, 12, {{"a", "i64(i64)"}, {"b", "f64(f64)"}}}));
+      proto::encode(proto::Ready{"w", 10, 2, 11, 12, {{"a", "i64(i64)"}, {"b", "f64(f64)"}}, 0, 0, {}}));
   REQUIRE(ready.is_ok());
   CHECK(ready.value().credit == 2);
   CHECK(ready.value().instance == 11);
@@ -108,8 +109,8 @@ TEST_CASE("Codec.Encoding.IsLittleEndianFixedWidth" * doctest::timeout(10)) {
   CHECK(encoded[0] == std::byte{0x08});
   CHECK(encoded[7] == std::byte{0x01});
   // A string is a 64-bit length, then its bytes.
-  const Bytes hello = proto::encode(proto::Hello{"ab", 1});
-  REQUIRE(hello.size() == 8 + 2 + 4);
+  const Bytes hello = proto::encode(proto::Hello{"ab", 1, 0, 0, 0});
+  REQUIRE(hello.size() == 8 + 2 + 4 + 8 + 8 + 4);
   CHECK(hello[0] == std::byte{2});
   CHECK(hello[8] == std::byte{'a'});
 }
@@ -289,7 +290,15 @@ TEST_CASE("Codec.Example.SubmitMatchesDocsProtocolSection9" * doctest::timeout(1
         "0100000000000000020000000000000006000000000000000300000006000000000000007371756172650800000000000000"
         "6936342869363429000000000000000000000000000000000c00000000000000");
   const auto signature = proto::signature_frame(proto::Command::kSubmit);
-  CHECK(signature == std::array<std::byte, 4>{std::byte{0x50}, std::byte{0x4d}, std::byte{0x06}, std::byte{0x02}});
+  CHECK(signature == std::array<std::byte, 4>{std::byte{0x50}, std::byte{0x4d}, std::byte{0x07}, std::byte{0x02}});
+  // From a broker of a pair: the same, then its epoch (little-endian).
+  const auto stamped = proto::signature_frame(proto::Command::kResult, 0x0102);
+  CHECK(stamped[3] == std::byte{0x12});
+  CHECK(stamped[4] == std::byte{0x02});
+  CHECK(stamped[5] == std::byte{0x01});
+  CHECK(proto::epoch_of(stamped) == 0x0102);
+  CHECK(proto::parse_signature(stamped).value() == proto::Command::kResult);
+  CHECK(proto::epoch_of(signature) == 0);
 }
 
 TEST_CASE("Codec.Results.AMapDecodesEachChunkIntoItsPlaceAsItArrives" * doctest::timeout(10)) {
@@ -403,4 +412,16 @@ TEST_CASE("Codec.Results.NumbersDecodedAsTheirBytesOnlyWhenTheSizeFits" * doctes
   CHECK(got == std::vector<double>{0.25, -1.0, 1e300});
   CHECK_THROWS_AS(poolmap::detail::decode_chunk<double>(bytes, 2, put), cereal::Exception);
   CHECK_THROWS_AS(poolmap::detail::decode_chunk<double>(std::span(bytes).first(20), 3, put), cereal::Exception);
+}
+
+TEST_CASE("Wire.Endpoints.AListIsSplitAndAnEntryWithoutTransportTakesTheOneBefore" * doctest::timeout(10)) {
+  using poolmap::wire::split_endpoints;
+  CHECK(split_endpoints("tcp://a:5556") == std::vector<std::string>{"tcp://a:5556"});
+  CHECK(split_endpoints(" tcp://a:5556 , tcp://b:5556") == std::vector<std::string>{"tcp://a:5556", "tcp://b:5556"});
+  // As a systemd instance name gives a pair: poolmap-worker@a:5556\x2cb:5556 -> tcp://%i.
+  CHECK(split_endpoints("tcp://a:5556,b:5556") == std::vector<std::string>{"tcp://a:5556", "tcp://b:5556"});
+  CHECK(split_endpoints("ipc:///run/a,tcp://b:1") == std::vector<std::string>{"ipc:///run/a", "tcp://b:1"});
+  CHECK_THROWS_AS(split_endpoints(""), poolmap::Error);
+  CHECK_THROWS_AS(split_endpoints("tcp://a:1,"), poolmap::Error);
+  CHECK_THROWS_AS(split_endpoints("tcp://a:1, ,tcp://b:2"), poolmap::Error);
 }

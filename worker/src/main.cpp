@@ -1,12 +1,15 @@
 // poolmap-worker: starts N worker processes that take chunks from a broker and run them.
 //
-//   poolmap-worker --broker tcp://HOST:5556 [--processes N] [--tasks LIB.so ...] [--allow-exec]
-//                  [--curve-secret worker.key --broker-key broker.pub] [--secret-file FILE]
+//   poolmap-worker --broker tcp://HOST:5556[,tcp://HOST2:5556] [--processes N] [--tasks LIB.so ...]
+//                  [--allow-exec] [--curve-secret worker.key --broker-key broker.pub] [--secret-file FILE]
 //
 // The process started by the user is a supervisor: it detects the worker count (physical cores,
 // CPU affinity, cgroup quota, SLURM/PBS allocation), starts that many copies of itself in the
-// hidden --child role and restarts any that die. SIGINT/SIGTERM stop everything. --daemon,
-// --pidfile and --log-file (reopened on SIGHUP, by the children too) as for the broker. Every flag
+// hidden --child role and restarts any that die. For a pair of brokers, --broker lists both: the
+// children turn from one to the other (WorkerOptions::broker), the supervisor reports exits to
+// each. SIGINT/SIGTERM stop everything; SIGUSR1 (a broker of a pair hands over to its peer on it)
+// does nothing, in the supervisor and in the children. --daemon, --pidfile and --log-file
+// (reopened on SIGHUP, by the children too) as for the broker. Every flag
 // can also be given as an environment variable, POOLMAP_WORKER_ and the flag's name in upper case
 // with '_' for '-' (POOLMAP_WORKER_PREFETCH=4), except the keys (POOLMAP_CURVE_SECRET,
 // POOLMAP_BROKER_KEY, shared with the client library) and the per-user secret of a broker without
@@ -55,7 +58,10 @@ int main(int argc, char** argv) {
   std::uint64_t max_tasks_per_child = 0;
   std::vector<std::string> init_args;
   int parent_pid = 0;
-  app.add_option("--broker", broker, "broker worker endpoint, e.g. tcp://broker-host:5556")->required();
+  app.add_option("--broker", broker,
+                 "endpoint of the broker; a comma-separated list for a pair of brokers, e.g. tcp://broker-host:5556 "
+                 "or tcp://broker-a:5556,tcp://broker-b:5556")
+      ->required();
   app.add_option("-n,--processes", processes,
                  "worker processes to run (default 0 = physical cores, limited by CPU affinity, cgroup quota "
                  "and SLURM_CPUS_PER_TASK / PBS_NCPUS / NCPUS)");
@@ -162,6 +168,7 @@ int main(int argc, char** argv) {
                                      .secret_file = secret_file});
       signals.on_signal([&worker, &log, &log_file](int signo) {
         if (signo == SIGHUP) return poolmap::detail::reopen_log_file(log_file, *log);
+        if (signo == SIGUSR1) return;  // a broker's signal (hand over to its peer): never drains a worker
         worker.stop();
       });
       try {
@@ -174,7 +181,7 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    // Refuse a malformed endpoint here, not in every child of a restart loop.
+    // Refuse a malformed endpoint (or list of them) here, not in every child of a restart loop.
     // Bad key files too, and a secret file open to others (a missing one is made here, once).
     {
       poolmap::WorkerProcess check({.broker = broker,
@@ -232,6 +239,7 @@ int main(int argc, char** argv) {
         for (const int pid : supervisor.pids()) ::kill(pid, SIGHUP);  // they reopen it too
         return;
       }
+      if (signo == SIGUSR1) return;  // a broker's signal (hand over to its peer): never stops the workers
       log->info("signal {}: stopping worker processes", signo);
       supervisor.stop();
     });

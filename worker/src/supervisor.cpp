@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -45,9 +46,11 @@ class Supervisor::Impl {
     if (options_.executable.empty()) throw Error(ErrorCode::kInvalidArgument, "supervisor: no executable given");
     if (options_.processes == 0) throw Error(ErrorCode::kInvalidArgument, "supervisor: processes must be >= 1");
     if (options_.arguments.empty()) options_.arguments.push_back(options_.executable);
+    if (!options_.report_endpoint.empty()) report_endpoints_ = wire::split_endpoints(options_.report_endpoint);
     curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
-    if (!curve_ && options_.report_password.empty() && !options_.report_endpoint.empty() &&
-        !options_.report_endpoint.starts_with("inproc://")) {
+    const bool all_inproc = std::all_of(report_endpoints_.begin(), report_endpoints_.end(),
+                                        [](const std::string& endpoint) { return endpoint.starts_with("inproc://"); });
+    if (!curve_ && options_.report_password.empty() && !all_inproc) {
       secret_ = wire::load_secret(options_.secret_file);
     }
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -282,27 +285,29 @@ class Supervisor::Impl {
   std::string host_ = detail::host_name();
   std::uint64_t instance_ = detail::new_instance_id();  // this supervisor, named in its exit reports
   std::vector<proto::WorkerExited> exit_reports_;  // guarded by mutex_; sent by run()
-  std::optional<wire::CurveClientKeys> curve_;     // for the report connection
+  std::vector<std::string> report_endpoints_;      // options_.report_endpoint split (a pair: both)
+  std::optional<wire::CurveClientKeys> curve_;     // for the report connections
   std::string secret_;                             // or the per-user secret ("" = none)
   std::chrono::milliseconds last_backoff_{0};  // guarded by mutex_
 };
 
 void Supervisor::Impl::run() {
-  // One socket, owned by this thread, for exit reports to the broker.
+  // A socket per broker endpoint (two for a pair: only the active broker acts on a report, and
+  // which one that is the supervisor does not know), owned by this thread, for exit reports.
   std::optional<Context> report_context;
-  std::optional<zmq::socket_t> reporter;
-  if (!options_.report_endpoint.empty()) {
-    report_context.emplace();
-    reporter.emplace(report_context->impl().zmq, zmq::socket_type::dealer);
-    wire::configure(*reporter, {.high_water_mark = 1000, .linger = std::chrono::milliseconds(200)}, false);
+  std::vector<zmq::socket_t> reporters;
+  if (!report_endpoints_.empty()) report_context.emplace();
+  for (const auto& endpoint : report_endpoints_) {
+    zmq::socket_t reporter(report_context->impl().zmq, zmq::socket_type::dealer);
+    wire::configure(reporter, {.high_water_mark = 1000, .linger = std::chrono::milliseconds(200)}, false);
     try {
-      if (curve_) wire::apply_curve_client(*reporter, *curve_);
-      if (!options_.report_password.empty()) wire::apply_password(*reporter, options_.report_password);
-      if (!secret_.empty()) wire::apply_secret(*reporter, secret_);
-      reporter->connect(options_.report_endpoint);
+      if (curve_) wire::apply_curve_client(reporter, *curve_);
+      if (!options_.report_password.empty()) wire::apply_password(reporter, options_.report_password);
+      if (!secret_.empty()) wire::apply_secret(reporter, secret_);
+      reporter.connect(endpoint);
+      reporters.push_back(std::move(reporter));
     } catch (const zmq::error_t& e) {
-      log_->error("supervisor cannot report exits to '{}': {}", options_.report_endpoint, e.what());
-      reporter.reset();
+      log_->error("supervisor cannot report exits to '{}': {}", endpoint, e.what());
     }
   }
   auto send_reports = [&] {
@@ -311,10 +316,11 @@ void Supervisor::Impl::run() {
       std::lock_guard lock(mutex_);
       reports.swap(exit_reports_);
     }
-    if (!reporter) return;
-    for (const auto& report : reports) {
-      auto frames = wire::make(proto::Command::kWorkerExited, report);
-      (void)wire::send(*reporter, frames, true);
+    for (auto& reporter : reporters) {
+      for (const auto& report : reports) {
+        auto frames = wire::make(proto::Command::kWorkerExited, report);
+        (void)wire::send(reporter, frames, true);
+      }
     }
   };
   for (std::size_t i = 0; i < options_.processes && !stopping_.load(); ++i) {

@@ -10,7 +10,9 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include "log.hpp"
 #include "process_info.hpp"
@@ -74,6 +76,8 @@ class WorkerProcess::Impl {
       tasks_announced_.push_back({name, detail::TaskRegistry::instance().find(name)->signature()});
     }
     if (options_.broker.empty()) throw Error(ErrorCode::kInvalidArgument, "worker: no broker endpoint given");
+    endpoints_ = wire::split_endpoints(options_.broker);
+    passive_at_.resize(endpoints_.size());
     if (options_.heartbeat_interval.count() <= 0 || options_.heartbeat_liveness < 1 || options_.stop_timeout.count() < 0) {
       throw Error(ErrorCode::kInvalidArgument,
                   "worker: heartbeat interval and liveness must be positive, stop_timeout not negative");
@@ -81,18 +85,22 @@ class WorkerProcess::Impl {
     if (options_.prefetch.value_or(0) > kMaxPrefetch) {
       throw Error(ErrorCode::kInvalidArgument, "worker: prefetch must be at most " + std::to_string(kMaxPrefetch));
     }
-    try {  // reject a malformed endpoint now rather than in a restart loop
-      zmq::socket_t probe(options_.context.impl().zmq, zmq::socket_type::dealer);
-      probe.set(zmq::sockopt::linger, 0);
-      probe.connect(options_.broker);
-    } catch (const zmq::error_t& e) {
-      throw Error(ErrorCode::kInvalidArgument, "worker: bad broker endpoint '" + options_.broker + "': " + e.what());
+    for (const auto& endpoint : endpoints_) {
+      try {  // reject a malformed endpoint now rather than in a restart loop
+        zmq::socket_t probe(options_.context.impl().zmq, zmq::socket_type::dealer);
+        probe.set(zmq::sockopt::linger, 0);
+        probe.connect(endpoint);
+      } catch (const zmq::error_t& e) {
+        throw Error(ErrorCode::kInvalidArgument, "worker: bad broker endpoint '" + endpoint + "': " + e.what());
+      }
     }
     curve_ = wire::load_curve_client(options_.curve_secret_file, options_.broker_key_file);
     if (curve_ && !options_.broker_password.empty()) {
       throw Error(ErrorCode::kInvalidArgument, "worker: CURVE keys and a broker password exclude each other");
     }
-    if (!curve_ && options_.broker_password.empty() && !options_.broker.starts_with("inproc://")) {
+    const bool all_inproc = std::all_of(endpoints_.begin(), endpoints_.end(),
+                                        [](const std::string& endpoint) { return endpoint.starts_with("inproc://"); });
+    if (!curve_ && options_.broker_password.empty() && !all_inproc) {
       secret_ = wire::load_secret(options_.secret_file);  // this user's, as the broker's (docs/SECURITY.md)
     }
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -117,6 +125,7 @@ class WorkerProcess::Impl {
   };
   struct FinishedTask {
     std::uint64_t ticket = 0;
+    proto::Origin origin;  // the chunk's TaskHeader::origin, echoed in its WorkerResult
     proto::Outcome outcome;
     Bytes output;
     std::uint32_t count = 0;  // results in `output`
@@ -124,6 +133,7 @@ class WorkerProcess::Impl {
   // The chunk the task thread is running, for the deadline watch (guarded by mutex_).
   struct Running {
     std::uint64_t ticket = 0;
+    proto::Origin origin;
     std::uint64_t first_item = 0;  // value of items_started_ when the chunk began
     std::uint64_t first_index = 0; // the chunk's first item in the caller's input
     std::uint32_t deadline_ms = 0;
@@ -189,15 +199,50 @@ class WorkerProcess::Impl {
   // Called by the I/O thread while stopping with a chunk running: past stop_timeout, says goodbye
   // (the broker hands the chunk to another worker without penalty) and ends the process.
   void enforce_stop_timeout(zmq::socket_t& socket);
-  // Answers `ticket` with `outcome`, says goodbye and ends the process with the deadline exit code
-  // (its supervisor starts a fresh one at once and does not count a crash).
-  [[noreturn]] void end_process(zmq::socket_t& socket, std::uint64_t ticket, proto::Outcome outcome);
+  // Answers `ticket` (of `origin`) with `outcome`, says goodbye and ends the process with the
+  // deadline exit code (its supervisor starts a fresh one at once and does not count a crash).
+  [[noreturn]] void end_process(zmq::socket_t& socket, std::uint64_t ticket, const proto::Origin& origin,
+                                proto::Outcome outcome);
   // Sends DISCONNECT (the broker takes back what this process holds), waits for what was sent to
   // leave, and ends the process with the deadline exit code.
   [[noreturn]] void say_goodbye_and_exit(zmq::socket_t& socket);
+  // Opens a socket to the current endpoint (endpoint()) and sends READY on it: with newest_epoch_,
+  // and every chunk this process holds now (Ready::held: the running one, then the queued ones),
+  // which an earlier connection sent it.
   zmq::socket_t connect(zmq::context_t& context);
+  // Called by the I/O thread: the endpoint it talks to now.
+  const std::string& endpoint() const { return endpoints_[current_]; }
+  // Called by the I/O thread: the endpoint after the current one (round-robin; itself when alone).
+  std::size_t next_endpoint() const { return (current_ + 1) % endpoints_.size(); }
 
   WorkerOptions options_;
+  std::vector<std::string> endpoints_;  // options_.broker split: one, or a pair's (wire::split_endpoints)
+  std::size_t current_ = 0;             // I/O thread: the one connected to now (index in endpoints_)
+  // I/O thread: when each endpoint last answered PASSIVE (none yet: nullopt). A worker between two
+  // passive brokers (the pair has no active one for a moment) waits, rather than spins.
+  std::vector<std::optional<Clock::time_point>> passive_at_;
+  // I/O thread: the newest broker epoch seen (proto::epoch_of); a message of an older one is ignored.
+  std::uint64_t newest_epoch_ = 0;
+  // I/O thread: a switch of endpoint was logged at warning since a broker last took this process
+  // (any message but PASSIVE): the next ones, while it searches, are logged at debug.
+  bool switch_logged_ = false;
+  // I/O thread: results sent that the broker may not have read: those sent since a heartbeat
+  // interval before it was last heard. A broker that dies takes what it had not read with it; they
+  // are sent again after the READY to the next broker (of a pair, the other one), which matches
+  // them to the chunks their clients send again (by origin). Shared frames, not copies; bounded.
+  struct Unconfirmed {
+    Clock::time_point sent;
+    zmq::message_t header;
+    zmq::message_t payload;
+  };
+  std::deque<Unconfirmed> unconfirmed_;
+  std::size_t unconfirmed_bytes_ = 0;
+  static constexpr std::size_t kUnconfirmedMax = 4096;
+  static constexpr std::size_t kUnconfirmedBytesMax = std::size_t{64} << 20;
+  // The results the broker has certainly read (sent a heartbeat interval before it last spoke) go.
+  void forget_confirmed(Clock::time_point broker_heard);
+  // Sends every unconfirmed result again (on a new connection, after its READY).
+  void resend_unconfirmed(zmq::socket_t& socket);
   std::string host_;
   std::uint32_t pid_;
   std::uint64_t instance_;    // this process, unique across hosts, pid namespaces and restarts
@@ -238,12 +283,13 @@ class WorkerProcess::Impl {
   std::map<std::string, std::uint32_t, std::less<>> quick_streak_;
   struct Abandoned {
     std::uint64_t ticket = 0;
+    proto::Origin origin;
     Clock::time_point deadline;
   };
   std::optional<Abandoned> abandoned_;  // I/O thread: the running chunk nobody waits for
-  std::optional<Clock::time_point> stop_seen_;
+  std::optional<Clock::time_point> stop_seen_;   // I/O thread: when it first saw stop() with a chunk running
   std::optional<Clock::time_point> lost_since_;  // I/O thread: last heard from a broker it then lost
-  std::string last_refusal_;                     // I/O thread: the broker's last ERROR, logged once  // I/O thread: when it first saw stop() with a chunk running
+  std::string last_refusal_;                     // I/O thread: the broker's last ERROR, logged once
 
   detail::ProgressSlot progress_ = detail::ProgressSlot::inherited();  // tells the supervisor what runs
   std::atomic<std::uint64_t> items_started_{0};  // written by the task thread, watched by the I/O thread
@@ -272,11 +318,25 @@ zmq::socket_t WorkerProcess::Impl::connect(zmq::context_t& context) {
   if (!options_.broker_password.empty()) wire::apply_password(socket, options_.broker_password);
   if (!secret_.empty()) wire::apply_secret(socket, secret_);
   retry_at_.reset();
-  if (!options_.broker.starts_with("inproc://")) handshakes_.emplace(context, socket);
-  socket.connect(options_.broker);
+  if (!endpoint().starts_with("inproc://")) handshakes_.emplace(context, socket);
+  socket.connect(endpoint());
+  // What an earlier connection sent this process and it still holds: the broker this READY reaches
+  // (the same one, or its peer that took over) matches them to its chunks by their origin, instead
+  // of running them again elsewhere. The first READY lists none.
+  std::vector<proto::HeldChunk> held;
+  {
+    std::lock_guard lock(mutex_);
+    if (running_) held.push_back({running_->ticket, running_->origin, true});
+    // At most kMaxCredit (1 running + prefetch; the broker never sends more): a chunk beyond, if
+    // any, is not listed, and its answer comes as a late one (docs/PROTOCOL.md 5.6).
+    for (const auto& task : tasks_) {
+      if (held.size() >= proto::kMaxCredit) break;
+      held.push_back({task.header.ticket, task.header.origin, false});
+    }
+  }
   auto ready = wire::make(Command::kReady,
                           proto::Ready{host_, pid_, 1 + prefetch_sent_, instance_, supervisor_, tasks_announced_,
-                                       ++connections_});
+                                       ++connections_, newest_epoch_, std::move(held)});
   // Never blocks: a handshake refused before this line leaves the socket without a pipe (see
   // HandshakeWatch), and the READY of a socket that connects later is queued.
   (void)wire::send(socket, ready, true);
@@ -289,12 +349,12 @@ void WorkerProcess::Impl::io_loop() {
   try {
     socket = connect(context);
   } catch (const zmq::error_t& e) {
-    log_->error("worker cannot connect to {}: {}", options_.broker, e.what());
+    log_->error("worker cannot connect to {}: {}", endpoint(), e.what());
     stop();
     return;
   }
   log_->info("worker {} pid {} [{}] connected to {} (tasks: {})", host_, pid_, detail::short_id(instance_),
-             options_.broker, join(detail::TaskRegistry::instance().names()));
+             endpoint(), join(detail::TaskRegistry::instance().names()));
   auto last_heard = Clock::now();
   // Silence counts only after the broker has answered on this socket: before that the connection
   // may still be forming (a slow or loaded host), and a new socket would only start over. A
@@ -311,6 +371,44 @@ void WorkerProcess::Impl::io_loop() {
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
   const auto silence_before_exit = std::max<std::chrono::milliseconds>(
       detail::kSilentPeriodsBeforeExit * expiry, detail::kSilenceBeforeExitAtLeast);
+  // When this process last opened a socket to register (reconnect): with a pair, a connection that
+  // has no answer for a liveness period turns to the other broker (the first may be down, or
+  // unreachable from here). A new socket after a refused handshake does not count: the search goes on.
+  auto asked_since = Clock::now();
+  // After PASSIVE: the endpoint to turn to, and when (at once, or once the half heartbeat interval
+  // since that one too answered PASSIVE has passed: no spinning between two passive brokers).
+  struct Turn {
+    std::size_t endpoint = 0;
+    Clock::time_point at;
+  };
+  std::optional<Turn> turn;
+  // A new socket, to endpoints_[index] (the current one again: a fresh registration there).
+  const auto reconnect = [&](std::size_t index) {
+    handshakes_.reset();  // before its socket closes (see HandshakeWatch)
+    socket.close();
+    asked_since = Clock::now();
+    current_ = index;
+    socket = connect(context);
+    resend_unconfirmed(socket);
+    last_heard = last_sent = Clock::now();
+    heard = false;
+    broker_link.reset();
+    turn.reset();
+  };
+  // Says that this process turns to endpoints_[index], and why (which names the current one): at
+  // warning the first time since a broker last took it, then at debug (a search of several turns,
+  // while a pair has no active broker, is said once).
+  const auto log_turn = [&](std::size_t index, const std::string& why) {
+    const auto level = switch_logged_ ? spdlog::level::debug : spdlog::level::warn;
+    if (index == current_) {  // a single endpoint: nothing to turn to
+      log_->log(level, "worker {} pid {} [{}]: {}; registering with it again", host_, pid_,
+                detail::short_id(instance_), why);
+    } else {
+      log_->log(level, "worker {} pid {} [{}]: {}; turning from {} to {}", host_, pid_, detail::short_id(instance_),
+                why, endpoint(), endpoints_[index]);
+    }
+    switch_logged_ = true;
+  };
 
   for (;;) {
     // The handshake watch only until the broker answers on this socket (a socket opened after a
@@ -352,11 +450,15 @@ void WorkerProcess::Impl::io_loop() {
       wait = std::min(wait, std::max(std::chrono::milliseconds(0),
                                      std::chrono::ceil<std::chrono::milliseconds>(*retry_at_ - Clock::now())));
     }
+    if (turn) {
+      wait = std::min(wait, std::max(std::chrono::milliseconds(0),
+                                     std::chrono::ceil<std::chrono::milliseconds>(turn->at - Clock::now())));
+    }
     zmq::poll(items.data(), items.size(), wait);
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
       // ZeroMQ does not retry a refused handshake: a new socket does, later (a broker may admit
       // the key after a SIGHUP). Said once until the broker answers.
-      if (const auto failure = handshakes_->failure(options_.broker, curve_.has_value())) {
+      if (const auto failure = handshakes_->failure(endpoint(), curve_.has_value())) {
         if (!refusal_logged_) {
           log_->error("worker {} pid {} [{}]: {}; trying again every {} s", host_, pid_, detail::short_id(instance_),
                       *failure, wire::kRetryAfterRefusal.count());
@@ -400,11 +502,21 @@ void WorkerProcess::Impl::io_loop() {
     enforce_abandon(socket);
 
     bool forget_tasks = false;
+    bool passive = false;
     // Only when the poll found the socket readable: a receive that finds nothing costs two system
     // calls (ZeroMQ looks at the socket's command pipe).
     while ((items[0].revents & ZMQ_POLLIN) != 0) {
       auto frames = wire::receive(socket);
       if (!frames) break;
+      // A broker of an older epoch than one seen has lost its place to its peer, and may not know
+      // it yet: what it says is void, and it is not even heard (its silence turns us to the peer).
+      const std::uint64_t epoch = proto::epoch_of(wire::view(frames->front()));
+      if (epoch < newest_epoch_) {
+        log_->debug("worker ignored a message from the broker at {}: its epoch {} is older than {}", endpoint(),
+                    epoch, newest_epoch_);
+        continue;
+      }
+      newest_epoch_ = epoch;
       last_heard = Clock::now();
       if (!heard) {
         handshakes_.reset();  // the broker answered: no more handshakes to explain
@@ -412,14 +524,21 @@ void WorkerProcess::Impl::io_loop() {
       }
       heard = true;
       refusal_logged_ = false;
+      auto command = proto::parse_signature(wire::view((*frames)[0]));
+      if (command && command.value() == Command::kPassive) {
+        // Not a broker that takes us: the search goes on (and lost_since_ with it).
+        passive = true;
+        break;  // this socket is closed: the rest of what it holds does not matter
+      }
+      switch_logged_ = false;
+      forget_confirmed(last_heard);  // this broker reads what was sent well before it spoke
       if (lost_since_) {
         log_->info("worker {} pid {} [{}] hears the broker at {} again after {} ms", host_, pid_,
-                   detail::short_id(instance_), options_.broker,
+                   detail::short_id(instance_), endpoint(),
                    std::chrono::duration_cast<std::chrono::milliseconds>(last_heard - *lost_since_).count());
         lost_since_.reset();
       }
       if (frames->size() < 2) continue;
-      auto command = proto::parse_signature(wire::view((*frames)[0]));
       if (!command) {
         log_->warn("worker ignored a message from the broker: {}", command.status().to_string());
         continue;
@@ -456,7 +575,7 @@ void WorkerProcess::Impl::io_loop() {
         std::string reason = error ? error.value().message : error.status().to_string();
         if (reason != last_refusal_) {
           log_->error("worker {} pid {} [{}]: the broker at {} refused a message: {}", host_, pid_,
-                      detail::short_id(instance_), options_.broker, reason);
+                      detail::short_id(instance_), endpoint(), reason);
           last_refusal_ = std::move(reason);
         }
       }
@@ -464,42 +583,78 @@ void WorkerProcess::Impl::io_loop() {
     }
 
     const auto now = Clock::now();
-    if (!heard && lost_since_ && now - *lost_since_ > silence_before_exit) {
-      // Registering again for many liveness periods and no broker answers. If one runs, this
-      // process's ZeroMQ context may be wedged (its I/O thread blocked): nothing in this process can
-      // mend that, a fresh process does. Not a crash: the supervisor starts one at once.
+    if (passive) {
+      passive_at_[current_] = now;
+      if (!turn) {  // (a PASSIVE again, to a heartbeat, while waiting to turn: already said)
+        const std::size_t next = next_endpoint();
+        const auto half = options_.heartbeat_interval / 2;
+        auto at = now;
+        if (passive_at_[next] && now - *passive_at_[next] < half) at = *passive_at_[next] + half;
+        log_turn(next, "the broker at " + endpoint() + " is the passive one of its pair");
+        turn = Turn{next, at};
+      }
+    }
+    // A passive broker that answers shows that this process's ZeroMQ context works: for the rule
+    // below, that is hearing a broker.
+    auto last_answer = lost_since_.value_or(Clock::time_point{});
+    for (const auto& at : passive_at_) {
+      if (at && *at > last_answer) last_answer = *at;
+    }
+    if (!heard && lost_since_ && now - last_answer > silence_before_exit) {
+      // Registering again for many liveness periods and no broker answers (at any endpoint of a
+      // pair). If one runs, this process's ZeroMQ context may be wedged (its I/O thread blocked):
+      // nothing in this process can mend that, a fresh process does. Not a crash: the supervisor
+      // starts one at once.
       log_->error("worker {} pid {} [{}] heard no broker at {} for {} ms ({} liveness periods) while registering "
                   "again; ending this process so that its supervisor starts a fresh one",
-                  host_, pid_, detail::short_id(instance_), options_.broker,
+                  host_, pid_, detail::short_id(instance_), join(endpoints_),
                   std::chrono::duration_cast<std::chrono::milliseconds>(now - *lost_since_).count(),
                   detail::kSilentPeriodsBeforeExit);
       log_->flush();
       std::_Exit(detail::kSilenceExitCode);  // never through the context: it may be the wedged part
     }
-    if (forget_tasks || (heard && now - last_heard > expiry && !bytes_arriving(expiry))) {
-      if (!forget_tasks) {
-        log_->warn("worker {} pid {} [{}] heard nothing from the broker at {} for {} ms; registering again", host_,
-                   pid_, detail::short_id(instance_), options_.broker,
-                   std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard).count());
-        if (!lost_since_) lost_since_ = last_heard;
-      } else {
-        if (!lost_since_) lost_since_ = now;  // heard, but as a stranger: registering again from now
-        // After a refusal this repeats every heartbeat interval: the refusal was said once.
-        log_->log(last_refusal_.empty() ? spdlog::level::info : spdlog::level::debug,
-                  "broker asked worker pid {} to register again", pid_);
+    if (turn) {
+      if (now >= turn->at) {
+        reconnect(turn->endpoint);
+        continue;
       }
+    } else if (forget_tasks) {
+      if (!lost_since_) lost_since_ = now;  // heard, but as a stranger: registering again from now
+      // After a refusal this repeats every heartbeat interval: the refusal was said once.
+      log_->log(last_refusal_.empty() ? spdlog::level::info : spdlog::level::debug,
+                "broker asked worker pid {} to register again", pid_);
       {
         std::lock_guard lock(mutex_);
-        tasks_.clear();  // the broker has given these chunks to others
+        // The broker has given the queued chunks to others. The running one is listed in READY
+        // (Ready::held): its answer may still be wanted.
+        tasks_.clear();
       }
-      handshakes_.reset();  // before its socket closes (see HandshakeWatch)
-      socket.close();
-      socket = connect(context);
-      last_heard = last_sent = Clock::now();
-      heard = false;
+      reconnect(current_);
       continue;
-    }
-    if (retry_at_ && now >= *retry_at_) {  // refused: nothing was registered on that socket
+    } else if (heard && now - last_heard > expiry && !bytes_arriving(expiry)) {
+      // Lost: the chunks held here stay (queued ones run on), and the READY to the next broker (of
+      // a pair, the other one) lists them.
+      const auto silent_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard).count();
+      const std::size_t next = next_endpoint();
+      if (next == current_) {
+        log_->warn("worker {} pid {} [{}] heard nothing from the broker at {} for {} ms; registering again", host_,
+                   pid_, detail::short_id(instance_), endpoint(), silent_ms);
+        switch_logged_ = true;
+      } else {
+        log_turn(next, "heard nothing from the broker at " + endpoint() + " for " + std::to_string(silent_ms) + " ms");
+      }
+      if (!lost_since_) lost_since_ = last_heard;
+      reconnect(next);
+      continue;
+    } else if (endpoints_.size() > 1 && !heard && now - asked_since > expiry) {
+      // With a single endpoint a connection waits for its broker as long as it takes (a restarted
+      // broker comes back there); with a pair, the other one may be the one that runs.
+      const auto next = next_endpoint();
+      const auto waited_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - asked_since).count();
+      log_turn(next, "no answer from the broker at " + endpoint() + " for " + std::to_string(waited_ms) + " ms");
+      reconnect(next);
+      continue;
+    } else if (retry_at_ && now >= *retry_at_) {  // refused: nothing was registered on that socket
       handshakes_.reset();
       socket.close();
       socket = connect(context);
@@ -524,7 +679,8 @@ void WorkerProcess::Impl::accept_task(zmq::socket_t& socket, const zmq::message_
   }
   if (payload == nullptr) {  // answer it, so the broker gets its credit back
     proto::Outcome outcome{ErrorCode::kMalformed, 0, {}, "TASK without a payload frame", host_, pid_};
-    auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{header.value().ticket, outcome, instance_});
+    auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{header.value().ticket, outcome, instance_, 0,
+                                                                        header.value().origin});
     reply.emplace_back();
     wire::send(socket, reply, false);
     return;
@@ -587,18 +743,58 @@ bool WorkerProcess::Impl::send_results(zmq::socket_t& socket) {
     finished.swap(finished_);
   }
   wire::ChunkBatch results(Command::kWorkerResult);
+  const auto now = Clock::now();
   for (auto& done : finished) {
     if (results.needs_new_message(done.output.size())) {
       auto frames = results.take();
       wire::send(socket, frames, false);
     }
-    results.add(wire::header_message(proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count}),
-                wire::to_message(std::move(done.output)));
+    auto header = wire::header_message(
+        proto::WorkerResult{done.ticket, std::move(done.outcome), instance_, done.count, done.origin});
+    auto payload = wire::to_message(std::move(done.output));
+    if (done.origin.session != 0) {  // one a next broker can match: kept until confirmed
+      Unconfirmed& kept = unconfirmed_.emplace_back(Unconfirmed{now, {}, {}});
+      kept.header.copy(header);
+      kept.payload.copy(payload);  // reference-counted, not a byte copy
+      unconfirmed_bytes_ += payload.size();
+      while (unconfirmed_.size() > kUnconfirmedMax || unconfirmed_bytes_ > kUnconfirmedBytesMax) {
+        unconfirmed_bytes_ -= unconfirmed_.front().payload.size();
+        unconfirmed_.pop_front();
+      }
+    }
+    results.add(std::move(header), std::move(payload));
   }
   if (results.empty()) return false;
   auto frames = results.take();
   wire::send(socket, frames, false);
   return true;
+}
+
+void WorkerProcess::Impl::forget_confirmed(Clock::time_point broker_heard) {
+  while (!unconfirmed_.empty() && unconfirmed_.front().sent < broker_heard - options_.heartbeat_interval) {
+    unconfirmed_bytes_ -= unconfirmed_.front().payload.size();
+    unconfirmed_.pop_front();
+  }
+}
+
+void WorkerProcess::Impl::resend_unconfirmed(zmq::socket_t& socket) {
+  if (unconfirmed_.empty()) return;
+  const auto now = Clock::now();
+  wire::ChunkBatch results(Command::kWorkerResult);
+  for (Unconfirmed& kept : unconfirmed_) {
+    kept.sent = now;
+    zmq::message_t header, payload;
+    header.copy(kept.header);
+    payload.copy(kept.payload);
+    if (results.needs_new_message(payload.size())) {
+      auto frames = results.take();
+      wire::send(socket, frames, false);
+    }
+    results.add(std::move(header), std::move(payload));
+  }
+  log_->debug("worker pid {} sent {} results again that its last broker may not have read", pid_, unconfirmed_.size());
+  auto frames = results.take();
+  if (!frames.empty()) wire::send(socket, frames, false);
 }
 
 WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::run_chunk(PendingTask& task) {
@@ -659,7 +855,7 @@ void WorkerProcess::Impl::enforce_deadline(zmq::socket_t& socket) {
                              std::to_string(pid_) + " was replaced",
                          host_, pid_};
   log_->error("{}", outcome.message);
-  end_process(socket, running.ticket, std::move(outcome));
+  end_process(socket, running.ticket, running.origin, std::move(outcome));
 }
 
 void WorkerProcess::Impl::report_progress(zmq::socket_t& socket) {
@@ -689,20 +885,21 @@ void WorkerProcess::Impl::report_progress(zmq::socket_t& socket) {
 
 void WorkerProcess::Impl::hand_back_when_stalled(zmq::socket_t& socket) {
   if (options_.prefetch) return;
-  std::vector<std::uint64_t> handed_back;
+  std::vector<std::pair<std::uint64_t, proto::Origin>> handed_back;  // ticket, origin
   {
     std::lock_guard lock(mutex_);
     if (!running_ || tasks_.size() <= 1 || Clock::now() - running_->started < kAdaptiveHold) return;
     while (tasks_.size() > 1) {
-      handed_back.push_back(tasks_.back().header.ticket);
+      handed_back.emplace_back(tasks_.back().header.ticket, tasks_.back().header.origin);
       tasks_.pop_back();
     }
     prefetch_wanted_ = 1;
   }
-  for (const std::uint64_t ticket : handed_back) {
+  for (const auto& [ticket, origin] : handed_back) {
     proto::Outcome outcome{ErrorCode::kUnavailable, 0, {}, "handed back unstarted: the chunk before it runs long",
                            host_, pid_};
-    auto frames = wire::make(Command::kWorkerResult, proto::WorkerResult{ticket, std::move(outcome), instance_});
+    auto frames = wire::make(Command::kWorkerResult, proto::WorkerResult{ticket, std::move(outcome), instance_, 0,
+                                                                          origin});
     frames.emplace_back();
     wire::send(socket, frames, false);
   }
@@ -728,8 +925,10 @@ void WorkerProcess::Impl::adapt_prefetch(std::uint64_t compute_us, std::size_t p
   if (target >= 2 * prefetch_wanted_ || 2 * target <= prefetch_wanted_) prefetch_wanted_ = target;
 }
 
-void WorkerProcess::Impl::end_process(zmq::socket_t& socket, std::uint64_t ticket, proto::Outcome outcome) {
-  auto reply = wire::make(Command::kWorkerResult, proto::WorkerResult{ticket, std::move(outcome), instance_});
+void WorkerProcess::Impl::end_process(zmq::socket_t& socket, std::uint64_t ticket, const proto::Origin& origin,
+                                      proto::Outcome outcome) {
+  auto reply =
+      wire::make(Command::kWorkerResult, proto::WorkerResult{ticket, std::move(outcome), instance_, 0, origin});
   reply.emplace_back();
   (void)wire::send(socket, reply, true);
   say_goodbye_and_exit(socket);
@@ -754,16 +953,18 @@ void WorkerProcess::Impl::on_abandon(const proto::Abandon& abandon) {
   const auto queued = std::find_if(tasks_.begin(), tasks_.end(),
                                    [&](const PendingTask& task) { return task.header.ticket == abandon.ticket; });
   if (queued != tasks_.end()) {
-    tasks_.erase(queued);
     FinishedTask dropped;
     dropped.ticket = abandon.ticket;
+    dropped.origin = queued->header.origin;
+    tasks_.erase(queued);
     dropped.outcome = proto::Outcome{ErrorCode::kCancelled, 0, {}, "abandoned before it started", host_, pid_};
     finished_.push_back(std::move(dropped));
     wake_io();  // sent on the next turn of the loop
     return;
   }
   if (running_ && running_->ticket == abandon.ticket) {
-    abandoned_ = Abandoned{abandon.ticket, Clock::now() + std::chrono::milliseconds(abandon.grace_ms)};
+    abandoned_ =
+        Abandoned{abandon.ticket, running_->origin, Clock::now() + std::chrono::milliseconds(abandon.grace_ms)};
   }
 }
 
@@ -780,7 +981,7 @@ void WorkerProcess::Impl::enforce_abandon(zmq::socket_t& socket) {
   log_->info("worker {} pid {} [{}]: the chunk it runs was abandoned by its client and is still running; "
              "ending this process (a fresh one takes its place)",
              host_, pid_, detail::short_id(instance_));
-  end_process(socket, abandoned_->ticket,
+  end_process(socket, abandoned_->ticket, abandoned_->origin,
               proto::Outcome{ErrorCode::kCancelled, 0, {}, "abandoned by its client", host_, pid_});
 }
 
@@ -801,6 +1002,7 @@ void WorkerProcess::Impl::enforce_stop_timeout(zmq::socket_t& socket) {
 WorkerProcess::Impl::FinishedTask WorkerProcess::Impl::execute(PendingTask& task) {
   FinishedTask done;
   done.ticket = task.header.ticket;
+  done.origin = task.header.origin;
   done.outcome.worker_host = host_;
   done.outcome.worker_pid = pid_;
   const auto* runner = detail::TaskRegistry::instance().find(task.header.task);
@@ -898,8 +1100,8 @@ void WorkerProcess::Impl::run() {
       }
       task = std::move(tasks_.front());
       tasks_.pop_front();
-      running_ = Running{task.header.ticket, items_started_.load(std::memory_order_relaxed), task.header.first_index,
-                         task.header.deadline_ms, Clock::now()};
+      running_ = Running{task.header.ticket, task.header.origin, items_started_.load(std::memory_order_relaxed),
+                         task.header.first_index, task.header.deadline_ms, Clock::now()};
     }
     publish_result(run_chunk(task));
   }

@@ -113,6 +113,19 @@ struct BrokerOptions {
   // Serve Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9464" (port 0: a free
   // one, see metrics_url()). Default: "" = none.
   std::string metrics_address{};
+  // A pair of brokers (docs/OPERATIONS.md, "A standby broker"): "primary" or "backup"; "" = this
+  // broker has no peer. Both start passive; exactly one is active at a time, and the passive one
+  // takes over when its peer has been silent for heartbeat_interval × heartbeat_liveness and a
+  // client or worker turns to it. Clients and workers are given both brokers' endpoints.
+  std::string ha_role{};
+  // Where this broker publishes its state to its peer, e.g. "tcp://10.0.0.1:5557" (port 0 / "*"
+  // picks a free one, see ha_endpoint()), and the peer's ha_bind endpoint. Both needed with ha_role.
+  // Without CURVE, ha_bind must be loopback unless `insecure`, and the peer gives this user's secret.
+  std::string ha_bind{};
+  std::string ha_peer{};
+  // With CURVE: the peer's public key file (*.pub, from `poolmap keygen`); only that key may
+  // subscribe to this broker's state, and the peer is known by it. Needed with CURVE and ha_role.
+  std::filesystem::path ha_peer_key_file{};
 };
 
 class Broker {
@@ -131,6 +144,8 @@ class Broker {
   const std::string& worker_endpoint() const noexcept;
   // Where the metrics are served ("http://127.0.0.1:9464/metrics"), or "" without metrics_address.
   const std::string& metrics_url() const noexcept;
+  // The peer link's endpoint actually bound (ha_bind), or "" without a pair.
+  const std::string& ha_endpoint() const noexcept;
 
   // Serves until stop() is called. Call from one thread, once.
   void run();
@@ -144,6 +159,11 @@ class Broker {
   // daemon calls it on SIGHUP). If a directory cannot be read, the keys in use stay and an error
   // is logged. Does nothing without CURVE. Thread-safe.
   void reload_keys() noexcept;
+
+  // Failing back (the daemon calls it on SIGUSR1): an active broker whose peer is there and
+  // passive steps down and asks the peer to take over at once; otherwise it logs why not. Does
+  // nothing without a pair. Thread-safe.
+  void hand_over() noexcept;
 
  private:
   class Impl;

@@ -127,6 +127,7 @@ void BrokerCore::on_client_message(Clock::time_point now, std::vector<zmq::messa
       ClientState& client = touch_client(identity);
       client.host = printable(hello.value().client_host);
       client.pid = hello.value().client_pid;
+      client.session = hello.value().session;
       client.key = facts.key();
       client.link = facts.link();
       log_->info("client {} pid {}{} said hello", client.host, client.pid,
@@ -223,6 +224,7 @@ bool BrokerCore::on_submit(const std::string& identity, const zmq::message_t& he
   note_job(client, submit.value());
   Chunk& chunk = chunks_[ticket];
   chunk.client = identity;
+  chunk.session = client.session;
   chunk.received = now_;
   metrics_.bytes_received(payload.size());
   chunk.header = std::move(submit.value());
@@ -267,7 +269,7 @@ bool BrokerCore::on_submit(const std::string& identity, const zmq::message_t& he
       return true;
     case Scheduler::Verdict::kRunnable:
     case Scheduler::Verdict::kWait:
-      queue_chunk(ticket, false);
+      place_chunk(ticket);
       return true;
   }
   return true;

@@ -23,10 +23,15 @@ BrokerCore::BrokerCore(const BrokerOptions& options, Clock::time_point now, Outb
       now_(now),
       scheduler_(options_.heartbeat_interval * options_.heartbeat_liveness, now),
       // Bounded away from 0 and from wrapping round for as many chunks as any broker will see.
-      next_ticket_((first_ticket & 0x7fffffffffffffffULL) | 1) {}
+      next_ticket_((first_ticket & 0x7fffffffffffffffULL) | 1),
+      // Chunks sent here again (kResent) wait this long for the workers that may hold them to
+      // register: they notice the old broker's loss within a heartbeat interval of each other.
+      hold_resent_until_(now + options_.heartbeat_interval),
+      started_(now) {}
 
 void BrokerCore::end_of_pass(Clock::time_point now) {
   now_ = now;
+  release_held_back();
   if (!draining_) dispatch();
   flush_results();
   send_started();
@@ -38,6 +43,7 @@ void BrokerCore::end_of_pass(Clock::time_point now) {
 void BrokerCore::tick(Clock::time_point now) {
   now_ = now;
   check_worker_liveness();
+  expire_takeover_state();
   // A client holds no chunk that anyone waits for, and its heartbeats queue behind the large
   // messages it sends (a 50 MB context on a loaded host takes a while): give it four times as long.
   const auto client_expiry = 4 * expiry();
@@ -206,6 +212,8 @@ proto::StatusReply BrokerCore::status_reply() const {
   for (const auto& [id, client] : clients_by_id_) {
     reply.context_bytes_held += static_cast<std::uint64_t>(client.contexts.bytes());
   }
+  reply.role = "active";
+  if (pair_ != nullptr) pair_->describe(reply, now);
   return reply;
 }
 
@@ -220,6 +228,10 @@ BrokerCore::Footprint BrokerCore::footprint() const {
   f.workers = workers_by_id_.size();
   f.ready_budgets = ready_budgets_.size();
   f.proven_supervisors = proven_supervisors_.size();
+  f.resent = resent_.size();
+  f.adoptable = adoptable_.size();
+  f.orphans = orphans_.size();
+  f.held_back = held_back_.size();
   for (const auto& [id, client] : clients_by_id_) {
     f.contexts += client.contexts.held();
     f.job_records += client.job_records.size();
@@ -234,6 +246,7 @@ std::string BrokerCore::self_check() const {
   std::unordered_map<std::string, std::int64_t> bytes_of;
   std::map<std::pair<std::string, std::uint64_t>, std::size_t> context_users;
   std::size_t queued = 0;
+  const std::unordered_set<std::uint64_t> held_back(held_back_.begin(), held_back_.end());
   for (const auto& [ticket, chunk] : chunks_) {
     const auto client = clients_by_id_.find(chunk.client);
     if (client == clients_by_id_.end()) return "chunk " + std::to_string(ticket) + " belongs to no client";
@@ -245,7 +258,7 @@ std::string BrokerCore::self_check() const {
     bytes_of[chunk.client] += static_cast<std::int64_t>(chunk.payload.size());
     if (chunk.header.context_hash != 0) ++context_users[{chunk.client, chunk.header.context_hash}];
     if (chunk.worker.empty()) {
-      ++queued;
+      if (!held_back.contains(ticket) || scheduler_.is_queued(ticket)) ++queued;
       continue;
     }
     const auto worker = workers_by_id_.find(chunk.worker);

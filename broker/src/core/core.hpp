@@ -18,6 +18,10 @@
 //   ledger.cpp   the chunk ledger: every chunk not yet answered, where each copy was sent, first
 //                answer wins, late answers, retries, poison (kills), failure
 //   dispatch.cpp what goes to which worker now (the Scheduler decides), TASK batches, STARTED
+//   takeover.cpp chunks that outlive a broker: what workers say they hold (READY) is matched to the
+//                chunks their clients send again (kResent), and answers to chunks this broker never
+//                sent are kept for them a while; resent chunks wait a heartbeat interval after the
+//                core starts, for the workers that hold them to register
 //   core.cpp     construction, the heartbeat tick, sending, errors, the status view
 // The dispatch policy itself is the Scheduler (../scheduler.hpp), a unit of its own too.
 //
@@ -42,6 +46,7 @@
 #include "../metrics.hpp"
 #include "contexts.hpp"
 #include "log_throttle.hpp"
+#include "pair.hpp"
 #include "../scheduler.hpp"
 #include "poolmap/broker.hpp"
 #include "poolmap/error.hpp"
@@ -116,6 +121,11 @@ class BrokerCore {
   void start_drain(Clock::time_point now);
   // Every peer is told to go (DISCONNECT): workers register with the next broker, clients resend.
   void disconnect_everyone();
+  // This broker stepped down (its pair's peer is active): every peer is told to turn to the other
+  // broker (PASSIVE). The core is dropped after it.
+  void send_everyone_away();
+  // The pair this broker belongs to, for the status reply (nullptr: none). It must outlive the core.
+  void set_pair(const Pair* pair) { pair_ = pair; }
 
   std::size_t workers() const { return workers_by_id_.size(); }
   std::size_t clients() const { return clients_by_id_.size(); }
@@ -129,7 +139,7 @@ class BrokerCore {
   struct Footprint {
     std::size_t chunks = 0, contexts = 0, job_records = 0, silenced = 0, over_budget = 0, started_due = 0,
                 deliveries = 0, clients = 0, workers = 0, refused_contexts = 0, ready_budgets = 0,
-                proven_supervisors = 0;
+                proven_supervisors = 0, resent = 0, adoptable = 0, orphans = 0, held_back = 0;
   };
   Footprint footprint() const;
   // Checks the core's own bookkeeping against itself (each client's counts against the ledger and
@@ -163,6 +173,8 @@ class BrokerCore {
     std::uint64_t chunks_failed = 0;  // answered with an error (not counting cancelled ones)
     std::uint32_t credit = 0;         // chunks it accepts at a time (READY, CREDIT)
     std::unique_ptr<LinkWatch> link;  // its connection: bytes arriving count as life
+    // Chunks adopted from an earlier broker: the ticket the worker knows -> this broker's ticket.
+    std::unordered_map<std::uint64_t, std::uint64_t> aliases;
   };
   struct ClientState {
     ClientState(std::pmr::memory_resource* nodes, ClientContexts::Quota quota) : jobs(nodes), contexts(quota) {}
@@ -170,6 +182,7 @@ class BrokerCore {
     std::string key;  // the name of its CURVE key ("" without CURVE)
     std::string host;
     std::uint32_t pid = 0;
+    std::uint64_t session = 0;  // Hello::session: names its chunks across brokers (proto::Origin)
     std::unique_ptr<LinkWatch> link;  // its connection: bytes arriving count as life
     Clock::time_point last_heard;
     Clock::time_point last_sent;
@@ -213,6 +226,8 @@ class BrokerCore {
     std::uint32_t kills = 0;    // workers that crashed while running it
     std::uint32_t retries = 0;  // re-dispatches after losses not blamed on it
     std::string worker;         // identity of the holder; empty while queued
+    std::uint64_t worker_ticket = 0;  // the number its holder knows it by, when not the ticket (adopted)
+    std::uint64_t session = 0;  // its client's Hello::session (proto::Origin)
     // Every process it was sent to: its instance id and the connection (routing id) it held the
     // chunk on. A late answer counts only from that instance: on that connection, or on the one the
     // same instance registered on since (never by what a message claims).
@@ -330,6 +345,48 @@ class BrokerCore {
   // Chunks no worker can run any more, and chunks past their retry budget whose workers stayed gone.
   void fail_hopeless_chunks();
 
+  // takeover.cpp
+  struct OriginHash {
+    std::size_t operator()(const proto::Origin& origin) const noexcept {
+      return std::hash<std::uint64_t>{}(origin.session * 0x9E3779B97F4A7C15ULL ^ origin.job * 0xC2B2AE3D27D4EB4FULL ^
+                                        origin.chunk);
+    }
+  };
+  // A chunk a worker said it holds (READY) that no client has sent here yet.
+  struct Adoptable {
+    std::string worker;  // identity
+    std::uint64_t instance = 0;
+    std::uint64_t ticket = 0;  // as the worker knows it
+    bool running = false;
+    Clock::time_point since;
+  };
+  // An answer to a chunk this broker never sent, from a registered worker, kept for its client's resend.
+  struct Orphan {
+    proto::WorkerResult result;
+    zmq::message_t payload;
+    std::string worker;
+    Clock::time_point since;
+  };
+  static proto::Origin origin_of(const Chunk& chunk) { return {chunk.session, chunk.header.job, chunk.header.chunk}; }
+  // A new chunk that can run: queued, or matched to a worker's answer or to the worker that holds it
+  // (a chunk its client sends again, kResent), or held back for the workers to register first.
+  void place_chunk(std::uint64_t ticket);
+  // READY's held chunks: adopted where this broker has the chunk and nobody runs it, remembered
+  // for the client's resend otherwise.
+  void adopt_held(WorkerState& worker, const std::vector<proto::HeldChunk>& held);
+  // The chunk `ticket` is the worker's from now on, which knows it as `worker_ticket`.
+  void adopt_chunk(std::uint64_t ticket, WorkerState& worker, std::uint64_t worker_ticket);
+  // A registered worker answered a ticket it does not hold here: matched by origin to a resent
+  // chunk (first answer wins), else kept as an orphan. Returns true if used.
+  bool accept_by_origin(WorkerState& worker, proto::WorkerResult& result, zmq::message_t& payload);
+  // This broker's ticket for the ticket a worker sent (aliases of adopted chunks).
+  static std::uint64_t ledger_ticket(WorkerState& worker, std::uint64_t ticket, bool forget);
+  // The live chunk sent here again (kResent) with this origin, if any.
+  std::optional<std::uint64_t> resent_ticket(const proto::Origin& origin);
+  // Resent chunks whose hold is over go to the queue; old orphans and adoptables go.
+  void release_held_back();
+  void expire_takeover_state();
+
   // dispatch.cpp
   void dispatch();
   // Sends `tickets` (assigned to `worker` by the scheduler, in order) in as few TASK messages as
@@ -392,6 +449,18 @@ class BrokerCore {
     Clock::time_point refilled{};
   };
   std::unordered_map<std::string, ReadyBudget> ready_budgets_;  // by peer; idle ones dropped each tick
+
+  const Pair* pair_ = nullptr;
+  // takeover.cpp
+  std::unordered_map<proto::Origin, std::uint64_t, OriginHash> resent_;  // kResent chunks not answered
+  std::unordered_map<proto::Origin, Adoptable, OriginHash> adoptable_;
+  std::unordered_map<proto::Origin, Orphan, OriginHash> orphans_;
+  std::int64_t orphan_bytes_ = 0;
+  std::vector<std::uint64_t> held_back_;  // resent chunks waiting for hold_resent_until_
+  Clock::time_point hold_resent_until_;
+  Clock::time_point started_;  // this core (a broker's start, or its taking over)
+  std::uint64_t chunks_adopted_ = 0;  // chunks that kept running on their worker across brokers
+  std::uint64_t orphans_delivered_ = 0;
 
   std::uint64_t chunks_done_ = 0;
   std::uint64_t chunks_failed_ = 0;

@@ -78,6 +78,7 @@ void BrokerCore::send_tasks(WorkerState& worker, const std::vector<std::uint64_t
       metrics_.bytes_sent(chunk.payload.size());
       ++chunk.attempt;
       chunk.worker = worker.identity;
+      chunk.worker_ticket = 0;
       if (std::none_of(chunk.holders.begin(), chunk.holders.end(),
                        [&](const Chunk::Holder& h) { return h.instance == worker.instance && h.identity == worker.identity; })) {
         chunk.holders.push_back({worker.instance, worker.identity});
@@ -105,7 +106,8 @@ void BrokerCore::send_tasks(WorkerState& worker, const std::vector<std::uint64_t
     const std::uint64_t context_hash = chunk.header.context_hash;
     auto header = wire::header_message(proto::TaskHeader{tickets[i], chunk.header.first_index, chunk.header.count,
                                                          chunk.header.task, chunk.header.signature,
-                                                         chunk.header.deadline_ms, context_hash});
+                                                         chunk.header.deadline_ms, context_hash,
+                                                         origin_of(chunk)});
     zmq::message_t payload;
     payload.copy(chunk.payload);  // reference-counted, not a byte copy
     if (context_hash != 0 && !worker.contexts.contains(context_hash)) {

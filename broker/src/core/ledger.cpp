@@ -84,14 +84,16 @@ bool BrokerCore::on_worker_result(const std::string& identity, const zmq::messag
     return false;
   }
   metrics_.bytes_received(payload.size());
-  const std::uint64_t ticket = result.value().ticket;
+  const std::uint64_t ticket = ledger_ticket(worker, result.value().ticket, true);
+  result.value().ticket = ticket;
   while (!worker.dispatch_order.empty() && !worker.tickets.contains(worker.dispatch_order.front())) {
     worker.dispatch_order.pop_front();  // answered earlier
   }
   if (worker.tickets.erase(ticket) == 0) {
     // Not a chunk this registration holds: perhaps one it ran before it registered again.
     result.value().instance = worker.instance;  // this registration's process, whatever it says
-    if (!accept_late_result(result.value(), payload, identity, true)) {
+    if (!accept_late_result(result.value(), payload, identity, true) &&
+        !accept_by_origin(worker, result.value(), payload)) {
       log_->debug("worker {} pid {} [{}] returned ticket {} it does not hold", worker.host, worker.pid,
                   short_id(worker.instance), ticket);
     }
@@ -209,6 +211,10 @@ void BrokerCore::finish_chunk(std::uint64_t ticket) {
   }
   scheduler_.forget(ticket);
   over_budget_.erase(ticket);
+  if ((chunk->second.header.flags & proto::kResent) != 0) {
+    const auto resent = resent_.find(origin_of(chunk->second));
+    if (resent != resent_.end() && resent->second == ticket) resent_.erase(resent);
+  }
   chunks_.erase(chunk);
 }
 
@@ -216,8 +222,9 @@ void BrokerCore::abandon(std::uint64_t ticket, const Chunk& chunk) {
   if (chunk.worker.empty()) return;
   const auto worker = workers_by_id_.find(chunk.worker);
   if (worker == workers_by_id_.end()) return;
+  const std::uint64_t known_as = chunk.worker_ticket != 0 ? chunk.worker_ticket : ticket;
   auto frames = wire::make(Command::kAbandon,
-                           proto::Abandon{ticket, static_cast<std::uint32_t>(options_.heartbeat_interval.count())});
+                           proto::Abandon{known_as, static_cast<std::uint32_t>(options_.heartbeat_interval.count())});
   (void)send_to_worker(worker->second, frames);  // one that is gone is dealt with by liveness
 }
 

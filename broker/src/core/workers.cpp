@@ -112,7 +112,7 @@ void BrokerCore::on_worker_message(Clock::time_point now, std::vector<zmq::messa
     case Command::kWorkerProgress: {
       auto progress = proto::decode<proto::WorkerProgress>(header);
       if (!progress) return reply_error(Side::kWorker, identity, progress.status());
-      const auto chunk = chunks_.find(progress.value().ticket);
+      const auto chunk = chunks_.find(ledger_ticket(worker, progress.value().ticket, false));
       // Only the worker that holds the chunk now speaks for it, and only forward.
       if (chunk == chunks_.end() || chunk->second.worker != identity) return;
       const std::uint32_t items = progress.value().items_done;
@@ -149,7 +149,7 @@ void BrokerCore::on_worker_exited(const std::string& identity, const zmq::messag
     blame_crash_after_loss(report, facts.key());
     return;
   }
-  const WorkerState& worker = workers_by_id_.at(registered->second);
+  WorkerState& worker = workers_by_id_.at(registered->second);
   if (report.supervisor == 0 || worker.supervisor != report.supervisor || worker.key != facts.key()) {
     ++bad_messages_;
     log_->warn("ignored an exit report for worker {} pid {} [{}] from a peer that is not its supervisor", worker.host,
@@ -157,7 +157,7 @@ void BrokerCore::on_worker_exited(const std::string& identity, const zmq::messag
     return;
   }
   lose_worker(registered->second, "worker process " + printable(report.cause, 128),
-              report.crashed ? Loss::kCrash : Loss::kLost, report.running_ticket);
+              report.crashed ? Loss::kCrash : Loss::kLost, ledger_ticket(worker, report.running_ticket, false));
   return;
 }
 
@@ -169,10 +169,12 @@ void BrokerCore::on_ready(const std::string& identity, const zmq::message_t& hea
     return reply_error(Side::kWorker, identity,
                        Status(ErrorCode::kMalformed, "READY credit must be 1.." + std::to_string(proto::kMaxCredit)));
   }
-  if (ready.value().instance == 0 || ready.value().tasks.size() > proto::kMaxTasksPerWorker) {
+  if (ready.value().instance == 0 || ready.value().tasks.size() > proto::kMaxTasksPerWorker ||
+      ready.value().held.size() > proto::kMaxCredit) {
     return reply_error(Side::kWorker, identity,
-                       Status(ErrorCode::kMalformed, "READY needs an instance id and at most " +
-                                                         std::to_string(proto::kMaxTasksPerWorker) + " tasks"));
+                       Status(ErrorCode::kMalformed, "READY needs an instance id, at most " +
+                                                         std::to_string(proto::kMaxTasksPerWorker) + " tasks and at most " +
+                                                         std::to_string(proto::kMaxCredit) + " held chunks"));
   }
   const std::uint64_t instance = ready.value().instance;
   const std::uint32_t generation = ready.value().generation;
@@ -235,6 +237,7 @@ void BrokerCore::on_ready(const std::string& identity, const zmq::message_t& hea
              short_id(instance), worker.key.empty() ? "" : " (key " + worker.key + ")",
              ready.value().credit, worker.tasks.size(), workers_by_id_.size());
   announce_workers();
+  adopt_held(worker, ready.value().held);
   return;
 }
 

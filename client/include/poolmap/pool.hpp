@@ -50,7 +50,9 @@ namespace poolmap {
 void init(int argc, char** argv);
 
 struct PoolOptions {
-  // Broker client endpoint, e.g. "tcp://head-node:5555". Default: "" = the POOLMAP_BROKER
+  // Broker client endpoint, e.g. "tcp://head-node:5555", or a comma-separated list of the two
+  // brokers of a pair ("tcp://head-a:5555,tcp://head-b:5555": the Pool works with the active one
+  // and turns to the other when it loses it). Default: "" = the POOLMAP_BROKER
   // environment variable if set (the PBS/Slurm scripts in deploy/ set it), else embedded mode.
   std::string broker{};
   // Embedded mode: worker processes to start. Default: 0 = physical cores, limited by CPU affinity,
@@ -186,6 +188,13 @@ struct BrokerStatus {
   std::uint64_t context_bytes_received = 0;  // broadcast contexts received from clients
   std::uint64_t context_bytes_sent = 0;      // broadcast contexts sent to workers
   std::uint64_t context_bytes_held = 0;      // broadcast contexts the broker keeps now
+  // A broker of a pair (poolmap-broker --ha): "active" or "passive" ("active" without a peer), its
+  // epoch (0 without a peer), and its peer's state as it sees it: "active", "passive", "silent"
+  // ("" without a peer), last heard peer_silent ago.
+  std::string role;
+  std::uint64_t epoch = 0;
+  std::string peer;
+  std::chrono::milliseconds peer_silent{0};
 };
 
 namespace detail {

@@ -1,8 +1,9 @@
-// The poolmap wire protocol, version 5: message structs and their codec. docs/PROTOCOL.md is the
+// The poolmap wire protocol, version 7: message structs and their codec. docs/PROTOCOL.md is the
 // prose version of this file; keep the two in step.
 //
 // Every message is a ZeroMQ multipart message (after the ROUTER identity frame on the broker side):
-//   frame 0  signature: 4 bytes 'P' 'M' <version> <command>
+//   frame 0  signature: 4 bytes 'P' 'M' <version> <command>, or 12 from a broker of a pair (--ha):
+//            the same 4, then the broker's epoch (uint64, little-endian): see epoch_of()
 //   frame 1  header: the command's struct below, encoded with poolmap::OutputArchive (may be empty)
 //   frame 2  payload (SUBMIT, TASK, RESULT only): opaque encoded items or results; the broker moves
 //            it from one socket to the other without reading or copying it
@@ -26,7 +27,7 @@ namespace poolmap::proto {
 
 inline constexpr std::byte kTag0{'P'};
 inline constexpr std::byte kTag1{'M'};
-inline constexpr std::uint8_t kVersion = 6;
+inline constexpr std::uint8_t kVersion = 7;
 
 // One byte after the tag and version. Values are part of the protocol: never renumber.
 enum class Command : std::uint8_t {
@@ -58,13 +59,25 @@ enum class Command : std::uint8_t {
   // both directions, all peers
   kHeartbeat = 0x40,   // (empty)
   kDisconnect = 0x41,  // (empty): "forget me" / "I do not know you, register again"
+  // broker -> client, worker
+  kPassive = 0x42,  // (empty): "I am the passive broker of a pair: turn to the other one"
+  // broker -> broker of the same pair
+  kPeerState = 0x51,  // PeerState
 };
 
 // The 4-byte signature frame for `command`.
 std::array<std::byte, 4> signature_frame(Command command) noexcept;
 
+// The signature frame of a broker of a pair at `epoch`: signature_frame(command), then the epoch.
+std::array<std::byte, 12> signature_frame(Command command, std::uint64_t epoch) noexcept;
+
+// The epoch a signature frame carries: 0 for a 4-byte one (a broker that is not one of a pair, a
+// client, a worker). A broker of a pair counts its epoch up each time it becomes active; clients
+// and workers ignore a broker whose epoch is older than one they have seen (docs/PROTOCOL.md).
+std::uint64_t epoch_of(std::span<const std::byte> frame) noexcept;
+
 // Checks a signature frame. Returns the command, kBadVersion for another tag or version, or
-// kMalformed for a frame that is not 4 bytes. An unknown command byte is returned as-is; the broker
+// kMalformed for a frame that is not 4 or 12 bytes. An unknown command byte is returned as-is; the broker
 // answers it with ERROR kUnknownCommand, workers and clients ignore it.
 Result<Command> parse_signature(std::span<const std::byte> frame);
 
@@ -87,10 +100,29 @@ struct Outcome {
 struct Hello {
   std::string client_host;
   std::uint32_t client_pid = 0;
+  std::uint64_t session = 0;  // random id of this Pool, the same on every connection it opens; 0 = none
+  std::uint64_t epoch = 0;    // the newest broker epoch this client has seen
+  std::uint32_t flags = 0;    // kObserver
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(client_host, client_pid);
+    ar(client_host, client_pid, session, epoch, flags);
   }
+};
+// Hello::flags: this client has no work (it asks for status): a passive broker of a pair does not
+// count its HELLO as a vote to take over.
+inline constexpr std::uint32_t kObserver = 1;
+
+// A chunk as its client names it: the same at every broker it is sent to, so a broker that takes
+// over from another can match a worker's answer to the chunk the client sends again.
+struct Origin {
+  std::uint64_t session = 0;  // Hello::session of the client; 0 = none (no matching)
+  std::uint64_t job = 0;
+  std::uint64_t chunk = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(session, job, chunk);
+  }
+  friend bool operator==(const Origin&, const Origin&) = default;
 };
 
 struct Welcome {
@@ -121,6 +153,8 @@ struct Submit {
 // Submit::flags: answer with STARTED once the chunk's first dispatch has been on a worker for 1 ms
 // unanswered (Future::running(); a chunk answered sooner gets its RESULT alone).
 inline constexpr std::uint32_t kNotifyStarted = 1;
+// Submit::flags: sent before, to a broker this client then lost: a worker may hold it or its answer.
+inline constexpr std::uint32_t kResent = 2;
 
 struct Started {
   std::uint64_t job = 0;
@@ -219,6 +253,17 @@ struct TaskInfo {
   friend auto operator<=>(const TaskInfo&, const TaskInfo&) = default;
 };
 
+// A chunk a worker holds (READY): the ticket it was sent with, and its origin.
+struct HeldChunk {
+  std::uint64_t ticket = 0;
+  Origin origin;
+  bool running = false;  // started (else queued behind the running one)
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(ticket, origin, running);
+  }
+};
+
 // Most tasks one worker may announce in READY.
 inline constexpr std::size_t kMaxTasksPerWorker = 4096;
 
@@ -232,9 +277,12 @@ struct Ready {
   std::vector<TaskInfo> tasks;   // what it can run (at most kMaxTasksPerWorker)
   std::uint32_t generation = 0;  // counts this process's connections (1, 2, ...): a READY from an
                                  // older connection that arrives late is stale and ignored
+  std::uint64_t epoch = 0;       // the newest broker epoch this worker has seen
+  std::vector<HeldChunk> held;   // chunks an earlier broker sent it, still queued or running here
+                                 // (at most kMaxCredit)
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, credit, instance, supervisor, tasks, generation);
+    ar(host, pid, credit, instance, supervisor, tasks, generation, epoch, held);
   }
 };
 
@@ -246,9 +294,10 @@ struct TaskHeader {
   std::string signature;
   std::uint32_t deadline_ms = 0;  // per item; 0 = none
   std::uint64_t context_hash = 0; // 0 = none; the context's bytes come as frame 3 the first time
+  Origin origin;                  // echoed in WorkerResult, and in READY while held
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(ticket, first_index, count, task, signature, deadline_ms, context_hash);
+    ar(ticket, first_index, count, task, signature, deadline_ms, context_hash, origin);
   }
 };
 
@@ -257,9 +306,10 @@ struct WorkerResult {
   Outcome outcome;
   std::uint64_t instance = 0;  // the worker process's instance id (as in its READY)
   std::uint32_t count = 0;     // results in the payload: the chunk's item count when ok, else 0
+  Origin origin;               // as the chunk's TaskHeader said
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(ticket, outcome, instance, count);
+    ar(ticket, outcome, instance, count, origin);
   }
 };
 
@@ -351,10 +401,29 @@ struct StatusReply {
   std::uint64_t context_bytes_sent = 0;      // broadcast contexts, to workers
   std::uint64_t context_bytes_held = 0;      // broadcast contexts the broker keeps now
   std::vector<JobInfo> jobs;                 // at most kMaxStatusJobs, oldest first
+  std::string role;                          // "active" or "passive" ("active" for a broker without a peer)
+  std::uint64_t epoch = 0;                   // 0 for a broker without a peer
+  std::string peer;                          // "" (no peer), or the peer's state: "active", "passive", "silent"
+  std::uint32_t peer_silent_ms = 0;          // since the peer was last heard (with a peer)
   template <class Archive>
   void serialize(Archive& ar) {
     ar(workers, clients, chunks_queued, chunks_in_flight, chunks_done, chunks_failed,
-       chunks_redispatched, bad_messages, context_bytes_received, context_bytes_sent, context_bytes_held, jobs);
+       chunks_redispatched, bad_messages, context_bytes_received, context_bytes_sent, context_bytes_held, jobs, role,
+       epoch, peer, peer_silent_ms);
+  }
+};
+
+// Between the two brokers of a pair (--ha-bind / --ha-peer): each publishes its state every
+// heartbeat interval and at once when it changes. Frame 0 is signature_frame(kPeerState, epoch).
+struct PeerState {
+  std::uint8_t role = 0;        // 1 primary, 2 backup (as configured)
+  std::uint8_t state = 0;       // 1 active, 2 passive
+  std::uint64_t epoch = 0;      // the newest epoch it knows (its own while active)
+  std::uint32_t heartbeat_ms = 0;
+  std::uint8_t handing_over = 0;  // 1: it steps down now and asks the peer to take over (failing back)
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(role, state, epoch, heartbeat_ms, handing_over);
   }
 };
 

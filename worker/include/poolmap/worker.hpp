@@ -10,6 +10,17 @@
 // task never looks like a dead worker). If the broker is silent for heartbeat_interval ×
 // heartbeat_liveness, or says it does not know this worker, the process registers again.
 //
+// A pair of brokers (primary and backup, docs/PROTOCOL.md): WorkerOptions::broker lists both, and
+// the process talks to one at a time, the first one first. It turns to the next one (round-robin)
+// when its broker says it is the passive one of its pair (PASSIVE), when the broker it was
+// registered with is silent for a liveness period, or when a connection has had no answer for a
+// liveness period. It ignores every message from a broker whose epoch is older than the newest it
+// has seen (a broker that lost its place to its peer and does not know it yet). Having lost its
+// broker it keeps the chunks it holds (the one running and the ones queued), lists them in its
+// READY to the next broker (Ready::held, with each chunk's origin, which every result echoes) and
+// sends the results it has not sent yet after that READY; a broker that does not know it
+// (DISCONNECT) gets only the running chunk listed, the queued ones are dropped as before.
+//
 // A Supervisor starts `processes` copies of a command (normally this executable in its child role)
 // and restarts any that exit, with a back-off, until stop(); a copy that ends with status 0 (max
 // tasks per child) is replaced at once. It gives each copy an instance id and can report each exit
@@ -34,7 +45,9 @@
 namespace poolmap {
 
 struct WorkerOptions {
-  // The broker's worker endpoint, e.g. "tcp://broker-host:5556". Required.
+  // The broker's worker endpoint, e.g. "tcp://broker-host:5556"; for a pair of brokers, both, in a
+  // comma-separated list ("tcp://a:5556,tcp://b:5556"; spaces around each are ignored; see above).
+  // Required.
   std::string broker{};
   // Chunks accepted beyond the one running, so the next is already here when one finishes. At
   // most 1023. Default: nullopt = adapt to the chunks: start at 1, then hold about 2 ms of work
@@ -79,8 +92,8 @@ struct WorkerOptions {
 class WorkerProcess {
  public:
   // Does not connect yet. Throws poolmap::Error (kInvalidArgument) for an empty or malformed broker
-  // endpoint, non-positive heartbeat settings, too much prefetch, bad key files or a secret file
-  // that cannot be had or is open to others.
+  // endpoint (any of a list, or an empty entry in it), non-positive heartbeat settings, too much
+  // prefetch, bad key files or a secret file that cannot be had or is open to others.
   explicit WorkerProcess(WorkerOptions options);
   ~WorkerProcess();
   WorkerProcess(const WorkerProcess&) = delete;
@@ -123,7 +136,9 @@ struct SupervisorOptions {
   // After stop(), time the children get to exit after SIGTERM before SIGKILL. Default: 5 s.
   std::chrono::milliseconds stop_grace{5000};
   // A broker worker endpoint to tell when a child exits (host, pid, signal or exit code), so that
-  // the broker re-dispatches its chunks at once and knows which chunk killed it. Default: "" = none.
+  // the broker re-dispatches its chunks at once and knows which chunk killed it; for a pair of
+  // brokers a comma-separated list (as WorkerOptions::broker), and each is told (the passive one
+  // ignores it). Default: "" = none.
   std::string report_endpoint{};
   // CURVE keys for the report connection (the same as the workers'). Both or neither.
   std::filesystem::path curve_secret_file{};
@@ -137,8 +152,8 @@ struct SupervisorOptions {
 
 class Supervisor {
  public:
-  // Throws poolmap::Error (kInvalidArgument) for an empty executable, zero processes or bad key
-  // files.
+  // Throws poolmap::Error (kInvalidArgument) for an empty executable, zero processes, an empty
+  // entry in report_endpoint's list or bad key files.
   explicit Supervisor(SupervisorOptions options);
   ~Supervisor();  // stops and reaps every child if run() is not running
   Supervisor(const Supervisor&) = delete;
