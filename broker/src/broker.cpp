@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/core.hpp"
+#include "core/paired.hpp"
 #include "core/log_throttle.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
@@ -27,9 +28,8 @@
 
 // The broker's shell: its sockets, ZAP (CURVE keys, passwords), the poll loop, and moving messages
 // between the sockets and the core (core/core.hpp), which makes every decision. In a pair (--ha)
-// also the peer link (a PUB socket this broker binds, a SUB socket connected to the peer's), and
-// the pair's decisions (core/pair.hpp): while passive there is no core; the shell answers status
-// and PASSIVE, and keeps a client's or worker's first message while the vote is held.
+// also the peer link (a PUB socket this broker binds, a SUB socket connected to the peer's); the
+// pair's part without I/O is core/paired.hpp.
 
 namespace poolmap {
 
@@ -88,11 +88,13 @@ detail::KeyRing read_key_ring(const BrokerOptions& options) {
   return ring;
 }
 
-// Most client and worker messages kept while a vote is held (beyond: answered PASSIVE).
-constexpr std::size_t kMaxHeldVotes = 10000;
+std::uint64_t random_ticket() {
+  std::random_device random;
+  return static_cast<std::uint64_t>(random()) << 32 | random();
+}
 }  // namespace
 
-class Broker::Impl final : public detail::Outbox {
+class Broker::Impl final : public detail::Outbox, private detail::PairedBroker::PeerLink {
  public:
   Impl(BrokerOptions options, Context context)
       : options_(std::move(options)),
@@ -130,7 +132,7 @@ class Broker::Impl final : public detail::Outbox {
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "broker: eventfd failed");
     if (options_.ha_role.empty()) {
-      start_core(Clock::now());
+      core_ = std::make_unique<detail::BrokerCore>(options_, Clock::now(), *this, *metrics_, log_, random_ticket());
     } else {
       set_up_peer_link();
     }
@@ -162,16 +164,10 @@ class Broker::Impl final : public detail::Outbox {
  private:
   // detail::Outbox: the core's messages go out through the sockets.
   bool send(Side side, const std::string& identity, std::vector<zmq::message_t>& frames) override {
-    if (pair_ && !frames.empty()) stamp_epoch(frames[0]);
     return wire::send_to(side == Side::kClient ? clients_ : workers_, identity, frames);
   }
-  // A broker of a pair says its epoch in every message (the newest it knows while passive).
-  void stamp_epoch(zmq::message_t& signature) const {
-    if (signature.size() != 4) return;
-    const auto command = static_cast<proto::Command>(static_cast<const std::uint8_t*>(signature.data())[3]);
-    const auto stamped = proto::signature_frame(command, pair_->active() ? pair_->epoch() : pair_->newest_epoch());
-    signature.rebuild(stamped.data(), stamped.size());
-  }
+  // PeerLink: this broker's state, to its peer.
+  void publish(const proto::PeerState& state) override;
   // Dropped payloads were freed into malloc's arenas; hand that memory back to the system now
   // rather than keeping the peak of a client that is gone.
   void release_memory() override { ::malloc_trim(0); }
@@ -190,23 +186,13 @@ class Broker::Impl final : public detail::Outbox {
   void serve_zap();
   void apply_reload();
 
-  // The pair (--ha): options, the peer link, and what the shell does for it.
+  // The pair (--ha): options, the peer link.
   void check_pair_options() const;
   void set_up_peer_link();
-  void start_core(Clock::time_point now);
   // Reads the peer's PEER_STATE messages.
   void read_peer(Clock::time_point now);
-  // Publishes this broker's state to its peer (every heartbeat interval, and at once on a change).
-  void publish_state(Clock::time_point now);
-  void apply(const detail::Pair::Change& change, Clock::time_point now);
-  // Whether a client's or worker's message goes to the core now. A passive broker answers it
-  // itself (status, PASSIVE) or keeps it while the vote it carries is held.
-  bool admit(Side side, std::vector<zmq::message_t>& frames, Clock::time_point now);
-  // Held votes go to the core once active, or are answered PASSIVE.
-  void settle_votes(Clock::time_point now);
-  void send_passive(Side side, const std::string& identity);
-  void reply_passive_status(const std::string& identity, Clock::time_point now);
-  void feed(Side side, std::vector<zmq::message_t>& frames, Clock::time_point now);
+  // The core (of a broker without a peer, or of the active one of a pair); nullptr while passive.
+  detail::BrokerCore* core() { return paired_ ? paired_->core() : core_.get(); }
 
   static std::string bind(zmq::socket_t& socket, const std::string& endpoint, const char* what) {
     try {
@@ -234,19 +220,11 @@ class Broker::Impl final : public detail::Outbox {
   std::atomic<bool> stop_requested_{false};  // drain, then return
   std::atomic<bool> stop_now_{false};        // return without draining
   detail::LogThrottle handshake_refusals_;  // refused handshakes, logged with a count
-  std::unique_ptr<detail::BrokerCore> core_;  // every decision; none while passive
-  // The pair (--ha): nullopt without one.
-  std::optional<detail::Pair> pair_;
+  std::unique_ptr<detail::BrokerCore> core_;  // every decision (a broker without a peer)
+  std::unique_ptr<detail::PairedBroker> paired_;  // every decision (one of a pair, --ha)
   std::optional<zmq::socket_t> peer_out_;  // PUB, bound at ha_bind: this broker's state
   std::optional<zmq::socket_t> peer_in_;   // SUB, connected to ha_peer: the peer's state
-  Clock::time_point next_state_{};         // when publish_state() is due
-  struct HeldVote {
-    Side side;
-    std::vector<zmq::message_t> frames;
-  };
-  std::vector<HeldVote> held_votes_;
   std::atomic<bool> hand_over_requested_{false};
-  detail::LogThrottle passive_refusals_;  // votes refused while passive, logged with a count
 };
 
 void Broker::Impl::check_pair_options() const {
@@ -280,10 +258,6 @@ void Broker::Impl::check_pair_options() const {
 }
 
 void Broker::Impl::set_up_peer_link() {
-  pair_.emplace(detail::Pair::Options{options_.ha_role == "primary" ? detail::Pair::Role::kPrimary
-                                                                     : detail::Pair::Role::kBackup,
-                                      options_.heartbeat_interval, options_.heartbeat_liveness},
-                Clock::now());
   zmq::context_t& zmq_context = context_.impl().zmq;
   peer_out_.emplace(zmq_context, zmq::socket_type::pub);
   peer_in_.emplace(zmq_context, zmq::socket_type::sub);
@@ -322,27 +296,20 @@ void Broker::Impl::set_up_peer_link() {
   } catch (const zmq::error_t& e) {
     throw Error(ErrorCode::kInvalidArgument, "broker: bad --ha-peer endpoint '" + options_.ha_peer + "': " + e.what());
   }
-  metrics_->set_pair(false, 0, false);
+  paired_ = std::make_unique<detail::PairedBroker>(
+      options_,
+      detail::Pair::Options{options_.ha_role == "primary" ? detail::Pair::Role::kPrimary : detail::Pair::Role::kBackup,
+                            options_.heartbeat_interval, options_.heartbeat_liveness},
+      Clock::now(), static_cast<detail::Outbox&>(*this), *metrics_, log_, random_ticket,
+      static_cast<detail::PairedBroker::PeerLink&>(*this));
 }
 
-void Broker::Impl::start_core(Clock::time_point now) {
-  std::random_device random;
-  const std::uint64_t first_ticket = static_cast<std::uint64_t>(random()) << 32 | random();
-  core_ = std::make_unique<detail::BrokerCore>(options_, now, *this, *metrics_, log_, first_ticket);
-  if (pair_) core_->set_pair(&*pair_);
-}
-
-void Broker::Impl::publish_state(Clock::time_point now) {
-  if (!peer_out_) return;
-  const proto::PeerState state = pair_->state_message();
+void Broker::Impl::publish(const proto::PeerState& state) {
   std::vector<zmq::message_t> frames;
   const auto signature = proto::signature_frame(proto::Command::kPeerState, state.epoch);
   frames.emplace_back(signature.data(), signature.size());
   frames.push_back(wire::header_message(state));
   (void)wire::send(*peer_out_, frames, true);  // PUB drops what no subscriber takes
-  next_state_ = now + options_.heartbeat_interval;
-  metrics_->set_pair(pair_->active(), pair_->active() ? pair_->epoch() : pair_->newest_epoch(),
-                     pair_->peer_view(now) != detail::Pair::PeerView::kNeverHeard);
 }
 
 void Broker::Impl::read_peer(Clock::time_point now) {
@@ -354,130 +321,7 @@ void Broker::Impl::read_peer(Clock::time_point now) {
     if (!command || command.value() != proto::Command::kPeerState) continue;
     const auto state = proto::decode<proto::PeerState>(wire::view((*frames)[1]));
     if (!state) continue;
-    if (state.value().role == static_cast<std::uint8_t>(pair_->role())) {
-      log_->error("the peer at {} is also the {}: one broker of a pair must be --ha primary, the other --ha backup",
-                  options_.ha_peer, detail::Pair::name(pair_->role()));
-    }
-    apply(pair_->on_peer(now, state.value()), now);
-  }
-}
-
-void Broker::Impl::apply(const detail::Pair::Change& change, Clock::time_point now) {
-  if (change.two_actives && change.kind == detail::Pair::Change::kNone) log_->error("{}", change.cause);
-  switch (change.kind) {
-    case detail::Pair::Change::kNone:
-      return;
-    case detail::Pair::Change::kBecameActive:
-      log_->warn("this broker ({}) is now ACTIVE at epoch {}: {}", detail::Pair::name(pair_->role()), pair_->epoch(),
-                 change.cause);
-      metrics_->transition();
-      start_core(now);
-      break;
-    case detail::Pair::Change::kSteppedDown:
-      log_->log(change.two_actives ? spdlog::level::err : spdlog::level::warn,
-                "this broker ({}) is now PASSIVE (it was active at epoch {}): {}", detail::Pair::name(pair_->role()),
-                pair_->epoch(), change.cause);
-      metrics_->transition();
-      if (core_) {
-        // Nothing it holds is delivered: its clients send their chunks to the active broker.
-        core_->send_everyone_away();
-        core_.reset();
-      }
-      break;
-  }
-  publish_state(now);
-}
-
-void Broker::Impl::send_passive(Side side, const std::string& identity) {
-  auto frames = wire::make_empty(proto::Command::kPassive);
-  (void)send(side, identity, frames);
-}
-
-void Broker::Impl::reply_passive_status(const std::string& identity, Clock::time_point now) {
-  proto::StatusReply reply;
-  pair_->describe(reply, now);
-  auto frames = wire::make(proto::Command::kStatusReply, reply);
-  (void)send(Side::kClient, identity, frames);
-}
-
-void Broker::Impl::feed(Side side, std::vector<zmq::message_t>& frames, Clock::time_point now) {
-  if (side == Side::kClient) {
-    core_->on_client_message(now, frames, FrameFacts(frames[1]));
-  } else {
-    core_->on_worker_message(now, frames, FrameFacts(frames[1]));
-  }
-}
-
-bool Broker::Impl::admit(Side side, std::vector<zmq::message_t>& frames, Clock::time_point now) {
-  if (!pair_) return true;
-  const auto command = proto::parse_signature(wire::view(frames[1]));
-  const std::string identity = wire::to_string(frames[0]);
-  const bool vote = command && frames.size() >= 3 &&
-                    ((side == Side::kClient && command.value() == proto::Command::kHello) ||
-                     (side == Side::kWorker && command.value() == proto::Command::kReady));
-  if (vote) {
-    std::uint64_t epoch = 0;
-    bool observer = false;
-    if (side == Side::kClient) {
-      if (const auto hello = proto::decode<proto::Hello>(wire::view(frames[2]))) {
-        epoch = hello.value().epoch;
-        observer = (hello.value().flags & proto::kObserver) != 0;
-      }
-    } else if (const auto ready = proto::decode<proto::Ready>(wire::view(frames[2]))) {
-      epoch = ready.value().epoch;
-    }
-    if (observer && !core_) {  // asks for status only: no vote
-      send_passive(side, identity);
-      return false;
-    }
-    detail::Pair::Change change;
-    const auto verdict = pair_->on_vote(now, epoch, change);
-    apply(change, now);
-    switch (verdict) {
-      case detail::Pair::Vote::kAccept:
-        settle_votes(now);  // those held before it go first
-        return true;
-      case detail::Pair::Vote::kRefuse:
-        if (const auto refused = passive_refusals_.count(now, options_.heartbeat_interval)) {
-          log_->info("stays passive ({}): the peer is {}; {} client{} or worker{} sent to it", 
-                     detail::Pair::name(pair_->role()),
-                     pair_->peer_view(now) == detail::Pair::PeerView::kActive ? "active" : "passive and the primary",
-                     refused, detail::plural(refused), detail::plural(refused));
-        }
-        send_passive(side, identity);
-        return false;
-      case detail::Pair::Vote::kHold:
-        if (held_votes_.size() >= kMaxHeldVotes) {
-          send_passive(side, identity);
-        } else {
-          held_votes_.push_back({side, std::move(frames)});
-        }
-        return false;
-    }
-  }
-  if (core_) return true;
-  if (!command) return false;
-  if (side == Side::kClient && command.value() == proto::Command::kStatusRequest) {
-    reply_passive_status(identity, now);
-  } else if (command.value() != proto::Command::kDisconnect) {
-    send_passive(side, identity);
-  }
-  return false;
-}
-
-void Broker::Impl::settle_votes(Clock::time_point now) {
-  if (!pair_ || held_votes_.empty()) return;
-  if (pair_->active() && core_) {
-    auto held = std::move(held_votes_);
-    held_votes_.clear();
-    pair_->forget_held();
-    for (auto& vote : held) feed(vote.side, vote.frames, now);
-    return;
-  }
-  if (pair_->refuse_held(now)) {
-    for (auto& vote : held_votes_) send_passive(vote.side, wire::to_string(vote.frames[0]));
-    held_votes_.clear();
-    pair_->forget_held();
+    paired_->on_peer(now, state.value());
   }
 }
 
@@ -636,14 +480,7 @@ void Broker::Impl::apply_reload() {
 void Broker::Impl::run() {
   log_->info("broker serving clients={} workers={} heartbeat={}ms x{}", client_endpoint_, worker_endpoint_,
              options_.heartbeat_interval.count(), options_.heartbeat_liveness);
-  if (pair_) {
-    log_->warn("this broker ({}) starts PASSIVE; its peer's state is read from {}, its own published at {}: it "
-               "becomes active when a client or worker turns to it and the peer is passive (this being the primary) "
-               "or silent for {} ms",
-               detail::Pair::name(pair_->role()), options_.ha_peer, ha_endpoint_,
-               (options_.heartbeat_interval * options_.heartbeat_liveness).count());
-    publish_state(Clock::now());
-  }
+  if (paired_) paired_->start(Clock::now(), "its peer's state read from " + options_.ha_peer + ", its own published at " + ha_endpoint_);
   // Each ZeroMQ socket in the poll, and each receive that finds nothing, costs two system calls
   // (ZeroMQ looks at the socket's command pipe): the loop polls zap_ only where it is bound, and
   // reads only the sockets the poll found readable (a socket left with messages after
@@ -658,23 +495,36 @@ void Broker::Impl::run() {
   const auto until = [](Clock::time_point then) {
     return std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(then - Clock::now()));
   };
+  // One of a pair hands a message to its PairedBroker, which decides whether its core sees it.
+  const auto on_message = [&](Side side, std::vector<zmq::message_t>& frames) {
+    const FrameFacts facts(frames[1]);
+    if (paired_ && side == Side::kClient) {
+      paired_->on_client_message(Clock::now(), frames, facts);
+    } else if (paired_) {
+      paired_->on_worker_message(Clock::now(), frames, facts);
+    } else if (side == Side::kClient) {
+      core_->on_client_message(Clock::now(), frames, facts);
+    } else {
+      core_->on_worker_message(Clock::now(), frames, facts);
+    }
+  };
   auto next_tick = Clock::now() + options_.heartbeat_interval;
   std::optional<Clock::time_point> drain_deadline;
   while (!stop_now_.load()) {
     if (stop_requested_.load() && !drain_deadline) {
-      if (!core_) break;  // passive: nothing to drain
+      if (core() == nullptr) break;  // passive: nothing to drain
       drain_deadline = Clock::now() + options_.drain_timeout;
-      core_->start_drain(Clock::now());
+      core()->start_drain(Clock::now());
     }
-    if (drain_deadline && (!core_ || core_->chunks_in_flight() == 0 || Clock::now() >= *drain_deadline)) break;
+    if (drain_deadline && (core() == nullptr || core()->chunks_in_flight() == 0 || Clock::now() >= *drain_deadline)) {
+      break;
+    }
     auto wait = until(next_tick);
     if (drain_deadline) wait = std::min(wait, std::chrono::milliseconds(10));
-    if (core_) {
-      if (const auto started_due = core_->next_started_due()) wait = std::min(wait, until(*started_due));
-    }
-    if (pair_) {
-      wait = std::min(wait, until(next_state_));
-      if (const auto due = pair_->next_due()) wait = std::min(wait, until(*due));
+    if (paired_) {
+      if (const auto due = paired_->next_due()) wait = std::min(wait, until(*due));
+    } else if (const auto started_due = core_->next_started_due()) {
+      wait = std::min(wait, until(*started_due));
     }
     zmq::poll(items.data(), items.size(), wait);
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
@@ -683,53 +533,44 @@ void Broker::Impl::run() {
     }
     apply_reload();
     if ((items[3].revents & ZMQ_POLLIN) != 0) serve_zap();
-    if (pair_) {
+    if (paired_) {
       // The peer first: a broker frozen while its peer took over learns it before it acts.
-      const auto now = Clock::now();
-      if ((items[4].revents & ZMQ_POLLIN) != 0) read_peer(now);
-      if (hand_over_requested_.exchange(false)) {
-        const auto change = pair_->hand_over(now);
-        if (change.kind == detail::Pair::Change::kNone) log_->warn("not handing over (SIGUSR1): {}", change.cause);
-        apply(change, now);
-      }
-      apply(pair_->decide(now), now);
-      settle_votes(now);
-      if (now >= next_state_) publish_state(now);
+      if ((items[4].revents & ZMQ_POLLIN) != 0) read_peer(Clock::now());
+      if (hand_over_requested_.exchange(false)) paired_->hand_over(Clock::now());
     }
     for (int i = 0; (items[1].revents & ZMQ_POLLIN) != 0 && i < kReceiveBatch; ++i) {
       auto frames = wire::receive(workers_);
       if (!frames) break;
       if (frames->size() < 2) continue;  // nothing but an identity: cannot even answer
-      if (!admit(Side::kWorker, *frames, Clock::now())) continue;
-      core_->on_worker_message(Clock::now(), *frames, FrameFacts((*frames)[1]));
+      on_message(Side::kWorker, *frames);
     }
-    if (core_) core_->flush_results();  // the results of those, at once
+    if (core() != nullptr) core()->flush_results();  // the results of those, at once
     for (int i = 0; (items[0].revents & ZMQ_POLLIN) != 0 && i < kReceiveBatch; ++i) {
       auto frames = wire::receive(clients_);
       if (!frames) break;
       if (frames->size() < 2) continue;
-      if (!admit(Side::kClient, *frames, Clock::now())) continue;
-      core_->on_client_message(Clock::now(), *frames, FrameFacts((*frames)[1]));
+      on_message(Side::kClient, *frames);
     }
-    if (core_) core_->end_of_pass(Clock::now());
+    if (paired_) {
+      paired_->end_of_pass(Clock::now());
+    } else {
+      core_->end_of_pass(Clock::now());
+    }
     if (Clock::now() >= next_tick) {
-      if (core_) core_->tick(Clock::now());
+      if (core() != nullptr) core()->tick(Clock::now());
       next_tick = Clock::now() + options_.heartbeat_interval;
     }
   }
-  if (!core_) {
+  if (core() == nullptr) {
     log_->info("broker stopped (passive)");
     return;
   }
-  core_->flush_results();
-  const std::string summary = core_->summary();
-  if (pair_) {
-    // The peer takes the work over at once, and every client and worker is sent to it.
-    const auto change = pair_->hand_over(Clock::now());
-    if (change.kind == detail::Pair::Change::kNone) log_->warn("stopping without handing over: {}", change.cause);
-    apply(change, Clock::now());
-  }
-  if (core_) core_->disconnect_everyone();
+  core()->flush_results();
+  const std::string summary = core()->summary();
+  // One of a pair hands the work over: the peer takes it at once, and every client and worker is
+  // sent there (PASSIVE); without a peer there, every one is told to go.
+  if (paired_) paired_->hand_over(Clock::now());
+  if (core() != nullptr) core()->disconnect_everyone();
   log_->info("broker stopped: {}", summary);
 }
 
