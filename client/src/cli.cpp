@@ -1,9 +1,10 @@
 // poolmap: the command-line tool.
 //
-//   poolmap status --broker tcp://HOST:5555 [--verbose] [--json] [--watch [--interval-ms MS]]
+//   poolmap status --broker tcp://HOST:5555[,tcp://HOST2:5555] [--verbose] [--json] [--watch [--interval-ms MS]]
 //                  [--curve-secret FILE --broker-key FILE] [--secret-file FILE]
 //       workers (with their tasks), queue depth and counters of a broker; --watch: again every
-//       interval (in place on a terminal, one snapshot after another when piped) until Ctrl-C
+//       interval (in place on a terminal, one snapshot after another when piped) until Ctrl-C. For a
+//       pair (a list), each broker's role, epoch and peer state, and the active one's status
 //   poolmap map TASK [FILE] [--chunksize N] [--no-progress]
 //       runs TASK over the lines of FILE (or stdin), one input per line (tab-separated fields for a
 //       task of several arguments), and prints the results in input order, one per line
@@ -24,7 +25,9 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -36,6 +39,7 @@
 #include "poolmap/poolmap.hpp"
 #include "process_info.hpp"
 #include "text_codec.hpp"
+#include "wire.hpp"
 
 namespace {
 
@@ -58,8 +62,34 @@ std::string json_string(const std::string& text) {
   return out + "\"";
 }
 
-void print_json(const std::string& broker, const poolmap::BrokerStatus& status) {
-  std::string out = "{\"broker\":" + json_string(broker) + ",\"workers\":[";
+// One broker of a list (a pair): its endpoint and what it said, or nothing when it did not answer.
+struct BrokerAnswer {
+  std::string endpoint;
+  std::optional<poolmap::BrokerStatus> status;
+  std::string error;  // why not
+};
+
+std::string peer_json(const poolmap::BrokerStatus& status) {
+  return ",\"role\":" + json_string(status.role) + ",\"epoch\":" + std::to_string(status.epoch) +
+         ",\"peer\":" + (status.peer.empty() ? std::string("null") : json_string(status.peer)) +
+         ",\"peer_silent_ms\":" + std::to_string(status.peer_silent.count());
+}
+
+void print_json(const std::string& broker, const poolmap::BrokerStatus& status,
+                const std::vector<BrokerAnswer>& brokers = {}) {
+  std::string out = "{\"broker\":" + json_string(broker) + peer_json(status);
+  if (brokers.size() > 1) {
+    out += ",\"brokers\":[";
+    for (std::size_t i = 0; i < brokers.size(); ++i) {
+      out += (i == 0 ? "" : ",");
+      out += "{\"endpoint\":" + json_string(brokers[i].endpoint);
+      out += brokers[i].status ? peer_json(*brokers[i].status)
+                               : ",\"role\":\"unreachable\",\"error\":" + json_string(brokers[i].error);
+      out += "}";
+    }
+    out += "]";
+  }
+  out += ",\"workers\":[";
   for (std::size_t i = 0; i < status.workers.size(); ++i) {
     const auto& worker = status.workers[i];
     out += (i == 0 ? "" : ",");
@@ -121,7 +151,8 @@ struct Connection {
 };
 
 void add_connection_options(CLI::App& command, Connection& connection) {
-  command.add_option("--broker", connection.broker, "broker client endpoint")
+  command.add_option("--broker", connection.broker,
+                     "broker client endpoint; for a pair of brokers both, comma-separated")
       ->envname("POOLMAP_BROKER")
       ->default_val("tcp://127.0.0.1:5555");
   command.add_option("--timeout-ms", connection.timeout_ms, "how long to wait for the broker's first answer")
@@ -162,8 +193,24 @@ std::string seconds_ago(std::chrono::milliseconds ago) {
 }
 
 // One snapshot as a table. `rate`: chunks done per second since the previous snapshot (--watch).
-void print_table(const StatusOptions& options, const poolmap::BrokerStatus& status, std::optional<double> rate) {
-  std::printf("broker     %s\n", options.connection.broker.c_str());
+// "active at epoch 3, peer passive (heard 0.1s ago)", or "" for a broker without a peer.
+std::string describe_role(const poolmap::BrokerStatus& status) {
+  if (status.peer.empty()) return "";
+  return status.role + " at epoch " + std::to_string(status.epoch) + ", peer " + status.peer + " (heard " +
+         seconds_ago(status.peer_silent) + " ago)";
+}
+
+void print_table(const StatusOptions& options, const std::string& broker, const poolmap::BrokerStatus& status,
+                 std::optional<double> rate, const std::vector<BrokerAnswer>& brokers) {
+  std::printf("broker     %s\n", broker.c_str());
+  if (brokers.size() > 1) {
+    for (const auto& answer : brokers) {
+      std::printf("  %-40s %s\n", answer.endpoint.c_str(),
+                  answer.status ? describe_role(*answer.status).c_str() : ("unreachable: " + answer.error).c_str());
+    }
+  } else if (!status.peer.empty()) {
+    std::printf("role       %s\n", describe_role(status).c_str());
+  }
   std::printf("workers    %zu\n", status.workers.size());
   std::printf("clients    %u (including this one)\n", status.clients);
   std::printf("chunks     queued %llu, in flight %llu, done %llu, failed %llu, re-dispatched %llu\n",
@@ -204,11 +251,49 @@ void print_table(const StatusOptions& options, const poolmap::BrokerStatus& stat
 }
 
 int print_status(const StatusOptions& options) {
-  poolmap::Pool pool(pool_options(options.connection));
+  // One Pool per broker of the list: each is asked on its own (a Pool that only asks for status
+  // never makes a passive broker take over). With a pair, the active one's status is shown, and
+  // each broker's role.
+  const auto endpoints = poolmap::wire::split_endpoints(options.connection.broker);
+  std::vector<std::unique_ptr<poolmap::Pool>> pools;
+  for (const auto& endpoint : endpoints) {
+    Connection one = options.connection;
+    one.broker = endpoint;
+    pools.push_back(std::make_unique<poolmap::Pool>(pool_options(one)));
+  }
   const bool terminal = ::isatty(STDOUT_FILENO) == 1;
   std::optional<std::pair<std::chrono::steady_clock::time_point, std::uint64_t>> previous;
   for (;;) {
-    const poolmap::BrokerStatus status = pool.status(std::chrono::milliseconds(options.connection.timeout_ms));
+    std::vector<BrokerAnswer> answers(endpoints.size());
+    std::vector<std::future<void>> asked;
+    for (std::size_t i = 0; i < endpoints.size(); ++i) {
+      asked.push_back(std::async(std::launch::async, [&, i] {
+        answers[i].endpoint = endpoints[i];
+        try {
+          answers[i].status = pools[i]->status(std::chrono::milliseconds(options.connection.timeout_ms));
+        } catch (const poolmap::Error& e) {
+          answers[i].error = e.what();
+        }
+      }));
+    }
+    for (auto& answer : asked) answer.get();
+    // The active one, else the first that answered; none: the first one's error.
+    const BrokerAnswer* shown = nullptr;
+    for (const auto& answer : answers) {
+      if (answer.status && answer.status->role == "active") {
+        shown = &answer;
+        break;
+      }
+    }
+    for (const auto& answer : answers) {
+      if (shown == nullptr && answer.status) shown = &answer;
+    }
+    if (shown == nullptr) {
+      if (answers.size() == 1) throw poolmap::Error(poolmap::ErrorCode::kUnavailable, answers[0].error);
+      throw poolmap::Error(poolmap::ErrorCode::kUnavailable,
+                           "no broker of " + options.connection.broker + " answered: " + answers[0].error);
+    }
+    const poolmap::BrokerStatus& status = *shown->status;
     const auto now = std::chrono::steady_clock::now();
     std::optional<double> rate;
     if (previous && now > previous->first) {
@@ -217,7 +302,7 @@ int print_status(const StatusOptions& options) {
     }
     previous.emplace(now, status.chunks_done);
     if (options.json) {
-      print_json(options.connection.broker, status);  // with --watch: one object per line
+      print_json(shown->endpoint, status, answers);  // with --watch: one object per line
     } else {
       if (options.watch) {
         const std::time_t wall = std::time(nullptr);
@@ -226,7 +311,7 @@ int print_status(const StatusOptions& options) {
         if (terminal) std::printf("\033[H\033[2J");  // in place
         std::printf("%s, every %d ms (Ctrl-C to stop)\n", when, options.interval_ms);
       }
-      print_table(options, status, rate);
+      print_table(options, shown->endpoint, status, rate, answers);
       if (options.watch && !terminal) std::printf("\n");
     }
     std::fflush(stdout);

@@ -201,3 +201,33 @@ TEST_CASE("Faults.Pair.CuttingOnlyThePeerLinkMakesNoSecondActive" * doctest::tim
                       10s));
   CHECK(pair.role(1) == "passive");
 }
+
+TEST_CASE("Faults.Pair.StatusShowsEachBrokersRoleEpochAndPeer" * doctest::timeout(60)) {
+  t::BrokerPair pair({.workers = 1});
+  pair.add_workers(1);
+  poolmap::Pool pool({.broker = pair.client_endpoints(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(1, 20s));
+  const auto status_json = [&](const std::string& brokers) {
+    t::ChildProcess cli({t::cli_binary(), "status", "--broker", brokers, "--json", "--timeout-ms", "2000"});
+    return cli.read_all(20s);
+  };
+  // The pair: the active one's status, with each broker's role.
+  std::string both = status_json(pair.client_endpoints());
+  CAPTURE(both);
+  CHECK(both.find("\"broker\":\"" + pair.client_endpoint(0) + "\",\"role\":\"active\",\"epoch\":1,\"peer\":\"passive\"") !=
+        std::string::npos);
+  CHECK(both.find("{\"endpoint\":\"" + pair.client_endpoint(1) + "\",\"role\":\"passive\",\"epoch\":1,\"peer\":\"active\"") !=
+        std::string::npos);
+  // The passive one alone answers too.
+  const std::string backup = status_json(pair.client_endpoint(1));
+  CAPTURE(backup);
+  CHECK(backup.find("\"role\":\"passive\"") != std::string::npos);
+  // The primary gone, the backup is active at a newer epoch and shows its peer silent; the status
+  // of the pair says the primary is unreachable.
+  pair.kill(0);
+  REQUIRE(t::eventually([&] { return pair.role(1, 1s) == "active"; }, 20s));
+  both = status_json(pair.client_endpoints());
+  CHECK(both.find("\"broker\":\"" + pair.client_endpoint(1) + "\",\"role\":\"active\",\"epoch\":2,\"peer\":\"silent\"") !=
+        std::string::npos);
+  CHECK(both.find("{\"endpoint\":\"" + pair.client_endpoint(0) + "\",\"role\":\"unreachable\"") != std::string::npos);
+}
