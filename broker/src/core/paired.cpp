@@ -191,6 +191,17 @@ void PairedBroker::settle_votes(Clock::time_point now) {
 }
 
 void PairedBroker::end_of_pass(Clock::time_point now) {
+  const bool heard = pair_.peer_view(now) != Pair::PeerView::kNeverHeard;
+  if (heard != peer_heard_) {
+    peer_heard_ = heard;
+    if (heard) {
+      log_->info("the peer broker is heard ({})", pair_.peer_view(now) == Pair::PeerView::kActive ? "active" : "passive");
+    } else {
+      log_->warn("the peer broker has been silent for {} ms; this one is {} (a passive broker takes over only when a "
+                 "client or worker turns to it)",
+                 pair_.peer_silent(now).count(), Pair::name(pair_.active() ? Pair::State::kActive : Pair::State::kPassive));
+    }
+  }
   apply(pair_.decide(now), now);
   settle_votes(now);
   if (now >= next_state_) publish(now);

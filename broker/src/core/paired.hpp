@@ -110,6 +110,7 @@ class PairedBroker final : private Outbox {
   std::vector<HeldVote> held_;
   Clock::time_point next_state_{};
   LogThrottle refusals_;  // votes refused while passive, logged with a count
+  bool peer_heard_ = false;  // said in the log when it changes
 };
 
 }  // namespace poolmap::detail
