@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <thread>
 
@@ -164,4 +167,145 @@ TEST_CASE("Faults.Network.CutLinkWorkerIsReplacedAndComesBack" * doctest::timeou
         return std::any_of(workers.begin(), workers.end(), [&](const auto& w) { return w.pid == remote_pid; });
       },
       20s));
+}
+
+namespace {
+
+// Four namespaces made by this test: "host A" and "host B" (one broker each), "host C" (the worker
+// supervisor and the client), joined by a bridge in a fourth ("switch") namespace. Cutting A's link
+// takes host A off the network: its broker hears nobody and nobody hears it. Removed on destruction.
+class PairHosts {
+ public:
+  PairHosts() {
+    const std::string id = std::to_string(::getpid());
+    for (const char* name : {"s", "a", "b", "c"}) ns_[name] = std::string("pm") + name + id;
+    ok_ = run({"ip", "netns", "add", ns_["s"]}) && run(in("s", {"ip", "link", "add", "br0", "type", "bridge"})) &&
+          run(in("s", {"ip", "link", "set", "br0", "up"}));
+    int address = 1;
+    for (const char* host : {"a", "b", "c"}) {
+      const std::string inside = std::string("pmh") + host + id;  // in the host
+      const std::string port = std::string("pms") + host + id;    // on the bridge
+      ok_ = ok_ && run({"ip", "netns", "add", ns_[host]}) &&
+            run({"ip", "link", "add", inside, "netns", ns_[host], "type", "veth", "peer", "name", port, "netns",
+                 ns_["s"]}) &&
+            run(in("s", {"ip", "link", "set", port, "master", "br0"})) && run(in("s", {"ip", "link", "set", port, "up"})) &&
+            run(in(host, {"ip", "addr", "add", "10.214.0." + std::to_string(address++) + "/24", "dev", inside})) &&
+            run(in(host, {"ip", "link", "set", inside, "up"})) && run(in(host, {"ip", "link", "set", "lo", "up"}));
+      links_[host] = port;
+    }
+  }
+  ~PairHosts() {
+    for (const char* name : {"a", "b", "c", "s"}) run({"ip", "netns", "del", ns_[name]});
+  }
+  bool ok() const { return ok_; }
+  std::vector<std::string> in(const std::string& host, std::vector<std::string> argv) const {
+    std::vector<std::string> out{"/usr/sbin/ip", "netns", "exec", ns_.at(host)};
+    out.insert(out.end(), argv.begin(), argv.end());
+    return out;
+  }
+  // Host A's link down (the bridge side), or up again.
+  bool cut(const std::string& host) const { return run(in("s", {"ip", "link", "set", links_.at(host), "down"})); }
+  bool restore(const std::string& host) const { return run(in("s", {"ip", "link", "set", links_.at(host), "up"})); }
+
+ private:
+  static bool run(std::vector<std::string> argv) {
+    if (argv[0] == "ip") argv[0] = "/usr/sbin/ip";
+    return run_command(std::move(argv)) == 0;
+  }
+  std::map<std::string, std::string> ns_;
+  std::map<std::string, std::string> links_;
+  bool ok_ = false;
+};
+
+std::size_t lines_in(const std::string& path) {
+  std::ifstream in(path);
+  std::size_t n = 0;
+  for (std::string line; std::getline(in, line);) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("Faults.Network.ThePairSurvivesTheActivesHostCutOffAndItsFreezeWithNothingRunTwice" * doctest::timeout(110)) {
+  if (::geteuid() != 0 || ::access("/usr/sbin/ip", X_OK) != 0) {
+    MESSAGE("SKIPPED Faults.Network.ThePairSurvives...: needs root and iproute2");
+    return;
+  }
+  PairHosts hosts;
+  if (!hosts.ok()) {
+    MESSAGE("SKIPPED Faults.Network.ThePairSurvives...: network namespaces or bridges are not permitted here");
+    return;
+  }
+  const std::string beat = std::to_string(t::heartbeat().count());
+  // --insecure: the addresses exist only inside this test's own namespaces.
+  auto broker = [&](const std::string& host, const std::string& role, const std::string& me, const std::string& peer) {
+    return t::ChildProcess(hosts.in(host, {t::broker_binary(), "--clients", "tcp://" + me + ":5555", "--workers",
+                                           "tcp://" + me + ":5556", "--ha", role, "--ha-bind", "tcp://" + me + ":5557",
+                                           "--ha-peer", "tcp://" + peer + ":5557", "--insecure", "--heartbeat-ms", beat,
+                                           "--log-level", "debug"}));
+  };
+  t::ChildProcess a = broker("a", "primary", "10.214.0.1", "10.214.0.2");
+  t::ChildProcess b = broker("b", "backup", "10.214.0.2", "10.214.0.1");
+  REQUIRE(a.read_line(10s).has_value());
+  REQUIRE(b.read_line(10s).has_value());
+  const std::string runs = "/tmp/poolmap-netns-runs-" + std::to_string(::getpid());
+  std::filesystem::remove(runs);
+  t::ChildProcess workers(hosts.in("c", {"env", "POOLMAP_TEST_RUN_LOG=" + runs, t::worker_binary(), "--broker",
+                                         "tcp://10.214.0.1:5556,tcp://10.214.0.2:5556", "--processes", "2",
+                                         "--heartbeat-ms", beat, "--tasks", t::test_tasks_library()}));
+  const std::string clients = "tcp://10.214.0.1:5555,tcp://10.214.0.2:5555";
+  auto role_of = [&](const std::string& endpoint) {
+    t::ChildProcess cli(hosts.in("c", {t::cli_binary(), "status", "--broker", endpoint, "--json", "--timeout-ms", "1000"}));
+    const std::string out = cli.read_all(10s);
+    for (const char* role : {"active", "passive"}) {
+      if (out.find(std::string("\"role\":\"") + role + "\"") != std::string::npos) return std::string(role);
+    }
+    return std::string("none");
+  };
+  auto each_ran_once = [&](std::size_t n) {
+    std::map<std::int64_t, int> count;
+    std::ifstream in(runs);
+    for (std::int64_t index = 0; in >> index;) ++count[index];
+    std::size_t twice = 0, missing = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const int c = count[static_cast<std::int64_t>(i)];
+      twice += c > 1;
+      missing += c == 0;
+    }
+    CHECK(missing == 0);
+    CHECK(twice == 0);
+  };
+  constexpr std::size_t kItems = 200;
+
+  // 1. Host A cut off in the middle of a map: the map finishes through B, exactly, nothing twice.
+  {
+    t::ChildProcess client(hosts.in("c", {t::test_client_binary(), "slow", clients, std::to_string(kItems), "20000"}));
+    REQUIRE(t::eventually([&] { return lines_in(runs) >= kItems / 4; }, 30s));
+    REQUIRE(role_of("tcp://10.214.0.1:5555") == "active");
+    REQUIRE(hosts.cut("a"));
+    CHECK(client.read_line(60s) == std::optional<std::string>("exact"));
+    CHECK(role_of("tcp://10.214.0.2:5555") == "active");
+    each_ran_once(kItems);
+  }
+  // A's link back: A, still active at the old epoch, hears B active at a newer one and steps down.
+  REQUIRE(hosts.restore("a"));
+  CHECK(t::eventually([&] { return role_of("tcp://10.214.0.1:5555") == "passive"; }, 20s));
+  CHECK(a.stderr_text().find("two active brokers") != std::string::npos);
+  CHECK(role_of("tcp://10.214.0.2:5555") == "active");
+
+  // 2. B frozen in the middle of a map: A takes over; B, woken, steps down; nothing twice.
+  std::filesystem::remove(runs);
+  {
+    t::ChildProcess client(hosts.in("c", {t::test_client_binary(), "slow", clients, std::to_string(kItems), "20000"}));
+    REQUIRE(t::eventually([&] { return lines_in(runs) >= kItems / 4; }, 30s));
+    REQUIRE(::kill(b.pid(), SIGSTOP) == 0);
+    const bool took_over = t::eventually([&] { return role_of("tcp://10.214.0.1:5555") == "active"; }, 30s);
+    REQUIRE(::kill(b.pid(), SIGCONT) == 0);
+    REQUIRE(took_over);
+    CHECK(client.read_line(60s) == std::optional<std::string>("exact"));
+    each_ran_once(kItems);
+  }
+  CHECK(t::eventually([&] { return role_of("tcp://10.214.0.2:5555") == "passive"; }, 20s));
+  CHECK(b.stderr_text().find("is now PASSIVE") != std::string::npos);
+  std::filesystem::remove(runs);
 }

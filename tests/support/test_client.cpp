@@ -6,6 +6,9 @@
 //                                          (or "error: ..." on stderr and exit status 1)
 //   poolmap_test_client blobs ENDPOINT COUNT BYTES
 //                                          map test.blob_size over COUNT blobs of BYTES (chunksize 1)
+//   poolmap_test_client slow ENDPOINTS N US  map test.logged_hash over items 0..N-1 of US microseconds
+//                                          each (chunksize 1); print "exact", or "wrong K" for K
+//                                          results out of place (ENDPOINTS may be a pair's list)
 #include <poll.h>
 
 #include <cstdio>
@@ -68,6 +71,28 @@ int main(int argc, char** argv) {
     std::printf("%zu\n", sizes.size());
     return 0;
   }
-  std::fprintf(stderr, "usage: %s no-init | hold ENDPOINT | map ENDPOINT N | blobs ENDPOINT COUNT BYTES\n", argv[0]);
+  if (argc >= 5 && std::strcmp(argv[1], "slow") == 0) {
+    try {
+      poolmap::Pool pool({.broker = argv[2], .heartbeat_interval = heartbeat()});
+      std::vector<poolmap::test::SlowItem> items(std::stoul(argv[3]));
+      for (std::size_t i = 0; i < items.size(); ++i) items[i] = {static_cast<std::int64_t>(i), std::stoi(argv[4])};
+      const auto results = pool.map(poolmap::test::logged_hash, items, {.chunksize = 1});
+      std::size_t wrong = results.size() == items.size() ? 0 : items.size();
+      for (std::size_t i = 0; i < results.size() && i < items.size(); ++i) {
+        wrong += results[i] != poolmap::test::hash_index(static_cast<std::int64_t>(i));
+      }
+      if (wrong == 0) {
+        std::puts("exact");
+      } else {
+        std::printf("wrong %zu\n", wrong);
+      }
+      return 0;
+    } catch (const poolmap::Error& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "usage: %s no-init | hold ENDPOINT | map ENDPOINT N | blobs ENDPOINT COUNT BYTES | slow ENDPOINTS N US\n",
+               argv[0]);
   return 2;
 }
