@@ -27,18 +27,13 @@
 
 using namespace std::chrono_literals;
 namespace t = poolmap::test;
+using poolmap::test::slow_items;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
 poolmap::PoolOptions remote(const t::Cluster& cluster) {
   return {.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
-}
-
-std::vector<t::SlowItem> slow_items(std::size_t n, std::int32_t sleep_us) {
-  std::vector<t::SlowItem> items(n);
-  for (std::size_t i = 0; i < n; ++i) items[i] = {static_cast<std::int64_t>(i), sleep_us};
-  return items;
 }
 
 // Every position holds the hash of its own index: nothing lost, duplicated or moved.

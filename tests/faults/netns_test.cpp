@@ -21,6 +21,7 @@
 
 using namespace std::chrono_literals;
 namespace t = poolmap::test;
+using poolmap::test::slow_items;
 
 namespace {
 
@@ -80,12 +81,6 @@ class TwoHosts {
   std::string worker_ns_;
   bool ok_ = false;
 };
-
-std::vector<t::SlowItem> slow_items(std::size_t n, std::int32_t sleep_us) {
-  std::vector<t::SlowItem> items(n);
-  for (std::size_t i = 0; i < n; ++i) items[i] = {static_cast<std::int64_t>(i), sleep_us};
-  return items;
-}
 
 }  // namespace
 

@@ -21,15 +21,10 @@
 
 using namespace std::chrono_literals;
 namespace t = poolmap::test;
+using poolmap::test::slow_items;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-std::vector<t::SlowItem> slow_items(std::size_t n, std::int32_t sleep_us) {
-  std::vector<t::SlowItem> items(n);
-  for (std::size_t i = 0; i < n; ++i) items[i] = {static_cast<std::int64_t>(i), sleep_us};
-  return items;
-}
 
 void check_hashes(const std::vector<std::uint64_t>& results, std::size_t n) {
   REQUIRE(results.size() == n);

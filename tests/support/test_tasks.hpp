@@ -50,6 +50,12 @@ constexpr std::uint64_t hash_index(std::int64_t index) {
   return x ^ (x >> 31);
 }
 inline constexpr Task<std::uint64_t(SlowItem)> slow_hash{"test.slow_hash"};
+// Items 0..n-1, each sleeping `sleep_us`.
+inline std::vector<SlowItem> slow_items(std::size_t n, std::int32_t sleep_us) {
+  std::vector<SlowItem> items(n);
+  for (std::size_t i = 0; i < n; ++i) items[i] = {static_cast<std::int64_t>(i), sleep_us};
+  return items;
+}
 // Like slow_hash, and first appends the index and a newline to the file POOLMAP_TEST_RUN_LOG names
 // (when set): a test counts how many times each item ran.
 inline constexpr Task<std::uint64_t(SlowItem)> logged_hash{"test.logged_hash"};

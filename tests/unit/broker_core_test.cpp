@@ -235,7 +235,7 @@ TEST_CASE("BrokerCore.Takeover.AChunkStillRunningOnItsWorkerIsNotSentToAnother" 
   broker.from(Side::kWorker, "w2", proto::Command::kReady, ready(8, 0, 2));
   broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1, kSession, 1});
   broker.from(Side::kClient, "c", proto::Command::kSubmit, resent(1, 0), {"A"});
-  broker.now += 1s;  // past the hold for resent chunks
+  broker.now += 3s;  // past the hold for resent chunks (two intervals)
   broker.core().end_of_pass(broker.now);
   CHECK(broker.tasks_to("w1").empty());
   CHECK(broker.tasks_to("w2").empty());
@@ -261,7 +261,7 @@ TEST_CASE("BrokerCore.Takeover.AResentChunkWaitsForTheWorkerThatHoldsIt" * docte
   CHECK(broker.core().self_check().empty());
   broker.from(Side::kWorker, "w1", proto::Command::kReady,
               holding(7, 2, {{777, proto::Origin{kSession, 1, 0}, false}}));
-  broker.now += 1s;
+  broker.now += 3s;
   broker.core().end_of_pass(broker.now);
   CHECK(broker.tasks_to("w2").empty());
   CHECK(broker.core().self_check().empty());

@@ -226,8 +226,8 @@ class WorkerProcess::Impl {
   // I/O thread: a switch of endpoint was logged at warning since a broker last took this process
   // (any message but PASSIVE): the next ones, while it searches, are logged at debug.
   bool switch_logged_ = false;
-  // I/O thread: results sent that the broker may not have read: those sent since a heartbeat
-  // interval before it was last heard. A broker that dies takes what it had not read with it; they
+  // I/O thread: results sent that the broker may not have read: those sent since a liveness
+  // period before it was last heard (a loaded broker reads late). A broker that dies takes what it had not read with it; they
   // are sent again after the READY to the next broker (of a pair, the other one), which matches
   // them to the chunks their clients send again (by origin). Shared frames, not copies; bounded.
   struct Unconfirmed {
@@ -771,7 +771,8 @@ bool WorkerProcess::Impl::send_results(zmq::socket_t& socket) {
 }
 
 void WorkerProcess::Impl::forget_confirmed(Clock::time_point broker_heard) {
-  while (!unconfirmed_.empty() && unconfirmed_.front().sent < broker_heard - options_.heartbeat_interval) {
+  const auto margin = options_.heartbeat_interval * options_.heartbeat_liveness;
+  while (!unconfirmed_.empty() && unconfirmed_.front().sent < broker_heard - margin) {
     unconfirmed_bytes_ -= unconfirmed_.front().payload.size();
     unconfirmed_.pop_front();
   }

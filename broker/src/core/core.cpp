@@ -25,8 +25,10 @@ BrokerCore::BrokerCore(const BrokerOptions& options, Clock::time_point now, Outb
       // Bounded away from 0 and from wrapping round for as many chunks as any broker will see.
       next_ticket_((first_ticket & 0x7fffffffffffffffULL) | 1),
       // Chunks sent here again (kResent) wait this long for the workers that may hold them to
-      // register: they notice the old broker's loss within a heartbeat interval of each other.
-      hold_resent_until_(now + options_.heartbeat_interval),
+      // register: each notices the old broker's loss a liveness period after it last heard it,
+      // which was within an interval of its death, and looks once per interval; a second interval
+      // is the margin for a loaded host.
+      hold_resent_until_(now + 2 * options_.heartbeat_interval),
       started_(now) {}
 
 void BrokerCore::end_of_pass(Clock::time_point now) {

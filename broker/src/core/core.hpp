@@ -20,8 +20,8 @@
 //   dispatch.cpp what goes to which worker now (the Scheduler decides), TASK batches, STARTED
 //   takeover.cpp chunks that outlive a broker: what workers say they hold (READY) is matched to the
 //                chunks their clients send again (kResent), and answers to chunks this broker never
-//                sent are kept for them a while; resent chunks wait a heartbeat interval after the
-//                core starts, for the workers that hold them to register
+//                sent are kept for them a while; resent chunks wait two heartbeat intervals after
+//                the core starts, for the workers that hold them to register
 //   core.cpp     construction, the heartbeat tick, sending, errors, the status view
 // The dispatch policy itself is the Scheduler (../scheduler.hpp), a unit of its own too.
 //
