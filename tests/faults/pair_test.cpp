@@ -226,3 +226,37 @@ TEST_CASE("Faults.Pair.StatusShowsEachBrokersRoleEpochAndPeer" * doctest::timeou
         std::string::npos);
   CHECK(both.find("{\"endpoint\":\"" + pair.client_endpoint(0) + "\",\"role\":\"unreachable\"") != std::string::npos);
 }
+
+TEST_CASE("Faults.Pair.FailingBackWithSigusr1MovesTheWorkAtOnceAndRunsNothingTwice" * doctest::timeout(90)) {
+  constexpr int kProcesses = 2;
+  constexpr std::size_t kItems = 400;
+  t::BrokerPair pair({.workers = kProcesses});
+  RunLog log;
+  pair.add_workers(kProcesses, {log.env()});
+  poolmap::Pool pool({.broker = pair.client_endpoints(), .heartbeat_interval = t::heartbeat()});
+  REQUIRE(pool.wait_for_workers(kProcesses, 20s));
+  REQUIRE(pair.active() == 0);
+  // The primary fails; the backup takes over; the primary comes back, passive.
+  pair.kill(0);
+  REQUIRE(t::eventually([&] { return pair.role(1, 1s) == "active"; }, 20s));
+  pair.start(0);
+  REQUIRE(t::eventually([&] { return pair.role(0) == "passive"; }, 10s));
+  CHECK(t::eventually([&] { return pair.broker(0).stderr_text().find("starts PASSIVE") != std::string::npos; }, 5s));
+  // Failing back in the middle of a map: SIGUSR1 to the active backup.
+  MapRun run;
+  run.start(pool, slow_items(kItems, 5'000), 2);
+  REQUIRE(t::eventually([&] { return log.lines() >= kItems / 4; }, 30s));
+  REQUIRE(::kill(pair.broker(1).pid(), SIGUSR1) == 0);
+  REQUIRE(t::eventually([&] { return pair.role(0, 1s) == "active"; }, 10s));
+  run.join();
+  REQUIRE_FALSE(run.code.has_value());
+  REQUIRE(run.results.has_value());
+  check_hashes(*run.results, kItems);
+  std::size_t missing = 0;
+  const std::string twice = ran_twice(log, kItems, missing);
+  CHECK(missing == 0);
+  CHECK_MESSAGE(twice.empty(), "items that ran twice: " << twice);
+  CHECK(pair.role(1) == "passive");
+  CHECK(pair.broker(1).stderr_text().find("handed the work over to the peer (SIGUSR1)") != std::string::npos);
+  CHECK(pair.broker(0).stderr_text().find("the peer handed the work over") != std::string::npos);
+}
