@@ -764,3 +764,84 @@ TEST_CASE("Security.Broker.HoardedContextsStayWithinTheClientQuota" * doctest::t
   // The good client is served meanwhile.
   CHECK(pool.map(t::square, std::vector<std::int64_t>{3, 4}) == std::vector<std::int64_t>{9, 16});
 }
+
+TEST_CASE("Security.Pair.ThePeerLinkBindsOnlyLoopbackWithoutCurveAndNeedsThePeerKeyWithIt" * doctest::timeout(30)) {
+  t::ChildProcess exposed({t::broker_binary(), "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*",
+                           "--ha", "primary", "--ha-bind", "tcp://0.0.0.0:0", "--ha-peer", "tcp://127.0.0.1:9"});
+  const auto status = exposed.wait(10s);
+  REQUIRE(status.has_value());
+  CHECK(WEXITSTATUS(*status) == 1);
+  CHECK(exposed.stderr_text().find("refusing to bind the peer link") != std::string::npos);
+  CHECK(exposed.stderr_text().find("--insecure") != std::string::npos);
+
+  Keys keys;
+  std::vector<std::string> argv{t::broker_binary(), "--clients", "tcp://127.0.0.1:*", "--workers", "tcp://127.0.0.1:*",
+                                "--ha", "backup", "--ha-bind", "tcp://127.0.0.1:*", "--ha-peer", "tcp://127.0.0.1:9"};
+  const auto curve = keys.broker_args();
+  argv.insert(argv.end(), curve.begin(), curve.end());
+  t::ChildProcess keyless(argv);
+  const auto keyless_status = keyless.wait(10s);
+  REQUIRE(keyless_status.has_value());
+  CHECK(WEXITSTATUS(*keyless_status) == 1);
+  CHECK(keyless.stderr_text().find("--ha-peer-key") != std::string::npos);
+}
+
+TEST_CASE("Security.Pair.ACurvePairFailsOverAndAStrangerCannotReadItsState" * doctest::timeout(90)) {
+  // Both brokers share one key pair: clients and workers need one broker key, and each broker's
+  // peer key is that same broker.pub.
+  Keys keys;
+  auto broker_args = keys.broker_args();
+  broker_args.insert(broker_args.end(), {"--ha-peer-key", (keys.dir / "broker.pub").string()});
+  t::BrokerPair pair({.workers = 2, .broker_args = broker_args, .worker_args = keys.worker_args()});
+  pair.probe_curve_secret = (keys.dir / "clients" / "alice.key").string();
+  pair.probe_broker_key = (keys.dir / "broker.pub").string();
+  pair.add_workers(2);
+  poolmap::Pool pool({.broker = pair.client_endpoints(),
+                      .heartbeat_interval = t::heartbeat(),
+                      .curve_secret_file = keys.dir / "clients" / "alice.key",
+                      .broker_key_file = keys.dir / "broker.pub"});
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  REQUIRE(pair.active() == 0);
+  REQUIRE(pair.role(1) == "passive");  // it hears its peer over CURVE: both passive, then the primary took the work
+  CHECK(pair.broker(1).stderr_text().find("the peer broker is heard") != std::string::npos);
+
+  // A stranger's key cannot subscribe to a broker's state.
+  zmq::context_t context;
+  zmq::socket_t spy(context, zmq::socket_type::sub);
+  const std::string monitor_endpoint = "inproc://pair-spy-monitor";
+  REQUIRE(zmq_socket_monitor(spy.handle(), monitor_endpoint.c_str(), ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                                                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0);
+  zmq::socket_t monitor(context, zmq::socket_type::pair);
+  monitor.connect(monitor_endpoint);
+  const auto stranger = poolmap::generate_curve_keypair();
+  spy.set(zmq::sockopt::linger, 0);
+  spy.set(zmq::sockopt::curve_serverkey, poolmap::read_curve_public_file(keys.dir / "broker.pub"));
+  spy.set(zmq::sockopt::curve_publickey, stranger.public_key);
+  spy.set(zmq::sockopt::curve_secretkey, stranger.secret_key);
+  spy.set(zmq::sockopt::subscribe, "");
+  spy.connect(pair.ha_endpoint(0));
+  zmq::message_t event;
+  monitor.set(zmq::sockopt::rcvtimeo, 10000);
+  REQUIRE(monitor.recv(event).has_value());
+  std::uint16_t what = 0;
+  std::memcpy(&what, event.data(), sizeof(what));
+  CHECK(what == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+  zmq::message_t more;
+  (void)monitor.recv(more);  // the endpoint frame
+  zmq::message_t state;
+  CHECK_FALSE(spy.recv(state, zmq::recv_flags::dontwait).has_value());
+
+  // Failover with keys: the primary killed, the map goes on through the backup.
+  constexpr std::size_t kItems = 300;
+  std::optional<std::vector<std::uint64_t>> hashes;
+  std::thread mapper([&] { hashes = pool.map(t::slow_hash, t::slow_items(kItems, 5'000), {.chunksize = 1}); });
+  REQUIRE(t::eventually([&] { return pool.status().chunks_done >= 20; }, 20s));
+  pair.kill(0);
+  mapper.join();
+  REQUIRE(hashes.has_value());
+  REQUIRE(hashes->size() == kItems);
+  for (std::size_t i = 0; i < kItems; ++i) CHECK((*hashes)[i] == t::hash_index(static_cast<std::int64_t>(i)));
+  CHECK(pair.role(1) == "active");
+  spy.close();
+  monitor.close();
+}

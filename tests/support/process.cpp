@@ -458,13 +458,15 @@ void BrokerPair::kill(int i) {
 
 void BrokerPair::start(int i) { start_broker(i, client_[i], worker_[i], ha_[i]); }
 
-ChildProcess& BrokerPair::add_workers(int processes, std::vector<std::string> extra_env) {
+ChildProcess& BrokerPair::add_workers(int processes, std::vector<std::string> extra_env,
+                                      std::vector<std::string> extra_args) {
   std::vector<std::string> argv{worker_binary(), "--broker",      worker_endpoints(),
                                 "--processes",   std::to_string(processes), "--heartbeat-ms",
                                 std::to_string(options_.heartbeat_ms),      "--liveness",
                                 std::to_string(options_.liveness),          "--log-level",
                                 "debug",         "--tasks",                 test_tasks_library()};
   argv.insert(argv.end(), options_.worker_args.begin(), options_.worker_args.end());
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   workers_.emplace_back(std::move(argv), std::move(extra_env));
   return workers_.back();
 }
@@ -472,7 +474,10 @@ ChildProcess& BrokerPair::add_workers(int processes, std::vector<std::string> ex
 std::string BrokerPair::role(int i, std::chrono::milliseconds timeout) {
   if (!brokers_[i]) return "";
   try {
-    poolmap::Pool probe({.broker = client_[i], .heartbeat_interval = std::chrono::milliseconds(options_.heartbeat_ms)});
+    poolmap::Pool probe({.broker = client_[i],
+                         .heartbeat_interval = std::chrono::milliseconds(options_.heartbeat_ms),
+                         .curve_secret_file = probe_curve_secret,
+                         .broker_key_file = probe_broker_key});
     return probe.status(timeout).role;
   } catch (const std::exception&) {
     return "";

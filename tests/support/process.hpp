@@ -147,7 +147,8 @@ class BrokerPair {
   void kill(int i);
   // Starts broker `i` (after kill) on the endpoints it had.
   void start(int i);
-  ChildProcess& add_workers(int processes, std::vector<std::string> extra_env = {});
+  ChildProcess& add_workers(int processes, std::vector<std::string> extra_env = {},
+                            std::vector<std::string> extra_args = {});
   // The broker whose status says "active" (asked of each running one), or -1.
   int active(std::chrono::milliseconds timeout = 5s);
   // The role broker `i`'s status gives ("active", "passive"), or "" when it does not answer.
@@ -155,6 +156,10 @@ class BrokerPair {
   // The peer link: cut both directions, or heal them.
   void cut_peer_link();
   void heal_peer_link();
+  // With CURVE: the client key role() and active() ask with (a .key file and the brokers' .pub).
+  std::string probe_curve_secret;
+  std::string probe_broker_key;
+  const std::string& ha_endpoint(int i) const { return ha_[i]; }
 
  private:
   void start_broker(int i, const std::string& clients, const std::string& workers, const std::string& ha);
