@@ -58,6 +58,18 @@ void protocol_seeds() {
                               .compute_us = 1500};
   const std::vector<proto::TaskInfo> tasks = {{"square", "i64(i64)"}, {"scale", "vector<f64>(f64,vector<f64>)"}};
   message("hello", C::kHello, proto::Hello{.client_host = "laptop", .client_pid = 77});
+  message("hello_pair", C::kHello,
+          proto::Hello{.client_host = "laptop", .client_pid = 77, .session = 0x5e5510, .epoch = 3,
+                       .flags = proto::kObserver});
+  message("peer_state", C::kPeerState,
+          proto::PeerState{.role = 1, .state = 1, .epoch = 4, .heartbeat_ms = 1000, .handing_over = 0});
+  message("passive", C::kPassive, Bytes{});
+  {  // a RESULT from a broker of a pair: a 12-byte signature with its epoch
+    const auto signature = proto::signature_frame(C::kResult, 7);
+    fz::FuzzInputWriter input;
+    input.u8(static_cast<std::uint8_t>(signature.size())).bytes(signature).bytes(proto::encode(proto::ClientResult{}));
+    save("protocol", "result_epoch", input);
+  }
   message("submit", C::kSubmit,
           proto::Submit{.job = 1,
                         .chunk = 2,
@@ -117,10 +129,20 @@ void protocol_seeds() {
                        .supervisor = 0x5555666677778888ULL,
                        .tasks = tasks,
                        .generation = 2});
+  message("ready_held", C::kReady,
+          proto::Ready{.host = "node1",
+                       .pid = 10,
+                       .credit = 3,
+                       .instance = 0x1111222233334444ULL,
+                       .supervisor = 0,
+                       .tasks = tasks,
+                       .generation = 3,
+                       .epoch = 2,
+                       .held = {{77, {0x5e5510, 1, 2}, true}, {78, {0x5e5510, 1, 3}, false}}});
   message("worker_result", C::kWorkerResult,
           proto::WorkerResult{.ticket = 77, .outcome = failed, .instance = 0x1111222233334444ULL, .count = 0});
   message("worker_result_ok", C::kWorkerResult,
-          proto::WorkerResult{.ticket = 78, .outcome = {}, .instance = 1, .count = 100});
+          proto::WorkerResult{.ticket = 78, .outcome = {}, .instance = 1, .count = 100, .origin = {0x5e5510, 1, 2}});
   message("worker_exited", C::kWorkerExited,
           proto::WorkerExited{.host = "node1",
                               .pid = 10,

@@ -1,13 +1,14 @@
 // Fuzz target: the frame parser and every message header, as a peer's socket delivers them.
 //
 // Input layout (see fuzz_support.hpp; seeds from make_seeds.cpp):
-//   byte 0            length of the signature frame (low 3 bits: 0..7, so wrong sizes are tried too)
+//   byte 0            length of the signature frame (low 4 bits: 0..15, so wrong sizes are tried too)
 //   next N bytes      frame 0, the signature, given to proto::parse_signature
 //   the rest          frame 1, the header, decoded as the struct of the parsed command
 //
 // Properties checked, beyond "no crash, no leak, no undefined behaviour":
-//   - a signature that parses is exactly signature_frame() of its command; one that does not is
-//     kMalformed (wrong size) or kBadVersion;
+//   - a signature that parses is exactly signature_frame() of its command (4 bytes), or of its
+//     command and epoch (12 bytes, a broker of a pair); one that does not is kMalformed (wrong
+//     size) or kBadVersion;
 //   - decoding allocates within the bound of fuzz_support.hpp, whatever the size fields say;
 //   - a header that decodes re-encodes to the very same bytes (the encoding is canonical: nothing
 //     is accepted that the encoder would not write), and every field can be read;
@@ -58,9 +59,11 @@ void check_message(proto::Command command, const Bytes& header) {
     case C::kCredit: return check_header<proto::Credit>(header);
     case C::kTask: return check_header<proto::TaskHeader>(header);
     case C::kAbandon: return check_header<proto::Abandon>(header);
+    case C::kPeerState: return check_header<proto::PeerState>(header);
     case C::kStatusRequest:
     case C::kHeartbeat:
     case C::kDisconnect:
+    case C::kPassive:
       return;  // no header struct
   }
   // An unknown command byte: the broker answers kUnknownCommand without decoding anything. The
@@ -83,19 +86,25 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   poolmap::fuzz::FuzzInput input(data, size);
-  const std::size_t signature_size = input.take_u8() & 7U;
+  const std::size_t signature_size = input.take_u8() & 15U;
   const Bytes signature = input.take(signature_size);
   const Bytes header = input.rest();
 
   const auto command = proto::parse_signature(signature);
   if (!command.is_ok()) {
     const ErrorCode code = command.status().code();
-    require(code == (signature.size() == 4 ? ErrorCode::kBadVersion : ErrorCode::kMalformed),
-            "a bad signature frame is kBadVersion (4 bytes) or kMalformed (any other size)");
+    require(code == (signature.size() == 4 || signature.size() == 12 ? ErrorCode::kBadVersion : ErrorCode::kMalformed),
+            "a bad signature frame is kBadVersion (4 or 12 bytes) or kMalformed (any other size)");
     return 0;
   }
-  const auto expected = proto::signature_frame(command.value());
-  require(Bytes(expected.begin(), expected.end()) == signature, "a parsed signature is signature_frame(command)");
+  if (signature.size() == 12) {
+    const auto expected = proto::signature_frame(command.value(), proto::epoch_of(signature));
+    require(Bytes(expected.begin(), expected.end()) == signature, "a parsed signature is signature_frame(command, epoch)");
+  } else {
+    const auto expected = proto::signature_frame(command.value());
+    require(Bytes(expected.begin(), expected.end()) == signature, "a parsed signature is signature_frame(command)");
+    require(proto::epoch_of(signature) == 0, "a 4-byte signature has epoch 0");
+  }
   check_message(command.value(), header);
   return 0;
 }

@@ -33,17 +33,17 @@ const std::string kClientKey = "0000000000000000000000000000000000000000";
 const std::string kWorkerKey = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
 
 const detail::KeyRing& keys() {
-  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {{kWorkerKey, "node1"}}, {}, {}};
+  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {{kWorkerKey, "node1"}}, {}, {}, {}};
   return ring;
 }
 const std::string kPassword = "0123456789abcdef";
 const detail::KeyRing& keys_with_password() {
-  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {}, kPassword, {}};
+  static const detail::KeyRing ring{{{kClientKey, "alice"}}, {}, kPassword, {}, {}};
   return ring;
 }
 // A daemon broker without CURVE: the per-user secret on both sockets.
 const detail::KeyRing& keys_with_secret() {
-  static const detail::KeyRing ring{{}, {}, kPassword, kPassword};
+  static const detail::KeyRing ring{{}, {}, kPassword, kPassword, {}};
   return ring;
 }
 

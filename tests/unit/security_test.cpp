@@ -59,6 +59,14 @@ TEST_CASE("Security.Zap.AKeyIsAcceptedOnlyOnTheSocketWhoseListHoldsIt" * doctest
   CHECK(decide_zap(curve_request(poolmap::detail::kClientDomain, stranger.public_key), keys).status_code == "400");
   CHECK(decide_zap(curve_request("other-domain", client.public_key), keys).status_code == "400");
   CHECK(decide_zap(curve_request(poolmap::detail::kClientDomain, client.public_key), keys).user_id == "alice");
+  // The peer link of a pair admits the peer broker's key only, and that key nothing else.
+  const auto peer = poolmap::generate_curve_keypair();
+  keys.peers[peer.public_key] = "peer broker";
+  CHECK(decide_zap(curve_request(poolmap::detail::kPeerDomain, peer.public_key), keys).user_id == "peer broker");
+  CHECK(decide_zap(curve_request(poolmap::detail::kPeerDomain, client.public_key), keys).status_code == "400");
+  CHECK(decide_zap(curve_request(poolmap::detail::kPeerDomain, worker.public_key), keys).status_code == "400");
+  CHECK(decide_zap(curve_request(poolmap::detail::kClientDomain, peer.public_key), keys).status_code == "400");
+  CHECK(decide_zap(curve_request(poolmap::detail::kWorkerDomain, peer.public_key), keys).status_code == "400");
 }
 
 TEST_CASE("Security.Zap.OtherMechanismsAndMalformedRequestsAreRefused" * doctest::timeout(10)) {
