@@ -171,7 +171,10 @@ void ClientSession::pass(Clock::time_point now) {
                current_endpoint(), std::chrono::duration_cast<std::chrono::milliseconds>(silent).count());
   }
   const auto expiry = options_.heartbeat_interval * options_.heartbeat_liveness;
-  if (waiting && !connect_at_ && silent > expiry && !port_.bytes_arriving(expiry)) {
+  // With several brokers, one that has not welcomed this session for a liveness period is passed
+  // over even while nothing waits: a Pool waits for a WELCOME before it makes its first job.
+  const bool searching = !session_welcomed_ && options_.endpoints.size() > 1;
+  if ((waiting || searching) && !connect_at_ && silent > expiry && !port_.bytes_arriving(expiry)) {
     lost_broker(now, "no word for " +
                          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(silent).count()) + " ms");
   }

@@ -260,3 +260,19 @@ TEST_CASE("Faults.Pair.FailingBackWithSigusr1MovesTheWorkAtOnceAndRunsNothingTwi
   CHECK(pair.broker(1).stderr_text().find("handed the work over to the peer (SIGUSR1)") != std::string::npos);
   CHECK(pair.broker(0).stderr_text().find("the peer handed the work over") != std::string::npos);
 }
+
+TEST_CASE("Faults.Pair.AClientStartedWhileTheFirstBrokerOfItsListIsDeadFindsTheOther" * doctest::timeout(60)) {
+  // The Pool waits for a WELCOME before it makes its first job (the chunk size depends on the
+  // workers): it must not wait for it from a dead broker.
+  t::BrokerPair pair({.workers = 2});
+  pair.add_workers(2);
+  {
+    poolmap::Pool first({.broker = pair.client_endpoints(), .heartbeat_interval = t::heartbeat()});
+    REQUIRE(first.wait_for_workers(2, 20s));
+  }
+  pair.kill(0);
+  REQUIRE(t::eventually([&] { return pair.role(1, 1s) == "active"; }, 20s));
+  poolmap::Pool pool({.broker = pair.client_endpoints(), .heartbeat_interval = t::heartbeat()});
+  const auto results = pool.map(t::slow_hash, slow_items(100, 1'000));
+  check_hashes(results, 100);
+}
