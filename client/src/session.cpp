@@ -59,6 +59,9 @@ void ClientSession::connect(Clock::time_point now) {
   // A session with no work does not ask a passive broker to take over (`poolmap status` must not
   // make a second active broker while the link between the two is cut).
   options_.hello.flags = jobs_.empty() ? proto::kObserver : 0;
+  // A broker taking over from the one we lost runs our resent chunks as soon as this many workers
+  // are back with it (they may hold them), rather than after a fixed wait.
+  options_.hello.workers_seen = static_cast<std::uint32_t>(std::min<std::size_t>(workers_seen_, UINT32_MAX));
   auto hello = wire::make(Command::kHello, options_.hello);
   (void)port_.send(hello);  // never blocks: a handshake refused before this leaves the connection without a pipe
   for (std::size_t i = 0; i < status_waiting_.size(); ++i) {  // asked of the lost broker: ask this one
@@ -151,6 +154,14 @@ void ClientSession::finish(std::unique_ptr<Job> job, JobOutcome outcome) {
 
 ClientSession::Clock::time_point ClientSession::next_pass() const {
   auto at = last_sent_ + options_.heartbeat_interval;
+  // Just past the broker's liveness period: a loss is noticed then, not an interval later (once
+  // past, e.g. while a large message still arrives, the interval paces the looks again).
+  const auto lost_at =
+      last_heard_ + options_.heartbeat_interval * options_.heartbeat_liveness + std::chrono::milliseconds(1);
+  if ((!jobs_.empty() || !status_waiting_.empty() || (!session_welcomed_ && options_.endpoints.size() > 1)) &&
+      lost_at > now_) {
+    at = std::min(at, lost_at);
+  }
   if (connect_at_) at = std::min(at, *connect_at_);
   for (const auto& [id, job] : jobs_) {
     if (job->deadline) at = std::min(at, *job->deadline);

@@ -289,3 +289,24 @@ TEST_CASE("BrokerCore.Takeover.AnAnswerThatCameBeforeTheResendIsDelivered" * doc
   broker.from(Side::kClient, "d", proto::Command::kSubmit, resent(1, 0), {"A"});
   CHECK(broker.results_to("d").empty());
 }
+
+TEST_CASE("BrokerCore.Takeover.AResentChunkGoesOutAtOnceWhenAsManyWorkersAsItsClientSawAreBack" * doctest::timeout(10)) {
+  // The client's last broker counted one worker; that one is back here and holds nothing of it:
+  // the resent chunk need not wait for anyone else.
+  Harness broker({}, 5000);
+  broker.from(Side::kWorker, "w2", proto::Command::kReady, ready(8, 0, 2));
+  proto::Hello hello{"host", 1, kSession, 1};
+  hello.workers_seen = 1;
+  broker.from(Side::kClient, "c", proto::Command::kHello, hello);
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, resent(1, 0), {"A"});
+  CHECK(broker.tasks_to("w2").size() == 1);
+  // One that saw two workers waits (for the second) until the hold is over.
+  Harness waiting({}, 5000);
+  waiting.from(Side::kWorker, "w2", proto::Command::kReady, ready(8, 0, 2));
+  hello.workers_seen = 2;
+  waiting.from(Side::kClient, "c", proto::Command::kHello, hello);
+  waiting.from(Side::kClient, "c", proto::Command::kSubmit, resent(1, 0), {"A"});
+  CHECK(waiting.tasks_to("w2").empty());
+  waiting.from(Side::kWorker, "w3", proto::Command::kReady, ready(9, 0, 2));
+  CHECK(waiting.tasks_to("w2").size() + waiting.tasks_to("w3").size() == 1);
+}

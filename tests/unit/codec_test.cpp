@@ -109,8 +109,8 @@ TEST_CASE("Codec.Encoding.IsLittleEndianFixedWidth" * doctest::timeout(10)) {
   CHECK(encoded[0] == std::byte{0x08});
   CHECK(encoded[7] == std::byte{0x01});
   // A string is a 64-bit length, then its bytes.
-  const Bytes hello = proto::encode(proto::Hello{"ab", 1, 0, 0, 0});
-  REQUIRE(hello.size() == 8 + 2 + 4 + 8 + 8 + 4);
+  const Bytes hello = proto::encode(proto::Hello{"ab", 1, 0, 0, 0, 0});
+  REQUIRE(hello.size() == 8 + 2 + 4 + 8 + 8 + 4 + 4);
   CHECK(hello[0] == std::byte{2});
   CHECK(hello[8] == std::byte{'a'});
 }

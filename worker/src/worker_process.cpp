@@ -417,7 +417,13 @@ void WorkerProcess::Impl::io_loop() {
     std::array<zmq::pollitem_t, 3> items{{{socket.handle(), 0, ZMQ_POLLIN, 0},
                                           {nullptr, wake_fd_, ZMQ_POLLIN, 0},
                                           {watch, -1, ZMQ_POLLIN, 0}}};
-    const auto next_beat = last_sent + options_.heartbeat_interval;
+    // The next heartbeat, or just past the broker's liveness period: a loss is noticed then, not an
+    // interval later (once past, e.g. while a large TASK still arrives, the heartbeat paces it).
+    auto next_beat = last_sent + options_.heartbeat_interval;
+    if (const auto lost_at = (heard ? last_heard : asked_since) + expiry + std::chrono::milliseconds(1);
+        (heard || endpoints_.size() > 1) && lost_at > Clock::now()) {
+      next_beat = std::min(next_beat, lost_at);
+    }
     auto wait = std::max(std::chrono::milliseconds(0),
                          std::chrono::duration_cast<std::chrono::milliseconds>(next_beat - Clock::now()));
     {

@@ -20,8 +20,8 @@
 //   dispatch.cpp what goes to which worker now (the Scheduler decides), TASK batches, STARTED
 //   takeover.cpp chunks that outlive a broker: what workers say they hold (READY) is matched to the
 //                chunks their clients send again (kResent), and answers to chunks this broker never
-//                sent are kept for them a while; resent chunks wait two heartbeat intervals after
-//                the core starts, for the workers that hold them to register
+//                sent are kept for them a while; resent chunks wait for the workers that hold them
+//                to register (as many as the client's last broker had, two intervals at most)
 //   core.cpp     construction, the heartbeat tick, sending, errors, the status view
 // The dispatch policy itself is the Scheduler (../scheduler.hpp), a unit of its own too.
 //
@@ -458,6 +458,10 @@ class BrokerCore {
   std::int64_t orphan_bytes_ = 0;
   std::vector<std::uint64_t> held_back_;  // resent chunks waiting for hold_resent_until_
   Clock::time_point hold_resent_until_;
+  // The most worker processes a client's HELLO said its last broker counted: once that many are
+  // registered here, resent chunks need not wait for more (0: wait until hold_resent_until_).
+  std::size_t workers_expected_ = 0;
+  bool workers_back() const { return workers_expected_ != 0 && workers_by_id_.size() >= workers_expected_; }
   Clock::time_point started_;  // this core (a broker's start, or its taking over)
   std::uint64_t chunks_adopted_ = 0;  // chunks that kept running on their worker across brokers
   std::uint64_t orphans_delivered_ = 0;

@@ -72,7 +72,7 @@ void BrokerCore::place_chunk(std::uint64_t ticket) {
       return;
     }
   }
-  if (now_ < hold_resent_until_) {
+  if (now_ < hold_resent_until_ && !workers_back()) {
     held_back_.push_back(ticket);  // its worker may not have registered yet
     return;
   }
@@ -169,7 +169,7 @@ bool BrokerCore::accept_by_origin(WorkerState& worker, proto::WorkerResult& resu
 }
 
 void BrokerCore::release_held_back() {
-  if (held_back_.empty() || now_ < hold_resent_until_) return;
+  if (held_back_.empty() || (now_ < hold_resent_until_ && !workers_back())) return;
   for (const std::uint64_t ticket : held_back_) {
     const auto chunk = chunks_.find(ticket);
     if (chunk != chunks_.end() && chunk->second.worker.empty() && !scheduler_.is_queued(ticket)) {

@@ -103,9 +103,10 @@ struct Hello {
   std::uint64_t session = 0;  // random id of this Pool, the same on every connection it opens; 0 = none
   std::uint64_t epoch = 0;    // the newest broker epoch this client has seen
   std::uint32_t flags = 0;    // kObserver
+  std::uint32_t workers_seen = 0;  // worker processes the broker it last talked to counted (0: none, unknown)
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(client_host, client_pid, session, epoch, flags);
+    ar(client_host, client_pid, session, epoch, flags, workers_seen);
   }
 };
 // Hello::flags: this client has no work (it asks for status): a passive broker of a pair does not
