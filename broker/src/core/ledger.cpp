@@ -155,7 +155,12 @@ bool BrokerCore::accept_late_result(proto::WorkerResult& result, zmq::message_t&
       })) {
     return false;
   }
-  if (outcome.code == ErrorCode::kContextMissing) return false;  // the current holder will answer
+  // Not answers: the current holder answers (an evicted context, a hand-back, the kCancelled a
+  // worker gives an ABANDON).
+  if (outcome.code == ErrorCode::kContextMissing || outcome.code == ErrorCode::kUnavailable ||
+      outcome.code == ErrorCode::kCancelled) {
+    return false;
+  }
   if (wrong_count(result, chunk->second)) return false;
   log_->info("accepted a late result for chunk {} of job {} from worker [{}] (first answer wins)",
              chunk->second.header.chunk, chunk->second.header.job, short_id(instance));

@@ -156,8 +156,13 @@ bool BrokerCore::accept_by_origin(WorkerState& worker, proto::WorkerResult& resu
     return false;
   }
   // Answers of chunks no client sent here are worth keeping only while clients come over from a
-  // broker that is gone: in the first liveness periods of this core. Later ones are duplicates.
-  if (now_ > started_ + 2 * expiry() || orphans_.size() >= kMaxOrphans ||
+  // broker that is gone: in the first liveness periods of this core, or for a chunk this very
+  // worker said it holds (its client's resend must find the answer, not adopt it onto a worker
+  // that has answered already: that map would wait for ever). Later ones are duplicates.
+  const auto held = adoptable_.find(origin);
+  const bool held_here = held != adoptable_.end() && held->second.instance == worker.instance;
+  if (held_here) adoptable_.erase(held);
+  if ((!held_here && now_ > started_ + 2 * expiry()) || orphans_.size() >= kMaxOrphans ||
       orphan_bytes_ + static_cast<std::int64_t>(payload.size()) > options_.max_client_bytes) {
     return false;  // the chunk runs again when its client sends it
   }
