@@ -28,6 +28,15 @@ template <class Header>
 Frames message(Command command, const Header& header) {
   return wire::make(command, header);
 }
+// A chunk in the trace: "c1 j2 items 4+2".
+std::string describe(const std::vector<std::uint64_t>& items, std::uint64_t first_index, std::uint32_t count) {
+  std::string out;
+  if (!items.empty()) {
+    const ChunkKey key = key_of(items.front(), first_index);
+    out = "c" + std::to_string(key.client) + " j" + std::to_string(key.job) + " ";
+  }
+  return out + "items " + std::to_string(first_index) + "+" + std::to_string(count);
+}
 }  // namespace
 
 // --- WorkerProcess ----------------------------------------------------------------------------
@@ -42,11 +51,132 @@ WorkerProcess::WorkerProcess(World& world, Ledger& ledger, Supervisor* superviso
       kind_(kind),
       instance_(world.rng().next() | 1),
       pid_(static_cast<std::uint32_t>(1000 + world.rng().below(30000))),
-      credit_(static_cast<std::uint32_t>(world.rng().between(1, 3))) {}
+      credit_(static_cast<std::uint32_t>(world.rng().between(1, 3))),
+      pair_(world.pair()) {
+  if (pair_) {
+    endpoints_ = world.endpoints();
+    passive_at_.resize(endpoints_.size());
+  }
+}
 
 void WorkerProcess::start() {
-  register_again(nullptr);
+  if (pair_) {
+    connect_to(0, "");
+  } else {
+    register_again(nullptr);
+  }
   world_.at(world_.heartbeat(), [this] { heartbeat(); }, this);
+}
+
+void WorkerProcess::connect_to(std::size_t index, const std::string& why) {
+  if (!why.empty()) {
+    world_.trace(name_ + (index == current_ ? " registers again with broker " : " turns to broker ") + endpoints_[index] +
+                 ": " + why + " (holds " + std::to_string(queue_.size() + (running_ ? 1 : 0)) + " chunks, " +
+                 std::to_string(unconfirmed_.size()) + " unconfirmed answers)");
+  }
+  if (socket_ != nullptr) world_.close(socket_);
+  current_ = index;
+  socket_ = world_.open(*this, Side::kWorker, endpoints_[index]);
+  ++generation_;
+  // What an earlier connection sent it and it still holds: the running chunk, then the queued ones.
+  std::vector<proto::HeldChunk> held;
+  if (running_) {
+    held.push_back({running_->header.ticket, running_->header.origin, true});
+    running_->listed = generation_;
+  }
+  for (Held& h : queue_) {
+    if (held.size() >= proto::kMaxCredit) break;
+    held.push_back({h.header.ticket, h.header.origin, false});
+    h.listed = generation_;
+  }
+  // Known issue: a broker that took over more than the two intervals it holds resent chunks back
+  // ago does not wait for this READY: what it holds (and its answers) may run again.
+  const int broker = static_cast<int>(index);
+  const auto since = world_.active_since(broker);
+  // (The READY reaches it a connection's set-up, up to 5 ms, and a network delay from now.)
+  if (world_.acting(broker) && since && world_.now() + milliseconds(5) + world_.max_delay > *since + 2 * world_.heartbeat()) {
+    for (const Held& h : queue_) {
+      if (!h.items.empty()) ledger_.known(key_of(h.items.front(), h.header.first_index), kKnownLateOrphan);
+    }
+    if (running_ && !running_->items.empty()) {
+      ledger_.known(key_of(running_->items.front(), running_->header.first_index), kKnownLateOrphan);
+    }
+    for (const Unconfirmed& kept : unconfirmed_) {
+      if (kept.chunk) ledger_.known(*kept.chunk, kKnownLateOrphan);
+    }
+  }
+  proto::Ready ready{"host-" + name_.substr(0, name_.find('/')), pid_, credit_, instance_, supervisor_id_, tasks_,
+                     generation_, newest_epoch_, std::move(held)};
+  send(message(Command::kReady, ready));
+  // The answers its last broker may not have read, again.
+  const Time now = world_.now();
+  for (Unconfirmed& kept : unconfirmed_) {
+    kept.sent = now;
+    note_late_orphan(kept.chunk);
+    if (kept.chunk) {
+      answers_sent_.push_back({*kept.chunk, broker, world_.incarnation(broker), now});
+      if (answers_sent_.size() > 64) answers_sent_.pop_front();
+    }
+    // Known issue: a kContextMissing for a chunk it holds now (sent to it again since) goes again.
+    if (kept.refused) ledger_.known(*kept.refused, kKnownStaleRefusal);
+    Frames copy;
+    for (const auto& frame : *kept.frames) copy.emplace_back(frame.data(), frame.size());
+    send(std::move(copy));
+  }
+  last_heard_ = last_sent_ = now;
+  heard_ = false;
+  turn_.reset();
+  asked_since_ = now;
+  vote_left_ = false;
+  schedule_loss_check();
+}
+
+void WorkerProcess::on_passive() {
+  const Time now = world_.now();
+  passive_at_[current_] = now;
+  if (turn_) return;  // a PASSIVE again while waiting to turn: already said
+  const std::size_t next = (current_ + 1) % endpoints_.size();
+  const auto half = world_.heartbeat() / 2;
+  Time at = now;
+  if (passive_at_[next] && now - *passive_at_[next] < half) at = *passive_at_[next] + half;
+  turn_ = Turn{next, at};
+  const std::string why = "broker " + endpoints_[current_] + " is the passive one of its pair";
+  if (at <= now) return connect_to(next, why);
+  world_.at(std::chrono::ceil<milliseconds>(at - now), [this, generation = generation_, why] {
+    if (generation == generation_ && turn_ && world_.now() >= turn_->at) connect_to(turn_->endpoint, why);
+  }, this);
+}
+
+void WorkerProcess::send_answer(Frames frames, const proto::Origin& origin, std::optional<ChunkKey> chunk,
+                                std::optional<ChunkKey> refused) {
+  if (pair_ && chunk) {
+    const int broker = static_cast<int>(current_);
+    answers_sent_.push_back({*chunk, broker, world_.incarnation(broker), world_.now()});
+    if (answers_sent_.size() > 64) answers_sent_.pop_front();
+  }
+  if (pair_ && origin.session != 0) {  // one a next broker can match: kept until confirmed
+    auto kept = std::make_shared<Frames>();
+    for (const auto& frame : frames) kept->emplace_back(frame.data(), frame.size());
+    unconfirmed_.push_back({world_.now(), std::move(kept), chunk, refused});
+    while (unconfirmed_.size() > 4096) unconfirmed_.pop_front();
+  }
+  send(std::move(frames));
+}
+
+void WorkerProcess::note_late_orphan(const std::optional<ChunkKey>& chunk) {
+  if (!chunk) return;
+  const int broker = static_cast<int>(current_);
+  const auto since = world_.active_since(broker);
+  if (world_.acting(broker) && since && world_.now() - *since > 2 * world_.heartbeat() * world_.options().heartbeat_liveness) {
+    ledger_.known(*chunk, kKnownLateOrphan);
+  }
+}
+
+void WorkerProcess::forget_confirmed() {
+  // As worker_process.cpp's forget_confirmed(): what was sent a liveness period before the broker
+  // last spoke has been read (a loaded broker reads late).
+  const auto margin = world_.heartbeat() * world_.options().heartbeat_liveness;
+  while (!unconfirmed_.empty() && unconfirmed_.front().sent < last_heard_ - margin) unconfirmed_.pop_front();
 }
 
 void WorkerProcess::register_again(const char* why) {
@@ -68,8 +198,52 @@ void WorkerProcess::send(Frames frames) {
   world_.send(*socket_, std::move(frames));
 }
 
+bool WorkerProcess::look_for_loss() {
+  const auto expiry = world_.heartbeat() * world_.options().heartbeat_liveness;
+  const Time now = world_.now();
+  const std::size_t next = (current_ + 1) % endpoints_.size();
+  const auto ms = [](Clock::duration d) { return std::to_string(std::chrono::duration_cast<milliseconds>(d).count()); };
+  if (turn_) {
+    if (now < turn_->at) return false;
+    connect_to(turn_->endpoint, "broker " + endpoints_[current_] + " is the passive one of its pair");
+  } else if (heard_ && now - last_heard_ > expiry) {
+    // Lost: the chunks it holds stay (queued ones run on); the READY to the other lists them.
+    connect_to(next, "heard nothing from broker " + endpoints_[current_] + " for " + ms(now - last_heard_) + " ms");
+  } else if (endpoints_.size() > 1 && !heard_ && now - asked_since_ > expiry) {
+    connect_to(next, "no answer from broker " + endpoints_[current_] + " for " + ms(now - asked_since_) + " ms");
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// As the real worker's loop, which wakes just past the broker's liveness period (counted from
+// when it was last heard, or asked) to look for its loss, not only at the next heartbeat.
+void WorkerProcess::schedule_loss_check() {
+  const auto expiry = world_.heartbeat() * world_.options().heartbeat_liveness;
+  const Time due = (heard_ ? last_heard_ : asked_since_) + expiry + milliseconds(1);
+  if (loss_check_at_ && *loss_check_at_ <= due && *loss_check_at_ >= world_.now()) return;  // it looks again then
+  loss_check_at_ = due;
+  world_.at(std::chrono::ceil<milliseconds>(due - world_.now()), [this, due] {
+    if (!loss_check_at_ || *loss_check_at_ != due) return;
+    loss_check_at_.reset();
+    if (!look_for_loss()) schedule_loss_check();
+  }, this);
+}
+
 void WorkerProcess::heartbeat() {
   const auto expiry = world_.heartbeat() * world_.options().heartbeat_liveness;
+  if (pair_) {
+    const Time now = world_.now();
+    const bool turned = look_for_loss();
+    if (!turned && now - last_sent_ >= world_.heartbeat()) send(wire::make_empty(Command::kHeartbeat));
+    if (world_.rng().chance(0.02)) {  // adaptive prefetch
+      credit_ = static_cast<std::uint32_t>(world_.rng().between(1, 4));
+      send(message(Command::kCredit, proto::Credit{credit_}));
+    }
+    world_.at(world_.heartbeat(), [this] { heartbeat(); }, this);
+    return;
+  }
   if (world_.now() - last_heard_ > expiry) {
     register_again("no word from the broker");
   } else if (world_.now() - last_sent_ >= world_.heartbeat()) {
@@ -84,9 +258,36 @@ void WorkerProcess::heartbeat() {
 
 void WorkerProcess::on_message(Socket& socket, Frames& frames) {
   if (&socket != socket_ || frames.empty()) return;  // an old connection's leftovers
+  if (pair_) {
+    // A broker of an older epoch than one seen has lost its place to its peer: what it says is
+    // void, and it is not even heard (its silence turns this process to the peer).
+    const std::uint64_t epoch = proto::epoch_of(wire::view(frames[0]));
+    if (epoch < newest_epoch_) {
+      if (!stale_logged_) {
+        world_.trace(name_ + " ignores broker " + endpoints_[current_] + ": its epoch " + std::to_string(epoch) +
+                     " is older than " + std::to_string(newest_epoch_));
+        stale_logged_ = true;
+      }
+      return;
+    }
+    if (epoch > newest_epoch_) stale_logged_ = false;
+    newest_epoch_ = epoch;
+  }
   last_heard_ = world_.now();
   const auto command = proto::parse_signature(wire::view(frames[0]));
   if (!command) return world_.fail(name_ + " got a message without a signature");
+  if (pair_) {
+    heard_ = true;
+    schedule_loss_check();
+    if (command.value() == Command::kPassive) return on_passive();
+    if (command.value() == Command::kDisconnect) {  // known issue: it confirms what no broker read
+      const auto margin = world_.heartbeat() * world_.options().heartbeat_liveness;
+      for (const Unconfirmed& kept : unconfirmed_) {
+        if (kept.sent < last_heard_ - margin && kept.chunk) ledger_.known(*kept.chunk, kKnownDisconnect);
+      }
+    }
+    forget_confirmed();  // this broker read what was sent well before it spoke
+  }
   switch (command.value()) {
     case Command::kTask: {
       const bool with_context = frames.size() == 4;
@@ -108,12 +309,27 @@ void WorkerProcess::on_message(Socket& socket, Frames& frames) {
                                       instance_, 0, header.value().origin};
           Frames out = message(Command::kWorkerResult, missing);
           out.emplace_back();
-          send(std::move(out));
+          std::optional<ChunkKey> refused;
+          if (frames[i + 1].size() >= sizeof(std::uint64_t)) {
+            refused = key_of(decode_items(frames[i + 1]).front(), header.value().first_index);
+          }
+          send_answer(std::move(out), header.value().origin, std::nullopt, refused);
           continue;
         }
-        queue_.push_back({header.value(), decode_items(frames[i + 1]), false});
-        world_.trace(name_ + " gets ticket " + std::to_string(header.value().ticket % 100000) + " (items " +
-                     std::to_string(header.value().first_index) + "+" + std::to_string(header.value().count) + ")");
+        queue_.push_back({header.value(), decode_items(frames[i + 1]), false, generation_});
+        // (pair) What a liar holds is taken back when a client rejects any of its answers.
+        if (pair_ && kind_ == Kind::kLiar && !queue_.back().items.empty()) {
+          auto& fate = ledger_.fates[key_of(queue_.back().items.front(), header.value().first_index)];
+          ++fate.excuses;
+          ++fate.disruptions;  // and its loss costs them a retry
+        }
+        // Known issue: the broker took the vote it held on this connection, which this process is
+        // about to leave (told PASSIVE while its vote was held): what it sends here is sent twice.
+        if (turn_ && vote_left_ && !queue_.back().items.empty()) {
+          ledger_.known(key_of(queue_.back().items.front(), header.value().first_index), kKnownHeldVote);
+        }
+        world_.trace(name_ + " gets ticket " + std::to_string(header.value().ticket % 100000) + " (" +
+                     describe(queue_.back().items, header.value().first_index, header.value().count) + ")");
         if (with_context) break;
       }
       if (world_.rng().chance(0.05) && !contexts_.empty()) contexts_.erase(contexts_.begin());  // evicted
@@ -126,22 +342,36 @@ void WorkerProcess::on_message(Socket& socket, Frames& frames) {
       const auto queued = std::find_if(queue_.begin(), queue_.end(),
                                        [&](const Held& held) { return held.header.ticket == abandon.value().ticket; });
       if (queued != queue_.end()) {
+        // The real worker echoes the chunk's origin here too (the single broker's model did not).
+        const proto::Origin origin = pair_ ? queued->header.origin : proto::Origin{};
         proto::WorkerResult dropped{abandon.value().ticket, {ErrorCode::kCancelled, 0, {}, "abandoned", "", pid_, 0},
-                                    instance_, 0, {}};
+                                    instance_, 0, origin};
         queue_.erase(queued);
         Frames out = message(Command::kWorkerResult, dropped);
         out.emplace_back();
-        send(std::move(out));
+        send_answer(std::move(out), origin, std::nullopt);
       } else if (running_ && running_->header.ticket == abandon.value().ticket) {
         running_->abandoned = true;
       }
       return;
     }
     case Command::kDisconnect:
+      if (pair_) {
+        if (turn_) return;  // turning to the other broker anyway
+        // The broker has given the queued chunks to others; the running one is listed in READY.
+        queue_.clear();
+        return connect_to(current_, "broker " + endpoints_[current_] + " said DISCONNECT");
+      }
       return register_again("the broker said DISCONNECT");
     case Command::kError: {
       auto error = proto::decode<proto::ErrorReply>(wire::view(frames[1]));
       if (error && error.value().code == ErrorCode::kUnavailable) {  // refused READY: try again later
+        if (pair_) {
+          world_.at(world_.heartbeat(), [this, generation = generation_] {
+            if (generation == generation_) connect_to(current_, "its READY was refused");
+          }, this);
+          return;
+        }
         world_.at(world_.heartbeat(), [this] { register_again("its READY was refused"); }, this);
         return;
       }
@@ -160,7 +390,17 @@ void WorkerProcess::run_next() {
   const auto& items = running_->items;
   if (!items.empty()) {
     auto& fate = ledger_.fates[key_of(items.front(), running_->header.first_index)];
-    if (++fate.executions > 1) ++world_.stats().re_executions;
+    if (++fate.executions > 1) {
+      ++world_.stats().re_executions;
+      const Time now = world_.now();
+      if (std::any_of(ledger_.rerun_windows.begin(), ledger_.rerun_windows.end(),
+                      [&](const auto& window) { return now >= window.first && now <= window.second; })) {
+        ++fate.excuses;
+      }
+      world_.trace(name_ + " runs ticket " + std::to_string(running_->header.ticket % 100000) + " (" +
+                   describe(items, running_->header.first_index, running_->header.count) + "), execution " +
+                   std::to_string(fate.executions));
+    }
     ++world_.stats().executions;
   }
   std::int64_t cost = 0;
@@ -214,24 +454,32 @@ void WorkerProcess::finish(std::uint64_t ticket, std::uint64_t run) {
     if (answered_.size() >= 64) answered_.erase(answered_.begin());
     answered_[ticket] = key_of(held.items.front(), held.header.first_index);
   }
-  world_.trace(name_ + " answers ticket " + std::to_string(ticket % 100000) + " (items " +
-               std::to_string(held.header.first_index) + "+" + std::to_string(held.header.count) + ")");
+  world_.trace(name_ + " answers ticket " + std::to_string(ticket % 100000) + " (" +
+               describe(held.items, held.header.first_index, held.header.count) + ")");
   Frames out = message(Command::kWorkerResult, result);
+  if (pair_ && held.generation != generation_ && !held.items.empty()) {
+    note_late_orphan(key_of(held.items.front(), held.header.first_index));
+  }
+  if (pair_ && held.listed == generation_ && !held.items.empty()) {
+    ledger_.listed_then_answered.insert(key_of(held.items.front(), held.header.first_index));
+  }
   if (kind_ == Kind::kDuplicator) {
     Frames again = message(Command::kWorkerResult, result);
     again.emplace_back().copy(payload);
     out.push_back(std::move(payload));
-    send(std::move(out));
+    send_answer(std::move(out), held.header.origin,
+                held.items.empty() ? std::nullopt : std::optional(key_of(held.items.front(), held.header.first_index)));
     ++world_.stats().duplicated;
     send(std::move(again));
   } else {
     out.push_back(std::move(payload));
-    send(std::move(out));
+    send_answer(std::move(out), held.header.origin,
+                held.items.empty() ? std::nullopt : std::optional(key_of(held.items.front(), held.header.first_index)));
   }
   run_next();
 }
 
-void WorkerProcess::lost_on_the_wire(const Frames& frames) {
+void WorkerProcess::lost_on_the_wire(const Frames& frames, Lost why) {
   if (frames.size() < 3) return;
   const auto command = proto::parse_signature(wire::view(frames[0]));
   if (!command || command.value() != Command::kWorkerResult) return;
@@ -239,21 +487,63 @@ void WorkerProcess::lost_on_the_wire(const Frames& frames) {
     const auto result = proto::decode<proto::WorkerResult>(wire::view(frames[i]));
     if (!result) continue;
     if (const auto key = answered_.find(result.value().ticket); key != answered_.end()) {
-      ++ledger_.fates[key->second].disruptions;
+      auto& fate = ledger_.fates[key->second];
+      ++fate.disruptions;
+      // (pair) Lost with a broker that is gone, or on a connection this process closed to turn to the
+      // other: it is sent again after the next READY (unconfirmed), so only a cut link excuses a rerun.
+      if (pair_ && why == Lost::kLinkDropped) ++fate.excuses;
     }
   }
 }
 
-void WorkerProcess::disrupted() {
+void WorkerProcess::disrupted(bool excuse) {
   auto hit = [&](const Held& held) {
-    if (!held.items.empty()) ++ledger_.fates[key_of(held.items.front(), held.header.first_index)].disruptions;
+    if (held.items.empty()) return;
+    auto& fate = ledger_.fates[key_of(held.items.front(), held.header.first_index)];
+    ++fate.disruptions;
+    if (pair_ && excuse) ++fate.excuses;
   };
+  if (pair_ && excuse) {  // the answers only it has cannot go to the next broker meanwhile
+    for (const Unconfirmed& kept : unconfirmed_) {
+      if (kept.chunk) ++ledger_.fates[*kept.chunk].excuses;
+    }
+  }
   for (const Held& held : queue_) hit(held);
   if (running_) hit(*running_);
 }
 
+void WorkerProcess::at_risk(std::uint32_t issue) {
+  if (issue == kKnownHeldVote) vote_left_ = true;
+  if (issue == kKnownLateOrphan) world_.trace("KNOWN ISSUE: " + name_ + "'s READY comes after the resent chunks' hold");
+  auto mark = [&](const Held& held) {
+    if (!held.items.empty()) ledger_.known(key_of(held.items.front(), held.header.first_index), issue);
+  };
+  for (const Held& held : queue_) mark(held);
+  if (running_) mark(*running_);
+  for (const Unconfirmed& kept : unconfirmed_) {
+    if (kept.chunk) ledger_.known(*kept.chunk, issue);
+  }
+}
+
+void WorkerProcess::core_lost(int broker, std::uint64_t incarnation) {
+  const auto recent = world_.now() - 2 * world_.heartbeat() * world_.options().heartbeat_liveness;
+  for (const Answered& answer : answers_sent_) {
+    if (answer.broker == broker && answer.incarnation == incarnation && answer.when >= recent) {
+      ++ledger_.fates[answer.chunk].failover;
+    }
+  }
+}
+
+void WorkerProcess::dies() {
+  if (!pair_) return;
+  for (const Unconfirmed& kept : unconfirmed_) {
+    if (kept.chunk) ++ledger_.fates[*kept.chunk].excuses;
+  }
+}
+
 void WorkerProcess::crash(const std::string& cause) {
   if (!alive()) return;
+  dies();
   ++world_.stats().crashes;
   world_.trace("fault: " + name_ + " [" + detail::short_id(instance_) + "] crashes: " + cause);
   // Its supervisor reports the crash and the chunk it was running, which alone is to blame: the
@@ -265,6 +555,7 @@ void WorkerProcess::crash(const std::string& cause) {
       auto& fate = ledger_.fates[key_of(running_->items.front(), running_->header.first_index)];
       ++fate.crashes_running;
       ++fate.disruptions;
+      if (pair_) ++fate.excuses;
     }
   }
   std::vector<ChunkKey> prefetched;
@@ -288,7 +579,11 @@ Supervisor::Supervisor(World& world, Ledger& ledger, std::vector<proto::TaskInfo
       owned_(owned) {}
 
 void Supervisor::start() {
-  socket_ = world_.open(*this, Side::kWorker);
+  if (world_.pair()) {  // a socket per broker, as the real supervisor: only the active one acts on a report
+    for (const std::string& endpoint : world_.endpoints()) sockets_.push_back(world_.open(*this, Side::kWorker, endpoint));
+  } else {
+    sockets_.push_back(world_.open(*this, Side::kWorker));
+  }
   for (std::size_t i = 0; i < wanted_; ++i) spawn();
 }
 
@@ -313,12 +608,12 @@ void Supervisor::exited(WorkerProcess& process, bool crashed, std::string cause,
       if (reported_.size() >= 64) reported_.erase(reported_.begin());
       reported_[report.instance] = std::move(keys.mapped());
     }
-    world_.send(*socket_, message(Command::kWorkerExited, report));
+    for (Socket* socket : sockets_) world_.send(*socket, message(Command::kWorkerExited, report));
   }, this);
   world_.at(world_.rng().ms(20, 400), [this] { spawn(); }, this);
 }
 
-void Supervisor::lost_on_the_wire(const Frames& frames) {
+void Supervisor::lost_on_the_wire(const Frames& frames, Lost) {
   if (frames.size() < 2) return;
   const auto command = proto::parse_signature(wire::view(frames[0]));
   if (!command || command.value() != Command::kWorkerExited) return;
@@ -334,6 +629,7 @@ void Supervisor::vanish() {
   ++world_.stats().supervisor_losses;
   for (WorkerProcess* process : processes_) {
     process->disrupted();
+    process->dies();
     world_.kill(*process);
   }
   for (const auto& [number, keys] : unreported_) {  // crashes it never reported: silent losses
@@ -350,10 +646,16 @@ void Supervisor::vanish() {
 // are not this chunk's are a violation at once.
 class Client::Sink final : public detail::ChunkSink {
  public:
-  Sink(World& world, Client::Job& job, std::string name) : world_(world), job_(job), name_(std::move(name)) {}
+  Sink(World& world, Ledger& ledger, const Client& client, Client::Job& job, std::string name)
+      : world_(world), ledger_(ledger), client_(client), job_(job), name_(std::move(name)) {}
   Status take(std::size_t first_index, std::uint32_t count, std::span<const std::byte> bytes) override {
+    if (client_.stale_) {
+      world_.fail(name_ + " job " + std::to_string(job_.id) + " chunk " + std::to_string(first_index / job_.chunksize) +
+                  ": took a result from a broker whose epoch is older than one it saw");
+    }
     if (bytes.size() != (std::size_t{count} + 1) * sizeof(std::uint64_t)) {
       ++world_.stats().rejects;
+      ++ledger_.fates[{client_.number(), job_.id, first_index}].rejected;
       return Status(ErrorCode::kMalformed, "results that do not decode");
     }
     std::vector<std::uint64_t> values(count + 1);
@@ -377,6 +679,8 @@ class Client::Sink final : public detail::ChunkSink {
 
  private:
   World& world_;
+  Ledger& ledger_;
+  const Client& client_;
   Client::Job& job_;
   std::string name_;
 };
@@ -389,8 +693,8 @@ Client::Client(World& world, Ledger& ledger, std::uint64_t number, std::size_t w
                                               .heartbeat_liveness = world.options().heartbeat_liveness,
                                               .reconnect_timeout = std::chrono::seconds(60),
                                               .max_chunks_in_flight = window,
-                                              .endpoint = "sim",
-                                              .endpoints = {"sim"},
+                                              .endpoint = world.pair() ? "a,b" : "sim",
+                                              .endpoints = world.endpoints(),
                                               .hello = proto::Hello{"client-host", static_cast<std::uint32_t>(number), 0x5e5510000ULL + number, 0, 0}},
                static_cast<detail::ClientSession::Port&>(*this), world.client_logger()) {}
 
@@ -425,7 +729,7 @@ void Client::add_job(Job job, milliseconds start_after) {
       request.context = context;
       request.context_hash = fnv1a(*spec.context);
     }
-    request.sink = std::make_shared<Sink>(world_, spec, name_);
+    request.sink = std::make_shared<Sink>(world_, ledger_, *this, spec, name_);
     session_.add_job(detail::ClientSession::make_job(std::move(request), spec.id,
                                                      std::make_shared<detail::FutureCore>(), world_.now()));
     pass();
@@ -439,21 +743,80 @@ bool Client::finished() const {
 }
 
 bool Client::send(std::vector<zmq::message_t>& frames) {
+  if (world_.pair() && frames.size() >= 3) {
+    const auto command = proto::parse_signature(wire::view(frames[0]));
+    for (std::size_t i = 1; command && command.value() == Command::kSubmit && i + 1 < frames.size(); i += 2) {
+      const auto submit = proto::decode<proto::Submit>(wire::view(frames[i]));
+      if (!submit) continue;
+      const bool resent = (submit.value().flags & proto::kResent) != 0;
+      auto& last = submitted_[{submit.value().job, submit.value().chunk}];
+      // Known issue: sent to an earlier connection (or marked resent on this one), and now again
+      // without kResent: the broker does not look for the worker that holds it, nor for its answer.
+      if (!resent && last.first != 0 && (last.first < connections_ || last.second)) {
+        if (const auto key = key_of_chunk(submit.value().job, submit.value().chunk)) {
+          ledger_.known(*key, kKnownUnmarkedResend);
+        }
+      }
+      last = {connections_, resent || (last.second && last.first == connections_)};
+      // Sent again while two brokers act (the link between them cut): its worker, or the answer,
+      // may be with the other one, which nothing can reach.
+      if (resent && world_.acting(0) && world_.acting(1)) {
+        if (const auto key = key_of_chunk(submit.value().job, submit.value().chunk)) ++ledger_.fates[*key].failover;
+      }
+      // Known issue: resent to a broker that became active more than the two heartbeat intervals
+      // it holds resent chunks back ago (it took over on an earlier vote, or while the link
+      // between the two was cut): it does not wait for the worker that holds the chunk.
+      const auto since = world_.active_since(socket_->broker);
+      if (resent && world_.acting(socket_->broker) && since && world_.now() - *since > 2 * world_.heartbeat()) {
+        if (const auto key = key_of_chunk(submit.value().job, submit.value().chunk)) ledger_.known(*key, kKnownLateOrphan);
+      }
+    }
+  }
   world_.send(*socket_, std::move(frames));
   frames.clear();
   return true;
 }
 
-void Client::open_connection(const std::string&) {
-  if (socket_ != nullptr) world_.trace(name_ + " opens a new connection (HELLO, then every unanswered chunk again)");
+void Client::open_connection(const std::string& endpoint) {
+  if (socket_ != nullptr) {
+    world_.trace(name_ + " opens a new connection" + (world_.pair() ? " to broker " + endpoint : std::string()) +
+                 " (HELLO, then every unanswered chunk again)");
+  }
   world_.close(socket_);
-  socket_ = world_.open(*this, Side::kClient);
+  socket_ = world_.open(*this, Side::kClient, endpoint);
+  ++connections_;
+}
+
+void Client::disrupted() {
+  for (const Job& job : jobs_) {
+    if (job.state != Job::State::kRunning) continue;
+    for (std::size_t c = 0; c < job.chunks(); ++c) {
+      if (!job.results[c]) ++ledger_.fates[{number_, job.id, c * job.chunksize}].excuses;
+    }
+  }
+}
+
+void Client::at_risk(std::uint32_t issue) {
+  for (const Job& job : jobs_) {
+    if (job.state != Job::State::kRunning) continue;
+    for (std::size_t c = 0; c < job.chunks(); ++c) {
+      if (!job.results[c]) ledger_.known({number_, job.id, c * job.chunksize}, issue);
+    }
+  }
+}
+
+std::optional<ChunkKey> Client::key_of_chunk(std::uint64_t job, std::uint64_t chunk) const {
+  if (job == 0 || job > jobs_.size()) return std::nullopt;
+  const Job& spec = jobs_[job - 1];
+  if (chunk >= spec.chunks()) return std::nullopt;
+  return ChunkKey{number_, job, chunk * spec.chunksize};
 }
 
 void Client::refused(const Status& why) { world_.fail(name_ + " was refused by the broker: " + why.message()); }
 
 void Client::job_ended(std::unique_ptr<detail::ClientSession::Job> ended, detail::JobOutcome outcome) {
   Job& job = jobs_.at(ended->id - 1);
+  if (stale_) world_.fail(name_ + " job " + std::to_string(job.id) + " ended on a message of an older epoch than one it saw");
   if (job.state == Job::State::kCancelled) return;
   job.ended = world_.now();
   if (outcome.error.is_ok()) {
@@ -474,7 +837,23 @@ void Client::job_ended(std::unique_ptr<detail::ClientSession::Job> ended, detail
 
 void Client::on_message(Socket& socket, Frames& frames) {
   if (&socket != socket_ || left_) return;
+  if (world_.pair() && !frames.empty()) {
+    // A broker of an older epoch than one the session saw: the session must not act on it. Its
+    // answers are lost to the client: their chunks run again at the broker that took over.
+    stale_ = proto::epoch_of(wire::view(frames[0])) < session_.newest_epoch();
+    if (stale_) {
+      const auto command = proto::parse_signature(wire::view(frames[0]));
+      if (command && command.value() == Command::kResult) {
+        for (std::size_t i = 1; i + 1 < frames.size(); i += 2) {
+          const auto result = proto::decode<proto::ClientResult>(wire::view(frames[i]));
+          if (!result) continue;
+          if (const auto key = key_of_chunk(result.value().job, result.value().chunk)) ++ledger_.fates[*key].failover;
+        }
+      }
+    }
+  }
   session_.on_message(world_.now(), frames);
+  stale_ = false;
   pass();
 }
 
@@ -529,14 +908,20 @@ Forger::Forger(World& world, const std::vector<Supervisor*>& supervisors, std::s
 
 void Forger::start(Time until) {
   until_ = until;
-  socket_ = world_.open(*this, Side::kWorker);
-  client_socket_ = world_.open(*this, Side::kClient);
+  for (const std::string& endpoint : world_.endpoints()) sockets_.push_back(world_.open(*this, Side::kWorker, endpoint));
+  for (const std::string& endpoint : world_.endpoints()) {
+    client_sockets_.push_back(world_.open(*this, Side::kClient, endpoint));
+  }
   world_.at(world_.rng().ms(20, 200), [this] { strike(); }, this);
 }
 
 void Forger::strike() {
   if (world_.now() > until_) return;
   ++world_.stats().forged;
+  // With a pair, at either broker.
+  const std::size_t at = sockets_.size() > 1 ? world_.rng().below(sockets_.size()) : 0;
+  Socket* const worker_socket = sockets_[at];
+  Socket* const client_socket = client_sockets_[at];
   // It knows what status shows, the public (high) half of each real instance id, and sometimes a
   // whole one (a neighbour that read it somewhere): neither may make the broker believe it.
   std::uint64_t instance = world_.rng().next();
@@ -560,23 +945,23 @@ void Forger::strike() {
       Frames out = message(Command::kWorkerResult, result);
       std::vector<std::uint64_t> values(result.count + 1, 0);
       out.push_back(encode_items(values));
-      world_.send(*socket_, std::move(out));
+      world_.send(*worker_socket, std::move(out));
       break;
     }
     case 1: {  // an exit report for a process that is not its own
       proto::WorkerExited report{"forged", 1, instance, world_.rng().next() | 1, true, "forged", running};
-      world_.send(*socket_, message(Command::kWorkerExited, report));
+      world_.send(*worker_socket, message(Command::kWorkerExited, report));
       break;
     }
     case 2: {  // garbage
       Frames out;
       out.emplace_back("PMxx", 4);
       out.emplace_back("garbage", 7);
-      world_.send(*socket_, std::move(out));
+      world_.send(*worker_socket, std::move(out));
       break;
     }
     case 3:  // a client's command on the worker socket
-      world_.send(*socket_, message(Command::kHello, proto::Hello{"forger", 1}));
+      world_.send(*worker_socket, message(Command::kHello, proto::Hello{"forger", 1}));
       break;
     default: {  // a real command with a header of random bytes and random frames, on either socket
       static constexpr Command kCommands[] = {
@@ -592,7 +977,7 @@ void Forger::strike() {
         for (char& c : bytes) c = static_cast<char>(world_.rng().below(256));
         out.emplace_back(bytes.data(), bytes.size());
       }
-      world_.send(world_.rng().chance(0.5) ? *socket_ : *client_socket_, std::move(out));
+      world_.send(world_.rng().chance(0.5) ? *worker_socket : *client_socket, std::move(out));
     }
   }
   world_.at(world_.rng().ms(20, 300), [this] { strike(); }, this);
