@@ -232,7 +232,9 @@ TEST_CASE("Faults.Network.ThePairSurvivesTheActivesHostCutOffAndItsFreezeWithNot
     return;
   }
   const std::string beat = std::to_string(t::heartbeat().count());
-  // --insecure: the addresses exist only inside this test's own namespaces.
+  // --insecure: the addresses exist only inside this test's own namespaces. Fixed addresses and
+  // ports are safe there (nothing else lives in those namespaces) and are what lets each broker
+  // name its peer before either has started.
   auto broker = [&](const std::string& host, const std::string& role, const std::string& me, const std::string& peer) {
     return t::ChildProcess(hosts.in(host, {t::broker_binary(), "--clients", "tcp://" + me + ":5555", "--workers",
                                            "tcp://" + me + ":5556", "--ha", role, "--ha-bind", "tcp://" + me + ":5557",

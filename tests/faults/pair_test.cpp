@@ -76,6 +76,14 @@ std::string ran_twice(const RunLog& log, std::size_t n, std::size_t& missing) {
   return twice;
 }
 
+// Every item of 0..n-1 ran, and none ran twice.
+void check_each_ran_once(const RunLog& log, std::size_t n) {
+  std::size_t missing = 0;
+  const std::string twice = ran_twice(log, n, missing);
+  CHECK(missing == 0);
+  CHECK_MESSAGE(twice.empty(), "items that ran twice: " << twice);
+}
+
 struct MapRun {
   std::optional<std::vector<std::uint64_t>> results;
   std::optional<poolmap::ErrorCode> code;
@@ -124,10 +132,7 @@ TEST_CASE("Faults.Pair.KillingTheActiveAgainAndAgainLosesNothingAndRunsNothingTw
     REQUIRE_FALSE(run.code.has_value());
     REQUIRE(run.results.has_value());
     check_hashes(*run.results, kItems);
-    std::size_t missing = 0;
-    const std::string twice = ran_twice(log, kItems, missing);
-    CHECK(missing == 0);
-    CHECK_MESSAGE(twice.empty(), "items that ran twice: " << twice);
+    check_each_ran_once(log, kItems);
     log.clear();  // each round counts its own map's runs
     // Back as the passive one: the next round kills the other.
     pair.start(active);
@@ -162,10 +167,7 @@ TEST_CASE("Faults.Pair.AFrozenActiveThatWakesAfterTheFailoverStepsDownAndDeliver
   // The woken broker learned of the newer epoch and stepped down; one active remains.
   CHECK(t::eventually([&] { return pair.role(0) == "passive"; }, 10s));
   CHECK(pair.role(1) == "active");
-  std::size_t missing = 0;
-  const std::string twice = ran_twice(log, kItems, missing);
-  CHECK(missing == 0);
-  CHECK_MESSAGE(twice.empty(), "items that ran twice: " << twice);
+  check_each_ran_once(log, kItems);
   CHECK(pair.broker(0).stderr_text().find("is now PASSIVE") != std::string::npos);
 }
 
@@ -252,10 +254,7 @@ TEST_CASE("Faults.Pair.FailingBackWithSigusr1MovesTheWorkAtOnceAndRunsNothingTwi
   REQUIRE_FALSE(run.code.has_value());
   REQUIRE(run.results.has_value());
   check_hashes(*run.results, kItems);
-  std::size_t missing = 0;
-  const std::string twice = ran_twice(log, kItems, missing);
-  CHECK(missing == 0);
-  CHECK_MESSAGE(twice.empty(), "items that ran twice: " << twice);
+  check_each_ran_once(log, kItems);
   CHECK(pair.role(1) == "passive");
   CHECK(pair.broker(1).stderr_text().find("handed the work over to the peer (SIGUSR1)") != std::string::npos);
   CHECK(pair.broker(0).stderr_text().find("the peer handed the work over") != std::string::npos);
