@@ -77,28 +77,48 @@ TEST_CASE("Pair.Failover.TheBackupTakesOverWhenThePeerIsSilentAndAVoterComes" * 
 }
 
 TEST_CASE("Pair.SplitBrain.TheOlderEpochStepsDownAndTwoActivesAreSaid" * doctest::timeout(10)) {
-  // The primary was frozen while the backup took over at epoch 5; it wakes, still active at 4.
+  // The primary was frozen while the backup took over at epoch 4; it wakes, still active at 3.
   Pair primary = make(Pair::Role::kPrimary);
-  primary.on_peer(kStart, peer(Pair::Role::kBackup, Pair::State::kPassive, 3));
+  primary.on_peer(kStart, peer(Pair::Role::kBackup, Pair::State::kPassive, 2));
   Pair::Change change;
-  REQUIRE(primary.on_vote(kStart + 10ms, 3, change) == Pair::Vote::kAccept);
-  REQUIRE(primary.epoch() == 4);
-  const auto woke = primary.on_peer(kStart + 5s, peer(Pair::Role::kBackup, Pair::State::kActive, 5));
+  REQUIRE(primary.on_vote(kStart + 10ms, 2, change) == Pair::Vote::kAccept);
+  REQUIRE(primary.epoch() == 3);
+  const auto woke = primary.on_peer(kStart + 5s, peer(Pair::Role::kBackup, Pair::State::kActive, 4));
   CHECK(woke.kind == Pair::Change::kSteppedDown);
   CHECK(woke.two_actives);
   CHECK_FALSE(primary.active());
   // The one that stays says so too.
   Pair backup = make(Pair::Role::kBackup);
-  backup.on_peer(kStart, peer(Pair::Role::kPrimary, Pair::State::kActive, 4));
-  backup.on_vote(kStart + 1s, 4, change);  // silent 1 s: takes over at 5
+  backup.on_peer(kStart, peer(Pair::Role::kPrimary, Pair::State::kActive, 3));
+  backup.on_vote(kStart + 1s, 3, change);  // silent 1 s: takes over at 4
   REQUIRE(backup.active());
-  const auto stays = backup.on_peer(kStart + 2s, peer(Pair::Role::kPrimary, Pair::State::kActive, 4));
+  REQUIRE(backup.epoch() == 4);
+  const auto stays = backup.on_peer(kStart + 2s, peer(Pair::Role::kPrimary, Pair::State::kActive, 3));
   CHECK(stays.kind == Pair::Change::kNone);
   CHECK(stays.two_actives);
   CHECK(backup.active());
-  // Equal epochs (never made by one pair, but a restart could): the backup steps down.
-  CHECK(backup.on_peer(kStart + 3s, peer(Pair::Role::kPrimary, Pair::State::kActive, 5)).kind ==
-        Pair::Change::kSteppedDown);
+}
+
+TEST_CASE("Pair.Epochs.ThePrimaryTakesOddEpochsAndTheBackupEvenOnesSoTheyNeverShareOne" * doctest::timeout(10)) {
+  // Both saw epoch 4 and neither hears the other (a partition, a restart): each takes over for its
+  // own voters, at different epochs, so the newer one wins at every client and worker.
+  Pair primary = make(Pair::Role::kPrimary);
+  Pair backup = make(Pair::Role::kBackup);
+  Pair::Change change;
+  REQUIRE(primary.on_vote(kStart + 1s, 4, change) == Pair::Vote::kAccept);  // never heard its peer
+  REQUIRE(backup.on_vote(kStart + 1s, 4, change) == Pair::Vote::kAccept);
+  CHECK(primary.epoch() == 5);
+  CHECK(backup.epoch() == 6);
+  // From an epoch of the other's parity and of its own.
+  Pair primary2 = make(Pair::Role::kPrimary);
+  REQUIRE(primary2.on_vote(kStart + 1s, 5, change) == Pair::Vote::kAccept);
+  CHECK(primary2.epoch() == 7);
+  Pair backup2 = make(Pair::Role::kBackup);
+  REQUIRE(backup2.on_vote(kStart + 1s, 5, change) == Pair::Vote::kAccept);
+  CHECK(backup2.epoch() == 6);
+  // When they meet, the older steps down.
+  CHECK(primary.on_peer(kStart + 2s, backup.state_message()).kind == Pair::Change::kSteppedDown);
+  CHECK(backup.on_peer(kStart + 2s, primary2.state_message()).kind == Pair::Change::kSteppedDown);
 }
 
 TEST_CASE("Pair.SplitBrain.AVoterThatSawANewerEpochMakesTheActiveStepDown" * doctest::timeout(10)) {

@@ -25,7 +25,10 @@ Pair::PeerView Pair::peer_view(Clock::time_point now) const {
 
 Pair::Change Pair::become_active(Clock::time_point now, std::string cause) {
   state_ = State::kActive;
+  // The next epoch of this broker's parity (the primary's are odd, the backup's even): two brokers
+  // that become active without hearing each other never take the same one.
   epoch_ = known_epoch_ + 1;
+  if (epoch_ % 2 != (options_.role == Role::kPrimary ? 1U : 0U)) ++epoch_;
   known_epoch_ = epoch_;
   handing_over_ = false;
   (void)now;

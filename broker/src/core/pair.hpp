@@ -13,8 +13,9 @@
 // passive broker never takes over on silence alone: when only the link between the two brokers
 // breaks, the clients and workers stay with the active one, and no second active appears.
 //
-// The epoch: a broker that becomes active takes the newest epoch it knows (its peer's, and what the
-// voters saw) plus one. Every message of an active broker carries its epoch; clients and workers
+// The epoch: a broker that becomes active takes the next epoch after the newest it knows (its
+// peer's, and what the voters saw) of its own parity: odd for the primary, even for the backup, so
+// that two brokers never act at one epoch, even when neither hears the other. Every message of an active broker carries its epoch; clients and workers
 // ignore a broker whose epoch is older than one they have seen. An active broker steps down when it
 // learns of a newer epoch (from its peer, or from a voter that saw one), and when its peer is active
 // too: the older epoch steps down (the backup, when equal), and that is logged at error.

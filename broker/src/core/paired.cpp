@@ -153,16 +153,18 @@ bool PairedBroker::admit(Side side, Clock::time_point now, std::vector<zmq::mess
         send_passive(side, identity);
         return false;
       case Pair::Vote::kHold:
-        if (held_.size() >= kMaxHeldVotes) {
-          send_passive(side, identity);
-        } else {
-          held_.push_back({side, std::move(frames), std::make_unique<SavedFacts>(facts)});
-        }
+        hold(side, identity, frames, facts);
         return false;
     }
   }
   if (core_) return true;
   if (!command) return false;
+  if (held_from_.contains(held_key(side, identity))) {
+    // Its voter waits for the vote: what it sends meanwhile (heartbeats, answers) follows its vote.
+    // A PASSIVE now would send it to the other broker just before this one takes it.
+    hold(side, identity, frames, facts);
+    return false;
+  }
   if (side == Side::kClient && command.value() == proto::Command::kStatusRequest) {
     proto::StatusReply reply;
     pair_.describe(reply, now);
@@ -174,18 +176,41 @@ bool PairedBroker::admit(Side side, Clock::time_point now, std::vector<zmq::mess
   return false;
 }
 
+std::string PairedBroker::held_key(Side side, const std::string& identity) {
+  std::string key(1, side == Side::kClient ? 'c' : 'w');
+  key += identity;
+  return key;
+}
+
+void PairedBroker::hold(Side side, const std::string& identity, std::vector<zmq::message_t>& frames,
+                        const PeerFacts& facts) {
+  if (held_.size() >= kMaxHeldVotes) {
+    send_passive(side, identity);
+    return;
+  }
+  held_from_.insert(held_key(side, identity));
+  held_.push_back({side, std::move(frames), std::make_unique<SavedFacts>(facts)});
+}
+
 void PairedBroker::settle_votes(Clock::time_point now) {
   if (held_.empty()) return;
   if (pair_.active() && core_) {
     auto held = std::move(held_);
     held_.clear();
+    held_from_.clear();
     pair_.forget_held();
     for (auto& vote : held) feed(vote.side, now, vote.frames, *vote.facts);
     return;
   }
   if (pair_.refuse_held(now)) {
-    for (auto& vote : held_) send_passive(vote.side, wire::to_string(vote.frames[0]));
+    for (auto& vote : held_) {
+      // One PASSIVE for each voter, however many of its messages were kept.
+      if (held_from_.erase(held_key(vote.side, wire::to_string(vote.frames[0]))) > 0) {
+        send_passive(vote.side, wire::to_string(vote.frames[0]));
+      }
+    }
     held_.clear();
+    held_from_.clear();
     pair_.forget_held();
   }
 }

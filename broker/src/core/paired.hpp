@@ -6,10 +6,11 @@
 // stamped with this broker's epoch: signature_frame(command, epoch)), PEER_STATEs to publish through
 // the PeerLink, log lines, metrics. While passive there is no core: status requests are answered
 // with the pair's view (role, epoch, peer), a client's HELLO or a worker's READY is a vote (taken,
-// refused with PASSIVE, or kept while the peer's liveness period runs out), an observer's HELLO and
-// anything else are answered PASSIVE. Becoming active makes a new core (its first ticket from the
-// caller's draw); stepping down sends every peer the core knows PASSIVE and drops the core, so
-// nothing it held is delivered: the clients send their chunks to the new active broker.
+// refused with PASSIVE, or kept while the peer's liveness period runs out: then what its voter
+// sends next is kept with it, in order), an observer's HELLO and anything else are answered
+// PASSIVE. Becoming active makes a new core (its first ticket from the caller's draw); stepping
+// down sends every peer the core knows PASSIVE and drops the core, so nothing it held is
+// delivered: the clients send their chunks to the new active broker.
 //
 // The production broker (broker.cpp) and the simulator (tests/sim) drive this same code.
 // Thread-safety: none; one thread drives it.
@@ -21,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "core.hpp"
@@ -76,6 +78,9 @@ class PairedBroker final : private Outbox {
   bool admit(Side side, Clock::time_point now, std::vector<zmq::message_t>& frames, const PeerFacts& facts);
   void feed(Side side, Clock::time_point now, std::vector<zmq::message_t>& frames, const PeerFacts& facts);
   void settle_votes(Clock::time_point now);
+  // Keeps a voter's message until its vote is decided (beyond kMaxHeldVotes: answers PASSIVE).
+  void hold(Side side, const std::string& identity, std::vector<zmq::message_t>& frames, const PeerFacts& facts);
+  static std::string held_key(Side side, const std::string& identity);
   void apply(const Pair::Change& change, Clock::time_point now);
   void publish(Clock::time_point now);
   void send_passive(Side side, const std::string& identity);
@@ -107,7 +112,8 @@ class PairedBroker final : private Outbox {
   PeerLink& link_;
   Pair pair_;
   std::unique_ptr<BrokerCore> core_;
-  std::vector<HeldVote> held_;
+  std::vector<HeldVote> held_;  // votes and what their voters sent after them, in order
+  std::unordered_set<std::string> held_from_;  // held_key of each voter in held_
   Clock::time_point next_state_{};
   LogThrottle refusals_;  // votes refused while passive, logged with a count
   bool peer_heard_ = false;  // said in the log when it changes
