@@ -407,7 +407,7 @@ void ClientSession::on_result(const proto::ClientResult& result, zmq::message_t&
     // Send the context again unless that already happened after this chunk was submitted.
     const auto sent = contexts_sent_.find(job.context_hash);
     if (sent != contexts_sent_.end() && sent->second.at < job.submitted[result.chunk]) contexts_sent_.erase(sent);
-    send_chunk(job, result.chunk);
+    send_chunk(job, result.chunk, was_resent(job, result.chunk));
     return;
   }
   if (outcome.code == ErrorCode::kTaskFailed && job.retries_left[result.chunk] > 0) {
@@ -458,14 +458,19 @@ void ClientSession::on_result(const proto::ClientResult& result, zmq::message_t&
 
 bool ClientSession::run_again_after_bad_result(Job& job, const proto::ClientResult& result, Status& why) {
   // Results that do not decode to the chunk's items are the worker's fault, not the caller's: the
-  // broker drops that worker, and the chunk runs again elsewhere, kRejectsPerChunk times at most.
+  // broker drops that worker, and the chunk runs again elsewhere: until kRejectsPerChunk workers
+  // have answered it so. The same worker's answer may come again (a broker that took over gets
+  // what the worker was not sure the lost broker had read): that counts once, within a bound.
   auto reject = wire::make(Command::kReject, proto::Reject{result.job, result.chunk, result.attempt, why.message()});
   send(reject);
-  std::uint32_t& rejected = job.rejected[static_cast<std::size_t>(result.chunk)];
-  if (++rejected > kRejectsPerChunk) {
-    why = Status(ErrorCode::kMalformed, "task '" + job.task + "': " + std::to_string(rejected) +
-                                            " workers in a row returned results that do not decode for chunk " +
-                                            std::to_string(result.chunk) + "; the last: " + why.message());
+  Job::Rejections& rejected = job.rejected[static_cast<std::size_t>(result.chunk)];
+  ++rejected.answers;
+  rejected.workers.emplace(result.outcome.worker_host, result.outcome.worker_pid);
+  if (rejected.workers.size() > kRejectsPerChunk || rejected.answers > 4 * kRejectsPerChunk) {
+    why = Status(ErrorCode::kMalformed, "task '" + job.task + "': " + std::to_string(rejected.workers.size()) +
+                                            " workers returned results that do not decode for chunk " +
+                                            std::to_string(result.chunk) + " (" + std::to_string(rejected.answers) +
+                                            " answers); the last: " + why.message());
     return false;
   }
   log_->warn("a worker returned results for chunk {} of job {} that do not decode ({}); the broker drops it and the "
@@ -502,6 +507,10 @@ void ClientSession::send_chunk(Job& job, std::size_t index, bool resent) {
     if (job.submitted.size() != job.chunks.size()) job.submitted.resize(job.chunks.size());
     job.submitted[index] = ++submits_;
   }
+  if (resent) {
+    if (job.resent.size() != job.chunks.size()) job.resent.resize(job.chunks.size());
+    job.resent[index] = true;
+  }
   detail::ChunkRequest& chunk = job.chunks[index];
   auto& payload = job.payloads[index];
   if (!payload) payload = wire::to_message(std::move(chunk.payload));
@@ -526,8 +535,12 @@ void ClientSession::send_deferred(Clock::time_point now) {
     deferred_.pop_front();
     const auto job = jobs_.find(id);
     if (job == jobs_.end() || job->second->have[index]) continue;  // ended meanwhile
-    send_chunk(*job->second, index);
+    send_chunk(*job->second, index, was_resent(*job->second, index));
   }
+}
+
+bool ClientSession::was_resent(const Job& job, std::size_t index) {
+  return index < job.resent.size() && job.resent[index];
 }
 
 void ClientSession::send_chunks() {

@@ -22,6 +22,7 @@
 #include <deque>
 #include <future>
 #include <map>
+#include <set>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,10 +72,17 @@ class ClientSession {
     std::uint64_t context_hash = 0;
     std::size_t context_resends = 0;  // chunks the broker answered with kContextMissing
     std::vector<std::uint64_t> submitted;  // per chunk: submits_ when last sent (contexts only)
+    // Per chunk (once one was): sent again to a broker after losing one. Its sends for want of room
+    // or of the context keep kResent, so that the broker still matches it to a worker holding it.
+    std::vector<bool> resent;
     std::vector<std::uint32_t> partial;    // per chunk: items counted from CHUNK_PROGRESS (once one came)
     std::size_t total_items = 0;
     std::uint64_t payload_bytes_in_flight = 0;  // of the chunks sent and not yet answered
-    std::map<std::size_t, std::uint32_t> rejected;  // per chunk: answers that did not decode (rare)
+    struct Rejections {
+      std::uint32_t answers = 0;
+      std::set<std::pair<std::string, std::uint32_t>> workers;  // (host, pid) of each that answered so
+    };
+    std::map<std::size_t, Rejections> rejected;  // per chunk: answers that did not decode (rare)
   };
   // A job made from a request (payloads stay in the request's chunks until sent). `id` must be new.
   static std::unique_ptr<Job> make_job(JobRequest request, std::uint64_t id, std::shared_ptr<FutureCore> core,
@@ -146,7 +154,8 @@ class ClientSession {
   void next_endpoint(Clock::time_point now);
   void on_result(const proto::ClientResult& result, zmq::message_t& payload);
   // A chunk's results did not decode (`why`): tells the broker (REJECT) and sends the chunk again;
-  // false once kRejectsPerChunk answers of it were rejected (`why` then says so: the job fails).
+  // false once more than kRejectsPerChunk workers' answers of it (or 4x as many answers) were
+  // rejected (`why` then says so: the job fails).
   bool run_again_after_bad_result(Job& job, const proto::ClientResult& result, Status& why);
   void finish(std::unique_ptr<Job> job, JobOutcome outcome);
   void check_deadlines(Clock::time_point now);
@@ -155,6 +164,7 @@ class ClientSession {
   // answered since, so what we hold there stays at its quota, and one per heartbeat interval in
   // any case (room also frees as contexts expire).
   void send_deferred(Clock::time_point now);
+  static bool was_resent(const Job& job, std::size_t index);
   // `resent`: sent before to a broker this session lost (SUBMIT kResent).
   void send_chunk(Job& job, std::size_t index, bool resent = false);
   // Sends a message, after the SUBMITs gathered so far (so that messages leave in the order they

@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   app.add_option("--stride", stride, "run every K-th seed")->check(CLI::PositiveNumber);
   app.add_option("--offset", offset, "starting I seeds after --seed");
   app.add_option("--trace-lines", trace_lines, "events shown for a failing seed")->capture_default_str();
-  auto* pair_flag = app.add_flag("--pair", pair, "every seed runs a pair of brokers (default: one seed in three)");
+  auto* pair_flag = app.add_flag("--pair", pair, "every seed runs a pair of brokers (default: one, but a corpus line marked pair)");
   app.add_flag("--single", single, "every seed runs one broker")->excludes(pair_flag);
   app.add_flag("--strict", strict, "known product issues fail a seed (else they are counted in its summary)");
   CLI11_PARSE(app, argc, argv);

@@ -750,13 +750,9 @@ bool Client::send(std::vector<zmq::message_t>& frames) {
       if (!submit) continue;
       const bool resent = (submit.value().flags & proto::kResent) != 0;
       auto& last = submitted_[{submit.value().job, submit.value().chunk}];
-      // Known issue: sent to an earlier connection (or marked resent on this one), and now again
-      // without kResent: the broker does not look for the worker that holds it, nor for its answer.
-      if (!resent && last.first != 0 && (last.first < connections_ || last.second)) {
-        if (const auto key = key_of_chunk(submit.value().job, submit.value().chunk)) {
-          ledger_.known(*key, kKnownUnmarkedResend);
-        }
-      }
+      // Sent to an earlier connection (or marked resent on this one), and now again without
+      // kResent (a task retry, or after a rejected answer: those must run again); after
+      // kResourceExhausted or kContextMissing the client keeps the mark (issue 25 fixed that).
       last = {connections_, resent || (last.second && last.first == connections_)};
       // Sent again while two brokers act (the link between them cut): its worker, or the answer,
       // may be with the other one, which nothing can reach.

@@ -99,19 +99,18 @@ struct Ledger {
 
 // Known product issues that explain a chunk's running again (the simulator reports them, and
 // counts their runs apart rather than failing the seed):
-inline constexpr std::uint32_t kKnownLateOrphan = kLateReady;    // the takeover's windows count from the core's
-                                                         // start: an answer reached an active broker
-                                                         // whose core is older than two liveness periods
-                                                         // (it keeps no answer for a chunk its client has
-                                                         // not sent yet), or a resent chunk one older than
-                                                         // two intervals (it holds it back no more)
+inline constexpr std::uint32_t kKnownLateOrphan = kLateReady;  // a worker's READY (with what it holds, and
+                                                              // its answers) reached a broker that took
+                                                              // over more than two intervals before: its
+                                                              // clients' resent chunks may be queued for
+                                                              // other workers already
 inline constexpr std::uint32_t kKnownDisconnect = 2;    // a DISCONNECT made a worker forget answers the
                                                          // broker never read
-inline constexpr std::uint32_t kKnownUnmarkedResend = 4;  // a chunk sent again to a new broker without
-                                                           // kResent (after kResourceExhausted, ...)
+// (4 was a chunk sent again to a new broker without kResent after kResourceExhausted or
+// kContextMissing: fixed in issue 25.)
 inline constexpr std::uint32_t kKnownHeldVote = kHeldVote;  // a vote held by a passive broker whose
-                                                            // voter left (told PASSIVE for its next
-                                                            // message): taken later on a dead connection
+                                                            // voter closed its connection (it turned
+                                                            // on silence): taken later on a dead one
 inline constexpr std::uint32_t kKnownStaleRefusal = 32;  // a worker's kContextMissing, kept unconfirmed and
                                                           // sent again after READY, taken for the answer
                                                           // of the chunk it holds (adopted) now

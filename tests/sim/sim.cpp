@@ -48,7 +48,7 @@ const char* state_name(Client::Job::State state) {
 class Run {
  public:
   Run(std::uint64_t seed, bool pair, bool strict)
-      : seed_(seed), world_(seed, milliseconds(100), pair), strict_epochs_(strict) {}
+      : seed_(seed), world_(seed, milliseconds(100), pair), strict_(strict) {}
 
   RunResult go(std::size_t trace_lines) {
     draw();
@@ -128,12 +128,12 @@ class Run {
       if (ok) check_broker_empty();
       ok = !world_.failed();
     }
-    if (ok && strict_epochs_ && world_.pair()) {
+    if (ok && strict_ && world_.pair()) {
       std::uint64_t reruns = 0;
       for (const std::uint64_t n : known_reruns_) reruns += n;
-      if (hangs_ + abandoned_failures_ + lost_by_known_ + redelivered_rejects_ + reruns != 0) {
+      if (hangs_ + abandoned_failures_ + lost_by_known_ + reruns != 0) {
         world_.fail("known product issues (--strict): " + std::to_string(hangs_) + " hangs, " +
-                    std::to_string(abandoned_failures_ + lost_by_known_ + redelivered_rejects_) + " failed maps, " +
+                    std::to_string(abandoned_failures_ + lost_by_known_) + " failed maps, " +
                     std::to_string(reruns) + " re-executions");
         ok = false;
       }
@@ -159,18 +159,15 @@ class Run {
     if (world_.pair()) {
       out << "  pair: " << s.broker_freezes << " freezes, " << s.link_partitions << " peer link cuts; "
           << s.takeovers << " takeovers (" << takeovers_while_cut_ << " while the link was cut), " << s.step_downs
-          << " step-downs, epochs up to " << (epochs_.empty() ? 0 : epochs_.rbegin()->first) << " ("
-          << epoch_reuses_ << " reused); "
+          << " step-downs, epochs up to " << (epochs_.empty() ? 0 : epochs_.rbegin()->first) << "; "
           << gaps_ << " gaps without an acting broker (longest " << longest_gap_.count() << " ms, bound "
           << failover_bound().count() << " ms), longest overlap of two acting brokers " << longest_overlap_.count()
           << " ms; " << failover_reruns_ << " re-executions justified by a failover, " << split_failures_
           << " maps failed at a broker without their task's workers while two acted; known issues: "
           << hangs_ << " maps hung on a chunk adopted after it was answered, " << abandoned_failures_
-          << " maps failed by an answer to ABANDON, " << lost_by_known_ << " by retries lost to them, "
-          << redelivered_rejects_
-          << " by a rejected answer delivered again; re-executions by a late orphan "
-          << known_reruns_[0] << ", by DISCONNECT " << known_reruns_[1] << ", by a resend without kResent "
-          << known_reruns_[2] << ", by a vote held after its voter left " << known_reruns_[3]
+          << " maps failed by an answer to ABANDON, " << lost_by_known_
+          << " by retries lost to them; re-executions by a late orphan " << known_reruns_[0] << ", by DISCONNECT "
+          << known_reruns_[1] << ", by a vote held after its voter left " << known_reruns_[3]
           << ", by a vote refused on stepping down " << known_reruns_[4] << ", by an old kContextMissing sent again "
           << known_reruns_[5] << "\n";
     }
@@ -577,26 +574,16 @@ class Run {
       if (world_.peer_link_cut()) ++takeovers_while_cut_;
       const auto [owner, added] = epochs_.try_emplace(epoch, broker);
       if (!added && owner->second != broker) {
-        // Known (reported; the run goes on, counting them, unless --strict-epochs): each broker
-        // takes the newest epoch it knows plus one, and nothing keeps the two brokers' epochs
-        // apart. Two that take over while the link between them is cut, from the same knowledge,
-        // take the same epoch; one that restarted and has not heard its peer since knows only its
-        // voters' epochs (a new worker process knows none); one that hears a burst of PEER_STATEs
-        // that waited in the link (a healed cut, a freeze) decides on the first, old, one ("both
-        // passive": the primary takes over) while its peer is already active at that epoch.
+        // Each broker takes epochs of its own parity (odd for the primary, even for the backup),
+        // so two brokers never share one, even when they do not hear each other (the link cut, a
+        // restart, PEER_STATEs that waited in the link).
         const std::string how = !world_.heard_peer(broker)             ? "it has not heard its peer since it started"
                                 : event.kind == BrokerEvent::kPeerState ? "on a PEER_STATE that waited in the link"
                                 : world_.peer_link_cut()               ? "the link between them is cut"
                                                                        : "its peer was silent";
-        if (strict_epochs_) {
-          return world_.fail("two brokers acted at epoch " + std::to_string(epoch) + ": broker " +
-                             world_.broker_name(owner->second) + " was active at it, and now broker " +
-                             world_.broker_name(broker) + " is (" + how + ")");
-        }
-        ++epoch_reuses_;
-        world_.trace("KNOWN ISSUE: broker " + world_.broker_name(broker) + " takes epoch " + std::to_string(epoch) +
-                     ", which broker " + world_.broker_name(owner->second) + " took before (" + how + ")");
-        owner->second = broker;
+        return world_.fail("two brokers acted at epoch " + std::to_string(epoch) + ": broker " +
+                           world_.broker_name(owner->second) + " was active at it, and now broker " +
+                           world_.broker_name(broker) + " is (" + how + ")");
       }
     }
     was_active_[broker] = active;
@@ -848,16 +835,6 @@ class Run {
           case ErrorCode::kMalformed:
             justified = fate.liar_answers >= 4;
             because = "a liar answered it " + std::to_string(fate.liar_answers) + " times";
-            if (!justified && world_.pair() && fate.liar_answers >= 1 && fate.rejected >= 4) {
-              // Known (reported): an answer the client rejected comes again (the worker, dropped
-              // for it, sends it again as unconfirmed after its next READY, and a broker takes it)
-              // and counts again towards the client's limit of rejects per chunk.
-              justified = true;
-              ++redelivered_rejects_;
-              world_.trace("KNOWN ISSUE: " + client->name() + " job " + std::to_string(job.id) + " failed after " +
-                           std::to_string(fate.rejected) + " rejects of " + std::to_string(fate.liar_answers) +
-                           " bad answers");
-            }
             break;
           case ErrorCode::kUnknownTask:
           case ErrorCode::kSignatureMismatch:
@@ -922,11 +899,11 @@ class Run {
   unsigned candidates_ = 0;              // brokers up and not frozen (a bit each)
   Time candidates_since_{};
   std::optional<Time> both_since_, none_since_;
-  bool strict_epochs_ = false;  // --strict: known product issues fail the seed
+  bool strict_ = false;  // --strict: known product issues fail the seed
   const bool debug_ = std::getenv("POOLMAP_SIM_DEBUG") != nullptr;
-  std::uint64_t known_reruns_[6] = {0, 0, 0, 0, 0, 0};  // by known issue (kKnown*, in order)
-  std::uint64_t takeovers_while_cut_ = 0, gaps_ = 0, failover_reruns_ = 0, epoch_reuses_ = 0,
-                abandoned_failures_ = 0, redelivered_rejects_ = 0, hangs_ = 0, lost_by_known_ = 0,
+  std::uint64_t known_reruns_[6] = {0, 0, 0, 0, 0, 0};  // by known issue (kKnown*, in order; [2] was kResent's)
+  std::uint64_t takeovers_while_cut_ = 0, gaps_ = 0, failover_reruns_ = 0,
+                abandoned_failures_ = 0, hangs_ = 0, lost_by_known_ = 0,
                 split_failures_ = 0;
   bool split_ = false;  // two brokers acted at once at some time
   struct SentTask {

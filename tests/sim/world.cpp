@@ -346,13 +346,9 @@ bool World::send_from_broker(Broker& broker, Side side, const std::string& ident
   if (std::getenv("POOLMAP_SIM_DEBUG") != nullptr && passive()) {
     trace("broker " + broker.name + " sends PASSIVE to " + socket.owner->name() + " (" + identity + ")");
   }
-  if (!broker.held_voters.empty() && broker.held_voters.contains(identity) && passive() && broker.paired &&
-      broker.paired->votes_held() != 0) {
-    broker.held_voters.erase(identity);
-    trace("KNOWN ISSUE: broker " + broker.name + " tells " + socket.owner->name() +
-          " PASSIVE while it holds its vote");
-    socket.owner->at_risk(kHeldVote);
-  }
+  // (A PASSIVE to a voter whose vote is held refuses that vote: the broker forgets it with all
+  // that voter sent since, and never takes it later.)
+  if (passive()) broker.held_voters.erase(identity);
   const Time arrival = std::max(now_ + rng_.ms(0, max_delay.count()), socket.to_peer_fifo);
   socket.to_peer_fifo = arrival;
   auto shared = std::make_shared<Frames>(std::move(frames));

@@ -128,9 +128,8 @@ void BrokerCore::on_client_message(Clock::time_point now, std::vector<zmq::messa
       client.host = printable(hello.value().client_host);
       client.pid = hello.value().client_pid;
       client.session = hello.value().session;
-      if (now_ < hold_resent_until_) {
-        workers_expected_ = std::max<std::size_t>(workers_expected_, hello.value().workers_seen);
-      }
+      client.hold_resent_until = now_ + 2 * options_.heartbeat_interval;
+      workers_expected_ = std::max<std::size_t>(workers_expected_, hello.value().workers_seen);
       client.key = facts.key();
       client.link = facts.link();
       log_->info("client {} pid {}{} said hello", client.host, client.pid,

@@ -23,13 +23,7 @@ BrokerCore::BrokerCore(const BrokerOptions& options, Clock::time_point now, Outb
       now_(now),
       scheduler_(options_.heartbeat_interval * options_.heartbeat_liveness, now),
       // Bounded away from 0 and from wrapping round for as many chunks as any broker will see.
-      next_ticket_((first_ticket & 0x7fffffffffffffffULL) | 1),
-      // Chunks sent here again (kResent) wait this long for the workers that may hold them to
-      // register: each notices the old broker's loss a liveness period after it last heard it,
-      // which was within an interval of its death, and looks once per interval; a second interval
-      // is the margin for a loaded host.
-      hold_resent_until_(now + 2 * options_.heartbeat_interval),
-      started_(now) {}
+      next_ticket_((first_ticket & 0x7fffffffffffffffULL) | 1) {}
 
 void BrokerCore::end_of_pass(Clock::time_point now) {
   now_ = now;
@@ -248,7 +242,8 @@ std::string BrokerCore::self_check() const {
   std::unordered_map<std::string, std::int64_t> bytes_of;
   std::map<std::pair<std::string, std::uint64_t>, std::size_t> context_users;
   std::size_t queued = 0;
-  const std::unordered_set<std::uint64_t> held_back(held_back_.begin(), held_back_.end());
+  std::unordered_set<std::uint64_t> held_back;
+  for (const HeldBack& held : held_back_) held_back.insert(held.ticket);
   for (const auto& [ticket, chunk] : chunks_) {
     const auto client = clients_by_id_.find(chunk.client);
     if (client == clients_by_id_.end()) return "chunk " + std::to_string(ticket) + " belongs to no client";

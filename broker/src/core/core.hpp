@@ -183,6 +183,11 @@ class BrokerCore {
     std::string host;
     std::uint32_t pid = 0;
     std::uint64_t session = 0;  // Hello::session: names its chunks across brokers (proto::Origin)
+    // Its chunks sent here again (kResent) wait until then for the workers that may hold them to
+    // register (or until workers_back()): two heartbeat intervals from its HELLO. Each of them
+    // noticed the old broker's loss a liveness period after it last heard it, as this client did,
+    // and looks once per interval; the second interval is the margin for a loaded host.
+    Clock::time_point hold_resent_until;
     std::unique_ptr<LinkWatch> link;  // its connection: bytes arriving count as life
     Clock::time_point last_heard;
     Clock::time_point last_sent;
@@ -456,13 +461,15 @@ class BrokerCore {
   std::unordered_map<proto::Origin, Adoptable, OriginHash> adoptable_;
   std::unordered_map<proto::Origin, Orphan, OriginHash> orphans_;
   std::int64_t orphan_bytes_ = 0;
-  std::vector<std::uint64_t> held_back_;  // resent chunks waiting for hold_resent_until_
-  Clock::time_point hold_resent_until_;
+  struct HeldBack {
+    std::uint64_t ticket = 0;
+    Clock::time_point until;  // its client's ClientState::hold_resent_until
+  };
+  std::vector<HeldBack> held_back_;  // resent chunks waiting for the workers that may hold them
   // The most worker processes a client's HELLO said its last broker counted: once that many are
-  // registered here, resent chunks need not wait for more (0: wait until hold_resent_until_).
+  // registered here, resent chunks need not wait for more (0: wait until each client's hold_resent_until).
   std::size_t workers_expected_ = 0;
   bool workers_back() const { return workers_expected_ != 0 && workers_by_id_.size() >= workers_expected_; }
-  Clock::time_point started_;  // this core (a broker's start, or its taking over)
   std::uint64_t chunks_adopted_ = 0;  // chunks that kept running on their worker across brokers
   std::uint64_t orphans_delivered_ = 0;
 

@@ -72,8 +72,9 @@ void BrokerCore::place_chunk(std::uint64_t ticket) {
       return;
     }
   }
-  if (now_ < hold_resent_until_ && !workers_back()) {
-    held_back_.push_back(ticket);  // its worker may not have registered yet
+  if (const auto client = clients_by_id_.find(chunk.client);
+      client != clients_by_id_.end() && now_ < client->second.hold_resent_until && !workers_back()) {
+    held_back_.push_back({ticket, client->second.hold_resent_until});  // its worker may not have registered yet
     return;
   }
   queue_chunk(ticket, false);
@@ -155,14 +156,17 @@ bool BrokerCore::accept_by_origin(WorkerState& worker, proto::WorkerResult& resu
       result.outcome.code == ErrorCode::kCancelled) {
     return false;
   }
-  // Answers of chunks no client sent here are worth keeping only while clients come over from a
-  // broker that is gone: in the first liveness periods of this core, or for a chunk this very
-  // worker said it holds (its client's resend must find the answer, not adopt it onto a worker
-  // that has answered already: that map would wait for ever). Later ones are duplicates.
-  const auto held = adoptable_.find(origin);
-  const bool held_here = held != adoptable_.end() && held->second.instance == worker.instance;
-  if (held_here) adoptable_.erase(held);
-  if ((!held_here && now_ > started_ + 2 * expiry()) || orphans_.size() >= kMaxOrphans ||
+  // An answer of a chunk no client sent here (yet): its client may still come over from a broker
+  // that is gone, however long this core has run (a client turns when it notices, a worker's
+  // answer can wait in its queue), so it is kept for two liveness periods (expire_takeover_state),
+  // within kMaxOrphans and max_client_bytes. A chunk this very worker said it holds is no longer
+  // adoptable: its client's resend must find the answer, not adopt it onto a worker that has
+  // answered already (that map would wait for ever).
+  if (const auto held = adoptable_.find(origin);
+      held != adoptable_.end() && held->second.instance == worker.instance) {
+    adoptable_.erase(held);
+  }
+  if (orphans_.size() >= kMaxOrphans ||
       orphan_bytes_ + static_cast<std::int64_t>(payload.size()) > options_.max_client_bytes) {
     return false;  // the chunk runs again when its client sends it
   }
@@ -174,14 +178,16 @@ bool BrokerCore::accept_by_origin(WorkerState& worker, proto::WorkerResult& resu
 }
 
 void BrokerCore::release_held_back() {
-  if (held_back_.empty() || (now_ < hold_resent_until_ && !workers_back())) return;
-  for (const std::uint64_t ticket : held_back_) {
-    const auto chunk = chunks_.find(ticket);
-    if (chunk != chunks_.end() && chunk->second.worker.empty() && !scheduler_.is_queued(ticket)) {
-      queue_chunk(ticket, false);
+  if (held_back_.empty()) return;
+  const bool all = workers_back();
+  std::erase_if(held_back_, [&](const HeldBack& held) {
+    if (!all && now_ < held.until) return false;
+    const auto chunk = chunks_.find(held.ticket);
+    if (chunk != chunks_.end() && chunk->second.worker.empty() && !scheduler_.is_queued(held.ticket)) {
+      queue_chunk(held.ticket, false);
     }
-  }
-  held_back_.clear();
+    return true;
+  });
 }
 
 void BrokerCore::expire_takeover_state() {
