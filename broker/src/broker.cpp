@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <random>
@@ -16,6 +19,7 @@
 #include "core/core.hpp"
 #include "core/paired.hpp"
 #include "core/log_throttle.hpp"
+#include "http.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
 #include "poolmap/curve.hpp"
@@ -123,14 +127,24 @@ class Broker::Impl final : public detail::Outbox, private detail::PairedBroker::
     set_up_security();
     client_endpoint_ = bind(clients_, options_.client_endpoint, "client");
     worker_endpoint_ = bind(workers_, options_.worker_endpoint, "worker");
+    const std::string token = http_token();
     try {
-      metrics_ = std::make_unique<detail::Metrics>(options_.metrics_address);
+      metrics_ = std::make_unique<detail::Metrics>(options_.metrics_address, !options_.http_address.empty());
     } catch (const std::exception& e) {
       throw Error(ErrorCode::kInvalidArgument, std::string("broker: ") + e.what());
     }
     metrics_url_ = metrics_->url();
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0) throw Error(ErrorCode::kInternal, "broker: eventfd failed");
+    if (!options_.http_address.empty()) {
+      try {
+        http_ = std::make_unique<detail::HttpServer>(detail::HttpServer::Options{options_.http_address, token}, board_,
+                                                     [this] { return metrics_->text(); });
+      } catch (const std::exception& e) {
+        throw Error(ErrorCode::kInvalidArgument, std::string("broker: ") + e.what());
+      }
+      http_url_ = http_->url();
+    }
     if (options_.ha_role.empty()) {
       core_ = std::make_unique<detail::BrokerCore>(options_, Clock::now(), *this, *metrics_, log_, random_ticket());
     } else {
@@ -159,6 +173,7 @@ class Broker::Impl final : public detail::Outbox, private detail::PairedBroker::
   std::string client_endpoint_;
   std::string worker_endpoint_;
   std::string metrics_url_;
+  std::string http_url_;
   std::string ha_endpoint_;
 
  private:
@@ -185,6 +200,10 @@ class Broker::Impl final : public detail::Outbox, private detail::PairedBroker::
   // Answers one ZAP request (the handshake of a connection waits for it).
   void serve_zap();
   void apply_reload();
+  // --http-token-file's token ("" without one), after the rule: a non-loopback --http needs one.
+  std::string http_token() const;
+  // A status snapshot for the dashboard, when someone looks (StatusBoard).
+  void update_board(Clock::time_point now);
 
   // The pair (--ha): options, the peer link.
   void check_pair_options() const;
@@ -225,6 +244,10 @@ class Broker::Impl final : public detail::Outbox, private detail::PairedBroker::
   std::optional<zmq::socket_t> peer_out_;  // PUB, bound at ha_bind: this broker's state
   std::optional<zmq::socket_t> peer_in_;   // SUB, connected to ha_peer: the peer's state
   std::atomic<bool> hand_over_requested_{false};
+  // Declared last: the server stops (waiting for the requests it serves) before the rest goes.
+  const Clock::time_point started_ = Clock::now();
+  detail::StatusBoard board_{[this] { wake(); }};
+  std::unique_ptr<detail::HttpServer> http_;  // --http
 };
 
 void Broker::Impl::check_pair_options() const {
@@ -466,6 +489,54 @@ void Broker::Impl::serve_zap() {
   }
 }
 
+std::string Broker::Impl::http_token() const {
+  if (options_.http_token_file.empty()) {
+    if (!options_.http_address.empty() && !detail::is_loopback_endpoint("tcp://" + options_.http_address)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "broker: refusing to serve the dashboard on '" + options_.http_address +
+                      "' without a token: anyone who can reach it could watch every job. Give --http-token-file "
+                      "(see docs/OPERATIONS.md), or bind a loopback address such as 127.0.0.1:8080 and use an SSH "
+                      "tunnel");
+    }
+    return {};
+  }
+  if (options_.http_address.empty()) throw Error(ErrorCode::kInvalidArgument, "broker: --http-token-file needs --http");
+  const std::string file = options_.http_token_file.string();
+  std::error_code error;
+  const auto permissions = std::filesystem::status(options_.http_token_file, error).permissions();
+  if (error) throw Error(ErrorCode::kInvalidArgument, "broker: cannot read --http-token-file '" + file + "': " + error.message());
+  if ((permissions & (std::filesystem::perms::others_read | std::filesystem::perms::others_write)) !=
+      std::filesystem::perms::none) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "broker: --http-token-file '" + file + "' can be read or written by other users: chmod 600 it");
+  }
+  std::ifstream in(options_.http_token_file);
+  std::string token((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in && !in.eof()) throw Error(ErrorCode::kInvalidArgument, "broker: cannot read --http-token-file '" + file + "'");
+  const auto first = token.find_first_not_of(" \t\r\n");
+  const auto last = token.find_last_not_of(" \t\r\n");
+  token = first == std::string::npos ? std::string() : token.substr(first, last - first + 1);
+  if (token.size() < 16 || token.find_first_of(" \t\r\n") != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument, "broker: the token in --http-token-file '" + file +
+                                                 "' must be one word of at least 16 characters (e.g. from "
+                                                 "`head -c 32 /dev/urandom | base64`)");
+  }
+  return token;
+}
+
+void Broker::Impl::update_board(Clock::time_point now) {
+  if (!http_ || !board_.wanted(now)) return;
+  proto::StatusReply reply;
+  if (core() != nullptr) {
+    reply = core()->status_reply();
+  } else if (paired_) {
+    paired_->pair().describe(reply, now);
+  }
+  board_.publish(detail::status_json(reply, client_endpoint_, options_.heartbeat_interval,
+                                     std::chrono::duration_cast<std::chrono::milliseconds>(now - started_)),
+                 now);
+}
+
 void Broker::Impl::apply_reload() {
   if (!reload_requested_.exchange(false) || !curve()) return;
   try {
@@ -560,6 +631,7 @@ void Broker::Impl::run() {
       if (core() != nullptr) core()->tick(Clock::now());
       next_tick = Clock::now() + options_.heartbeat_interval;
     }
+    update_board(Clock::now());
   }
   if (core() == nullptr) {
     log_->info("broker stopped (passive)");
@@ -580,6 +652,7 @@ Broker::~Broker() = default;
 const std::string& Broker::client_endpoint() const noexcept { return impl_->client_endpoint_; }
 const std::string& Broker::worker_endpoint() const noexcept { return impl_->worker_endpoint_; }
 const std::string& Broker::metrics_url() const noexcept { return impl_->metrics_url_; }
+const std::string& Broker::http_url() const noexcept { return impl_->http_url_; }
 const std::string& Broker::ha_endpoint() const noexcept { return impl_->ha_endpoint_; }
 void Broker::hand_over() noexcept { impl_->hand_over(); }
 void Broker::run() { impl_->run(); }

@@ -10,10 +10,11 @@
 // directories.
 // A pair of brokers (docs/OPERATIONS.md, "A standby broker"): --ha primary|backup, --ha-bind (where
 // this one publishes its state), --ha-peer (the other's --ha-bind), with CURVE --ha-peer-key; SIGUSR1
-// makes the active one hand the work over to its passive peer (failing back).
+// makes the active one hand the work over to its passive peer (failing back). --http HOST:PORT
+// serves the live dashboard, /api/v1/status and /metrics (a non-loopback one needs --http-token-file).
 // Runs in the foreground (--daemon: in the background, see daemon.hpp). Once both endpoints are
 // bound it prints one line on stdout,
-//   poolmap-broker ready clients=<endpoint> workers=<endpoint>[ ha=<endpoint>]
+//   poolmap-broker ready clients=<endpoint> workers=<endpoint>[ ha=<endpoint>][ http=<url>]
 // with wildcard ports resolved, so scripts and tests can bind port 0 (tcp://127.0.0.1:*) and read
 // the real endpoints back. Logs go to stderr, or to --log-file (reopened on SIGHUP). SIGINT/SIGTERM
 // stop it cleanly. Every flag can also be given as an environment variable, POOLMAP_BROKER_ and
@@ -109,6 +110,13 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--metrics", options.metrics_address,
                  "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (port 0: a free one)");
+  app.add_option("--http", options.http_address,
+                 "serve the live dashboard at http://HOST:PORT/ (and /api/v1/status, /metrics), e.g. 127.0.0.1:8080 "
+                 "(port 0: a free one); an address that is not loopback needs --http-token-file");
+  app.add_option("--http-token-file", options.http_token_file,
+                 "with --http: a file (not readable by others) holding the token every request for data must carry "
+                 "(Authorization: Bearer TOKEN)")
+      ->check(CLI::ExistingFile);
   app.add_option("--ha", options.ha_role,
                  "one of a pair of brokers: 'primary' or 'backup' (both start passive; one is active at a time)")
       ->check(CLI::IsMember({"primary", "backup"}));
@@ -160,8 +168,10 @@ int main(int argc, char** argv) {
     poolmap::Broker broker(options);
     const std::string ready = "poolmap-broker ready clients=" + broker.client_endpoint() +
                               " workers=" + broker.worker_endpoint() +
-                              (broker.ha_endpoint().empty() ? "" : " ha=" + broker.ha_endpoint());
+                              (broker.ha_endpoint().empty() ? "" : " ha=" + broker.ha_endpoint()) +
+                              (broker.http_url().empty() ? "" : " http=" + broker.http_url());
     if (!broker.metrics_url().empty()) log->info("metrics at {}", broker.metrics_url());
+    if (!broker.http_url().empty()) log->info("dashboard at {}", broker.http_url());
     if (background) {
       log->info("{} (pid {}, in the background)", ready, ::getpid());
       background->ready(ready);

@@ -5,15 +5,16 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
+#include <optional>
 #include <stdexcept>
 
 namespace poolmap::detail {
 
 struct Metrics::Impl {
   explicit Impl(const std::string& address)
-      : exposer(address, 1),
-        registry(std::make_shared<prometheus::Registry>()),
+      : registry(std::make_shared<prometheus::Registry>()),
         dispatched(counter("poolmap_chunks_dispatched_total", "Chunks sent to workers (each attempt)")),
         completed(counter("poolmap_chunks_completed_total", "Chunks answered ok")),
         failed(counter("poolmap_chunks_failed_total", "Chunks answered with an error")),
@@ -36,8 +37,10 @@ struct Metrics::Impl {
                     .Register(*registry)
                     .Add({}, prometheus::Histogram::BucketBoundaries{0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1,
                                                                      0.3, 1, 3, 10, 30, 100})) {
-    exposer.RegisterCollectable(registry);
-    const auto ports = exposer.GetListeningPorts();
+    if (address.empty()) return;
+    exposer.emplace(address, 1);
+    exposer->RegisterCollectable(registry);
+    const auto ports = exposer->GetListeningPorts();
     const auto colon = address.rfind(':');
     url = "http://" + address.substr(0, colon) + ":" + (ports.empty() ? address.substr(colon + 1) : std::to_string(ports[0])) +
           "/metrics";
@@ -50,7 +53,6 @@ struct Metrics::Impl {
     return prometheus::BuildGauge().Name(name).Help(help).Register(*registry).Add({});
   }
 
-  prometheus::Exposer exposer;
   std::shared_ptr<prometheus::Registry> registry;
   prometheus::Counter& dispatched;
   prometheus::Counter& completed;
@@ -68,10 +70,11 @@ struct Metrics::Impl {
   prometheus::Counter& transitions;
   prometheus::Histogram& latency;
   std::string url;
+  std::optional<prometheus::Exposer> exposer;  // last: stopped before what it serves goes
 };
 
-Metrics::Metrics(const std::string& address) {
-  if (address.empty()) return;
+Metrics::Metrics(const std::string& address, bool text) {
+  if (address.empty() && !text) return;
   try {
     impl_ = std::make_unique<Impl>(address);
     impl_->active.Set(1);
@@ -83,6 +86,9 @@ Metrics::Metrics(const std::string& address) {
 Metrics::~Metrics() = default;
 
 std::string Metrics::url() const { return impl_ ? impl_->url : std::string(); }
+std::string Metrics::text() const {
+  return impl_ ? prometheus::TextSerializer().Serialize(impl_->registry->Collect()) : std::string();
+}
 void Metrics::dispatched() {
   if (impl_) impl_->dispatched.Increment();
 }

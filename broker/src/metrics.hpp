@@ -1,7 +1,8 @@
 // Internal (not installed): the broker's Prometheus metrics (poolmap-broker --metrics HOST:PORT).
 //
 // With an address, serves the text format at http://HOST:PORT/metrics (prometheus-cpp's exposer,
-// on threads of its own); without one every call does nothing. The broker's loop thread counts
+// on threads of its own); with `text`, text() gives it (for --http's /metrics); with neither every
+// call does nothing. The broker's loop thread counts
 // events as they happen and sets the gauges once per turn; the counters are atomic, so a scrape
 // reads them while the loop runs.
 //
@@ -28,15 +29,17 @@ namespace poolmap::detail {
 
 class Metrics {
  public:
-  // "" = off. Otherwise "HOST:PORT" (port 0 picks a free one); throws std::runtime_error when it
-  // cannot listen there.
-  explicit Metrics(const std::string& address);
+  // "" = not served. Otherwise "HOST:PORT" (port 0 picks a free one); throws std::runtime_error
+  // when it cannot listen there. `text`: keep the metrics for text() even without an address.
+  explicit Metrics(const std::string& address, bool text = false);
   ~Metrics();
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
   // "http://127.0.0.1:9464/metrics", or "" when off.
   std::string url() const;
+  // The Prometheus text format of every metric now ("" when off). Any thread.
+  std::string text() const;
 
   void dispatched();
   void completed(double seconds);

@@ -37,30 +37,14 @@
 
 #include "poolmap/exec.hpp"
 #include "poolmap/poolmap.hpp"
+#include "json.hpp"
 #include "process_info.hpp"
 #include "text_codec.hpp"
 #include "wire.hpp"
 
 namespace {
 
-// A JSON string literal (the broker already made peer strings printable; quote and escape anyway).
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (const char ch : text) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (c < 0x20) {
-      char buffer[8];
-      std::snprintf(buffer, sizeof(buffer), "\\u%04x", c);
-      out += buffer;
-    } else {
-      out += ch;
-    }
-  }
-  return out + "\"";
-}
+using poolmap::detail::json_string;
 
 // One broker of a list (a pair): its endpoint and what it said, or nothing when it did not answer.
 struct BrokerAnswer {

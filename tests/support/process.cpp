@@ -246,6 +246,64 @@ void Cluster::start_broker(const std::string& clients, const std::string& worker
   }
   client_endpoint_ = line->substr(at_clients + 8, at_workers - at_clients - 8);
   worker_endpoint_ = line->substr(at_workers + 9, line->find(' ', at_workers + 9) - (at_workers + 9));
+  if (const auto at_http = line->find(" http="); at_http != std::string::npos) {
+    http_url_ = line->substr(at_http + 6, line->find(' ', at_http + 6) - (at_http + 6));
+  }
+}
+
+HttpResponse http_get(const std::string& url, const std::vector<std::string>& headers,
+                      std::chrono::milliseconds timeout) {
+  constexpr std::string_view kScheme = "http://";
+  if (!url.starts_with(kScheme)) throw std::runtime_error("http_get: not an http:// URL: " + url);
+  const auto slash = url.find('/', kScheme.size());
+  const std::string authority = url.substr(kScheme.size(), slash - kScheme.size());
+  const std::string path = slash == std::string::npos ? "/" : url.substr(slash);
+  const auto colon = authority.rfind(':');
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(std::stoi(authority.substr(colon + 1))));
+  if (colon == std::string::npos || ::inet_pton(AF_INET, authority.substr(0, colon).c_str(), &address.sin_addr) != 1) {
+    throw std::runtime_error("http_get: expected http://IPv4:PORT/...: " + url);
+  }
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error("http_get: socket failed");
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  const timeval wait{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof(wait));
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    throw std::runtime_error("http_get: cannot connect to " + authority + ": " + std::strerror(errno));
+  }
+  std::string request = "GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\nConnection: close\r\n";
+  for (const std::string& header : headers) request += header + "\r\n";
+  request += "\r\n";
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+    throw std::runtime_error("http_get: cannot send the request to " + authority);
+  }
+  std::string answer;
+  char buffer[65536];
+  while (std::chrono::steady_clock::now() < deadline) {
+    const ssize_t got = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (got == 0) break;  // the server closed: the whole answer is here
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error("http_get: no whole answer from " + url + ": " + std::strerror(errno));
+    }
+    answer.append(buffer, static_cast<std::size_t>(got));
+  }
+  const auto end_of_headers = answer.find("\r\n\r\n");
+  if (!answer.starts_with("HTTP/1.") || end_of_headers == std::string::npos) {
+    throw std::runtime_error("http_get: not an HTTP answer from " + url + ": " + answer.substr(0, 200));
+  }
+  HttpResponse response;
+  response.status = std::stoi(answer.substr(answer.find(' ') + 1, 3));
+  response.headers = answer.substr(0, end_of_headers);
+  response.body = answer.substr(end_of_headers + 4);
+  return response;
 }
 
 void Cluster::restart_broker() {

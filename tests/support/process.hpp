@@ -87,6 +87,8 @@ class Cluster {
 
   const std::string& client_endpoint() const { return client_endpoint_; }
   const std::string& worker_endpoint() const { return worker_endpoint_; }
+  // The broker's dashboard ("http://127.0.0.1:PORT/"), with --http in broker_args; else "".
+  const std::string& http_url() const { return http_url_; }
   ChildProcess& broker() { return *broker_; }
   ChildProcess& workers() { return workers_.front(); }
   // Starts another worker supervisor with `processes` processes; `tasks_library` replaces the
@@ -108,7 +110,19 @@ class Cluster {
   std::vector<ChildProcess> workers_;
   std::string client_endpoint_;
   std::string worker_endpoint_;
+  std::string http_url_;
 };
+
+// One HTTP GET on loopback ("http://127.0.0.1:PORT/path"), with extra header lines ("Name: value"):
+// the status code and the body. Throws std::runtime_error when the connection fails or no whole
+// answer comes within `timeout`.
+struct HttpResponse {
+  int status = 0;
+  std::string headers;  // the header lines, as sent
+  std::string body;
+};
+HttpResponse http_get(const std::string& url, const std::vector<std::string>& headers = {},
+                      std::chrono::milliseconds timeout = 10s);
 
 // Forwards TCP connections made to its own loopback endpoint to `target` (host:port of a
 // tcp://127.0.0.1:PORT endpoint), on a thread of its own, until cut(): then every connection through

@@ -113,6 +113,14 @@ struct BrokerOptions {
   // Serve Prometheus metrics at http://ADDRESS/metrics, e.g. "127.0.0.1:9464" (port 0: a free
   // one, see metrics_url()). Default: "" = none.
   std::string metrics_address{};
+  // Serve the live dashboard at http://ADDRESS/, the status as JSON at /api/v1/status and the
+  // metrics at /metrics, e.g. "127.0.0.1:8080" (an IP address; port 0: a free one, see
+  // http_url()). An address that is not loopback needs http_token_file. Default: "" = none.
+  std::string http_address{};
+  // A file holding the token that every request for data must carry (`Authorization: Bearer
+  // TOKEN`; the page asks for it once): at least 16 characters (surrounding whitespace is
+  // dropped), in a file others cannot read. Default: "" = none (loopback only).
+  std::filesystem::path http_token_file{};
   // A pair of brokers (docs/OPERATIONS.md, "A standby broker"): "primary" or "backup"; "" = this
   // broker has no peer. Both start passive; exactly one is active at a time, and the passive one
   // takes over when its peer has been silent for heartbeat_interval × heartbeat_liveness and a
@@ -144,6 +152,8 @@ class Broker {
   const std::string& worker_endpoint() const noexcept;
   // Where the metrics are served ("http://127.0.0.1:9464/metrics"), or "" without metrics_address.
   const std::string& metrics_url() const noexcept;
+  // Where the dashboard is served ("http://127.0.0.1:8080/"), or "" without http_address.
+  const std::string& http_url() const noexcept;
   // The peer link's endpoint actually bound (ha_bind), or "" without a pair.
   const std::string& ha_endpoint() const noexcept;
 

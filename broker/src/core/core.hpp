@@ -134,6 +134,8 @@ class BrokerCore {
   std::size_t chunks_in_flight() const;
   // The counters of the run, for the shell's last log line.
   std::string summary() const;
+  // What STATUS_REQUEST answers (and the dashboard shows), as of the last event.
+  proto::StatusReply status_reply() const;
 
   // For the simulator's invariants: a bound on what the core holds (see tests/sim).
   struct Footprint {
@@ -408,7 +410,6 @@ class BrokerCore {
   void ask_to_start_over(Side side, const std::string& identity);
   void send_to_client(ClientState& client, std::vector<zmq::message_t>& frames);
   bool send_to_worker(WorkerState& worker, std::vector<zmq::message_t>& frames);
-  proto::StatusReply status_reply() const;
   std::chrono::milliseconds expiry() const { return options_.heartbeat_interval * options_.heartbeat_liveness; }
   // Whether bytes arrived on that connection within expiry() (a silent peer still receiving is alive).
   bool receiving(const std::unique_ptr<LinkWatch>& link) const;

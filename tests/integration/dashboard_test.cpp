@@ -1,0 +1,258 @@
+// The broker's dashboard (poolmap-broker --http): the JSON API a page and scripts read, the token
+// rule, and the page itself in a real browser (Debian's chromium, headless) during a real map,
+// with a hostile worker whose strings are markup.
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "poolmap/poolmap.hpp"
+#include "poolmap/protocol.hpp"
+#include "process.hpp"
+#include "test_tasks.hpp"
+#include "wire.hpp"
+
+using namespace std::chrono_literals;
+namespace t = poolmap::test;
+namespace proto = poolmap::proto;
+
+namespace {
+
+poolmap::PoolOptions remote(const t::Cluster& cluster) {
+  return {.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
+}
+
+// A directory of its own, removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "poolmap-dashboard-test-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// The keys of every JSON object in `json` ("name": ...), at any depth.
+std::set<std::string> json_keys(const std::string& json) {
+  static const std::regex key("\"([A-Za-z_]+)\":");
+  std::set<std::string> keys;
+  for (auto match = std::sregex_iterator(json.begin(), json.end(), key); match != std::sregex_iterator(); ++match) {
+    keys.insert((*match)[1]);
+  }
+  return keys;
+}
+
+std::string status_of(const t::Cluster& cluster) {
+  const auto response = t::http_get(cluster.http_url() + "api/v1/status");
+  REQUIRE(response.status == 200);
+  return response.body;
+}
+
+// A worker made by hand whose host and task names are markup: what a hostile peer could send. It
+// registers and then only heartbeats, on a thread of its own (its socket's only user).
+class MarkupWorker {
+ public:
+  MarkupWorker(const std::string& endpoint, const std::string& host, const std::string& task)
+      : thread_([endpoint, host, task](std::stop_token stop) { run(stop, endpoint, host, task); }) {}
+
+ private:
+  static void send(zmq::socket_t& socket, proto::Command command, const zmq::message_t* header) {
+    std::vector<zmq::message_t> frames;
+    const auto signature = proto::signature_frame(command);
+    frames.emplace_back(signature.data(), signature.size());
+    frames.emplace_back(header != nullptr ? header->data() : nullptr, header != nullptr ? header->size() : 0);
+    (void)zmq::send_multipart(socket, frames);
+  }
+  static void run(const std::stop_token& stop, const std::string& endpoint, const std::string& host,
+                  const std::string& task) {
+    zmq::context_t context;
+    zmq::socket_t socket(context, zmq::socket_type::dealer);
+    socket.set(zmq::sockopt::linger, 0);
+    poolmap::wire::apply_secret(socket, t::user_secret());
+    socket.connect(endpoint);
+    const proto::Ready ready{host, 4242, 1, 0x5eed0001ULL, 0, {{task, "i64(i64)"}}, 1, 0, {}};
+    const zmq::message_t header = poolmap::wire::header_message(ready);
+    send(socket, proto::Command::kReady, &header);
+    while (!stop.stop_requested()) {
+      zmq::message_t ignored;
+      while (socket.recv(ignored, zmq::recv_flags::dontwait)) {
+      }
+      send(socket, proto::Command::kHeartbeat, nullptr);
+      std::this_thread::sleep_for(t::heartbeat() / 2);
+    }
+  }
+
+  std::jthread thread_;
+};
+
+std::string chromium_binary() {
+  for (const char* candidate : {"/usr/bin/chromium", "/usr/bin/chromium-browser"}) {
+    if (::access(candidate, X_OK) == 0) return candidate;
+  }
+  return {};
+}
+
+// What chromium shows of `url` after the page has run for a while: its DOM, or a screenshot.
+std::vector<std::string> chromium_args(const std::string& binary, const TempDir& dir) {
+  return {binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+          "--user-data-dir=" + (dir.path() / "profile").string(), "--virtual-time-budget=4000"};
+}
+
+}  // namespace
+
+TEST_CASE("Dashboard.Api.TheStatusHasEveryFieldOfPoolmapStatusJsonAndFollowsAMap" * doctest::timeout(120)) {
+  t::Cluster cluster({.workers = 2, .broker_args = {"--http", "127.0.0.1:0"}});
+  REQUIRE(cluster.http_url().starts_with("http://127.0.0.1:"));
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  // 40 items of 30 ms, a chunk each: about 0.6 s on two workers.
+  auto future = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(40, 30), {.chunksize = 1});
+  std::string running;
+  CHECK(t::eventually([&] {
+    running = status_of(cluster);
+    return running.find("\"task\":\"test.sleep_ms\"") != std::string::npos;
+  }, 20s));
+  CHECK(running.find("\"items_total\":40") != std::string::npos);
+  REQUIRE(future.get().size() == 40);
+  // The answered map: 40 chunks done, each worker listed.
+  std::string done;
+  CHECK(t::eventually([&] {
+    done = status_of(cluster);
+    return done.find("\"chunks_done\":40,") != std::string::npos;
+  }, 10s));
+  CHECK(done.starts_with("{\"version\":1,"));
+  // The field names are the API: these stay (more may come).
+  const std::set<std::string> pinned{"version", "broker", "role", "epoch", "peer", "peer_silent_ms", "heartbeat_ms", "uptime_ms",
+                                     "workers", "workers_omitted", "clients", "chunks_queued", "chunks_in_flight",
+                                     "chunks_done", "chunks_failed", "chunks_redispatched", "bad_messages", "jobs",
+                                     // a worker
+                                     "host", "pid", "id", "supervisor", "chunks_done", "last_seen_ms", "credit",
+                                     "tasks", "name", "signature",
+                                     // a job
+                                     "client_host", "client_pid", "job", "task", "items_done", "items_total",
+                                     "age_ms"};
+  auto api = json_keys(done);
+  api.merge(json_keys(running));  // the job's fields (it may be gone from the status by now)
+  for (const std::string& key : pinned) CHECK_MESSAGE(api.contains(key), "the API lost field " << key);
+  // Every field `poolmap status --json` prints is in the API too, under the same name.
+  t::ChildProcess cli({t::cli_binary(), "status", "--json", "--broker", cluster.client_endpoint()});
+  const std::string printed = cli.read_all(20s);
+  REQUIRE(printed.find("\"workers\":[") != std::string::npos);
+  for (const std::string& key : json_keys(printed)) {
+    CHECK_MESSAGE(api.contains(key), "poolmap status --json has " << key << ", /api/v1/status does not");
+  }
+  // The same metrics as --metrics serves.
+  const auto metrics = t::http_get(cluster.http_url() + "metrics");
+  CHECK(metrics.status == 200);
+  CHECK(metrics.body.find("poolmap_chunks_completed_total 40") != std::string::npos);
+  CHECK(t::http_get(cluster.http_url() + "no/such/page").status == 404);
+}
+
+TEST_CASE("Dashboard.Token.DataNeedsTheTokenAndAnAddressBeyondLoopbackNeedsOne" * doctest::timeout(60)) {
+  TempDir dir;
+  const auto token_file = dir.path() / "token";
+  const std::string token = "correct-horse-battery-staple-42";
+  std::ofstream(token_file) << token << "\n";
+  ::chmod(token_file.c_str(), 0600);
+  t::Cluster cluster({.workers = 1, .broker_args = {"--http", "127.0.0.1:0", "--http-token-file", token_file.string()}});
+  const std::string api = cluster.http_url() + "api/v1/status";
+  const auto none = t::http_get(api);
+  CHECK(none.status == 401);
+  CHECK(none.body.find("correct-horse") == std::string::npos);
+  CHECK(t::http_get(api, {"Authorization: Bearer wrong-token-wrong-token"}).status == 401);
+  CHECK(t::http_get(api, {"Authorization: Bearer " + token + "x"}).status == 401);
+  CHECK(t::http_get(cluster.http_url() + "metrics").status == 401);
+  const auto with = t::http_get(api, {"Authorization: Bearer " + token});
+  CHECK(with.status == 200);
+  CHECK(with.body.starts_with("{\"version\":1,"));
+  // The page itself holds no data: it loads, then asks for the token.
+  const auto page = t::http_get(cluster.http_url());
+  CHECK(page.status == 200);
+  CHECK(page.body.find("needs its token") != std::string::npos);
+  CHECK(page.headers.find("Content-Security-Policy: default-src 'none'; script-src 'self'") != std::string::npos);
+
+  // Beyond loopback without a token: refused before anything is bound (nothing listens).
+  t::ChildProcess open({t::broker_binary(), "--clients", "tcp://127.0.0.1:0", "--workers", "tcp://127.0.0.1:0",
+                        "--http", "0.0.0.0:0"});
+  const auto refused = open.wait(20s);
+  REQUIRE(refused.has_value());
+  CHECK(WEXITSTATUS(*refused) != 0);
+  CHECK(open.stderr_text().find("--http-token-file") != std::string::npos);
+  // A token file other users can read: refused too.
+  ::chmod(token_file.c_str(), 0644);
+  t::ChildProcess loose({t::broker_binary(), "--clients", "tcp://127.0.0.1:0", "--workers", "tcp://127.0.0.1:0",
+                         "--http", "127.0.0.1:0", "--http-token-file", token_file.string()});
+  const auto loose_status = loose.wait(20s);
+  REQUIRE(loose_status.has_value());
+  CHECK(WEXITSTATUS(*loose_status) != 0);
+  CHECK(loose.stderr_text().find("chmod 600") != std::string::npos);
+}
+
+TEST_CASE("Dashboard.Browser.ThePageShowsTheMapAndItsWorkersAndRunsNoScriptOfAPeer" * doctest::timeout(180)) {
+  const std::string chromium = chromium_binary();
+  if (chromium.empty()) {
+    MESSAGE("SKIPPED Dashboard.Browser...: no chromium (scripts/deps installs Debian's)");
+    return;
+  }
+  t::Cluster cluster({.workers = 2, .broker_args = {"--http", "127.0.0.1:0"}});
+  poolmap::Pool pool(remote(cluster));
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  // A map that runs while the browser looks: 600 items of 50 ms on two workers (15 s); cancelled
+  // once seen.
+  auto future = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(600, 50), {.chunksize = 2});
+  REQUIRE(t::eventually([&] { return status_of(cluster).find("\"task\":\"test.sleep_ms\"") != std::string::npos; }, 20s));
+  TempDir dir;
+  // A screenshot under the build tree (the README's is one of these).
+  auto shot = chromium_args(chromium, dir);
+  const std::string png = (std::filesystem::current_path() / "dashboard.png").string();
+  shot.insert(shot.end(), {"--window-size=1400,800", "--hide-scrollbars", "--screenshot=" + png, cluster.http_url()});
+  t::ChildProcess screenshot(shot);
+  const auto shot_status = screenshot.wait(90s);
+  CHECK(shot_status.has_value());
+  CHECK(std::filesystem::exists(png));
+  // A hostile peer's strings, shown by the page: each would run script if put into markup.
+  const std::string host = "<img src=x onerror=\"document.title='pwned'\">";
+  const std::string task = "</script><script>document.title='pwned2'</script>";
+  MarkupWorker hostile(cluster.worker_endpoint(), host, task);
+  REQUIRE(t::eventually([&] { return status_of(cluster).find("onerror") != std::string::npos; }, 20s));
+  auto args = chromium_args(chromium, dir);
+  args.push_back("--dump-dom");
+  args.push_back(cluster.http_url());
+  t::ChildProcess browser(args);
+  const std::string dom = browser.read_all(90s);
+  INFO("the page as chromium saw it:\n" << dom.substr(0, 4000));
+  REQUIRE(dom.find("<title>poolmap</title>") != std::string::npos);  // and not 'pwned'
+  CHECK(dom.find("pwned</title>") == std::string::npos);
+  // The map's row, with its progress bar; the workers' rows (two real ones and the hostile one).
+  CHECK(dom.find("<td class=\"text\">test.sleep_ms</td>") != std::string::npos);
+  CHECK(dom.find("role=\"progressbar\"") != std::string::npos);
+  CHECK(dom.find("/ 600</td>") != std::string::npos);
+  std::size_t mentions = 0;  // the job's row, and the tasks of each real worker
+  for (auto at = dom.find("test.sleep_ms"); at != std::string::npos; at = dom.find("test.sleep_ms", at + 1)) ++mentions;
+  CHECK(mentions >= 3);
+  // The hostile strings are text: escaped in the DOM, no element made of them.
+  CHECK(dom.find("&lt;img src=x onerror=\"document.title='pwned'\"&gt;") != std::string::npos);
+  CHECK(dom.find("&lt;/script&gt;&lt;script&gt;document.title='pwned2'&lt;/script&gt;") != std::string::npos);
+  CHECK(dom.find("<img") == std::string::npos);
+  CHECK(dom.find("<script>document") == std::string::npos);
+  future.cancel();
+}
