@@ -157,6 +157,7 @@ class Pool::Impl final : private detail::ClientSession::Port {
   std::size_t workers_for_chunking() const;
   std::size_t max_payload_bytes() const noexcept { return static_cast<std::size_t>(options_.max_message_bytes); }
   BrokerStatus status(std::chrono::milliseconds timeout);
+  std::string dashboard_url() const { return broker_ ? broker_->http_url() : std::string(); }
 
  private:
   using Job = detail::ClientSession::Job;
@@ -308,6 +309,11 @@ void Pool::Impl::start_embedded() {
                 "poolmap::Pool created inside an embedded worker process: poolmap::init(argc, argv) must run "
                 "before anything else in main()");
   }
+  if (options_.dashboard.empty()) {
+    if (const char* from_environment = std::getenv("POOLMAP_DASHBOARD"); from_environment != nullptr) {
+      options_.dashboard = from_environment;
+    }
+  }
   if (options_.processes == 0) {
     const auto detected = detect_worker_count();
     options_.processes = detected.count;
@@ -323,8 +329,10 @@ void Pool::Impl::start_embedded() {
                     .heartbeat_interval = options_.heartbeat_interval,
                     .heartbeat_liveness = options_.heartbeat_liveness,
                     .max_message_bytes = options_.max_message_bytes,
-                    .worker_password = password},
+                    .worker_password = password,
+                    .http_address = options_.dashboard},
       context_);
+  if (!broker_->http_url().empty()) log_->info("dashboard at {}", broker_->http_url());
   endpoint_ = broker_->client_endpoint();
   endpoints_ = {endpoint_};
   broker_thread_ = std::thread([this] { broker_->run(); });
@@ -633,5 +641,6 @@ bool Pool::wait_for_workers(std::size_t count, std::chrono::milliseconds timeout
   return impl_->wait_for_workers(count, timeout);
 }
 BrokerStatus Pool::status(std::chrono::milliseconds timeout) const { return impl_->status(timeout); }
+std::string Pool::dashboard_url() const { return impl_->dashboard_url(); }
 
 }  // namespace poolmap

@@ -256,3 +256,29 @@ TEST_CASE("Dashboard.Browser.ThePageShowsTheMapAndItsWorkersAndRunsNoScriptOfAPe
   CHECK(dom.find("<script>document") == std::string::npos);
   future.cancel();
 }
+
+TEST_CASE("Dashboard.Embedded.APoolServesItsOwnDashboardOnLoopbackOnly" * doctest::timeout(120)) {
+  {
+    poolmap::Pool pool({.processes = 1, .dashboard = "127.0.0.1:0", .heartbeat_interval = t::heartbeat()});
+    REQUIRE(pool.dashboard_url().starts_with("http://127.0.0.1:"));
+    const auto squares = pool.map(t::square, std::vector<std::int64_t>{1, 2, 3, 4});
+    CHECK(squares == std::vector<std::int64_t>{1, 4, 9, 16});
+    const auto api = t::http_get(pool.dashboard_url() + "api/v1/status");
+    CHECK(api.status == 200);
+    CHECK(api.body.find("\"broker\":\"inproc://") != std::string::npos);
+    CHECK(api.body.find("\"workers\":[{\"host\":") != std::string::npos);
+    CHECK(t::http_get(pool.dashboard_url()).body.find("<title>poolmap</title>") != std::string::npos);
+  }
+  // From the environment, as for POOLMAP_BROKER.
+  ::setenv("POOLMAP_DASHBOARD", "127.0.0.1:0", 1);
+  {
+    poolmap::Pool pool({.processes = 1, .heartbeat_interval = t::heartbeat()});
+    CHECK(pool.dashboard_url().starts_with("http://127.0.0.1:"));
+  }
+  ::unsetenv("POOLMAP_DASHBOARD");
+  // Beyond loopback an embedded Pool has no token to give: refused.
+  CHECK_THROWS_WITH_AS(poolmap::Pool({.processes = 1, .dashboard = "0.0.0.0:0", .heartbeat_interval = t::heartbeat()}),
+                       doctest::Contains("without a token"), poolmap::Error);
+  poolmap::Pool plain({.processes = 1, .heartbeat_interval = t::heartbeat()});
+  CHECK(plain.dashboard_url().empty());
+}

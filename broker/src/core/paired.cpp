@@ -190,11 +190,14 @@ void PairedBroker::hold(Side side, const std::string& identity, std::vector<zmq:
   }
   held_from_.insert(held_key(side, identity));
   held_.push_back({side, std::move(frames), std::make_unique<SavedFacts>(facts)});
+  log_->debug("kept a {} message until the vote is decided ({} kept)", side == Side::kClient ? "client" : "worker",
+              held_.size());
 }
 
 void PairedBroker::settle_votes(Clock::time_point now) {
   if (held_.empty()) return;
   if (pair_.active() && core_) {
+    log_->debug("takes the {} messages kept for the vote", held_.size());
     auto held = std::move(held_);
     held_.clear();
     held_from_.clear();
@@ -203,6 +206,7 @@ void PairedBroker::settle_votes(Clock::time_point now) {
     return;
   }
   if (pair_.refuse_held(now)) {
+    log_->debug("refuses the {} messages kept for the vote", held_.size());
     for (auto& vote : held_) {
       // One PASSIVE for each voter, however many of its messages were kept.
       if (held_from_.erase(held_key(vote.side, wire::to_string(vote.frames[0]))) > 0) {

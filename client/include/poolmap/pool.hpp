@@ -63,6 +63,12 @@ struct PoolOptions {
   std::uint64_t max_tasks_per_child = 0;
   // Embedded mode: arguments for the POOLMAP_WORKER_INIT initializers (Python's initargs).
   std::vector<std::string> init_args{};
+  // Embedded mode: serve the broker's live dashboard (docs/OPERATIONS.md, "The dashboard") at
+  // http://ADDRESS/, e.g. "127.0.0.1:0" (port 0: a free one); its URL is logged once at info
+  // ("dashboard at http://127.0.0.1:PORT/"). Loopback addresses only. Ignored in remote mode (the
+  // broker daemon's --http serves it). Default: "" = the POOLMAP_DASHBOARD environment variable if
+  // set, else none.
+  std::string dashboard{};
   // Chunks sent and not yet answered, over all calls on this Pool (the window). Default: 0 =
   // automatic: 512, or 32 per worker process registered at the broker when that is more (at most
   // 2048), the part past 512 only while the chunks in flight hold less than 64 MiB of payload
@@ -503,6 +509,9 @@ class Pool {
   bool wait_for_workers(std::size_t count, std::chrono::milliseconds timeout) const;
   // Asks the broker for its status. Throws Error(kUnavailable) on timeout.
   BrokerStatus status(std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  // Embedded mode with PoolOptions::dashboard: the dashboard's URL ("http://127.0.0.1:PORT/");
+  // else "".
+  std::string dashboard_url() const;
 
  private:
   // One job of one item: the arguments `args` of task(args...), after the context if there is one.
