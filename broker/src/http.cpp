@@ -116,6 +116,11 @@ std::string status_json(const proto::StatusReply& status, const std::string& bro
     field(out, "chunks_failed", worker.chunks_failed);
     field(out, "last_seen_ms", worker.last_seen_ms);
     field(out, "credit", worker.credit);
+    field(out, "running_task", worker.running_task);
+    field(out, "running_job", worker.running_job);
+    field(out, "running_first_index", worker.running_first_index);
+    field(out, "running_items", worker.running_items);
+    field(out, "running_ms", worker.running_ms);
     out += ",\"tasks\":[";
     for (std::size_t t = 0; t < worker.tasks.size(); ++t) {
       out += t == 0 ? "{\"name\":" : ",{\"name\":";
@@ -148,6 +153,30 @@ std::string status_json(const proto::StatusReply& status, const std::string& bro
     field(out, "chunks_queued", job.chunks_queued);
     field(out, "chunks_in_flight", job.chunks_in_flight);
     field(out, "age_ms", job.age_ms);
+    out += job.stream != 0 ? ",\"stream\":true" : ",\"stream\":false";
+    field(out, "items_failed", job.items_failed);
+    field(out, "waiting", job.waiting);
+    out += '}';
+  }
+  out += ']';
+  field(out, "jobs_omitted", status.jobs_omitted);
+  out += ",\"events\":[";
+  for (std::size_t i = 0; i < status.events.size() && i < proto::kMaxStatusEvents; ++i) {
+    const proto::EventInfo& event = status.events[i];
+    out += i == 0 ? "{" : ",{";
+    out += event.kind == proto::kEventFailed ? "\"kind\":\"failed\"" : "\"kind\":\"redispatched\"";
+    field(out, "age_ms", event.age_ms);
+    field(out, "task", event.task);
+    field(out, "client_host", event.client_host);
+    field(out, "client_pid", event.client_pid);
+    field(out, "job", event.job);
+    field(out, "item", event.item);
+    field(out, "items", event.items);
+    field(out, "attempt", event.attempt);
+    field(out, "error", event.error);
+    field(out, "message", event.message);
+    field(out, "worker_host", event.worker_host);
+    field(out, "worker_pid", event.worker_pid);
     out += '}';
   }
   out += "]}";

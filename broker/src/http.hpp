@@ -62,7 +62,8 @@ class StatusBoard {
 
 // The status as /api/v1/status serves it: `broker` names this broker (its client endpoint). At
 // most kMaxWorkersShown workers (sorted as the reply is), the rest counted in "workers_omitted";
-// the reply holds at most proto::kMaxStatusJobs jobs.
+// the reply holds at most proto::kMaxStatusJobs jobs (the rest counted in "jobs_omitted") and
+// proto::kMaxStatusEvents events.
 inline constexpr std::size_t kMaxWorkersShown = 2000;
 // `uptime`: since the broker started, when the snapshot was made (the page's rates are per
 // broker time, whatever the browser's clock does).

@@ -44,16 +44,10 @@ function card(label, value) {
   return node;
 }
 
-// Why a job's queued chunks wait, as far as the status tells.
+// Why a job's work waits: the broker says (job.waiting), unless it is the passive one of a pair.
 function waitingBecause(job, status) {
-  if (job.chunks_queued === 0) return "";
   if (status.role === "passive") return "this broker is passive: the other broker of the pair serves work";
-  const capable = status.workers.filter((w) => w.tasks.some((t) => t.name === job.task));
-  if (capable.length === 0 && status.workers_omitted === 0) return "no worker offers task " + job.task;
-  if (capable.length > 0 && capable.every((w) => w.chunks_in_flight >= w.credit)) {
-    return "every worker that offers " + job.task + " is busy";
-  }
-  return "";
+  return job.waiting;
 }
 
 function drawCluster(status, chunksPerSecond) {
@@ -92,7 +86,7 @@ function drawJobs(status) {
       state.jobRates.set(key, { items: job.items_done, at: now, rate: Math.max(0, itemsPerSecond) });
     }
     const row = el("tr");
-    row.appendChild(el("td", job.task, "text"));
+    row.appendChild(el("td", job.stream ? job.task + " (imap)" : job.task, "text"));
     row.appendChild(el("td", job.client_host + " pid " + job.client_pid, "text"));
     row.appendChild(el("td", job.job));
     const bar = el("div", null, "bar");
@@ -104,11 +98,18 @@ function drawJobs(status) {
       const doneSpan = el("span", null, "done");
       doneSpan.style.width = (done * 100).toFixed(2) + "%";
       bar.appendChild(doneSpan);
+      const failed = Math.min(1 - done, job.items_failed / total);
       const chunks = job.chunks_in_flight + job.chunks_queued;
       if (chunks > 0) {
         const running = el("span", null, "running");
-        running.style.width = ((1 - done) * 100 * job.chunks_in_flight / chunks).toFixed(2) + "%";
+        running.style.width = ((1 - done - failed) * 100 * job.chunks_in_flight / chunks).toFixed(2) + "%";
         bar.appendChild(running);
+      }
+      if (failed > 0) {
+        const failedSpan = el("span", null, "failed");
+        failedSpan.style.width = (failed * 100).toFixed(2) + "%";
+        failedSpan.style.marginLeft = "auto";  // at the bar's end, after the queued part
+        bar.appendChild(failedSpan);
       }
     }
     const barCell = el("td");
@@ -125,14 +126,24 @@ function drawJobs(status) {
   for (const key of [...state.jobRates.keys()]) if (!seen.has(key)) state.jobRates.delete(key);
   body.replaceChildren(...rows);
   $("jobs-none").hidden = status.jobs.length > 0;
+  const more = status.jobs.length - Math.min(status.jobs.length, MAX_ROWS) + status.jobs_omitted;
+  $("jobs-more").textContent = more > 0 ? "and " + number(more) + " more" : "";
+}
+
+// A chunk that has run three times as long as the typical running one (and over a second) is a straggler.
+function stragglerAfter(workers) {
+  const times = workers.filter((w) => w.running_items > 0).map((w) => w.running_ms).sort((a, b) => a - b);
+  if (times.length < 2) return Infinity;
+  return Math.max(1000, 3 * times[Math.floor(times.length / 2)]);
 }
 
 function drawWorkers(status) {
   const body = $("workers").tBodies[0];
   const rows = [];
   const stale = 2 * status.heartbeat_ms;
+  const straggling = stragglerAfter(status.workers);
   for (const worker of status.workers.slice(0, MAX_ROWS)) {
-    const row = el("tr", null, worker.last_seen_ms > stale ? "stale" : "");
+    const row = el("tr", null, worker.last_seen_ms > stale ? "stale" : worker.running_ms > straggling ? "straggler" : "");
     row.appendChild(el("td", worker.host, "text"));
     row.appendChild(el("td", worker.pid));
     row.appendChild(el("td", worker.id));
@@ -140,6 +151,10 @@ function drawWorkers(status) {
     row.appendChild(el("td", worker.tasks.map((t) => t.name).join(", "), "text"));
     row.appendChild(el("td", worker.credit));
     row.appendChild(el("td", worker.chunks_in_flight));
+    const last = worker.running_first_index + worker.running_items - 1;
+    row.appendChild(el("td", worker.running_items === 0 ? "–" : worker.running_task + ", job " + worker.running_job +
+      ", " + (worker.running_items === 1 ? "item " + worker.running_first_index : "items " + worker.running_first_index + "–" + last), "text"));
+    row.appendChild(el("td", worker.running_items === 0 ? "" : duration(worker.running_ms)));
     row.appendChild(el("td", number(worker.chunks_done)));
     row.appendChild(el("td", number(worker.chunks_failed)));
     row.appendChild(el("td", duration(worker.last_seen_ms) + " ago"));
@@ -148,6 +163,25 @@ function drawWorkers(status) {
   body.replaceChildren(...rows);
   const more = status.workers.length - Math.min(status.workers.length, MAX_ROWS) + status.workers_omitted;
   $("workers-more").textContent = more > 0 ? "and " + number(more) + " more" : "";
+}
+
+function drawEvents(status) {
+  const rows = status.events.map((event) => {
+    const row = el("tr", null, event.kind === "failed" ? "failed" : "");
+    row.appendChild(el("td", duration(event.age_ms) + " ago"));
+    row.appendChild(el("td", event.kind === "failed" ? "failed" : "re-dispatched"));
+    row.appendChild(el("td", event.task, "text"));
+    row.appendChild(el("td", event.client_host + " pid " + event.client_pid, "text"));
+    row.appendChild(el("td", event.job));
+    row.appendChild(el("td", event.item));
+    row.appendChild(el("td", event.attempt));
+    row.appendChild(el("td", event.worker_host ? event.worker_host + " pid " + event.worker_pid : "–", "text"));
+    row.appendChild(el("td", event.error, "text"));
+    row.appendChild(el("td", event.message, "text"));
+    return row;
+  });
+  $("events").tBodies[0].replaceChildren(...rows);
+  $("events-none").hidden = rows.length > 0;
 }
 
 function drawChart(id, scaleId, points, value, format) {
@@ -188,6 +222,7 @@ function draw(status) {
   drawCluster(status, state.chunksPerSecond);
   drawJobs(status);
   drawWorkers(status);
+  drawEvents(status);
   drawChart("chart-throughput", "scale-throughput", state.history, (p) => p.done, rate);
   drawChart("chart-queue", "scale-queue", state.history, (p) => p.queued, number);
   drawChart("chart-workers", "scale-workers", state.history, (p) => p.workers, number);

@@ -83,7 +83,12 @@ void print_json(const std::string& broker, const poolmap::BrokerStatus& status,
            ",\"chunks_done\":" + std::to_string(worker.chunks_done) +
            ",\"chunks_failed\":" + std::to_string(worker.chunks_failed) +
            ",\"last_seen_ms\":" + std::to_string(worker.last_seen.count()) +
-           ",\"credit\":" + std::to_string(worker.credit) + ",\"tasks\":[";
+           ",\"credit\":" + std::to_string(worker.credit) +
+           ",\"running_task\":" + json_string(worker.running_task) +
+           ",\"running_job\":" + std::to_string(worker.running_job) +
+           ",\"running_first_index\":" + std::to_string(worker.running_first_index) +
+           ",\"running_items\":" + std::to_string(worker.running_items) +
+           ",\"running_ms\":" + std::to_string(worker.running_for.count()) + ",\"tasks\":[";
     for (std::size_t t = 0; t < worker.tasks.size(); ++t) {
       out += (t == 0 ? "" : ",");
       out += "{\"name\":" + json_string(worker.tasks[t].name) +
@@ -106,7 +111,23 @@ void print_json(const std::string& broker, const poolmap::BrokerStatus& status,
            ",\"items_done\":" + std::to_string(job.items_done) + ",\"items_total\":" + std::to_string(job.items_total) +
            ",\"chunks_queued\":" + std::to_string(job.chunks_queued) +
            ",\"chunks_in_flight\":" + std::to_string(job.chunks_in_flight) +
-           ",\"age_ms\":" + std::to_string(job.age.count()) + "}";
+           ",\"age_ms\":" + std::to_string(job.age.count()) + ",\"stream\":" + (job.stream ? "true" : "false") +
+           ",\"items_failed\":" + std::to_string(job.items_failed) +
+           ",\"waiting\":" + json_string(job.waiting) + "}";
+  }
+  out += "],\"events\":[";
+  for (std::size_t i = 0; i < status.events.size(); ++i) {
+    const auto& event = status.events[i];
+    out += (i == 0 ? "" : ",");
+    out += std::string("{\"kind\":") +
+           (event.kind == poolmap::BrokerStatus::Event::Kind::kFailed ? "\"failed\"" : "\"redispatched\"") +
+           ",\"age_ms\":" + std::to_string(event.age.count()) + ",\"task\":" + json_string(event.task) +
+           ",\"client_host\":" + json_string(event.client_host) +
+           ",\"client_pid\":" + std::to_string(event.client_pid) + ",\"job\":" + std::to_string(event.job) +
+           ",\"item\":" + std::to_string(event.item) + ",\"items\":" + std::to_string(event.items) +
+           ",\"attempt\":" + std::to_string(event.attempt) + ",\"error\":" + json_string(event.error) +
+           ",\"message\":" + json_string(event.message) + ",\"worker_host\":" + json_string(event.worker_host) +
+           ",\"worker_pid\":" + std::to_string(event.worker_pid) + "}";
   }
   out += "]}";
   std::printf("%s\n", out.c_str());
@@ -205,15 +226,21 @@ void print_table(const StatusOptions& options, const std::string& broker, const 
   std::printf("bad input  %llu messages\n", static_cast<unsigned long long>(status.bad_messages));
   if (rate) std::printf("rate       %.1f chunks/s done\n", *rate);
   if (!status.workers.empty()) {
-    std::printf("\n%-24s %8s %-8s %9s %11s %8s %9s %6s\n", "HOST", "PID", "ID", "IN FLIGHT", "CHUNKS DONE", "FAILED",
-                "LAST SEEN", "TASKS");
+    std::printf("\n%-24s %8s %-8s %9s %11s %8s %9s %6s %9s\n", "HOST", "PID", "ID", "IN FLIGHT", "CHUNKS DONE",
+                "FAILED", "LAST SEEN", "TASKS", "RUNNING");
     for (const auto& worker : status.workers) {
-      std::printf("%-24s %8u %-8s %9u %11llu %8llu %9s %6zu\n", worker.host.c_str(), worker.pid,
+      std::printf("%-24s %8u %-8s %9u %11llu %8llu %9s %6zu %9s\n", worker.host.c_str(), worker.pid,
                   poolmap::detail::short_id(worker.instance).c_str(), worker.chunks_in_flight,
                   static_cast<unsigned long long>(worker.chunks_done),
                   static_cast<unsigned long long>(worker.chunks_failed), seconds_ago(worker.last_seen).c_str(),
-                  worker.tasks.size());
+                  worker.tasks.size(), worker.running_items == 0 ? "-" : seconds_ago(worker.running_for).c_str());
       if (options.verbose) {
+        if (worker.running_items != 0) {
+          std::printf("    running %s, job %llu, items %llu..%llu\n", worker.running_task.c_str(),
+                      static_cast<unsigned long long>(worker.running_job),
+                      static_cast<unsigned long long>(worker.running_first_index),
+                      static_cast<unsigned long long>(worker.running_first_index + worker.running_items - 1));
+        }
         for (const auto& task : worker.tasks) std::printf("    %s %s\n", task.name.c_str(), task.signature.c_str());
       }
     }
@@ -228,9 +255,27 @@ void print_table(const StatusOptions& options, const std::string& broker, const 
       const std::string percent =
           job.items_total == 0 ? "" : std::to_string(100 * job.items_done / job.items_total);
       std::printf("%-24s %8u %6llu %-20s %21s %6s %10.0f %7.1fs\n", job.client_host.c_str(), job.client_pid,
-                  static_cast<unsigned long long>(job.id), job.task.c_str(), done.c_str(), percent.c_str(),
-                  seconds > 0 ? static_cast<double>(job.items_done) / seconds : 0.0, seconds);
+                  static_cast<unsigned long long>(job.id), (job.task + (job.stream ? " (imap)" : "")).c_str(),
+                  done.c_str(), percent.c_str(), seconds > 0 ? static_cast<double>(job.items_done) / seconds : 0.0,
+                  seconds);
+      if (!job.waiting.empty()) std::printf("    waiting: %s\n", job.waiting.c_str());
     }
+  }
+  if (!status.events.empty()) {
+    // The latest few (all with --verbose), newest first.
+    const std::size_t shown = options.verbose ? status.events.size() : std::min<std::size_t>(status.events.size(), 10);
+    std::printf("\nLATEST FAILURES AND RE-DISPATCHES\n");
+    for (std::size_t i = 0; i < shown; ++i) {
+      const auto& event = status.events[i];
+      const bool failed = event.kind == poolmap::BrokerStatus::Event::Kind::kFailed;
+      std::printf("%8s ago  %-12s %s job %llu item %llu (attempt %u)%s%s: %s%s%s\n", seconds_ago(event.age).c_str(),
+                  failed ? "failed" : "re-dispatched", event.task.c_str(), static_cast<unsigned long long>(event.job),
+                  static_cast<unsigned long long>(event.item), event.attempt,
+                  event.worker_host.empty() ? "" : (" on " + event.worker_host).c_str(),
+                  event.worker_pid == 0 ? "" : (" pid " + std::to_string(event.worker_pid)).c_str(),
+                  event.error.c_str(), event.error.empty() ? "" : " ", event.message.c_str());
+    }
+    if (shown < status.events.size()) std::printf("  and %zu more (--verbose)\n", status.events.size() - shown);
   }
 }
 

@@ -469,6 +469,8 @@ std::shared_ptr<detail::FutureCore> Pool::Impl::start(detail::JobRequest request
     std::lock_guard lock(mutex_);
     if (stopping_ || closed_) throw Error(ErrorCode::kCancelled, "the Pool is closed: it takes no new work");
     const std::uint64_t id = next_job_++;
+    core->job_id = id;
+    if (request.stream == detail::kStartStream) request.stream = id;
     auto job = detail::ClientSession::make_job(std::move(request), id, core, Clock::now());
     core->request_cancel = [this, id] { cancel(id); };
     ++active_jobs_;

@@ -21,6 +21,7 @@ std::unique_ptr<ClientSession::Job> ClientSession::make_job(JobRequest request, 
                                                             std::shared_ptr<FutureCore> core, Clock::time_point now) {
   auto job = std::make_unique<Job>();
   job->id = id;
+  job->stream = request.stream;
   job->task = std::move(request.task);
   job->signature = std::move(request.signature);
   job->chunks = std::move(request.chunks);
@@ -325,10 +326,22 @@ void ClientSession::on_message(Clock::time_point now, std::vector<zmq::message_t
         worker.chunks_failed = w.chunks_failed;
         worker.last_seen = std::chrono::milliseconds(w.last_seen_ms);
         worker.credit = w.credit;
+        worker.running_task = w.running_task;
+        worker.running_job = w.running_job;
+        worker.running_first_index = w.running_first_index;
+        worker.running_items = w.running_items;
+        worker.running_for = std::chrono::milliseconds(w.running_ms);
       }
       for (const auto& j : reply.value().jobs) {
         status.jobs.push_back({j.client_host, j.client_pid, j.job, j.task, j.items_total, j.items_done,
-                               j.chunks_queued, j.chunks_in_flight, std::chrono::milliseconds(j.age_ms)});
+                               j.chunks_queued, j.chunks_in_flight, std::chrono::milliseconds(j.age_ms), j.stream != 0,
+                               j.items_failed, j.waiting});
+      }
+      for (const auto& e : reply.value().events) {
+        status.events.push_back({e.kind == proto::kEventFailed ? BrokerStatus::Event::Kind::kFailed
+                                                               : BrokerStatus::Event::Kind::kRedispatched,
+                                 std::chrono::milliseconds(e.age_ms), e.task, e.client_host, e.client_pid, e.job,
+                                 e.item, e.items, e.attempt, e.error, e.message, e.worker_host, e.worker_pid});
       }
       status.clients = reply.value().clients;
       status.chunks_queued = reply.value().chunks_queued;
@@ -522,7 +535,7 @@ void ClientSession::send_chunk(Job& job, std::size_t index, bool resent) {
                                                       job.signature, job.deadline_ms, job.context_hash,
                                                       (index == 0 ? proto::kNotifyStarted : 0) |
                                                           (resent ? proto::kResent : 0),
-                                                      static_cast<std::uint64_t>(job.total_items)}),
+                                                      static_cast<std::uint64_t>(job.total_items), job.stream}),
                    std::move(shared));
 }
 

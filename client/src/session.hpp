@@ -55,6 +55,7 @@ class ClientSession {
   // One job: its chunks, what was sent and answered, its results.
   struct Job {
     std::uint64_t id = 0;
+    std::uint64_t stream = 0;  // proto::Submit::stream
     std::string task;
     std::string signature;
     std::vector<ChunkRequest> chunks;

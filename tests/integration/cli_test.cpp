@@ -72,25 +72,6 @@ void wait_for_workers(const t::Cluster& cluster, std::size_t count) {
 }
 
 // A directory that is removed, with what is in it, when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "poolmap-cli-test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
-
 // The two pids a command wrote to `path` ("SHELL CHILD"), once it has.
 std::optional<std::pair<pid_t, pid_t>> read_pids(const std::string& path) {
   std::ifstream in(path);
@@ -258,7 +239,7 @@ TEST_CASE("Cli.Exec.DeadlineEndsTheCommandAndWhatItStarted" * doctest::timeout(6
   poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
   REQUIRE(pool.wait_for_workers(1, 20s));
   const auto hb = t::heartbeat();
-  const TempDir dir;
+  const t::TempDir dir;
   const std::string pid_file = dir / "pids";
   const poolmap::SubmitOptions deadline{.task_deadline = 10 * hb};
   auto result = pool.submit(deadline, poolmap::exec_task.with(kCommandWithAChild), pid_file);
@@ -288,7 +269,7 @@ TEST_CASE("Cli.Exec.KilledWorkerProcessTakesTheCommandAndWhatItStartedAlong" * d
   poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
   REQUIRE(pool.wait_for_workers(1, 20s));
   const auto hb = t::heartbeat();
-  const TempDir dir;
+  const t::TempDir dir;
   const std::string pid_file = dir / "pids";
   auto result = pool.submit(poolmap::exec_task.with(kCommandWithAChild), pid_file);
   std::optional<std::pair<pid_t, pid_t>> pids;
@@ -312,7 +293,7 @@ TEST_CASE("Cli.Exec.HungCommandEndsWithItsWorkerProcessWhenTheSupervisorIsGone" 
   poolmap::Pool pool({.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()});
   REQUIRE(pool.wait_for_workers(1, 20s));
   const auto hb = t::heartbeat();
-  const TempDir dir;
+  const t::TempDir dir;
   const std::string pid_file = dir / "pids";
   auto result = pool.submit(poolmap::exec_task.with(kCommandWithAChild), pid_file);
   std::optional<std::pair<pid_t, pid_t>> pids;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -34,24 +35,6 @@ poolmap::PoolOptions remote(const t::Cluster& cluster) {
   return {.broker = cluster.client_endpoint(), .heartbeat_interval = t::heartbeat()};
 }
 
-// A directory of its own, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "poolmap-dashboard-test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
-
 // The keys of every JSON object in `json` ("name": ...), at any depth. (By hand: std::regex trips
 // GCC 12's -Wmaybe-uninitialized in the sanitizer builds.)
 std::set<std::string> json_keys(const std::string& json) {
@@ -71,6 +54,29 @@ std::string status_of(const t::Cluster& cluster) {
   const auto response = t::http_get(cluster.http_url() + "api/v1/status");
   REQUIRE(response.status == 200);
   return response.body;
+}
+
+// The "jobs" array of a status, alone.
+std::string jobs_of(const std::string& status) {
+  const auto from = status.find("\"jobs\":[");
+  const auto to = status.find("],\"jobs_omitted\"");
+  REQUIRE(from != std::string::npos);
+  REQUIRE(to != std::string::npos);
+  return status.substr(from, to - from);
+}
+
+// Whether the worker process `pid` runs a chunk now, by the status.
+bool runs_a_chunk(const std::string& status, pid_t pid) {
+  const auto at = status.find("\"pid\":" + std::to_string(pid) + ",");
+  if (at == std::string::npos) return false;
+  const auto running = status.find("\"running_items\":", at);
+  return running != std::string::npos && status.compare(running + 16, 2, "0,") != 0;
+}
+
+std::size_t count_of(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
 }
 
 // A worker made by hand whose host and task names are markup: what a hostile peer could send. It
@@ -118,7 +124,7 @@ std::string chromium_binary() {
 }
 
 // What chromium shows of `url` after the page has run for a while: its DOM, or a screenshot.
-std::vector<std::string> chromium_args(const std::string& binary, const TempDir& dir) {
+std::vector<std::string> chromium_args(const std::string& binary, const t::TempDir& dir) {
   return {binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
           "--user-data-dir=" + (dir.path() / "profile").string(), "--virtual-time-budget=4000"};
 }
@@ -173,8 +179,64 @@ TEST_CASE("Dashboard.Api.TheStatusHasEveryFieldOfPoolmapStatusJsonAndFollowsAMap
   CHECK(t::http_get(cluster.http_url() + "no/such/page").status == 404);
 }
 
+TEST_CASE("Dashboard.Api.SaysWhyAJobWaitsWhatFailedAndWhichWorkerWasLostAndShowsAnImapAsOneJob" *
+          doctest::timeout(120)) {
+  // No worker yet: a map waits, and says why.
+  t::Cluster cluster({.workers = 0, .broker_args = {"--http", "127.0.0.1:0"}});
+  poolmap::Pool pool(remote(cluster));
+  // 16 items of 150 ms, a chunk each: over a second on two workers.
+  auto future = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(16, 150), {.chunksize = 1});
+  CHECK(t::eventually([&] { return status_of(cluster).find("\"waiting\":\"no worker is registered\"") != std::string::npos; },
+                      20s));
+  // Two workers come; one of them is killed (kill -9) while it runs a chunk.
+  cluster.add_workers(2);
+  REQUIRE(pool.wait_for_workers(2, 20s));
+  const std::vector<pid_t> pids = cluster.worker_pids();
+  REQUIRE(pids.size() == 2);
+  const pid_t victim = pids[0];
+  REQUIRE(t::eventually([&] { return runs_a_chunk(status_of(cluster), victim); }, 20s));
+  ::kill(victim, SIGKILL);
+  std::string after;
+  CHECK(t::eventually([&] {
+    after = status_of(cluster);
+    return after.find("\"kind\":\"redispatched\"") != std::string::npos &&
+           after.find("\"worker_pid\":" + std::to_string(victim)) != std::string::npos;
+  }, 20s));
+  INFO("status: " << after);
+  CHECK(after.find("\"task\":\"test.sleep_ms\"") != std::string::npos);
+  CHECK(future.get().size() == 16);  // and nothing lost
+
+  // A task no worker offers: its map fails, and the failure is listed with the task and the reason.
+  CHECK_THROWS_AS(pool.map(t::not_registered, std::vector<std::int64_t>{1, 2, 3}), poolmap::Error);
+  std::string failed;
+  CHECK(t::eventually([&] {
+    failed = status_of(cluster);
+    return failed.find("\"kind\":\"failed\"") != std::string::npos;
+  }, 10s));
+  CHECK(failed.find("\"task\":\"test.not_registered\"") != std::string::npos);
+  CHECK(failed.find("\"error\":\"unknown-task\"") != std::string::npos);
+
+  // An imap sends each chunk as a job of its own; the status shows it as one job.
+  // Looked at while it is consumed (a stream nobody reads stops sending once its window is full).
+  auto stream = pool.imap(t::sleep_ms, std::vector<std::int64_t>(40, 50), {.chunksize = 1, .window = 8});
+  std::size_t results = 0;
+  std::string streaming;
+  for (const std::int64_t slept : stream) {
+    CHECK(slept == 50);
+    ++results;
+    if (streaming.empty()) {
+      const std::string jobs = jobs_of(status_of(cluster));
+      if (jobs.find("\"stream\":true") != std::string::npos) streaming = jobs;
+    }
+  }
+  CHECK(results == 40);
+  INFO("jobs: " << streaming);
+  REQUIRE_FALSE(streaming.empty());
+  CHECK(count_of(streaming, "\"task\":\"test.sleep_ms\"") == 1);
+}
+
 TEST_CASE("Dashboard.Token.DataNeedsTheTokenAndAnAddressBeyondLoopbackNeedsOne" * doctest::timeout(60)) {
-  TempDir dir;
+  t::TempDir dir;
   const auto token_file = dir.path() / "token";
   const std::string token = "correct-horse-battery-staple-42";
   std::ofstream(token_file) << token << "\n";
@@ -226,7 +288,7 @@ TEST_CASE("Dashboard.Browser.ThePageShowsTheMapAndItsWorkersAndRunsNoScriptOfAPe
   // once seen.
   auto future = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(600, 50), {.chunksize = 2});
   REQUIRE(t::eventually([&] { return status_of(cluster).find("\"task\":\"test.sleep_ms\"") != std::string::npos; }, 20s));
-  TempDir dir;
+  t::TempDir dir;
   // A screenshot under the build tree (the README's is one of these).
   auto shot = chromium_args(chromium, dir);
   const std::string png = (std::filesystem::current_path() / "dashboard.png").string();
@@ -240,6 +302,11 @@ TEST_CASE("Dashboard.Browser.ThePageShowsTheMapAndItsWorkersAndRunsNoScriptOfAPe
   const std::string task = "</script><script>document.title='pwned2'</script>";
   MarkupWorker hostile(cluster.worker_endpoint(), host, task);
   REQUIRE(t::eventually([&] { return status_of(cluster).find("onerror") != std::string::npos; }, 20s));
+  // A worker killed (kill -9) while it runs a chunk: its chunk is re-dispatched, and the page lists it.
+  const pid_t victim = cluster.worker_pids().at(0);
+  REQUIRE(t::eventually([&] { return runs_a_chunk(status_of(cluster), victim); }, 20s));
+  ::kill(victim, SIGKILL);
+  REQUIRE(t::eventually([&] { return status_of(cluster).find("\"kind\":\"redispatched\"") != std::string::npos; }, 20s));
   auto args = chromium_args(chromium, dir);
   args.push_back("--dump-dom");
   args.push_back(cluster.http_url());
@@ -252,6 +319,8 @@ TEST_CASE("Dashboard.Browser.ThePageShowsTheMapAndItsWorkersAndRunsNoScriptOfAPe
   CHECK(dom.find("<td class=\"text\">test.sleep_ms</td>") != std::string::npos);
   CHECK(dom.find("role=\"progressbar\"") != std::string::npos);
   CHECK(dom.find("/ 600</td>") != std::string::npos);
+  CHECK(dom.find("<td>re-dispatched</td>") != std::string::npos);          // the killed worker's chunk
+  CHECK(dom.find("<td class=\"text\">test.sleep_ms, job 1, items ") != std::string::npos);  // a worker's running chunk
   std::size_t mentions = 0;  // the job's row, and the tasks of each real worker
   for (auto at = dom.find("test.sleep_ms"); at != std::string::npos; at = dom.find("test.sleep_ms", at + 1)) ++mentions;
   CHECK(mentions >= 3);

@@ -566,4 +566,15 @@ void BrokerPair::heal_peer_link() {
   for (auto& relay : to_) relay->heal();
 }
 
+TempDir::TempDir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "poolmap-test-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
 }  // namespace poolmap::test

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/core.hpp"
+#include "http.hpp"
 
 using namespace std::chrono_literals;
 using poolmap::ErrorCode;
@@ -309,4 +310,244 @@ TEST_CASE("BrokerCore.Takeover.AResentChunkGoesOutAtOnceWhenAsManyWorkersAsItsCl
   CHECK(waiting.tasks_to("w2").empty());
   waiting.from(Side::kWorker, "w3", proto::Command::kReady, ready(9, 0, 2));
   CHECK(waiting.tasks_to("w2").size() + waiting.tasks_to("w3").size() == 1);
+}
+
+namespace {
+// The status row of `job` (its key: a stream's first job) of the only client, or nullptr.
+const proto::JobInfo* job_row(const proto::StatusReply& status, std::uint64_t job) {
+  for (const auto& row : status.jobs) {
+    if (row.job == job) return &row;
+  }
+  return nullptr;
+}
+
+// The worker `identity` (instance 7) answers a chunk, leaving probation: it gets as many chunks as its credit.
+void prove(Harness& broker, const std::string& identity) {
+  proto::Submit warm_up = chunk(999, 0);
+  warm_up.job_items = 1;  // its status row goes once answered
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, warm_up, {"w"});
+  const auto tasks = broker.tasks_to(identity);
+  REQUIRE(tasks.size() == 1);
+  broker.from(Side::kWorker, identity, proto::Command::kWorkerResult, ok(tasks[0].ticket, 7), {"r"});
+  broker.core().flush_results();
+  broker.results_to("c");
+}
+
+proto::Submit streamed(std::uint64_t job, std::uint64_t first_index, std::uint64_t stream) {
+  proto::Submit submit{job, 0, first_index, 1, kTask.name, kTask.signature, 0, 0, 0, 1};
+  submit.stream = stream;
+  return submit;
+}
+}  // namespace
+
+TEST_CASE("BrokerCore.Status.AnImapIsOneJobAndItsChunksCountTogether" * doctest::timeout(10)) {
+  // An imap sends each chunk as a job of its own, all naming the stream (its first job).
+  Harness broker({});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1});
+  broker.from(Side::kWorker, "w", proto::Command::kReady, ready(7, 70, 2));
+  prove(broker, "w");
+  for (std::uint64_t i = 0; i < 4; ++i) {
+    broker.from(Side::kClient, "c", proto::Command::kSubmit, streamed(5 + i, i, 5), {"x"});
+  }
+  auto status = broker.core().status_reply();
+  REQUIRE(status.jobs.size() == 1);
+  CHECK(status.jobs[0].job == 5);
+  CHECK(status.jobs[0].stream == 1);
+  CHECK(status.jobs[0].items_total == 0);  // a stream's length is not known
+  CHECK(status.jobs[0].chunks_in_flight == 2);
+  CHECK(status.jobs[0].chunks_queued == 2);
+  // Its first chunk (job 5) answered: the stream's row stays and counts it.
+  const auto tasks = broker.tasks_to("w");
+  REQUIRE(tasks.size() == 2);
+  broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, ok(tasks[0].ticket, 7), {"r"});
+  broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, ok(tasks[1].ticket, 7), {"r"});
+  status = broker.core().status_reply();
+  REQUIRE(status.jobs.size() == 1);
+  CHECK(status.jobs[0].items_done == 2);
+  CHECK(status.jobs[0].chunks_in_flight + status.jobs[0].chunks_queued == 2);
+  CHECK(broker.core().self_check() == "");
+  // Every chunk answered, then a liveness period idle: the row goes.
+  for (const auto& task : broker.tasks_to("w")) {
+    broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, ok(task.ticket, 7), {"r"});
+  }
+  CHECK(broker.core().status_reply().jobs.at(0).items_done == 4);
+  broker.now += 4s;
+  broker.from(Side::kClient, "c", proto::Command::kHeartbeat);
+  broker.from(Side::kWorker, "w", proto::Command::kHeartbeat);
+  broker.core().tick(broker.now);
+  CHECK(broker.core().status_reply().jobs.empty());
+  CHECK(broker.core().self_check() == "");
+}
+
+TEST_CASE("BrokerCore.Status.EachWorkerShowsTheChunkItRunsAndForHowLong" * doctest::timeout(10)) {
+  Harness broker({});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1});
+  broker.from(Side::kWorker, "w", proto::Command::kReady, ready(7, 70, 2));
+  prove(broker, "w");
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(3, 0), {"a"});
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(3, 1), {"b"});
+  const auto tasks = broker.tasks_to("w");
+  REQUIRE(tasks.size() == 2);
+  broker.now += 2500ms;
+  broker.from(Side::kWorker, "w", proto::Command::kHeartbeat);
+  auto status = broker.core().status_reply();
+  REQUIRE(status.workers.size() == 1);
+  CHECK(status.workers[0].running_task == "sq");
+  CHECK(status.workers[0].running_job == 3);
+  CHECK(status.workers[0].running_first_index == 0);  // the oldest it holds runs; the other waits behind it
+  CHECK(status.workers[0].running_items == 1);
+  CHECK(status.workers[0].running_ms == 2500);
+  // The first answered: the second runs from now.
+  broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, ok(tasks[0].ticket, 7), {"r"});
+  broker.now += 700ms;
+  broker.from(Side::kWorker, "w", proto::Command::kHeartbeat);
+  status = broker.core().status_reply();
+  CHECK(status.workers[0].running_first_index == 1);
+  CHECK(status.workers[0].running_ms == 700);
+  broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, ok(tasks[1].ticket, 7), {"r"});
+  CHECK(broker.core().status_reply().workers[0].running_items == 0);  // idle
+}
+
+TEST_CASE("BrokerCore.Status.FailuresAndRedispatchesAreListedNewestFirstWithTheirCause" * doctest::timeout(10)) {
+  Harness broker({});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"client-host", 42});
+  broker.from(Side::kWorker, "w", proto::Command::kReady, ready(7, 70, 1));
+  proto::Submit three = chunk(1, 0);
+  three.first_index = 30;
+  three.count = 3;
+  three.job_items = 3;
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, three, {"abc"});
+  auto tasks = broker.tasks_to("w");
+  REQUIRE(tasks.size() == 1);
+  // The task threw on the chunk's second item.
+  proto::WorkerResult threw{tasks[0].ticket, {ErrorCode::kTaskFailed, 1, "ValueError", "no square of 31", "host", 1, 0},
+                            7, 0, {}};
+  broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, threw, {""});
+  // Another chunk, whose worker then falls silent: lost, the chunk queued again.
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(2, 0), {"d"});
+  REQUIRE(broker.tasks_to("w").size() == 1);
+  broker.now += 4s;
+  broker.from(Side::kClient, "c", proto::Command::kHeartbeat);
+  broker.core().tick(broker.now);
+  const auto status = broker.core().status_reply();
+  REQUIRE(status.events.size() == 2);
+  const proto::EventInfo& lost = status.events[0];  // the newest first
+  CHECK(lost.kind == proto::kEventRedispatched);
+  CHECK(lost.job == 2);
+  CHECK(lost.attempt == 1);
+  CHECK(lost.worker_host == "host");
+  CHECK(lost.message.find("no heartbeat") != std::string::npos);
+  CHECK(lost.age_ms == 0);
+  const proto::EventInfo& failed = status.events[1];
+  CHECK(failed.kind == proto::kEventFailed);
+  CHECK(failed.task == "sq");
+  CHECK(failed.client_host == "client-host");
+  CHECK(failed.client_pid == 42);
+  CHECK(failed.job == 1);
+  CHECK(failed.item == 31);  // the failing item, not the chunk's first
+  CHECK(failed.items == 3);
+  CHECK(failed.error == "ValueError");
+  CHECK(failed.message == "no square of 31");
+  CHECK(failed.age_ms == 4000);
+  CHECK(status.chunks_redispatched == 1);
+  // The job that failed shows its failed items (its row lasts a liveness period).
+  const proto::JobInfo* row = job_row(broker.core().status_reply(), 1);
+  if (row != nullptr) CHECK(row->items_failed == 3);
+}
+
+TEST_CASE("BrokerCore.Status.EventsAreBoundedAndTheOldestGoFirst" * doctest::timeout(10)) {
+  Harness broker({});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1});
+  broker.from(Side::kWorker, "w", proto::Command::kReady, ready(7, 70, 1));
+  for (std::uint64_t job = 1; job <= proto::kMaxStatusEvents + 20; ++job) {
+    broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(job, 0), {"x"});
+    const auto tasks = broker.tasks_to("w");
+    REQUIRE(tasks.size() == 1);
+    proto::WorkerResult threw{tasks[0].ticket,
+                              {ErrorCode::kTaskFailed, 0, "E", std::string(5000, 'm'), "host", 1, 0}, 7, 0, {}};
+    broker.from(Side::kWorker, "w", proto::Command::kWorkerResult, threw, {""});
+  }
+  const auto status = broker.core().status_reply();
+  REQUIRE(status.events.size() == proto::kMaxStatusEvents);
+  CHECK(status.events.front().job == proto::kMaxStatusEvents + 20);
+  CHECK(status.events.back().job == 21);
+  CHECK(status.events.front().message.size() <= 1100);  // a long message is cut
+}
+
+TEST_CASE("BrokerCore.Status.SaysWhyAJobWaits" * doctest::timeout(10)) {
+  Harness broker({.max_client_chunks = 3});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1});
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(1, 0), {"a"});
+  CHECK(job_row(broker.core().status_reply(), 1)->waiting == "no worker is registered");
+  // A worker with other tasks, then one with the task under another signature.
+  proto::Ready other = ready(8, 80, 1);
+  other.tasks = {{"cube", "u64(u64)"}};
+  broker.from(Side::kWorker, "w-other", proto::Command::kReady, other);
+  CHECK(job_row(broker.core().status_reply(), 1)->waiting == "no worker offers task sq (1 registered)");
+  proto::Ready mismatched = ready(9, 90, 1);
+  mismatched.tasks = {{"sq", "f64(f64)"}};
+  broker.from(Side::kWorker, "w-mismatched", proto::Command::kReady, mismatched);
+  CHECK(job_row(broker.core().status_reply(), 1)->waiting.find("another signature") != std::string::npos);
+  // A worker that offers it, busy with one chunk: the next two wait for it.
+  broker.from(Side::kWorker, "w", proto::Command::kReady, ready(7, 70, 1));
+  CHECK(broker.tasks_to("w").size() == 1);
+  CHECK(job_row(broker.core().status_reply(), 1)->waiting.empty());  // running, none queued
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(1, 1), {"b"});
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(1, 2), {"c"});
+  CHECK(job_row(broker.core().status_reply(), 1)->waiting == "every worker that offers task sq is busy (1 worker)");
+  // A fourth chunk is over the client's quota of 3: refused, and status says why.
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(2, 0), {"d"});
+  broker.core().flush_results();
+  const auto refused = broker.results_to("c");
+  REQUIRE(refused.size() == 1);
+  CHECK(refused[0].outcome.code == ErrorCode::kResourceExhausted);
+  const auto status = broker.core().status_reply();
+  CHECK(job_row(status, 1)->waiting == "every worker that offers task sq is busy (1 worker)");  // the nearer cause
+  const proto::JobInfo* refused_job = job_row(status, 2);
+  REQUIRE(refused_job != nullptr);
+  CHECK(refused_job->waiting.find("holds its quota at the broker, 3 chunks (--max-client-chunks 3)") != std::string::npos);
+  CHECK(broker.core().self_check() == "");
+}
+
+TEST_CASE("BrokerCore.Status.SaysWhenTheClientsWindowHoldsAJobBack" * doctest::timeout(10)) {
+  // A map of 10 items sent a chunk at a time (the client's window is 1) while a worker idles.
+  Harness broker({});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1});
+  broker.from(Side::kWorker, "w1", proto::Command::kReady, ready(7, 70, 1));
+  broker.from(Side::kWorker, "w2", proto::Command::kReady, ready(8, 70, 1));
+  proto::Submit first = chunk(1, 0);
+  first.job_items = 10;
+  broker.from(Side::kClient, "c", proto::Command::kSubmit, first, {"a"});
+  const std::string waiting = job_row(broker.core().status_reply(), 1)->waiting;
+  CHECK(waiting.find("the client's window") != std::string::npos);
+  CHECK(waiting.find("max_chunks_in_flight") != std::string::npos);
+}
+
+TEST_CASE("BrokerCore.Status.WithTenThousandWorkersAndJobsTheDashboardsAnswerStaysBounded" * doctest::timeout(60)) {
+  Harness broker({.max_client_chunks = 20000, .max_client_jobs = 20000, .max_ready_per_second = 100000});
+  broker.from(Side::kClient, "c", proto::Command::kHello, proto::Hello{"host", 1});
+  for (std::uint64_t i = 1; i <= 10000; ++i) {
+    proto::Ready one = ready(i, 1, 1);
+    one.host = "worker-host-" + std::to_string(i);
+    broker.from(Side::kWorker, "w" + std::to_string(i), proto::Command::kReady, one);
+  }
+  for (std::uint64_t job = 1; job <= 10000; ++job) {
+    proto::Submit submit = chunk(job, 0);
+    submit.job_items = 1;
+    broker.from(Side::kClient, "c", proto::Command::kSubmit, submit, {"x"});
+  }
+  // Jobs beyond the workers: queued.
+  for (std::uint64_t job = 10001; job <= 10000 + proto::kMaxStatusEvents; ++job) {
+    broker.from(Side::kClient, "c", proto::Command::kSubmit, chunk(job, 0), {"x"});
+  }
+  broker.sent.clear();
+  const auto status = broker.core().status_reply();
+  CHECK(status.workers.size() == 10000);
+  CHECK(status.jobs.size() == proto::kMaxStatusJobs);
+  CHECK(status.jobs_omitted == 10000 + proto::kMaxStatusEvents - proto::kMaxStatusJobs);
+  const std::string json = poolmap::detail::status_json(status, "tcp://127.0.0.1:5555", 1000ms, 1000ms);
+  CHECK(json.size() < 3'000'000);
+  CHECK(json.find("\"workers_omitted\":" + std::to_string(10000 - poolmap::detail::kMaxWorkersShown)) != std::string::npos);
+  CHECK(json.find("\"jobs_omitted\":" + std::to_string(status.jobs_omitted)) != std::string::npos);
+  MESSAGE("the API's answer with 10,000 workers and 10,050 jobs: " << json.size() << " bytes");
 }

@@ -288,9 +288,9 @@ TEST_CASE("Codec.Example.SubmitMatchesDocsProtocolSection9" * doctest::timeout(1
   }
   CHECK(hex ==
         "0100000000000000020000000000000006000000000000000300000006000000000000007371756172650800000000000000"
-        "6936342869363429000000000000000000000000000000000c00000000000000");
+        "6936342869363429000000000000000000000000000000000c000000000000000000000000000000");
   const auto signature = proto::signature_frame(proto::Command::kSubmit);
-  CHECK(signature == std::array<std::byte, 4>{std::byte{0x50}, std::byte{0x4d}, std::byte{0x07}, std::byte{0x02}});
+  CHECK(signature == std::array<std::byte, 4>{std::byte{0x50}, std::byte{0x4d}, std::byte{0x08}, std::byte{0x02}});
   // From a broker of a pair: the same, then its epoch (little-endian).
   const auto stamped = proto::signature_frame(proto::Command::kResult, 0x0102);
   CHECK(stamped[3] == std::byte{0x12});

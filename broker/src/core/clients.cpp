@@ -56,16 +56,26 @@ std::optional<Status> BrokerCore::over_quota(const ClientState& client, std::uin
 }
 
 void BrokerCore::note_job(ClientState& client, const proto::Submit& submit) {
-  auto [record, added] = client.job_records.try_emplace(submit.job);
+  auto [record, added] = client.job_records.try_emplace(record_key(submit));
+  record->second.live.insert(submit.job);
   if (!added) return;
   record->second.task = printable(submit.task);
-  record->second.items_total = submit.job_items;
+  record->second.signature = printable(submit.signature);
+  record->second.stream = submit.stream != 0;
+  record->second.items_total = submit.stream != 0 ? 0 : submit.job_items;
   record->second.started = record->second.idle_since = now_;
   // Records outlive their tickets by a liveness period; a client that starts jobs very fast must
   // not make that unbounded.
   if (client.job_records.size() > 2 * options_.max_client_jobs) {
-    std::erase_if(client.job_records, [&](const auto& entry) { return !client.jobs.contains(entry.first); });
+    std::erase_if(client.job_records, [&](const auto& entry) { return entry.second.live.empty(); });
   }
+}
+
+void BrokerCore::job_gone(ClientState& client, std::uint64_t key, std::uint64_t job) {
+  const auto record = client.job_records.find(key);
+  if (record == client.job_records.end()) return;
+  record->second.live.erase(job);
+  if (record->second.live.empty()) record->second.idle_since = now_;
 }
 
 void BrokerCore::keep_context(ClientState& client, std::uint64_t hash, zmq::message_t& payload) {
@@ -236,6 +246,10 @@ bool BrokerCore::on_submit(const std::string& identity, const zmq::message_t& he
   client.chunk_bytes += static_cast<std::int64_t>(chunk.payload.size());
   if (context_missing || over) chunk.header.context_hash = 0;  // holds no reference
   if (over) {
+    if (over->code() == ErrorCode::kResourceExhausted) {
+      client.refused_for_quota = now_;
+      client.quota_refusal = over->message();
+    }
     answer_with_error(ticket, over->code(), over->message());
     return true;
   }
@@ -247,13 +261,14 @@ bool BrokerCore::on_submit(const std::string& identity, const zmq::message_t& he
       return true;
     }
     if (context == ClientContexts::State::kRefusedForNow) {
-      answer_with_error(ticket, ErrorCode::kResourceExhausted,
-                        "client " + client.host + " pid " + std::to_string(client.pid) +
-                            " holds its quota of broadcast contexts at the broker (" +
-                            std::to_string(client.contexts.held()) + " contexts, " +
-                            std::to_string(client.contexts.bytes()) +
-                            " bytes; --max-client-contexts, --max-client-context-bytes); "
-                            "send it again when earlier work is answered");
+      client.refused_for_quota = now_;
+      client.quota_refusal = "client " + client.host + " pid " + std::to_string(client.pid) +
+                             " holds its quota of broadcast contexts at the broker (" +
+                             std::to_string(client.contexts.held()) + " contexts, " +
+                             std::to_string(client.contexts.bytes()) +
+                             " bytes; --max-client-contexts, --max-client-context-bytes); "
+                             "send it again when earlier work is answered";
+      answer_with_error(ticket, ErrorCode::kResourceExhausted, client.quota_refusal);
       return true;
     }
     // Never sent, or freed after it went unused: the client sends it again.
@@ -343,9 +358,11 @@ void BrokerCore::on_cancel(ClientState& client, std::uint64_t job_id) {
   const auto job = client.jobs.find(job_id);
   if (job == client.jobs.end()) return;
   std::size_t dropped = 0;
+  std::uint64_t key = job_id;
   for (const std::uint64_t ticket : job->second) {
     const auto chunk = chunks_.find(ticket);
     if (chunk == chunks_.end()) continue;
+    key = record_key(chunk->second.header);
     // A running chunk stays in its worker's tickets: the worker gets its credit back when it
     // answers, and the answer is then ignored; told to abandon it, it answers soon. The
     // scheduler forgets the queued ones.
@@ -359,7 +376,9 @@ void BrokerCore::on_cancel(ClientState& client, std::uint64_t job_id) {
     ++dropped;
   }
   client.jobs.erase(job);
-  client.job_records.erase(job_id);
+  job_gone(client, key, job_id);
+  const auto record = client.job_records.find(key);
+  if (record != client.job_records.end() && !record->second.stream) client.job_records.erase(record);
   log_->debug("client {} cancelled job {}: {} chunks dropped", client.host, job_id, dropped);
 }
 
@@ -370,7 +389,7 @@ void BrokerCore::release_context(ClientState& client, std::uint64_t hash) const 
 void BrokerCore::expire_client_state() {
   for (auto& [id, client] : clients_by_id_) {
     std::erase_if(client.job_records, [&](const auto& entry) {
-      return !client.jobs.contains(entry.first) && now_ - entry.second.idle_since >= expiry();
+      return entry.second.live.empty() && now_ - entry.second.idle_since >= expiry();
     });
     client.contexts.expire(now_, expiry());
   }

@@ -150,46 +150,146 @@ bool BrokerCore::send_to_worker(WorkerState& worker, std::vector<zmq::message_t>
   return true;
 }
 
+void BrokerCore::note_event(std::uint8_t kind, const Chunk& chunk, const proto::Outcome* outcome,
+                            const std::string& message, const WorkerState* ran_it) {
+  constexpr std::size_t kMessageBytes = 1000;
+  Event& event = events_.emplace_back();
+  event.when = now_;
+  proto::EventInfo& info = event.info;
+  info.kind = kind;
+  info.task = printable(chunk.header.task);
+  if (const auto client = clients_by_id_.find(chunk.client); client != clients_by_id_.end()) {
+    info.client_host = client->second.host;
+    info.client_pid = client->second.pid;
+  }
+  info.job = record_key(chunk.header);
+  info.item = chunk.header.first_index;
+  info.items = chunk.header.count;
+  info.attempt = chunk.attempt;
+  info.message = printable(message, kMessageBytes);
+  if (kind == proto::kEventFailed) {
+    if (const auto client = clients_by_id_.find(chunk.client); client != clients_by_id_.end()) {
+      const auto record = client->second.job_records.find(record_key(chunk.header));
+      if (record != client->second.job_records.end()) record->second.items_failed += chunk.header.count;
+    }
+  }
+  if (outcome != nullptr) {
+    if (outcome->code == ErrorCode::kTaskFailed && outcome->failed_offset < chunk.header.count) {
+      info.item += outcome->failed_offset;
+    }
+    info.error = outcome->error_type.empty() ? std::string(poolmap::to_string(outcome->code)) : printable(outcome->error_type);
+    info.worker_host = printable(outcome->worker_host);
+    info.worker_pid = outcome->worker_pid;
+  }
+  if (ran_it != nullptr) {
+    info.worker_host = ran_it->host;
+    info.worker_pid = ran_it->pid;
+  }
+  if (events_.size() > proto::kMaxStatusEvents) events_.pop_front();
+}
+
 proto::StatusReply BrokerCore::status_reply() const {
   proto::StatusReply reply;
   const auto now = now_;
   const auto clamp_ms = [](std::chrono::milliseconds ms) {
     return static_cast<std::uint32_t>(std::min<std::int64_t>(ms.count(), UINT32_MAX));
   };
+  // Per task name and signature: the workers that offer it, and those of them with room for a chunk.
+  struct Offered {
+    std::uint32_t workers = 0;
+    std::uint32_t with_room = 0;
+  };
+  std::unordered_map<std::string, Offered> offered;      // name '\0' signature
+  std::unordered_map<std::string, std::uint32_t> named;  // by name alone
   for (const auto& [id, worker] : workers_by_id_) {
     // Only the public half of each id (what logs show): the whole id is what a supervisor proves
     // its exit reports with and a process its registration, so status must not hand it out.
-    reply.workers.push_back({worker.host, worker.pid, static_cast<std::uint32_t>(worker.tickets.size()),
-                             worker.chunks_done, detail::public_id(worker.instance),
-                             detail::public_id(worker.supervisor), worker.tasks,
-                             worker.chunks_failed, clamp_ms(since(worker.last_heard, now)), worker.credit});
+    proto::WorkerInfo& info = reply.workers.emplace_back();
+    info.host = worker.host;
+    info.pid = worker.pid;
+    info.in_flight = static_cast<std::uint32_t>(worker.tickets.size());
+    info.chunks_done = worker.chunks_done;
+    info.instance = detail::public_id(worker.instance);
+    info.supervisor = detail::public_id(worker.supervisor);
+    info.tasks = worker.tasks;
+    info.chunks_failed = worker.chunks_failed;
+    info.last_seen_ms = clamp_ms(since(worker.last_heard, now));
+    info.credit = worker.credit;
+    for (const std::uint64_t ticket : worker.dispatch_order) {  // the oldest it holds runs
+      if (!worker.tickets.contains(ticket)) continue;
+      const auto chunk = chunks_.find(ticket);
+      if (chunk == chunks_.end()) break;  // cancelled while running: it runs nothing of ours
+      info.running_task = printable(chunk->second.header.task);
+      info.running_job = record_key(chunk->second.header);
+      info.running_first_index = chunk->second.header.first_index;
+      info.running_items = chunk->second.header.count;
+      info.running_ms = clamp_ms(since(worker.running_since, now));
+      break;
+    }
+    const bool room = worker.tickets.size() < worker.credit;
+    for (const proto::TaskInfo& task : worker.tasks) {
+      Offered& entry = offered[task.name + '\0' + task.signature];
+      ++entry.workers;
+      if (room) ++entry.with_room;
+      ++named[task.name];
+    }
   }
   for (const auto& [id, client] : clients_by_id_) {
-    for (const auto& [job, record] : client.job_records) {
+    const bool at_quota = client.refused_for_quota != Clock::time_point{} && now - client.refused_for_quota < expiry();
+    for (const auto& [key, record] : client.job_records) {
       proto::JobInfo& info = reply.jobs.emplace_back();
       info.client_host = client.host;
       info.client_pid = client.pid;
-      info.job = job;
+      info.job = key;
       info.task = record.task;
       info.items_total = record.items_total;
       info.items_done = record.items_done;
       info.age_ms = clamp_ms(since(record.started, now));
-      const auto live = client.jobs.find(job);
-      if (live == client.jobs.end()) continue;
-      for (const std::uint64_t ticket : live->second) {
-        const auto chunk = chunks_.find(ticket);
-        if (chunk == chunks_.end()) continue;
-        if (chunk->second.worker.empty()) {
-          ++info.chunks_queued;
-        } else {
-          ++info.chunks_in_flight;
-          info.items_done += chunk->second.items_reported;
+      info.stream = record.stream ? 1 : 0;
+      info.items_failed = record.items_failed;
+      std::uint64_t items_here = 0;  // in its chunks at the broker, queued or running
+      for (const std::uint64_t job : record.live) {
+        const auto live = client.jobs.find(job);
+        if (live == client.jobs.end()) continue;
+        for (const std::uint64_t ticket : live->second) {
+          const auto chunk = chunks_.find(ticket);
+          if (chunk == chunks_.end()) continue;
+          items_here += chunk->second.header.count;
+          if (chunk->second.worker.empty()) {
+            ++info.chunks_queued;
+          } else {
+            ++info.chunks_in_flight;
+            info.items_done += chunk->second.items_reported;
+            items_here -= chunk->second.items_reported;
+          }
         }
+      }
+      const auto found = offered.find(record.task + '\0' + record.signature);
+      const Offered capable = found != offered.end() ? found->second : Offered{};
+      if (info.chunks_queued > 0 && capable.workers == 0) {
+        info.waiting = workers_by_id_.empty() ? "no worker is registered"
+                       : named.contains(record.task)
+                           ? "the workers that offer task " + record.task + " offer it with another signature (not " +
+                                 record.signature + ")"
+                           : "no worker offers task " + record.task + " (" + std::to_string(workers_by_id_.size()) +
+                                 " registered)";
+      } else if (info.chunks_queued > 0 && capable.with_room == 0) {
+        info.waiting = "every worker that offers task " + record.task + " is busy (" + std::to_string(capable.workers) +
+                       (capable.workers == 1 ? " worker)" : " workers)");
+      } else if (at_quota) {
+        info.waiting = client.quota_refusal;
+      } else if (info.chunks_queued == 0 && capable.with_room > 0 && record.items_total != 0 &&
+                 info.items_done + items_here < record.items_total) {
+        info.waiting = "the client's window: " + std::to_string(info.chunks_in_flight) +
+                       " chunks at the broker and workers idle; the rest wait in the client (PoolOptions::max_chunks_in_flight)";
       }
     }
   }
   std::sort(reply.jobs.begin(), reply.jobs.end(), [](const auto& a, const auto& b) { return a.age_ms > b.age_ms; });
-  if (reply.jobs.size() > proto::kMaxStatusJobs) reply.jobs.resize(proto::kMaxStatusJobs);
+  if (reply.jobs.size() > proto::kMaxStatusJobs) {
+    reply.jobs_omitted = static_cast<std::uint32_t>(reply.jobs.size() - proto::kMaxStatusJobs);
+    reply.jobs.resize(proto::kMaxStatusJobs);
+  }
   for (const auto& [ticket, chunk] : chunks_) {
     if (!chunk.worker.empty()) ++reply.chunks_in_flight;
   }
@@ -207,6 +307,10 @@ proto::StatusReply BrokerCore::status_reply() const {
   reply.context_bytes_sent = context_bytes_sent_;
   for (const auto& [id, client] : clients_by_id_) {
     reply.context_bytes_held += static_cast<std::uint64_t>(client.contexts.bytes());
+  }
+  for (auto event = events_.rbegin(); event != events_.rend(); ++event) {
+    proto::EventInfo& info = reply.events.emplace_back(event->info);
+    info.age_ms = clamp_ms(since(event->when, now));
   }
   reply.role = "active";
   if (pair_ != nullptr) pair_->describe(reply, now);
@@ -266,6 +370,14 @@ std::string BrokerCore::self_check() const {
   for (const auto& [id, client] : clients_by_id_) {
     std::size_t in_jobs = 0;
     for (const auto& [job, tickets] : client.jobs) in_jobs += tickets.size();
+    for (const auto& [key, record] : client.job_records) {
+      for (const std::uint64_t job : record.live) {
+        if (!client.jobs.contains(job)) {
+          return "client " + printable_identity(id) + "'s job record " + std::to_string(key) + " counts job " +
+                 std::to_string(job) + " live, which has no chunk";
+        }
+      }
+    }
     if (client.chunks != chunks_of[id] || in_jobs != chunks_of[id] || client.chunk_bytes != bytes_of[id]) {
       return "client " + printable_identity(id) + " counts " + std::to_string(client.chunks) + " chunks (" +
              std::to_string(in_jobs) + " in jobs, " + std::to_string(client.chunk_bytes) + " bytes); the ledger has " +

@@ -170,6 +170,7 @@ class BrokerCore {
     Clock::time_point last_sent;
     std::pmr::unordered_set<std::uint64_t> tickets;  // chunks this worker holds
     std::deque<std::uint64_t> dispatch_order;    // tickets in the order sent; the oldest held one runs
+    Clock::time_point running_since;  // when the chunk it runs now was sent, or the one before it answered
     std::unordered_set<std::uint64_t> contexts;  // broadcast contexts it was sent (it may evict them)
     std::uint64_t chunks_done = 0;
     std::uint64_t chunks_failed = 0;  // answered with an error (not counting cancelled ones)
@@ -197,14 +198,22 @@ class BrokerCore {
     // What `poolmap status` shows of each job: kept while it has live tickets, then for a liveness
     // period (more of a job comes as earlier chunks are answered), until all its items are done
     // or it is cancelled.
+    // A record is keyed by record_key(): an imap (a stream of one-chunk jobs) has one record.
     struct JobRecord {
       std::string task;  // printable
-      std::uint64_t items_total = 0;
+      std::string signature;
+      std::uint64_t items_total = 0;  // 0 for a stream
       std::uint64_t items_done = 0;  // in chunks answered
+      std::uint64_t items_failed = 0;  // in chunks answered with an error
+      bool stream = false;
       Clock::time_point started;
       Clock::time_point idle_since;  // no live tickets since then
+      std::unordered_set<std::uint64_t> live;  // its jobs with chunks here (keys of `jobs`)
     };
     std::map<std::uint64_t, JobRecord> job_records;
+    // Its last SUBMIT refused for its quotas at the broker, and why: status says so for a while.
+    Clock::time_point refused_for_quota{};
+    std::string quota_refusal;
     ClientContexts contexts;  // its broadcast contexts, within its quotas (contexts.hpp)
     // RESULT frames not sent yet ([signature, then a header and a payload frame per chunk]): the
     // results of one pass of the loop go in one message (flush_results).
@@ -278,8 +287,12 @@ class BrokerCore {
   // Why a SUBMIT of `bytes` for `job` does not fit in the client's quotas now (kResourceExhausted)
   // or ever (kInvalidArgument), or nullopt when it fits.
   std::optional<Status> over_quota(const ClientState& client, std::uint64_t job, std::int64_t bytes) const;
-  // Starts the status record of the job `submit` belongs to, if it is new.
+  // Starts the status record of the job `submit` belongs to, if it is new, and counts the job live.
   void note_job(ClientState& client, const proto::Submit& submit);
+  // The job `job` (of the record `key`) has no chunk here any more.
+  void job_gone(ClientState& client, std::uint64_t key, std::uint64_t job);
+  // The status record a chunk counts in: its stream's (imap), else its job's.
+  static std::uint64_t record_key(const proto::Submit& header) { return header.stream != 0 ? header.stream : header.job; }
   // Stores a CONTEXT if it fits in the client's quotas, freeing contexts no chunk uses (oldest
   // first) to make room; else remembers it as refused.
   void keep_context(ClientState& client, std::uint64_t hash, zmq::message_t& payload);
@@ -347,7 +360,9 @@ class BrokerCore {
   // Nobody waits for `ticket` any more: its worker, if it holds it, drops it or (running) ends
   // after a grace of one heartbeat interval, so abandoned work does not hold workers.
   void abandon(std::uint64_t ticket, const Chunk& chunk);
-  void requeue(std::uint64_t ticket, const std::string& cause, bool blamed, bool counted);
+  // `holder`: the worker it was on, where it is no longer registered (lose_worker).
+  void requeue(std::uint64_t ticket, const std::string& cause, bool blamed, bool counted,
+               const WorkerState* holder = nullptr);
   void fail_chunk(std::uint64_t ticket, const std::string& why);
   // Chunks no worker can run any more, and chunks past their retry budget whose workers stayed gone.
   void fail_hopeless_chunks();
@@ -473,6 +488,18 @@ class BrokerCore {
   bool workers_back() const { return workers_expected_ != 0 && workers_by_id_.size() >= workers_expected_; }
   std::uint64_t chunks_adopted_ = 0;  // chunks that kept running on their worker across brokers
   std::uint64_t orphans_delivered_ = 0;
+
+  // The latest failures and re-dispatches, for the status (at most proto::kMaxStatusEvents, oldest first).
+  struct Event {
+    Clock::time_point when;
+    proto::EventInfo info;  // age_ms filled in by status_reply()
+  };
+  std::deque<Event> events_;
+  // Remembers a failure (kEventFailed) or a re-dispatch of `chunk`. `outcome`: what failed, or
+  // nullptr with `message` the re-dispatch's cause.
+  // `ran_it`: the worker that held it, where known.
+  void note_event(std::uint8_t kind, const Chunk& chunk, const proto::Outcome* outcome, const std::string& message,
+                  const WorkerState* ran_it = nullptr);
 
   std::uint64_t chunks_done_ = 0;
   std::uint64_t chunks_failed_ = 0;

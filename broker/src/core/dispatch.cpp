@@ -83,6 +83,7 @@ void BrokerCore::send_tasks(WorkerState& worker, const std::vector<std::uint64_t
                        [&](const Chunk::Holder& h) { return h.instance == worker.instance && h.identity == worker.identity; })) {
         chunk.holders.push_back({worker.instance, worker.identity});
       }
+      if (worker.tickets.empty()) worker.running_since = now_;
       worker.tickets.insert(ticket);
       worker.dispatch_order.push_back(ticket);
       if (chunk.attempt == 1 && (chunk.header.flags & proto::kNotifyStarted) != 0) started.push_back(ticket);

@@ -35,7 +35,7 @@ void BrokerCore::forward_result(std::uint64_t ticket, proto::Outcome&& outcome, 
         owner.next_delivery = (owner.next_delivery + 1) % kDeliveriesKept;
       }
     }
-    if (const auto record = owner.job_records.find(chunk->second.header.job); record != owner.job_records.end()) {
+    if (const auto record = owner.job_records.find(record_key(chunk->second.header)); record != owner.job_records.end()) {
       record->second.items_done += chunk->second.header.count;
       if (record->second.items_total != 0 && record->second.items_done >= record->second.items_total) {
         owner.job_records.erase(record);
@@ -45,6 +45,7 @@ void BrokerCore::forward_result(std::uint64_t ticket, proto::Outcome&& outcome, 
   } else if (outcome.code != ErrorCode::kContextMissing && outcome.code != ErrorCode::kResourceExhausted) {
     ++chunks_failed_;  // those two are sent again, not failed
     metrics_.failed();
+    if (outcome.code != ErrorCode::kCancelled) note_event(proto::kEventFailed, chunk->second, &outcome, outcome.message);
   }
   metrics_.bytes_sent(payload.size());
   const proto::ClientResult forward{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
@@ -89,7 +90,9 @@ bool BrokerCore::on_worker_result(const std::string& identity, const zmq::messag
   while (!worker.dispatch_order.empty() && !worker.tickets.contains(worker.dispatch_order.front())) {
     worker.dispatch_order.pop_front();  // answered earlier
   }
-  if (worker.tickets.erase(ticket) == 0) {
+  if (worker.tickets.erase(ticket) != 0) {
+    worker.running_since = now_;  // the next chunk it holds runs from now
+  } else {
     // Not a chunk this registration holds: perhaps one it ran before it registered again.
     result.value().instance = worker.instance;  // this registration's process, whatever it says
     if (!accept_late_result(result.value(), payload, identity, true) &&
@@ -207,10 +210,8 @@ void BrokerCore::finish_chunk(std::uint64_t ticket) {
     if (job != client->second.jobs.end()) {
       job->second.erase(ticket);
       if (job->second.empty()) {
-        if (const auto record = client->second.job_records.find(job->first); record != client->second.job_records.end()) {
-          record->second.idle_since = now_;
-        }
         client->second.jobs.erase(job);
+        job_gone(client->second, record_key(chunk->second.header), chunk->second.header.job);
       }
     }
   }
@@ -249,6 +250,7 @@ void BrokerCore::fail_chunk(std::uint64_t ticket, const std::string& why) {
                     std::to_string(chunk.header.first_index + chunk.header.count - 1) + ") " + why + " (" + causes + ")";
   ++chunks_failed_;
   metrics_.failed();
+  note_event(proto::kEventFailed, chunk, &outcome, outcome.message);
   log_->warn("giving up on a chunk: {}", outcome.message);
   auto out = wire::make(Command::kResult, proto::ClientResult{chunk.header.job, chunk.header.chunk, chunk.attempt,
                                                               std::move(outcome), worker_count()});
@@ -257,10 +259,13 @@ void BrokerCore::fail_chunk(std::uint64_t ticket, const std::string& why) {
   if (client != clients_by_id_.end()) send_to_client(client->second, out);
 }
 
-void BrokerCore::requeue(std::uint64_t ticket, const std::string& cause, bool blamed, bool counted) {
+void BrokerCore::requeue(std::uint64_t ticket, const std::string& cause, bool blamed, bool counted,
+                         const WorkerState* holder) {
   const auto found = chunks_.find(ticket);
   if (found == chunks_.end()) return;
   Chunk& chunk = found->second;
+  const auto registered = workers_by_id_.find(chunk.worker);
+  const WorkerState* ran_it = holder != nullptr ? holder : registered != workers_by_id_.end() ? &registered->second : nullptr;
   chunk.worker.clear();
   // Bounded: losses that spend no retry (hand-backs, workers on probation) may repeat many times.
   if (chunk.lost_causes.size() < 2 * static_cast<std::size_t>(std::max(options_.max_retries, options_.poison_kills)) + 8) {
@@ -281,6 +286,7 @@ void BrokerCore::requeue(std::uint64_t ticket, const std::string& cause, bool bl
   }
   ++chunks_redispatched_;
   metrics_.redispatched();
+  note_event(proto::kEventRedispatched, chunk, nullptr, cause, ran_it);
   queue_chunk(ticket, true);
 }
 

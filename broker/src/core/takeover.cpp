@@ -92,6 +92,7 @@ void BrokerCore::adopt_chunk(std::uint64_t ticket, WorkerState& worker, std::uin
       })) {
     chunk.holders.push_back({worker.instance, worker.identity});
   }
+  if (worker.tickets.empty()) worker.running_since = now_;
   worker.tickets.insert(ticket);
   worker.dispatch_order.push_back(ticket);
   if (worker_ticket != ticket) worker.aliases[worker_ticket] = ticket;

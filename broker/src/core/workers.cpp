@@ -365,7 +365,7 @@ void BrokerCore::lose_worker(std::string identity, const std::string& cause, Los
     const bool blamed = loss == Loss::kCrash && running != 0 && running == ticket;
     const bool counted = proven && (loss == Loss::kLost || loss == Loss::kBroken);
     requeue(ticket, blamed ? described : (loss == Loss::kCrash ? "prefetched by a crashed " + described : described),
-            blamed, counted);
+            blamed, counted, &worker);
   }
   announce_workers();
 }

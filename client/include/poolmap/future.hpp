@@ -59,7 +59,11 @@ struct JobRequest {
   std::shared_ptr<const Bytes> context{};     // broadcast context (Task::with); null = none
   std::uint64_t context_hash = 0;
   std::shared_ptr<ChunkSink> sink{};          // takes each chunk's results as they arrive; null = keep them
+  // The imap this job is one chunk of, which status shows as one job: 0 = none; kStartStream: its
+  // first chunk (the stream is then named by this job's number, FutureCore::job_id); else that name.
+  std::uint64_t stream = 0;
 };
+inline constexpr std::uint64_t kStartStream = ~std::uint64_t{0};
 
 // Takes a job's results chunk by chunk on the Pool's I/O thread, as they arrive. Pool::map decodes
 // them straight into its output vector (VectorSink), so that the received bytes are freed at once
@@ -284,6 +288,7 @@ class FutureCore {
 
   // Set by the Pool before the core is shared: asks it to cancel the job at the broker.
   std::function<void()> request_cancel;
+  std::uint64_t job_id = 0;     // set by the Pool before the core is shared: the job's number at the broker
   std::string task;             // for messages
   std::size_t total_items = 0;  // inputs of the job
 

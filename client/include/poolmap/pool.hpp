@@ -169,6 +169,13 @@ struct BrokerStatus {
     std::uint64_t chunks_failed = 0;          // answered with an error
     std::chrono::milliseconds last_seen{0};  // since the broker last heard from it
     std::uint32_t credit = 0;  // chunks it accepts at a time: 1 + its prefetch (fixed or adapted)
+    // The chunk it runs now (the oldest it holds): task, job (as Job::id), first item and count,
+    // and how long it has run. running_items == 0: none.
+    std::string running_task{};
+    std::uint64_t running_job = 0;
+    std::uint64_t running_first_index = 0;
+    std::uint32_t running_items = 0;
+    std::chrono::milliseconds running_for{0};
   };
   // A job with chunks at the broker (or answered within the last liveness period), oldest first.
   struct Job {
@@ -176,14 +183,38 @@ struct BrokerStatus {
     std::uint32_t client_pid = 0;
     std::uint64_t id = 0;  // per client
     std::string task;
-    std::uint64_t items_total = 0;  // 0 = not known (each chunk of an imap is a job of its own)
+    std::uint64_t items_total = 0;  // 0 = not known (an imap's)
     std::uint64_t items_done = 0;   // answered, plus what running chunks reported
     std::uint32_t chunks_queued = 0;
     std::uint32_t chunks_in_flight = 0;
     std::chrono::milliseconds age{0};  // since its first chunk reached the broker
+    bool stream = false;               // an imap (or imap_unordered): its chunks counted as one job
+    std::uint64_t items_failed = 0;    // in chunks answered with an error
+    // Why its work waits, as far as the broker can tell; "" = it does not (or for no reason it
+    // knows). E.g. "no worker offers task square (3 registered)".
+    std::string waiting{};
+  };
+  // Something that went wrong with a chunk: it failed (its client got the error), or it was
+  // queued again (its worker was lost, crashed or answered wrongly).
+  struct Event {
+    enum class Kind { kFailed, kRedispatched };
+    Kind kind = Kind::kFailed;
+    std::chrono::milliseconds age{0};  // how long ago
+    std::string task;
+    std::string client_host;
+    std::uint32_t client_pid = 0;
+    std::uint64_t job = 0;    // as Job::id
+    std::uint64_t item = 0;   // the failing item's index (a task's exception), else the chunk's first item
+    std::uint32_t items = 0;  // in the chunk
+    std::uint32_t attempt = 0;
+    std::string error;        // kFailed: the exception's type, or the error code's name
+    std::string message;      // kFailed: the exception's message; kRedispatched: the cause
+    std::string worker_host;  // the worker that ran it ("" when none did)
+    std::uint32_t worker_pid = 0;
   };
   std::vector<Worker> workers;
   std::vector<Job> jobs;
+  std::vector<Event> events;  // the latest (at most 50), newest first
   std::uint32_t clients = 0;
   std::uint64_t chunks_queued = 0;
   std::uint64_t chunks_in_flight = 0;

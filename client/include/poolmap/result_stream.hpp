@@ -138,6 +138,7 @@ class ResultStream {
     bool ordered = true;
     std::size_t chunksize = 1;
     std::size_t chunks_sent = 0;
+    std::uint64_t stream = 0;  // its name at the broker: the job number of its first chunk (0: none sent yet)
     std::uint64_t next_index = 0;
     bool input_done = false;
     bool failed = false;
@@ -167,7 +168,9 @@ class ResultStream {
                                std::chrono::milliseconds(0), count};
         job.chunks.push_back(std::move(chunk));
         job.sink = detail::CheckingSink<R>::shared();  // a lying worker's answer is run again, not returned
+        job.stream = stream != 0 ? stream : detail::kStartStream;  // status shows the imap as one job
         Chunk sent{starter(std::move(job)), static_cast<std::uint32_t>(count), bytes};
+        if (stream == 0) stream = sent.core->job_id;
         ++chunks_sent;
         if (ordered) {
           in_order.push_back(std::move(sent));

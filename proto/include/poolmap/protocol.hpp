@@ -27,7 +27,7 @@ namespace poolmap::proto {
 
 inline constexpr std::byte kTag0{'P'};
 inline constexpr std::byte kTag1{'M'};
-inline constexpr std::uint8_t kVersion = 7;
+inline constexpr std::uint8_t kVersion = 8;
 
 // One byte after the tag and version. Values are part of the protocol: never renumber.
 enum class Command : std::uint8_t {
@@ -146,9 +146,12 @@ struct Submit {
   std::uint64_t context_hash = 0; // the job's broadcast context (a CONTEXT sent before); 0 = none
   std::uint32_t flags = 0;        // kNotifyStarted
   std::uint64_t job_items = 0;    // items in the whole job (for `poolmap status`); 0 = not known
+  // The stream (imap) this job is one chunk of, named by the job number of its first chunk; status
+  // shows a stream as one job. 0 = none.
+  std::uint64_t stream = 0;
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(job, chunk, first_index, count, task, signature, deadline_ms, context_hash, flags, job_items);
+    ar(job, chunk, first_index, count, task, signature, deadline_ms, context_hash, flags, job_items, stream);
   }
 };
 // Submit::flags: answer with STARTED once the chunk's first dispatch has been on a worker for 1 ms
@@ -366,9 +369,18 @@ struct WorkerInfo {
   std::uint64_t chunks_failed = 0;  // answered with an error (the task threw, a deadline, ...)
   std::uint32_t last_seen_ms = 0;   // since the broker last heard from it
   std::uint32_t credit = 0;         // chunks it accepts at a time (READY, CREDIT)
+  // The chunk it runs now (the oldest it holds): its job (as JobInfo::job), first item and count,
+  // and how long it has run (since it was sent, or since the worker answered the one before it).
+  // running_items == 0: it runs none.
+  std::string running_task{};
+  std::uint64_t running_job = 0;
+  std::uint64_t running_first_index = 0;
+  std::uint32_t running_items = 0;
+  std::uint32_t running_ms = 0;
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(host, pid, in_flight, chunks_done, instance, supervisor, tasks, chunks_failed, last_seen_ms, credit);
+    ar(host, pid, in_flight, chunks_done, instance, supervisor, tasks, chunks_failed, last_seen_ms, credit,
+       running_task, running_job, running_first_index, running_items, running_ms);
   }
 };
 
@@ -383,11 +395,42 @@ struct JobInfo {
   std::uint32_t chunks_queued = 0;
   std::uint32_t chunks_in_flight = 0;
   std::uint32_t age_ms = 0;       // since its first SUBMIT reached the broker
+  std::uint8_t stream = 0;        // 1: an imap (Submit::stream), its chunks counted together
+  std::uint64_t items_failed = 0; // in chunks answered with an error
+  // Why its work waits, as far as the broker can tell ("" = it does not, or for no reason it
+  // knows): no worker offers the task, every worker that does is busy, the client is at its quota
+  // at the broker, or the client's own window holds the rest while workers that could run it idle.
+  std::string waiting{};
   template <class Archive>
   void serialize(Archive& ar) {
-    ar(client_host, client_pid, job, task, items_total, items_done, chunks_queued, chunks_in_flight, age_ms);
+    ar(client_host, client_pid, job, task, items_total, items_done, chunks_queued, chunks_in_flight, age_ms, stream,
+       items_failed, waiting);
   }
 };
+
+// Something that went wrong with a chunk, as the status shows it (the latest kMaxStatusEvents).
+struct EventInfo {
+  std::uint8_t kind = 0;  // kEventFailed: it failed (its client got the error); kEventRedispatched: queued again
+  std::uint32_t age_ms = 0;
+  std::string task;
+  std::string client_host;
+  std::uint32_t client_pid = 0;
+  std::uint64_t job = 0;    // as JobInfo::job
+  std::uint64_t item = 0;   // the failing item's index (a task's exception), else the chunk's first item
+  std::uint32_t items = 0;  // in the chunk
+  std::uint32_t attempt = 0;
+  std::string error;    // failed: the exception's type, or the error code's name
+  std::string message;  // failed: the exception's message or what went wrong; redispatched: the cause
+  std::string worker_host;  // the worker that ran it ("" when none did)
+  std::uint32_t worker_pid = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(kind, age_ms, task, client_host, client_pid, job, item, items, attempt, error, message, worker_host, worker_pid);
+  }
+};
+inline constexpr std::uint8_t kEventFailed = 1;
+inline constexpr std::uint8_t kEventRedispatched = 2;
+inline constexpr std::size_t kMaxStatusEvents = 50;
 
 struct StatusReply {
   std::vector<WorkerInfo> workers;
@@ -406,11 +449,13 @@ struct StatusReply {
   std::uint64_t epoch = 0;                   // 0 for a broker without a peer
   std::string peer;                          // "" (no peer), or the peer's state: "active", "passive", "silent"
   std::uint32_t peer_silent_ms = 0;          // since the peer was last heard (with a peer)
+  std::vector<EventInfo> events;             // failures and re-dispatches, newest first, at most kMaxStatusEvents
+  std::uint32_t jobs_omitted = 0;            // jobs beyond the kMaxStatusJobs in `jobs`
   template <class Archive>
   void serialize(Archive& ar) {
     ar(workers, clients, chunks_queued, chunks_in_flight, chunks_done, chunks_failed,
        chunks_redispatched, bad_messages, context_bytes_received, context_bytes_sent, context_bytes_held, jobs, role,
-       epoch, peer, peer_silent_ms);
+       epoch, peer, peer_silent_ms, events, jobs_omitted);
   }
 };
 
