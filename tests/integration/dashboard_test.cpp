@@ -288,11 +288,16 @@ TEST_CASE("Dashboard.Browser.ThePageShowsTheMapAndItsWorkersAndRunsNoScriptOfAPe
   // once seen.
   auto future = pool.map_async(t::sleep_ms, std::vector<std::int64_t>(600, 50), {.chunksize = 2});
   REQUIRE(t::eventually([&] { return status_of(cluster).find("\"task\":\"test.sleep_ms\"") != std::string::npos; }, 20s));
+  // A worker killed (kill -9) while it runs a chunk: its chunk is re-dispatched, and the page lists it.
+  const pid_t victim = cluster.worker_pids().at(0);
+  REQUIRE(t::eventually([&] { return runs_a_chunk(status_of(cluster), victim); }, 20s));
+  ::kill(victim, SIGKILL);
+  REQUIRE(t::eventually([&] { return status_of(cluster).find("\"kind\":\"redispatched\"") != std::string::npos; }, 20s));
   t::TempDir dir;
   // A screenshot under the build tree (the README's is one of these).
   auto shot = chromium_args(chromium, dir);
   const std::string png = (std::filesystem::current_path() / "dashboard.png").string();
-  shot.insert(shot.end(), {"--window-size=1400,800", "--hide-scrollbars", "--screenshot=" + png, cluster.http_url()});
+  shot.insert(shot.end(), {"--window-size=1400,900", "--hide-scrollbars", "--screenshot=" + png, cluster.http_url()});
   t::ChildProcess screenshot(shot);
   const auto shot_status = screenshot.wait(90s);
   CHECK(shot_status.has_value());
@@ -302,11 +307,6 @@ TEST_CASE("Dashboard.Browser.ThePageShowsTheMapAndItsWorkersAndRunsNoScriptOfAPe
   const std::string task = "</script><script>document.title='pwned2'</script>";
   MarkupWorker hostile(cluster.worker_endpoint(), host, task);
   REQUIRE(t::eventually([&] { return status_of(cluster).find("onerror") != std::string::npos; }, 20s));
-  // A worker killed (kill -9) while it runs a chunk: its chunk is re-dispatched, and the page lists it.
-  const pid_t victim = cluster.worker_pids().at(0);
-  REQUIRE(t::eventually([&] { return runs_a_chunk(status_of(cluster), victim); }, 20s));
-  ::kill(victim, SIGKILL);
-  REQUIRE(t::eventually([&] { return status_of(cluster).find("\"kind\":\"redispatched\"") != std::string::npos; }, 20s));
   auto args = chromium_args(chromium, dir);
   args.push_back("--dump-dom");
   args.push_back(cluster.http_url());
