@@ -522,9 +522,38 @@ class Run {
                          ", over budget " + std::to_string(f.over_budget) + ")");
     }
     if (f.workers > 64 || f.silenced > 4096) world_.fail("the broker's worker registry grows without bound");
+    if (++steps_checked_ % 64 == 0) check_status(core);
     if (world_.pair() && (f.adoptable > 64 * 1024 || f.orphans > 64 * 1024)) {
       world_.fail("the broker's takeover state is not bounded (adoptable " + std::to_string(f.adoptable) +
                   ", orphans " + std::to_string(f.orphans) + ")");
+    }
+  }
+
+  // What status (and the dashboard) shows agrees with the core and stays bounded: no more jobs and
+  // events than the reply holds, no job done beyond its items, each worker's running chunk one it
+  // holds.
+  void check_status(const detail::BrokerCore& core) {
+    const proto::StatusReply status = core.status_reply();
+    if (status.jobs.size() > proto::kMaxStatusJobs || status.events.size() > proto::kMaxStatusEvents) {
+      return world_.fail("the status holds " + std::to_string(status.jobs.size()) + " jobs and " +
+                         std::to_string(status.events.size()) + " events");
+    }
+    std::uint64_t job_chunks = 0;
+    for (const proto::JobInfo& job : status.jobs) {
+      job_chunks += job.chunks_queued + job.chunks_in_flight;
+      if (job.items_total != 0 && job.items_done > job.items_total) {
+        return world_.fail("the status shows job " + std::to_string(job.job) + " with " + std::to_string(job.items_done) +
+                           " of " + std::to_string(job.items_total) + " items done");
+      }
+    }
+    if (status.jobs_omitted == 0 && job_chunks > status.chunks_queued + status.chunks_in_flight) {
+      return world_.fail("the status's jobs count " + std::to_string(job_chunks) + " chunks, the broker holds " +
+                         std::to_string(status.chunks_queued + status.chunks_in_flight));
+    }
+    for (const proto::WorkerInfo& worker : status.workers) {
+      if (worker.running_items != 0 && worker.in_flight == 0) {
+        return world_.fail("the status shows worker pid " + std::to_string(worker.pid) + " running a chunk it does not hold");
+      }
     }
   }
 
@@ -893,6 +922,7 @@ class Run {
   std::vector<Client*> clients_;
   Forger* forger_ = nullptr;
   int supervisors_made_ = 0;
+  std::uint64_t steps_checked_ = 0;
   // The pair's invariants (check_pair).
   bool was_active_[2] = {false, false};
   std::map<std::uint64_t, int> epochs_;  // epoch -> the broker that was active at it

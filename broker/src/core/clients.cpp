@@ -294,10 +294,17 @@ bool BrokerCore::on_submit(const std::string& identity, const zmq::message_t& he
 
 void BrokerCore::on_reject(ClientState& client, const proto::Reject& reject) {
   // Only a delivery to this client, that this broker made: a client can drop the worker that lied
-  // to it, not any worker it names.
-  const auto delivery = std::find_if(client.deliveries.begin(), client.deliveries.end(), [&](const auto& d) {
-    return d.job == reject.job && d.chunk == reject.chunk && d.attempt == reject.attempt;
+  // to it, not any worker it names. One not rejected yet: a chunk the client sent again after a
+  // REJECT starts at attempt 1 again, so its new delivery has the numbers of the rejected one
+  // (found by the simulator: the second liar was never dropped, and the job counted its items twice).
+  auto delivery = std::find_if(client.deliveries.begin(), client.deliveries.end(), [&](const auto& d) {
+    return d.job == reject.job && d.chunk == reject.chunk && d.attempt == reject.attempt && d.instance != 0;
   });
+  if (delivery == client.deliveries.end()) {
+    delivery = std::find_if(client.deliveries.begin(), client.deliveries.end(), [&](const auto& d) {
+      return d.job == reject.job && d.chunk == reject.chunk && d.attempt == reject.attempt;
+    });
+  }
   if (delivery == client.deliveries.end()) {
     log_->info("client {} pid {} could not decode chunk {} of job {} (attempt {}), answered before this broker's "
                "memory of deliveries: {}",
@@ -306,6 +313,13 @@ void BrokerCore::on_reject(ClientState& client, const proto::Reject& reject) {
   }
   const std::uint64_t instance = delivery->instance;
   delivery->instance = 0;  // one REJECT per delivery
+  if (instance != 0) {
+    // Not done after all: the client sends the chunk again, and its answer counts then.
+    const auto record = client.job_records.find(delivery->record);
+    if (record != client.job_records.end()) {
+      record->second.items_done -= std::min<std::uint64_t>(record->second.items_done, delivery->items);
+    }
+  }
   ++bad_messages_;
   const std::string why = "returned results for chunk " + std::to_string(reject.chunk) + " of job " +
                           std::to_string(reject.job) + " that do not decode at the client (" +

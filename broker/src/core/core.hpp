@@ -225,6 +225,8 @@ class BrokerCore {
       std::uint64_t chunk = 0;
       std::uint32_t attempt = 0;
       std::uint64_t instance = 0;  // the process that answered
+      std::uint64_t record = 0;    // its job record (record_key) and items, which it counted as done
+      std::uint32_t items = 0;
     };
     std::vector<Delivery> deliveries;
     std::size_t next_delivery = 0;

@@ -27,7 +27,7 @@ void BrokerCore::forward_result(std::uint64_t ticket, proto::Outcome&& outcome, 
     ClientState& owner = client->second;
     if (answered_by != 0) {
       const ClientState::Delivery delivery{chunk->second.header.job, chunk->second.header.chunk, chunk->second.attempt,
-                                           answered_by};
+                                           answered_by, record_key(chunk->second.header), chunk->second.header.count};
       if (owner.deliveries.size() < kDeliveriesKept) {
         owner.deliveries.push_back(delivery);
       } else {
