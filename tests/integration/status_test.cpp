@@ -103,7 +103,7 @@ TEST_CASE("Status.Cli.WorkersErrorsLastSeenAndTheJobsOfEachClient" * doctest::ti
   CHECK(object.find("\"items_total\":40") != std::string::npos);
   CHECK(object.find("\"chunks_failed\":1") != std::string::npos);
 
-  // A job whose items are all done leaves the list.
+  // A job whose items are all done leaves the list (a liveness period later).
   slow.join();
   slow = std::thread([] {});
   CHECK(t::eventually([&] { return pool.status().jobs.empty(); }, 10s));

@@ -196,8 +196,8 @@ class BrokerCore {
     Clock::time_point last_sent;
     std::pmr::unordered_map<std::uint64_t, std::pmr::unordered_set<std::uint64_t>> jobs;  // job -> live tickets
     // What `poolmap status` shows of each job: kept while it has live tickets, then for a liveness
-    // period (more of a job comes as earlier chunks are answered), until all its items are done
-    // or it is cancelled.
+    // period (more of a job comes as earlier chunks are answered; a job whose items are all done
+    // shows as done meanwhile), or until it is cancelled.
     // A record is keyed by record_key(): an imap (a stream of one-chunk jobs) has one record.
     struct JobRecord {
       std::string task;  // printable

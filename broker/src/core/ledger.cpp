@@ -36,10 +36,7 @@ void BrokerCore::forward_result(std::uint64_t ticket, proto::Outcome&& outcome, 
       }
     }
     if (const auto record = owner.job_records.find(record_key(chunk->second.header)); record != owner.job_records.end()) {
-      record->second.items_done += chunk->second.header.count;
-      if (record->second.items_total != 0 && record->second.items_done >= record->second.items_total) {
-        owner.job_records.erase(record);
-      }
+      record->second.items_done += chunk->second.header.count;  // done, it stays a liveness period (shown as done)
     }
     metrics_.completed(std::chrono::duration<double>(now_ - chunk->second.received).count());
   } else if (outcome.code != ErrorCode::kContextMissing && outcome.code != ErrorCode::kResourceExhausted) {
