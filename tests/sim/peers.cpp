@@ -317,10 +317,12 @@ void WorkerProcess::on_message(Socket& socket, Frames& frames) {
           continue;
         }
         queue_.push_back({header.value(), decode_items(frames[i + 1]), false, generation_});
-        // (pair) What a liar holds is taken back when a client rejects any of its answers.
-        if (pair_ && kind_ == Kind::kLiar && !queue_.back().items.empty()) {
+        // What a liar holds is taken back when a client rejects any of its answers, also what it
+        // got after the answer the REJECT names (each REJECT drops the liar it names: found when
+        // a chunk sent again after a REJECT stopped naming the rejected delivery).
+        if (kind_ == Kind::kLiar && !queue_.back().items.empty()) {
           auto& fate = ledger_.fates[key_of(queue_.back().items.front(), header.value().first_index)];
-          ++fate.excuses;
+          if (pair_) ++fate.excuses;
           ++fate.disruptions;  // and its loss costs them a retry
         }
         // Known issue: the broker took the vote it held on this connection, which this process is
