@@ -474,12 +474,23 @@ void Relay::heal() {
 BrokerPair::BrokerPair(ClusterOptions options) : options_(std::move(options)) {
   // Each peer link is bound first on a free port, then the relays to them are made, then each
   // broker is started again with its peer's relay (the first start only learns the endpoints).
-  for (int i = 0; i < 2; ++i) {
-    start_broker(i, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
-    brokers_[i].reset();
+  // Between the two starts another process may take one of those ports (tests run side by side):
+  // then all of it again, on new ports.
+  for (int attempt = 1;; ++attempt) {
+    try {
+      for (int i = 0; i < 2; ++i) {
+        start_broker(i, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
+        brokers_[i].reset();
+      }
+      for (int i = 0; i < 2; ++i) to_[i].emplace(ha_[i]);
+      for (int i = 0; i < 2; ++i) start(i);
+      return;
+    } catch (const std::runtime_error& e) {
+      if (attempt == 3 || std::string_view(e.what()).find("Address already in use") == std::string_view::npos) throw;
+      for (auto& broker : brokers_) broker.reset();
+      for (auto& relay : to_) relay.reset();
+    }
   }
-  for (int i = 0; i < 2; ++i) to_[i].emplace(ha_[i]);
-  for (int i = 0; i < 2; ++i) start(i);
 }
 
 BrokerPair::~BrokerPair() {
